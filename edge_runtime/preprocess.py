@@ -1,0 +1,67 @@
+"""``preprocess(frame_bgr, spec)``: the one place where pixels become model input.
+
+The camera loop, int8 calibration, export verification, the benchmarks and the training
+evaluation all call this function, so they cannot disagree. BGR (OpenCV's order) becomes
+the spec's colour order here and only here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_runtime.errors import FloraEdgeError
+from edge_runtime.spec import PreprocessSpec
+
+_UPSCALE = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
+
+
+class ImageReadError(FloraEdgeError, ValueError):
+    """An image file that is missing, empty or cannot be decoded."""
+
+
+def read_image_bgr(path: str | Path) -> np.ndarray:
+    """Decode an image file into a uint8 HxWx3 BGR array (EXIF orientation applied)."""
+    data = np.fromfile(str(path), dtype=np.uint8) if Path(path).is_file() else None
+    if data is None or data.size == 0:
+        raise ImageReadError(f"{path}: no such image file, or it is empty")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageReadError(f"{path}: not a decodable image (corrupt or unsupported format)")
+    return image
+
+
+def resize_shorter_side(image: np.ndarray, size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """Resize so the shorter side is ``size``. Shrinking uses area averaging (antialiased)."""
+    h, w = image.shape[:2]
+    scale = size / min(h, w)
+    if scale == 1.0:
+        return image
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    flag = cv2.INTER_AREA if scale < 1.0 else _UPSCALE[interpolation]
+    return cv2.resize(image, (new_w, new_h), interpolation=flag)
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size`` x ``size`` window (the image must be at least that large)."""
+    h, w = image.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return image[top : top + size, left : left + size]
+
+
+def preprocess(frame_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """One BGR uint8 frame -> a float32 batch of one, laid out as ``spec.layout``."""
+    if frame_bgr is None or frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.size == 0:
+        shape = None if frame_bgr is None else frame_bgr.shape
+        raise ValueError(f"preprocess expects an HxWx3 BGR image, got shape {shape}")
+    image = center_crop(resize_shorter_side(frame_bgr, spec.resize_size, spec.interpolation), spec.crop_size)
+    if spec.color_order == "RGB":
+        image = image[:, :, ::-1]
+    mean = np.asarray(spec.mean, np.float32) * 255.0
+    inv_std = 1.0 / (np.asarray(spec.std, np.float32) * 255.0)
+    x = (image.astype(np.float32) - mean) * inv_std
+    if spec.layout == "NCHW":
+        x = x.transpose(2, 0, 1)
+    return np.ascontiguousarray(x[None])

@@ -1,0 +1,290 @@
+"""Build a prepared dataset directory from a raw Oxford-102 release.
+
+Everything is written into a temporary sibling directory that is renamed to ``--out`` only
+when complete, so a crash or a refused input never leaves a dataset that looks finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from multiprocessing import Pool
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from edge_runtime import __version__
+from edge_runtime.errors import FloraEdgeError
+from edge_runtime.preprocess import resize_shorter_side
+from edge_runtime.spec import IMAGENET_SPEC
+from prepare.categories import NUM_CLASSES, class_names, folder_name
+from prepare.release import (
+    ARCHIVE,
+    LABELS_MAT,
+    SETID_MAT,
+    SPLITS,
+    ReleaseError,
+    extract_images,
+    image_name,
+    load_labels,
+    load_official_splits,
+)
+from prepare.splits import stratified_split
+from prepare.synthetic import is_synthetic
+
+MANIFEST_FIELDS = ("path", "cache_path", "image_id", "class_index", "class_name", "split", "sha256", "width", "height")
+CACHE_JPEG_QUALITY = 95
+
+
+class OutputExistsError(FloraEdgeError):
+    """The output directory exists and ``--overwrite`` was not given."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrepareConfig:
+    """What ``floraedge prepare`` does; saved as ``config.json`` in the output."""
+
+    source: Path
+    out: Path
+    split: str = "official"
+    val_frac: float = 0.1
+    test_frac: float = 0.1
+    seed: int = 0
+    cache_size: int = 256
+    overwrite: bool = False
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    image_id: int
+    sha256: str = ""
+    width: int = 0
+    height: int = 0
+    error: str = ""
+
+
+def _place_file(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` where the filesystem allows, else copy it."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def process_image(task: tuple[int, Path, Path, Path, int]) -> ImageResult:
+    """Check one JPEG fully decodes, hash it, place the original and write its resized cache copy."""
+    image_id, src, dst, cache_dst, cache_size = task
+    try:
+        data = src.read_bytes()
+        with Image.open(src) as im:
+            im.load()  # raises on truncated or corrupt data, unlike a header-only check
+            rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except Exception as exc:  # PIL raises many types for bad files; each is reported by name
+        return ImageResult(image_id, error=f"{type(exc).__name__}: {exc}")
+    if src != dst:
+        _place_file(src, dst)
+    small = resize_shorter_side(np.ascontiguousarray(rgb[:, :, ::-1]), cache_size)
+    ok, encoded = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, CACHE_JPEG_QUALITY])
+    if not ok:
+        return ImageResult(image_id, error="could not encode the cached copy")
+    cache_dst.write_bytes(encoded.tobytes())
+    return ImageResult(image_id, hashlib.sha256(data).hexdigest(), rgb.shape[1], rgb.shape[0])
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # one process per core already uses every core
+
+
+def locate_images(source: Path, work: Path) -> Path:
+    """The folder of release JPEGs: ``source/jpg`` if extracted, else ``102flowers.tgz`` extracted into ``work``."""
+    if (source / "jpg").is_dir():
+        return source / "jpg"
+    if (source / ARCHIVE).is_file():
+        return extract_images(source / ARCHIVE, work)
+    raise ReleaseError(
+        f"{source} holds neither {ARCHIVE} nor an extracted jpg/ folder; point --source at the release "
+        "folder, or fetch it with --download"
+    )
+
+
+def resolve_splits(config: PrepareConfig, labels: np.ndarray, present: set[int]) -> dict[str, np.ndarray]:
+    if config.split == "official":
+        return load_official_splits(config.source / SETID_MAT, labels.size)
+    ids = np.array(sorted(present), dtype=np.int64)
+    return stratified_split(labels, ids, val_frac=config.val_frac, test_frac=config.test_frac, seed=config.seed)
+
+
+def run_workers(tasks: list, workers: int) -> list[ImageResult]:
+    progress = dict(total=len(tasks), desc="checking + caching images", unit="img", smoothing=0.1)
+    if workers <= 1:
+        return [process_image(t) for t in tqdm(tasks, **progress)]
+    with Pool(workers, initializer=_init_worker) as pool:
+        return list(tqdm(pool.imap_unordered(process_image, tasks, chunksize=8), **progress))
+
+
+def link_image_folder(out: Path, rows: list[dict]) -> str:
+    """``<split>/<NNN_class>/image.jpg`` pointing at ``jpg/``; returns how ("symlink" or "copy")."""
+    how = "symlink"
+    for row in rows:
+        folder = out / row["split"] / folder_name(row["class_index"])
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / Path(row["path"]).name
+        try:
+            target.symlink_to(os.path.relpath(out / row["path"], folder))
+        except OSError:  # e.g. Windows without symlink rights
+            _place_file(out / row["path"], target)
+            how = "copy"
+    return how
+
+
+def find_duplicates(rows: list[dict]) -> list[list[str]]:
+    by_hash = defaultdict(list)
+    for row in rows:
+        by_hash[row["sha256"]].append(row["path"])
+    return sorted(paths for paths in by_hash.values() if len(paths) > 1)
+
+
+def write_manifest(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_manifest(prepared: str | Path) -> list[dict]:
+    """The manifest rows of a prepared dataset, with integer fields as ints."""
+    path = Path(prepared) / "manifest.csv"
+    if not path.is_file():
+        raise FloraEdgeError(f"{prepared} is not a prepared dataset (no manifest.csv); run `floraedge prepare` first")
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key in ("image_id", "class_index", "width", "height"):
+            row[key] = int(row[key])
+    return rows
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} already exists; choose another --out or pass --overwrite to replace it")
+
+
+def plan_tasks(images_dir: Path, work: Path, splits: dict[str, np.ndarray], cache_size: int):
+    """Per split, the ids whose file is missing; and one worker task per present image."""
+    missing, tasks = {}, []
+    for split, ids in splits.items():
+        present = [i for i in ids.tolist() if (images_dir / image_name(i)).is_file()]
+        missing[split] = sorted(set(ids.tolist()) - set(present))
+        tasks += [
+            (i, images_dir / image_name(i), work / "jpg" / image_name(i), work / "cache" / image_name(i), cache_size)
+            for i in present
+        ]
+    return missing, sorted(tasks)
+
+
+def manifest_rows(results: list[ImageResult], labels: np.ndarray, split_of: dict[int, str]) -> list[dict]:
+    names = class_names()
+    rows = []
+    for r in sorted(results, key=lambda r: r.image_id):
+        if r.error:
+            continue
+        cls = int(labels[r.image_id - 1])
+        name = image_name(r.image_id)
+        rows.append(dict(path=f"jpg/{name}", cache_path=f"cache/{name}", image_id=r.image_id, class_index=cls,
+                         class_name=names[cls], split=split_of[r.image_id], sha256=r.sha256,
+                         width=r.width, height=r.height))
+    return rows
+
+
+def build_summary(config: PrepareConfig, rows, missing, corrupt, duplicates, unassigned, elapsed) -> dict:
+    per_class = {s: [0] * NUM_CLASSES for s in SPLITS}
+    for row in rows:
+        per_class[row["split"]][row["class_index"]] += 1
+    synthetic = is_synthetic(config.source)
+    return {
+        "dataset": "SYNTHETIC Oxford-102-format release (procedurally drawn, not real flowers)"
+        if synthetic else "Oxford 102 Flowers (Nilsback & Zisserman, 2008)",
+        "synthetic": synthetic,
+        "source": str(config.source.resolve()),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "num_classes": NUM_CLASSES,
+        "counts": {s: sum(per_class[s]) for s in SPLITS},
+        "classes_present": {s: sum(1 for n in per_class[s] if n) for s in SPLITS},
+        "per_class": per_class,
+        "missing": {s: len(ids) for s, ids in missing.items()},
+        "partial_release": any(missing.values()),
+        "corrupt": corrupt,
+        "duplicates": duplicates,
+        "unassigned_images": unassigned,
+        "elapsed_s": round(elapsed, 2),
+        "images_per_s": round((len(rows) + len(corrupt)) / max(elapsed, 1e-9), 1),
+        "floraedge_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_outputs(work: Path, config: PrepareConfig, rows: list[dict], summary: dict, missing: dict) -> None:
+    write_manifest(work / "manifest.csv", rows)
+    (work / "labels.txt").write_text("\n".join(class_names()) + "\n", encoding="utf-8")
+    spec = IMAGENET_SPEC.replace(resize_size=config.cache_size, crop_size=min(IMAGENET_SPEC.crop_size, config.cache_size))
+    (work / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n", encoding="utf-8")
+    (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (work / "missing.json").write_text(json.dumps(missing) + "\n", encoding="utf-8")
+
+
+def publish(work: Path, out: Path) -> None:
+    """Move the finished ``work`` directory to ``out``, replacing an old one only at the very end."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    work.rename(out)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+
+
+def prepare_dataset(config: PrepareConfig) -> dict:
+    """Label, split, validate and cache a raw release into ``config.out``; returns the summary."""
+    if not 32 <= config.cache_size <= 4096:
+        raise FloraEdgeError(f"--cache-size {config.cache_size} must be between 32 and 4096 pixels")
+    check_output(config.out, config.overwrite)
+    if not config.source.is_dir():
+        raise ReleaseError(f"--source {config.source} is not a directory; point it at the release folder")
+    start = time.perf_counter()
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{config.out.name}.tmp-", dir=config.out.parent))
+    try:
+        labels = load_labels(config.source / LABELS_MAT)
+        images_dir = locate_images(config.source, work)
+        present = {int(p.stem.split("_")[-1]) for p in images_dir.glob("image_*.jpg") if p.stem[6:].isdigit()}
+        present = {i for i in present if 1 <= i <= labels.size}
+        splits = resolve_splits(config, labels, present)
+        (work / "jpg").mkdir(exist_ok=True)
+        (work / "cache").mkdir()
+        missing, tasks = plan_tasks(images_dir, work, splits, config.cache_size)
+        results = run_workers(tasks, config.workers)
+        split_of = {i: s for s, ids in splits.items() for i in ids.tolist()}
+        corrupt = [{"file": image_name(r.image_id), "error": r.error} for r in results if r.error]
+        for item in corrupt:
+            (work / "jpg" / item["file"]).unlink(missing_ok=True)
+        rows = manifest_rows(results, labels, split_of)
+        summary = build_summary(config, rows, missing, sorted(corrupt, key=lambda c: c["file"]),
+                                find_duplicates(rows), len(present - set(split_of)), time.perf_counter() - start)
+        summary["image_folder"] = link_image_folder(work, rows)
+        write_outputs(work, config, rows, summary, missing)
+        publish(work, config.out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return summary

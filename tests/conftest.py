@@ -1,0 +1,66 @@
+"""Shared fixtures: a miniature raw Oxford-102 release built in ``tmp_path``."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import scipy.io
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = Path(os.environ.get("FLORAEDGE_REALDATA", REPO.parent / "shared" / "data" / "oxford102-trainval"))
+
+
+def write_jpeg(path: Path, rng: np.random.Generator, shape=(40, 56)) -> None:
+    image = rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    ok, data = cv2.imencode(".jpg", image)
+    assert ok
+    path.write_bytes(data.tobytes())
+
+
+def build_release(root: Path, *, classes: int = 3, per_split=(3, 2, 2), archive: bool = True, seed: int = 0) -> Path:
+    """A miniature release: ``classes`` classes, (train, val, test) images per class, official file format."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    per_class = sum(per_split)
+    labels = np.repeat(np.arange(1, classes + 1), per_class).astype(np.uint8)
+    ids = {"trnid": [], "valid": [], "tstid": []}
+    for c in range(classes):
+        class_ids = np.arange(c * per_class, (c + 1) * per_class) + 1
+        cuts = np.cumsum(per_split)
+        for key, chunk in zip(ids, np.split(class_ids, cuts[:-1])):
+            ids[key] += chunk.tolist()
+    scipy.io.savemat(root / "imagelabels.mat", {"labels": labels[None, :]})
+    scipy.io.savemat(root / "setid.mat", {k: np.array(v, dtype=np.uint16)[None, :] for k, v in ids.items()})
+    jpg = root / "jpg"
+    jpg.mkdir(exist_ok=True)
+    for i in range(1, labels.size + 1):
+        write_jpeg(jpg / f"image_{i:05d}.jpg", rng, shape=(40 + i % 7, 56))
+    if archive:
+        with tarfile.open(root / "102flowers.tgz", "w:gz") as tar:
+            tar.add(jpg, arcname="jpg")
+        for p in jpg.iterdir():
+            p.unlink()
+        jpg.rmdir()
+    return root
+
+
+@pytest.fixture
+def mini_release(tmp_path: Path) -> Path:
+    return build_release(tmp_path / "release")
+
+
+def add_tar_member(archive: Path, info: tarfile.TarInfo, data: bytes = b"") -> None:
+    """Rewrite ``archive`` with one extra member (for the unsafe-archive tests)."""
+    with tarfile.open(archive, "r:gz") as tar:
+        members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]
+    with tarfile.open(archive, "w:gz") as tar:
+        for m, content in members:
+            tar.addfile(m, io.BytesIO(content) if content is not None else None)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data) if info.isfile() else None)

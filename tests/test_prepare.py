@@ -1,0 +1,252 @@
+"""`floraedge prepare` on miniature releases built in tmp_path, every bad input, and the real data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+from edge_runtime.spec import PreprocessSpec
+from floraedge import main as cli_main
+from prepare.build import OutputExistsError, PrepareConfig, prepare_dataset, read_manifest
+from prepare.categories import class_names, folder_name
+from prepare.release import ReleaseError
+from prepare.splits import SplitError
+from tests.conftest import REAL_DATA, REPO, add_tar_member, build_release
+
+
+def prepare(source: Path, out: Path, **kwargs) -> dict:
+    return prepare_dataset(PrepareConfig(source=source, out=out, workers=1, cache_size=32, **kwargs))
+
+
+def leftovers(parent: Path) -> list[str]:
+    return [p.name for p in parent.iterdir() if p.name.startswith(".")]
+
+
+def test_class_names_are_the_102_official_names_in_label_order():
+    names = class_names()
+    assert len(names) == 102 and len(set(names)) == 102
+    assert names[0] == "pink primrose" and names[1] == "hard-leaved pocket orchid"
+    assert names[76] == "passion flower" and names[101] == "blackberry lily"
+    assert folder_name(11) == "011_colt's_foot"
+
+
+@pytest.mark.realdata
+def test_class_names_match_the_release_categories_file():
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real data not present at {REAL_DATA}")
+    lines = (REAL_DATA / "categories.txt").read_text().splitlines()
+    assert list(class_names()) == [line.strip() for line in lines if line.strip()]
+
+
+@pytest.mark.parametrize("archive", [True, False], ids=["tgz", "extracted-jpg"])
+def test_official_split_labels_and_outputs(mini_release, tmp_path, archive):
+    source = build_release(tmp_path / "rel", archive=archive)
+    out = tmp_path / "out"
+    summary = prepare(source, out)
+    assert summary["counts"] == {"train": 9, "val": 6, "test": 6}
+    assert summary["missing"] == {"train": 0, "val": 0, "test": 0} and not summary["partial_release"]
+    rows = read_manifest(out)
+    assert len(rows) == 21
+    labels = scipy.io.loadmat(source / "imagelabels.mat")["labels"].ravel()
+    for row in rows:
+        assert row["class_index"] == labels[row["image_id"] - 1] - 1
+        assert row["class_name"] == class_names()[row["class_index"]]
+        with Image.open(out / row["cache_path"]) as im:
+            assert min(im.size) == 32
+        assert (out / row["path"]).is_file()
+    first = next(r for r in rows if r["image_id"] == 1)
+    assert first["split"] == "train" and first["class_index"] == 0 and (first["width"], first["height"]) == (56, 41)
+    assert (out / "labels.txt").read_text().splitlines() == list(class_names())
+    assert PreprocessSpec.from_json((out / "spec.json").read_text()).resize_size == 32
+    assert json.loads((out / "summary.json").read_text())["counts"] == summary["counts"]
+    assert leftovers(tmp_path) == []
+
+
+def test_image_folder_tree_reads_with_torchvision_and_keeps_class_indices(mini_release, tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    out = tmp_path / "out"
+    prepare(mini_release, out)
+    dataset = ImageFolder(str(out / "train"))
+    assert len(dataset) == 9
+    for name, idx in dataset.class_to_idx.items():
+        assert folder_name(int(name[:3])) == name
+    by_file = {r["path"].split("/")[-1]: r["class_index"] for r in read_manifest(out)}
+    for path, idx in dataset.samples:
+        assert int(dataset.classes[idx][:3]) == by_file[Path(path).name]
+    assert (out / "train" / folder_name(0)).iterdir().__next__().is_symlink()
+
+
+def test_stratified_split_is_reproducible_and_class_stratified(tmp_path):
+    source = build_release(tmp_path / "rel", per_split=(6, 2, 2))
+    kwargs = dict(split="stratified", val_frac=0.2, test_frac=0.3)
+    a = prepare(source, tmp_path / "a", seed=1, **kwargs)
+    prepare(source, tmp_path / "b", seed=1, **kwargs)
+    prepare(source, tmp_path / "c", seed=2, **kwargs)
+    assert a["counts"] == {"train": 15, "val": 6, "test": 9}
+    assert a["per_class"]["test"][:3] == [3, 3, 3]
+    split_of = {d: {r["image_id"]: r["split"] for r in read_manifest(tmp_path / d)} for d in "abc"}
+    assert split_of["a"] == split_of["b"]
+    assert split_of["a"] != split_of["c"]
+
+
+def test_stratified_split_refuses_impossible_fractions(mini_release, tmp_path):
+    with pytest.raises(SplitError, match="sum to less than 1"):
+        prepare(mini_release, tmp_path / "out", split="stratified", val_frac=0.6, test_frac=0.5)
+
+
+def test_partial_release_reports_missing_and_goes_on(tmp_path):
+    source = build_release(tmp_path / "rel", archive=False)
+    for i in (6, 7, 13):  # test images of classes 0 and 1
+        (source / "jpg" / f"image_{i:05d}.jpg").unlink()
+    summary = prepare(source, tmp_path / "out")
+    assert summary["missing"] == {"train": 0, "val": 0, "test": 3} and summary["partial_release"]
+    assert summary["counts"]["test"] == 3
+    assert json.loads((tmp_path / "out" / "missing.json").read_text())["test"] == [6, 7, 13]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_jpegs_are_reported_by_name_and_skipped(tmp_path, damage):
+    source = build_release(tmp_path / "rel", archive=False)
+    bad = source / "jpg" / "image_00004.jpg"
+    data = bad.read_bytes()
+    bad.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"not a jpeg" * 50, "empty": b""}[damage])
+    summary = prepare(source, tmp_path / "out")
+    assert [c["file"] for c in summary["corrupt"]] == ["image_00004.jpg"]
+    assert summary["counts"]["val"] == 5
+    assert 4 not in {r["image_id"] for r in read_manifest(tmp_path / "out")}
+    assert not (tmp_path / "out" / "jpg" / "image_00004.jpg").exists()
+
+
+def test_duplicate_images_are_reported(tmp_path):
+    source = build_release(tmp_path / "rel", archive=False)
+    (source / "jpg" / "image_00002.jpg").write_bytes((source / "jpg" / "image_00001.jpg").read_bytes())
+    summary = prepare(source, tmp_path / "out")
+    assert summary["duplicates"] == [["jpg/image_00001.jpg", "jpg/image_00002.jpg"]]
+
+
+def test_missing_images_and_archive_is_a_clear_error(tmp_path):
+    source = build_release(tmp_path / "rel")
+    (source / "102flowers.tgz").unlink()
+    with pytest.raises(ReleaseError, match="neither 102flowers.tgz nor an extracted jpg/"):
+        prepare(source, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_truncated_archive_is_a_clear_error_and_leaves_nothing(mini_release, tmp_path):
+    archive = mini_release / "102flowers.tgz"
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(ReleaseError, match="truncated or corrupt"):
+        prepare(mini_release, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+@pytest.mark.parametrize(
+    "member, why",
+    [
+        (_member("/etc/evil.jpg"), "absolute"),
+        (_member("jpg/../../evil.jpg"), r"'\.\.'"),
+        (_member("jpg/link.jpg", tarfile.SYMTYPE, "/etc/passwd"), "links"),
+        (_member("jpg/hard.jpg", tarfile.LNKTYPE, "jpg/image_00001.jpg"), "links"),
+        (_member("jpg/dev", tarfile.CHRTYPE), "devices"),
+    ],
+    ids=["absolute", "dotdot", "symlink", "hardlink", "device"],
+)
+def test_unsafe_archive_members_are_refused(mini_release, tmp_path, member, why):
+    add_tar_member(mini_release / "102flowers.tgz", member, b"x" if member.isfile() else b"")
+    with pytest.raises(ReleaseError, match=why):
+        prepare(mini_release, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path.parent / "evil.jpg").exists()
+
+
+def test_mat_file_with_missing_key(mini_release, tmp_path):
+    scipy.io.savemat(mini_release / "setid.mat", {"trnid": np.array([[1]], np.uint16)})
+    with pytest.raises(ReleaseError, match="no key 'valid'"):
+        prepare(mini_release, tmp_path / "out")
+
+
+def test_labels_out_of_range(mini_release, tmp_path):
+    scipy.io.savemat(mini_release / "imagelabels.mat", {"labels": np.array([[1, 2, 103]], np.uint8)})
+    with pytest.raises(ReleaseError, match=r"outside 1\.\.102"):
+        prepare(mini_release, tmp_path / "out")
+
+
+def test_splits_naming_images_beyond_the_label_file(mini_release, tmp_path):
+    labels = scipy.io.loadmat(mini_release / "imagelabels.mat")["labels"]
+    scipy.io.savemat(mini_release / "imagelabels.mat", {"labels": labels[:, :10]})
+    with pytest.raises(ReleaseError, match="do not belong together"):
+        prepare(mini_release, tmp_path / "out")
+
+
+def test_overlapping_splits(mini_release, tmp_path):
+    setid = scipy.io.loadmat(mini_release / "setid.mat")
+    setid["valid"] = np.concatenate([setid["valid"], setid["trnid"][:, :2]], axis=1)
+    scipy.io.savemat(mini_release / "setid.mat", {k: setid[k] for k in ("trnid", "valid", "tstid")})
+    with pytest.raises(ReleaseError, match="'train' and 'val' overlap in 2 images"):
+        prepare(mini_release, tmp_path / "out")
+
+
+def test_missing_mat_file(mini_release, tmp_path):
+    (mini_release / "imagelabels.mat").unlink()
+    with pytest.raises(ReleaseError, match="imagelabels.mat is missing"):
+        prepare(mini_release, tmp_path / "out")
+
+
+def test_existing_output_is_refused_without_overwrite(mini_release, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        prepare(mini_release, out)
+    assert (out / "keep.txt").read_text() == "mine"
+    prepare(mini_release, out, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "manifest.csv").is_file()
+    assert leftovers(tmp_path) == []
+
+
+def test_parallel_workers_give_the_same_manifest(mini_release, tmp_path):
+    prepare(mini_release, tmp_path / "one")
+    prepare_dataset(PrepareConfig(source=mini_release, out=tmp_path / "two", workers=2, cache_size=32))
+    assert read_manifest(tmp_path / "one") == read_manifest(tmp_path / "two")
+
+
+def test_cli_prepare_and_errors(mini_release, tmp_path, capsys):
+    assert cli_main(["prepare", "--source", str(mini_release), "--out", str(tmp_path / "out"), "--workers", "1"]) == 0
+    assert "train      9 images in   3 classes" in capsys.readouterr().out
+    assert cli_main(["prepare", "--source", str(mini_release), "--out", str(tmp_path / "out")]) == 1
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_python_dash_m_prepare_runs_the_same_command():
+    result = subprocess.run([sys.executable, "-m", "prepare", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0 and "--split {official,stratified}" in result.stdout
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_prepare_the_real_partial_release(tmp_path):
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real data not present at {REAL_DATA}")
+    summary = prepare_dataset(PrepareConfig(source=REAL_DATA, out=tmp_path / "flowers"))
+    assert summary["counts"] == {"train": 1020, "val": 1020, "test": 0}
+    assert summary["missing"] == {"train": 0, "val": 0, "test": 6149}
+    assert summary["per_class"]["train"] == [10] * 102 and summary["per_class"]["val"] == [10] * 102
+    assert summary["corrupt"] == [] and not summary["synthetic"]
+    rows = read_manifest(tmp_path / "flowers")
+    assert len(rows) == 2040 and len({r["class_index"] for r in rows}) == 102
+    assert {r["class_name"] for r in rows if r["class_index"] == 0} == {"pink primrose"}
+    assert (tmp_path / "flowers" / "labels.txt").read_text().splitlines() == list(class_names())
