@@ -17,6 +17,7 @@ import math
 import os
 import tarfile
 import tempfile
+from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -67,8 +68,8 @@ def _hsv_to_bgr(h: float, s: float, v: float) -> tuple[int, int, int]:
 
 
 def _fixed(points: np.ndarray) -> np.ndarray:
-    """Float (n, 2) x/y points as the int32 sub-pixel polygon cv2 expects with ``shift=_SHIFT``."""
-    return np.round(points * (1 << _SHIFT)).astype(np.int32).reshape(-1, 1, 2)
+    """Float (..., 2) x/y points as the int32 sub-pixel polygon(s) cv2 expects with ``shift=_SHIFT``."""
+    return np.round(points * (1 << _SHIFT)).astype(np.int32)
 
 
 def _pt(point: np.ndarray) -> tuple[int, int]:
@@ -80,9 +81,9 @@ def _pt(point: np.ndarray) -> tuple[int, int]:
 def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     """A muted base colour with smooth low-frequency blotches and a few foliage blobs."""
     base = np.array(_hsv_to_bgr(rng.uniform(0, 180), rng.uniform(10, 80), rng.uniform(70, 200)), np.float32)
-    grid = rng.normal(0.0, 1.0, (int(rng.integers(3, 8)), int(rng.integers(3, 8)), 3)).astype(np.float32)
-    blotches = cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC) * rng.uniform(8, 35)
-    image = np.clip(base + blotches, 0, 255).astype(np.uint8)
+    grid = rng.standard_normal((int(rng.integers(3, 8)), int(rng.integers(3, 8)), 3), dtype=np.float32)
+    grid = np.clip(base + grid * np.float32(rng.uniform(8, 35)), 0, 255).astype(np.uint8)
+    image = cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
     for _ in range(int(rng.integers(0, 5))):
         colour = _hsv_to_bgr(rng.uniform(35, 80), rng.uniform(60, 180), rng.uniform(40, 140))
         centre = (float(rng.uniform(0, w)), float(rng.uniform(0, h)))
@@ -110,21 +111,28 @@ def _stem(image: np.ndarray, centre: np.ndarray, radius: float, rng: np.random.G
                     colour, -1, cv2.LINE_AA)
 
 
-def _petal_outline(shape: str, start: float, length: float, petals: int, points: int = 20) -> np.ndarray:
-    """Closed outline (2n, 2) of one petal lying along +x from ``start`` to ``start + length``.
+@cache
+def _petal_profile(shape: str, points: int = 20) -> tuple[np.ndarray, np.ndarray, float]:
+    """Positions ``t`` along a petal (0..1), its half-width profile there (max 1), and where it is widest."""
+    t = np.linspace(0.0, 1.0, points)
+    if shape == "pointed":
+        return t, 6.75 * t * (1.0 - t) ** 2, 1 / 3  # narrow base, sharp tip
+    return t, 2.0 * np.sqrt(t * (1.0 - t)), 1 / 2  # ellipse
+
+
+def _petal_outlines(style: FlowerStyle, start: float, lengths: np.ndarray, angles: np.ndarray) -> np.ndarray:
+    """Closed outlines (petals, 2 * points, 2) of petals from radius ``start``, rotated to ``angles``.
 
     The width is capped so that many broad petals overlap their neighbours only slightly.
     """
-    t = np.linspace(0.0, 1.0, points)
-    if shape == "pointed":
-        profile, widest = 6.75 * t * (1.0 - t) ** 2, 1 / 3  # narrow base, sharp tip; max 1 at t=1/3
-    else:
-        profile, widest = 2.0 * np.sqrt(t * (1.0 - t)), 1 / 2  # ellipse; max 1 at t=1/2
-    spacing_cap = 1.2 * math.sin(math.pi / petals) * (start + widest * length)
-    half_width = min(_PETAL_WIDTH[shape] * length, spacing_cap)
-    x = start + t * length
-    y = profile * half_width
-    return np.concatenate([np.stack([x, y], 1), np.stack([x[::-1], -y[::-1]], 1)])
+    t, profile, widest = _petal_profile(style.shape)
+    spacing_cap = 1.2 * math.sin(math.pi / style.petals) * (start + widest * lengths)
+    half_widths = np.minimum(_PETAL_WIDTH[style.shape] * lengths, spacing_cap)
+    x = start + t * lengths[:, None]
+    y = profile * half_widths[:, None]
+    x, y = np.concatenate([x, x[:, ::-1]], 1), np.concatenate([y, -y[:, ::-1]], 1)
+    c, s = np.cos(angles)[:, None], np.sin(angles)[:, None]
+    return np.stack([x * c - y * s, x * s + y * c], -1)
 
 
 def _draw_petals(image: np.ndarray, style: FlowerStyle, centre: np.ndarray, radius: float,
@@ -136,17 +144,14 @@ def _draw_petals(image: np.ndarray, style: FlowerStyle, centre: np.ndarray, radi
     c, s = math.cos(tilt_axis), math.sin(tilt_axis)
     rot = np.array([[c, -s], [s, c]])
     tilt = rot @ np.diag([1.0, squash]) @ rot.T
-    base_angle = rng.uniform(0, 2 * math.pi)
+    n = style.petals
+    angles = rng.uniform(0, 2 * math.pi) + 2 * math.pi * np.arange(n) / n + rng.uniform(-0.08, 0.08, n)
     start = 0.16 * radius
+    lengths = (radius - start) * rng.uniform(0.88, 1.05, n)
+    polygons = _fixed(_petal_outlines(style, start, lengths, angles) @ tilt.T + centre)
+    values = val * rng.uniform(0.88, 1.0, n)
     thickness = max(1, round(radius / 40))
-    for i in range(style.petals):
-        angle = base_angle + 2 * math.pi * i / style.petals + rng.uniform(-0.08, 0.08)
-        length = (radius - start) * rng.uniform(0.88, 1.05)
-        pc, ps = math.cos(angle), math.sin(angle)
-        outline = _petal_outline(style.shape, start, length, style.petals)
-        outline = outline @ np.array([[pc, ps], [-ps, pc]]) @ tilt.T
-        polygon = _fixed(outline + centre)
-        v = val * rng.uniform(0.88, 1.0)
+    for polygon, v in zip(polygons, values, strict=True):
         cv2.fillPoly(image, [polygon], _hsv_to_bgr(hue, sat, v), cv2.LINE_AA, _SHIFT)
         cv2.polylines(image, [polygon], True, _hsv_to_bgr(hue, sat, v * 0.6), thickness, cv2.LINE_AA, _SHIFT)
 
@@ -169,13 +174,11 @@ def _finish(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Camera-like nuisance: optional blur, per-channel gain, brightness shift and sensor noise."""
     if rng.random() < 0.3:
         image = cv2.GaussianBlur(image, (3, 3), 0)
-    out = image.astype(np.float32)
-    out *= rng.uniform(0.93, 1.07, 3).astype(np.float32)
-    noise = rng.random(image.shape, dtype=np.float32)  # uniform sensor noise, std up to ~6 levels
-    noise *= np.float32(rng.uniform(0, 20))
-    out += noise
-    out += np.float32(rng.uniform(-12, 12) + 0.5) - noise.mean()  # + 0.5: round when truncating below
-    return np.clip(out, 0, 255, out=out).astype(np.uint8)
+    gain_and_shift = np.hstack([np.diag(rng.uniform(0.93, 1.07, 3)), np.full((3, 1), rng.uniform(-12, 12))])
+    image = cv2.transform(image, gain_and_shift)
+    amplitude = rng.uniform(0, 20)  # uniform sensor noise, std up to ~6 grey levels
+    noise = np.frombuffer(rng.bytes(image.size), np.uint8).reshape(image.shape)
+    return cv2.addWeighted(image, 1.0, noise, amplitude / 255, -amplitude / 2)
 
 
 def draw_flower(class_index: int, rng: np.random.Generator, size: int = 128) -> np.ndarray:
@@ -257,6 +260,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary shareable data files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
