@@ -201,9 +201,19 @@ def manifest_rows(results: list[ImageResult], labels: np.ndarray, split_of: dict
             continue
         cls = int(labels[r.image_id - 1])
         name = image_name(r.image_id)
-        rows.append(dict(path=f"jpg/{name}", cache_path=f"cache/{name}", image_id=r.image_id, class_index=cls,
-                         class_name=names[cls], split=split_of[r.image_id], sha256=r.sha256,
-                         width=r.width, height=r.height))
+        rows.append(
+            dict(
+                path=f"jpg/{name}",
+                cache_path=f"cache/{name}",
+                image_id=r.image_id,
+                class_index=cls,
+                class_name=names[cls],
+                split=split_of[r.image_id],
+                sha256=r.sha256,
+                width=r.width,
+                height=r.height,
+            )
+        )
     return rows
 
 
@@ -214,7 +224,8 @@ def build_summary(config: PrepareConfig, rows, missing, corrupt, duplicates, una
     synthetic = is_synthetic(config.source)
     return {
         "dataset": "SYNTHETIC Oxford-102-format release (procedurally drawn, not real flowers)"
-        if synthetic else "Oxford 102 Flowers (Nilsback & Zisserman, 2008)",
+        if synthetic
+        else "Oxford 102 Flowers (Nilsback & Zisserman, 2008)",
         "synthetic": synthetic,
         "source": str(config.source.resolve()),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
@@ -237,7 +248,9 @@ def build_summary(config: PrepareConfig, rows, missing, corrupt, duplicates, una
 def write_outputs(work: Path, config: PrepareConfig, rows: list[dict], summary: dict, missing: dict) -> None:
     write_manifest(work / "manifest.csv", rows)
     (work / "labels.txt").write_text("\n".join(class_names()) + "\n", encoding="utf-8")
-    spec = IMAGENET_SPEC.replace(resize_size=config.cache_size, crop_size=min(IMAGENET_SPEC.crop_size, config.cache_size))
+    spec = IMAGENET_SPEC.replace(
+        resize_size=config.cache_size, crop_size=min(IMAGENET_SPEC.crop_size, config.cache_size)
+    )
     (work / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n", encoding="utf-8")
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (work / "missing.json").write_text(json.dumps(missing) + "\n", encoding="utf-8")
@@ -279,8 +292,15 @@ def prepare_dataset(config: PrepareConfig) -> dict:
         for item in corrupt:
             (work / "jpg" / item["file"]).unlink(missing_ok=True)
         rows = manifest_rows(results, labels, split_of)
-        summary = build_summary(config, rows, missing, sorted(corrupt, key=lambda c: c["file"]),
-                                find_duplicates(rows), len(present - set(split_of)), time.perf_counter() - start)
+        summary = build_summary(
+            config,
+            rows,
+            missing,
+            sorted(corrupt, key=lambda c: c["file"]),
+            find_duplicates(rows),
+            len(present - set(split_of)),
+            time.perf_counter() - start,
+        )
         summary["image_folder"] = link_image_folder(work, rows)
         write_outputs(work, config, rows, summary, missing)
         publish(work, config.out)

@@ -30,19 +30,36 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--source", type=Path, help="folder holding the release files")
-    src.add_argument("--download", action="store_true",
-                     help="fetch the release (md5-checked, resumable) into --download-dir first")
-    parser.add_argument("--download-dir", type=Path, default=DEFAULT_DOWNLOAD_DIR,
-                        help="where --download keeps the raw files (default: %(default)s)")
+    src.add_argument(
+        "--download", action="store_true", help="fetch the release (md5-checked, resumable) into --download-dir first"
+    )
+    parser.add_argument(
+        "--download-dir",
+        type=Path,
+        default=DEFAULT_DOWNLOAD_DIR,
+        help="where --download keeps the raw files (default: %(default)s)",
+    )
     parser.add_argument("--mirror", default=None, help="base URL to download from instead of the dataset's home page")
     parser.add_argument("--out", type=Path, required=True, help="output folder for the prepared dataset")
-    parser.add_argument("--split", choices=SPLIT_MODES, default="official",
-                        help="official setid.mat splits, or a class-stratified random split (default: %(default)s)")
-    parser.add_argument("--val-frac", type=float, default=0.1, help="stratified: share of each class for val (default: %(default)s)")
-    parser.add_argument("--test-frac", type=float, default=0.1, help="stratified: share of each class for test (default: %(default)s)")
+    parser.add_argument(
+        "--split",
+        choices=SPLIT_MODES,
+        default="official",
+        help="official setid.mat splits, or a class-stratified random split (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--val-frac", type=float, default=0.1, help="stratified: share of each class for val (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--test-frac", type=float, default=0.1, help="stratified: share of each class for test (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="stratified: random seed (default: %(default)s)")
-    parser.add_argument("--cache-size", type=int, default=256, help="shorter side of the cached copies in px (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores, %(default)s)")
+    parser.add_argument(
+        "--cache-size", type=int, default=256, help="shorter side of the cached copies in px (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores, %(default)s)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.set_defaults(func=run)
     return parser
@@ -57,8 +74,16 @@ def run(args: argparse.Namespace) -> int:
         from prepare.download import BASE_URL, download_release
 
         source = download_release(args.download_dir, base_url=args.mirror or BASE_URL)
-    config = PrepareConfig(source=source, out=args.out, split=args.split, val_frac=args.val_frac,
-                           test_frac=args.test_frac, seed=args.seed, cache_size=args.cache_size,
-                           overwrite=args.overwrite, workers=args.workers)
+    config = PrepareConfig(
+        source=source,
+        out=args.out,
+        split=args.split,
+        val_frac=args.val_frac,
+        test_frac=args.test_frac,
+        seed=args.seed,
+        cache_size=args.cache_size,
+        overwrite=args.overwrite,
+        workers=args.workers,
+    )
     print_summary(prepare_dataset(config), args.out)
     return 0

@@ -18,4 +18,6 @@ def print_summary(summary: dict, out: Path) -> None:
     if summary["duplicates"]:
         print(f"  {len(summary['duplicates'])} groups of byte-identical images (see summary.json)")
     print(f"  {summary['images_per_s']} images/s, {summary['elapsed_s']} s")
-    print(f"wrote {out}/ (manifest.csv, summary.json, labels.txt, spec.json, cache/, {', '.join(s + '/' for s in summary['counts'] if summary['counts'][s])})")
+    print(
+        f"wrote {out}/ (manifest.csv, summary.json, labels.txt, spec.json, cache/, {', '.join(s + '/' for s in summary['counts'] if summary['counts'][s])})"
+    )

@@ -107,8 +107,9 @@ def _stem(image: np.ndarray, centre: np.ndarray, radius: float, rng: np.random.G
         offset = np.array([math.cos(math.radians(leaf_angle)), math.sin(math.radians(leaf_angle))])
         leaf_centre = along + offset * radius * 0.45
         axes = (float(radius * 0.5), float(radius * 0.15))
-        cv2.ellipse(image, (tuple(map(float, leaf_centre)), (axes[0] * 2, axes[1] * 2), leaf_angle),
-                    colour, -1, cv2.LINE_AA)
+        cv2.ellipse(
+            image, (tuple(map(float, leaf_centre)), (axes[0] * 2, axes[1] * 2), leaf_angle), colour, -1, cv2.LINE_AA
+        )
 
 
 @cache
@@ -135,8 +136,9 @@ def _petal_outlines(style: FlowerStyle, start: float, lengths: np.ndarray, angle
     return np.stack([x * c - y * s, x * s + y * c], -1)
 
 
-def _draw_petals(image: np.ndarray, style: FlowerStyle, centre: np.ndarray, radius: float,
-                 rng: np.random.Generator) -> None:
+def _draw_petals(
+    image: np.ndarray, style: FlowerStyle, centre: np.ndarray, radius: float, rng: np.random.Generator
+) -> None:
     """The class-defining petals: rotated, tilted (as if seen at an angle) and colour-jittered."""
     hue = style.hue + rng.uniform(-4, 4)
     sat, val = rng.uniform(170, 255), rng.uniform(175, 255)
@@ -166,8 +168,7 @@ def _draw_centre(image: np.ndarray, centre: np.ndarray, radius: float, rng: np.r
     for _ in range(int(rng.integers(0, 7))):
         offset = rng.uniform(-0.7, 0.7, 2) * disc
         r = max(1.0, disc * 0.15)
-        cv2.circle(image, _pt(centre + offset), round(r * (1 << _SHIFT)), dot, -1, cv2.LINE_AA,
-                   _SHIFT)
+        cv2.circle(image, _pt(centre + offset), round(r * (1 << _SHIFT)), dot, -1, cv2.LINE_AA, _SHIFT)
 
 
 def _finish(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -214,8 +215,9 @@ def _check_arguments(num_classes: int, per_class: tuple[int, int, int], size: in
         raise ValueError(f"size must be at least 16 pixels, got {size}")
 
 
-def _assign_ids(num_classes: int, per_class: tuple[int, int, int],
-                rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
+def _assign_ids(
+    num_classes: int, per_class: tuple[int, int, int], rng: np.random.Generator
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """Labels (1-based, by image id) and the three sorted 1-based id splits; ids shuffled across classes."""
     total = sum(per_class)
     labels = np.repeat(np.arange(1, num_classes + 1), total)
@@ -230,11 +232,14 @@ def _assign_ids(num_classes: int, per_class: tuple[int, int, int],
 def _tar_bytes(labels: np.ndarray, size: int, rng: np.random.Generator) -> bytes:
     """The gzip tar of all JPEGs, with fixed metadata so the bytes depend on the seed only."""
     buffer = io.BytesIO()
-    with gzip.GzipFile(filename="", fileobj=buffer, mode="wb", compresslevel=6, mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with (
+        gzip.GzipFile(filename="", fileobj=buffer, mode="wb", compresslevel=6, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar,
+    ):
         for image_id, label in enumerate(labels.ravel(), start=1):
-            ok, jpeg = cv2.imencode(".jpg", draw_flower(int(label) - 1, rng, size),
-                                    [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
+            ok, jpeg = cv2.imencode(
+                ".jpg", draw_flower(int(label) - 1, rng, size), [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY]
+            )
             if not ok:
                 raise RuntimeError(f"JPEG encoding failed for image {image_id}")
             info = tarfile.TarInfo(f"jpg/image_{image_id:05d}.jpg")
@@ -288,9 +293,16 @@ def _marker_text(num_classes: int, per_class: tuple[int, int, int], size: int, s
     )
 
 
-def make_synthetic_release(out_dir: str | Path, *, num_classes: int = 102, train_per_class: int = 10,
-                           val_per_class: int = 10, test_per_class: int = 20, size: int = 128,
-                           seed: int = 0) -> Path:
+def make_synthetic_release(
+    out_dir: str | Path,
+    *,
+    num_classes: int = 102,
+    train_per_class: int = 10,
+    val_per_class: int = 10,
+    test_per_class: int = 20,
+    size: int = 128,
+    seed: int = 0,
+) -> Path:
     """Writes 102flowers.tgz, imagelabels.mat, setid.mat, SYNTHETIC.md into out_dir (created if needed).
 
     Image ids are ``1..N`` consecutive and shuffled across classes; each class contributes exactly

@@ -33,7 +33,7 @@ def build_release(root: Path, *, classes: int = 3, per_split=(3, 2, 2), archive:
     for c in range(classes):
         class_ids = np.arange(c * per_class, (c + 1) * per_class) + 1
         cuts = np.cumsum(per_split)
-        for key, chunk in zip(ids, np.split(class_ids, cuts[:-1])):
+        for key, chunk in zip(ids, np.split(class_ids, cuts[:-1]), strict=True):
             ids[key] += chunk.tolist()
     scipy.io.savemat(root / "imagelabels.mat", {"labels": labels[None, :]})
     scipy.io.savemat(root / "setid.mat", {k: np.array(v, dtype=np.uint16)[None, :] for k, v in ids.items()})

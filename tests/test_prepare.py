@@ -77,7 +77,7 @@ def test_image_folder_tree_reads_with_torchvision_and_keeps_class_indices(mini_r
     prepare(mini_release, out)
     dataset = ImageFolder(str(out / "train"))
     assert len(dataset) == 9
-    for name, idx in dataset.class_to_idx.items():
+    for name in dataset.class_to_idx:
         assert folder_name(int(name[:3])) == name
     by_file = {r["path"].split("/")[-1]: r["class_index"] for r in read_manifest(out)}
     for path, idx in dataset.samples:

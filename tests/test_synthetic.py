@@ -21,8 +21,7 @@ from prepare.synthetic import (
 )
 
 FILES = ("102flowers.tgz", "imagelabels.mat", "setid.mat")
-SMALL = {"num_classes": 4, "train_per_class": 2, "val_per_class": 1, "test_per_class": 3, "size": 32,
-         "seed": 3}
+SMALL = {"num_classes": 4, "train_per_class": 2, "val_per_class": 1, "test_per_class": 3, "size": 32, "seed": 3}
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +105,7 @@ def _features(image: np.ndarray) -> np.ndarray:
     """The central square, downsampled to 16x16 pixels."""
     h, w = image.shape[:2]
     side = min(h, w)
-    square = image[(h - side) // 2:(h + side) // 2, (w - side) // 2:(w + side) // 2]
+    square = image[(h - side) // 2 : (h + side) // 2, (w - side) // 2 : (w + side) // 2]
     return cv2.resize(square, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32).ravel() / 255
 
 

@@ -1,0 +1,74 @@
+"""Datasets read from a prepared directory's resized cache.
+
+Training augments uint8 tensors with torchvision; evaluation calls the edge runtime's
+``preprocess()`` so that the numbers measured here are the numbers a device gets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from edge_runtime.errors import FloraEdgeError
+from edge_runtime.preprocess import preprocess, read_image_bgr
+from edge_runtime.spec import PreprocessSpec
+from prepare.build import read_manifest
+from prepare.release import SPLITS
+
+
+def select_rows(prepared: Path, splits: list[str]) -> list[dict]:
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise FloraEdgeError(f"unknown split(s) {unknown}; choose from {', '.join(SPLITS)}")
+    rows = [r for r in read_manifest(prepared) if r["split"] in splits]
+    if not rows:
+        raise FloraEdgeError(f"{prepared} has no images in split(s) {', '.join(splits)} (see its summary.json)")
+    return rows
+
+
+def train_transform(spec: PreprocessSpec, *, min_scale: float = 0.35, trivial_augment: bool = True) -> v2.Compose:
+    steps = [v2.RandomResizedCrop(spec.crop_size, scale=(min_scale, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+    if trivial_augment:
+        steps.append(v2.TrivialAugmentWide())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(spec.mean), list(spec.std))]
+    return v2.Compose(steps)
+
+
+class CachedImages(Dataset):
+    """Images of a prepared dataset's cache, decoded once and kept in memory as uint8."""
+
+    def __init__(self, prepared: str | Path, splits: list[str], transform=None, spec: PreprocessSpec | None = None):
+        self.root = Path(prepared)
+        self.rows = select_rows(self.root, splits)
+        self.targets = [r["class_index"] for r in self.rows]
+        self.transform, self.spec = transform, spec
+        self.images = [read_image_bgr(self.root / r["cache_path"]) for r in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        bgr = self.images[i]
+        if self.transform is None:  # evaluation: the runtime's own preprocessing
+            return torch.from_numpy(preprocess(bgr, self.spec.replace(layout="NCHW"))[0]), self.targets[i]
+        rgb = torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1)
+        return self.transform(rgb), self.targets[i]
+
+
+class JpegFolderImages(Dataset):
+    """The plain baseline: decode the original JPEG every time (for the input-pipeline benchmark)."""
+
+    def __init__(self, prepared: str | Path, splits: list[str], transform):
+        self.root, self.rows, self.transform = Path(prepared), select_rows(Path(prepared), splits), transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        rgb = cv2.cvtColor(read_image_bgr(self.root / self.rows[i]["path"]), cv2.COLOR_BGR2RGB)
+        return self.transform(torch.from_numpy(rgb).permute(2, 0, 1)), self.rows[i]["class_index"]

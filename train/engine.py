@@ -1,0 +1,103 @@
+"""One epoch of training, prediction, and the classification metrics."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from edge_runtime.errors import FloraEdgeError
+
+
+class TrainError(FloraEdgeError):
+    """Training cannot go on (NaN loss, out of memory, ...); the message says which knob to turn."""
+
+
+def set_train_mode(model: nn.Module, *, freeze_bn: bool) -> None:
+    """``model.train()``, but with BatchNorm statistics and affine parameters frozen when asked."""
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+                for p in m.parameters(recurse=False):
+                    p.requires_grad_(False)
+
+
+def train_one_epoch(
+    model,
+    loader,
+    optimizer,
+    scheduler,
+    criterion,
+    device,
+    *,
+    epoch: int,
+    amp: bool = False,
+    scaler=None,
+    progress: bool = True,
+) -> dict:
+    """One pass over ``loader``; returns mean loss, accuracy and images/s."""
+    total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
+    for step, (images, targets) in enumerate(bar):
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, enabled=amp):
+            logits = model(images)
+            loss = criterion(logits, targets)
+        if not math.isfinite(loss.item()):
+            raise TrainError(f"loss became {loss.item()} at epoch {epoch}, step {step}; lower --lr or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        total_loss += loss.item() * targets.size(0)
+        correct += (logits.argmax(1) == targets).sum().item()
+        seen += targets.size(0)
+        elapsed = time.perf_counter() - start
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{seen / elapsed:.1f}")
+    return {"train_loss": total_loss / seen, "train_acc": correct / seen, "images_per_s": seen / elapsed}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, device, *, tta_flip: bool = False, progress: bool = False):
+    """Logits (N x C, float32, CPU) and targets for ``loader``; flip TTA averages the mirrored view."""
+    model.eval()
+    all_logits, all_targets = [], []
+    for images, targets in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
+        images = images.to(device)
+        logits = model(images).float()
+        if tta_flip:
+            logits = (logits + model(images.flip(3)).float()) / 2
+        all_logits.append(logits.cpu())
+        all_targets.append(targets)
+    return torch.cat(all_logits), torch.cat(all_targets)
+
+
+def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict:
+    """top-1, top-5, mean per-class accuracy (over classes present) and the confusion matrix."""
+    pred = logits.argmax(1)
+    top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (targets.numpy(), pred.numpy()), 1)
+    support = confusion.sum(1)
+    per_class = np.divide(np.diag(confusion), support, out=np.zeros(num_classes), where=support > 0)
+    return {
+        "top1": (pred == targets).float().mean().item(),
+        "top5": (top5 == targets[:, None]).any(1).float().mean().item(),
+        "mean_per_class": float(per_class[support > 0].mean()),
+        "n": int(targets.numel()),
+        "per_class": per_class.tolist(),
+        "confusion": confusion.tolist(),
+    }

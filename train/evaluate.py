@@ -1,0 +1,53 @@
+"""Evaluate a model bundle on any split of a prepared dataset: top-1, top-5, mean per-class,
+confusion matrix and a per-class report."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from train.checkpoint import load_bundle, model_from_bundle
+from train.data import CachedImages
+from train.engine import classification_metrics, predict
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str,
+    *,
+    tta_flip: bool = False,
+    out: str | Path | None = None,
+    workers: int = 0,
+    batch_size: int = 64,
+) -> dict:
+    """Metrics of ``checkpoint`` on ``split``; with ``out``, also metrics.json, per_class.csv, confusion.csv."""
+    bundle = load_bundle(checkpoint)
+    model, spec = model_from_bundle(bundle)
+    dataset = CachedImages(data, [split], spec=spec)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    logits, targets = predict(model, loader, torch.device("cpu"), tta_flip=tta_flip, progress=True)
+    metrics = classification_metrics(logits, targets, bundle["num_classes"])
+    metrics |= {"split": split, "tta_flip": tta_flip, "checkpoint": str(checkpoint), "arch": bundle["arch"]}
+    if out is not None:
+        write_report(Path(out), metrics, bundle["class_names"])
+    return metrics
+
+
+def write_report(out: Path, metrics: dict, names: list[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "confusion"}, indent=2))
+    confusion = metrics["confusion"]
+    with (out / "per_class.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class_index", "class_name", "support", "accuracy", "most_confused_with"])
+        for i, row in enumerate(confusion):
+            others = [(n, j) for j, n in enumerate(row) if j != i and n]
+            worst = names[max(others)[1]] if others else ""
+            writer.writerow([i, names[i], sum(row), round(metrics["per_class"][i], 4), worst])
+    with (out / "confusion.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(confusion)
