@@ -64,3 +64,16 @@ def add_tar_member(archive: Path, info: tarfile.TarInfo, data: bytes = b"") -> N
             tar.addfile(m, io.BytesIO(content) if content is not None else None)
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory) -> Path:
+    """A prepared synthetic dataset: 4 classes, 8 train + 4 val + 4 test images each, 40 px cache."""
+    from prepare.build import PrepareConfig, prepare_dataset
+    from prepare.synthetic import make_synthetic_release
+
+    root = tmp_path_factory.mktemp("tiny")
+    release = make_synthetic_release(root / "release", num_classes=4, train_per_class=8, val_per_class=4,
+                                     test_per_class=4, size=48, seed=0)
+    prepare_dataset(PrepareConfig(source=release, out=root / "prepared", cache_size=40, workers=1))
+    return root / "prepared"

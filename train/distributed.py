@@ -49,3 +49,9 @@ def broadcast_flag(value: bool) -> bool:
     flag = torch.tensor([int(value)])
     tdist.broadcast(flag, 0)
     return bool(flag.item())
+
+
+def wrap(model: torch.nn.Module) -> torch.nn.Module:
+    if world_size() == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model)

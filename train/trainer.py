@@ -253,6 +253,7 @@ def train(config: TrainConfig) -> dict:
     dist.barrier()
     spec = model_spec(config)
     train_set, val_set = make_loaders(config, spec)
+    torch.manual_seed(config.seed)  # the new head's initial weights
     model = build_model(config.arch, len(class_names()), config.weights).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -267,7 +268,6 @@ def train(config: TrainConfig) -> dict:
         optimizer.load_state_dict(last["optimizer"])
         scheduler.load_state_dict(last["scheduler"])
         state = last["train_state"]
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.world_size() > 1 else model
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if amp else None
     config_dict = asdict(config)
@@ -281,6 +281,7 @@ def train(config: TrainConfig) -> dict:
             start = time.perf_counter()
             set_backbone_trainable(model, config, epoch > config.head_epochs)
             set_train_mode(model, freeze_bn=config.freeze_bn)
+            ddp = dist.wrap(model)  # after the requires_grad changes: DDP syncs only what trains
             stats = train_one_epoch(
                 ddp,
                 epoch_loader(train_set, config, epoch),

@@ -1,0 +1,160 @@
+"""`floraedge train` on a tiny synthetic dataset: learning, checkpoints, resume, DDP, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from edge_runtime.errors import FloraEdgeError
+from edge_runtime.preprocess import preprocess, read_image_bgr
+from prepare.build import read_manifest
+from train import trainer
+from train.checkpoint import CheckpointError, load_bundle, model_from_bundle
+from train.models import MODELS, WeightsError, build_model, get_entry
+from train.trainer import TrainConfig, train
+from tests.conftest import REAL_DATA, REPO
+
+TINY = dict(arch="efficientnet_lite0", img_size=32, batch_size=8, workers=0, threads=2, progress=False,
+            head_epochs=0, warmup_epochs=0.5, tta_flip=False, patience=0)
+
+
+def history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_bundle_describes_itself(tiny_prepared, tmp_path):
+    run = tmp_path / "run"
+    summary = train(TrainConfig(data=str(tiny_prepared), out=str(run), epochs=3, lr=3e-3, **TINY))
+    losses = [h["train_loss"] for h in history(run)]
+    assert losses[-1] < losses[0]
+    for name in ("best.pt", "last.pt", "metrics.csv", "curves.png", "config.json", "eval/per_class.csv"):
+        assert (run / name).is_file(), name
+    bundle = torch.load(run / "best.pt", weights_only=True)
+    assert bundle["arch"] == "efficientnet_lite0" and bundle["num_classes"] == 102
+    assert bundle["class_names"][0] == "pink primrose" and bundle["dataset"]["synthetic"]
+    assert bundle["spec"]["crop_size"] == 32 and bundle["spec"]["mean"] == [0.5, 0.5, 0.5]
+    assert summary["val"]["n"] == 16 and 0 <= summary["val"]["mean_per_class"] <= 1
+
+
+def test_checkpoint_round_trip_gives_the_same_outputs(tiny_prepared, tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(tiny_prepared), out=str(run), epochs=1, **TINY))
+    model, spec = model_from_bundle(load_bundle(run / "best.pt"))
+    row = read_manifest(tiny_prepared)[0]
+    x = torch.from_numpy(preprocess(read_image_bgr(tiny_prepared / row["cache_path"]), spec))
+    again, _ = model_from_bundle(load_bundle(run / "best.pt"))
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+        assert model(x).std() > 1e-3  # a trained head, not an all-zero output
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_prepared, tmp_path, monkeypatch):
+    config = dict(data=str(tiny_prepared), epochs=3, **TINY)
+    train(TrainConfig(out=str(tmp_path / "straight"), **config))
+
+    real_epoch = trainer.train_one_epoch
+
+    def interrupted(*args, epoch, **kwargs):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(tmp_path / "resumed"), **config))
+    assert load_bundle(tmp_path / "resumed" / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
+    train(TrainConfig(out=str(tmp_path / "resumed"), resume=True, **config))
+    a = load_bundle(tmp_path / "straight" / "last.pt")["model"]
+    b = load_bundle(tmp_path / "resumed" / "last.pt")["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    assert [h["train_loss"] for h in history(tmp_path / "straight")] == [
+        h["train_loss"] for h in history(tmp_path / "resumed")
+    ]
+
+
+def test_existing_run_dir_is_refused(tiny_prepared, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "x").write_text("keep")
+    with pytest.raises(FloraEdgeError, match="--resume"):
+        train(TrainConfig(data=str(tiny_prepared), out=str(tmp_path / "run"), epochs=1, **TINY))
+
+
+def test_unprepared_data_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(FloraEdgeError, match="not a prepared dataset"):
+        train(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), epochs=1, **TINY))
+
+
+def test_weights_with_another_class_count_are_refused(tmp_path):
+    model = build_model("mobilenet_v3_large", 10, weights="none")
+    torch.save(model.state_dict(), tmp_path / "ten.pth")
+    with pytest.raises(WeightsError, match="10-class head"):
+        build_model("mobilenet_v3_large", 102, weights=str(tmp_path / "ten.pth"))
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    torch.save(build_model("efficientnet_lite0", 102, weights="none").state_dict(), tmp_path / "lite.pth")
+    with pytest.raises(WeightsError, match="does not fit mobilenet_v3_large"):
+        build_model("mobilenet_v3_large", 102, weights=str(tmp_path / "lite.pth"))
+
+
+def test_imagenet_state_dict_file_loads_and_head_is_replaced(tmp_path):
+    imagenet = build_model("mobilenet_v3_large", 1000, weights="none")
+    torch.save(imagenet.state_dict(), tmp_path / "imagenet.pth")
+    model = build_model("mobilenet_v3_large", 102, weights=str(tmp_path / "imagenet.pth"))
+    assert model.classifier[3].out_features == 102
+    assert torch.equal(model.features[0][0].weight, imagenet.features[0][0].weight)
+
+
+def test_torchvision_imagenet_weights_fail_fast_offline_naming_the_routes(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache: it has to download
+    with pytest.raises(WeightsError, match="--weights PATH"):
+        build_model("resnet50", 102, weights="imagenet")
+
+
+def test_unknown_arch_lists_the_choices():
+    with pytest.raises(FloraEdgeError, match="resnet50, mobilenet_v3_large, efficientnet_lite0"):
+        get_entry("vgg16")
+
+
+def test_foreign_checkpoint_is_refused(tmp_path):
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "plain.pt")
+    with pytest.raises(CheckpointError, match="not a FloraEdge model bundle"):
+        load_bundle(tmp_path / "plain.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_bundle(tmp_path / "junk.pt")
+
+
+@pytest.mark.realdata
+def test_lite0_offline_imagenet_weights_see_a_daisy():
+    """Proves the shipped weights and the (x - 127.5) / 127.5 normalization are right."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real data not present at {REAL_DATA}")
+    categories = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
+    model = MODELS["efficientnet_lite0"].build("imagenet").eval()
+    image = read_image_bgr(REAL_DATA / "jpg" / "image_06200.jpg")  # an oxeye daisy (train split)
+    with torch.no_grad():
+        probs = model(torch.from_numpy(preprocess(image, get_entry("efficientnet_lite0").spec))).softmax(1)[0]
+    assert categories[probs.argmax()] == "daisy" and probs.max() > 0.5
+
+
+@pytest.mark.slow
+def test_ddp_with_two_gloo_processes(tiny_prepared, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "train", "--data", str(tiny_prepared), "--out", str(run), "--arch", "efficientnet_lite0",
+           "--img-size", "32", "--batch-size", "8", "--epochs", "2", "--head-epochs", "0", "--workers", "0",
+           "--threads", "1", "--no-progress", "--no-tta"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [h["epoch"] for h in history(run)] == [1, 2]
+    assert load_bundle(run / "best.pt")["num_classes"] == 102
