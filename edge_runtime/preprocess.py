@@ -36,18 +36,18 @@ def read_image_bgr(path: str | Path) -> np.ndarray:
 def resize_shorter_side(image: np.ndarray, size: int, interpolation: str = "bilinear") -> np.ndarray:
     """Resize so the shorter side is ``size``. Shrinking uses area averaging (antialiased)."""
     h, w = image.shape[:2]
-    scale = size / min(h, w)
-    if scale == 1.0:
+    if min(h, w) == size:
         return image
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    flag = cv2.INTER_AREA if scale < 1.0 else _UPSCALE[interpolation]
+    # torchvision's rule: the longer side is truncated, not rounded (keeps crops pixel-aligned with training)
+    new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    flag = cv2.INTER_AREA if size < min(h, w) else _UPSCALE[interpolation]
     return cv2.resize(image, (new_w, new_h), interpolation=flag)
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     """The central ``size`` x ``size`` window (the image must be at least that large)."""
     h, w = image.shape[:2]
-    top, left = (h - size) // 2, (w - size) // 2
+    top, left = round((h - size) / 2), round((w - size) / 2)  # torchvision's CenterCrop offsets
     return image[top : top + size, left : left + size]
 
 

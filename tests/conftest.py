@@ -73,7 +73,8 @@ def tiny_prepared(tmp_path_factory) -> Path:
     from prepare.synthetic import make_synthetic_release
 
     root = tmp_path_factory.mktemp("tiny")
-    release = make_synthetic_release(root / "release", num_classes=4, train_per_class=8, val_per_class=4,
-                                     test_per_class=4, size=48, seed=0)
+    release = make_synthetic_release(
+        root / "release", num_classes=4, train_per_class=8, val_per_class=4, test_per_class=4, size=48, seed=0
+    )
     prepare_dataset(PrepareConfig(source=release, out=root / "prepared", cache_size=40, workers=1))
     return root / "prepared"

@@ -21,8 +21,18 @@ from train.models import MODELS, WeightsError, build_model, get_entry
 from train.trainer import TrainConfig, train
 from tests.conftest import REAL_DATA, REPO
 
-TINY = dict(arch="efficientnet_lite0", img_size=32, batch_size=8, workers=0, threads=2, progress=False,
-            head_epochs=0, warmup_epochs=0.5, tta_flip=False, patience=0)
+TINY = dict(
+    arch="efficientnet_lite0",
+    img_size=32,
+    batch_size=8,
+    workers=0,
+    threads=2,
+    progress=False,
+    head_epochs=0,
+    warmup_epochs=0.5,
+    tta_flip=False,
+    patience=0,
+)
 
 
 def history(run: Path) -> list[dict]:
@@ -149,12 +159,40 @@ def test_lite0_offline_imagenet_weights_see_a_daisy():
 @pytest.mark.slow
 def test_ddp_with_two_gloo_processes(tiny_prepared, tmp_path):
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "train", "--data", str(tiny_prepared), "--out", str(run), "--arch", "efficientnet_lite0",
-           "--img-size", "32", "--batch-size", "8", "--epochs", "2", "--head-epochs", "0", "--workers", "0",
-           "--threads", "1", "--no-progress", "--no-tta"]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "train",
+        "--data",
+        str(tiny_prepared),
+        "--out",
+        str(run),
+        "--arch",
+        "efficientnet_lite0",
+        "--img-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--head-epochs",
+        "0",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--no-tta",
+    ]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert [h["epoch"] for h in history(run)] == [1, 2]
     assert load_bundle(run / "best.pt")["num_classes"] == 102

@@ -161,7 +161,9 @@ def build_model(name: str, num_classes: int, weights: str = "imagenet") -> nn.Mo
     state = read_state_dict(path)
     head_weight = state.get(f"{entry.head}.weight")
     if head_weight is None:
-        raise WeightsError(f"--weights {path} does not fit {name}: it has no {entry.head}.weight; is it a {name} state_dict?")
+        raise WeightsError(
+            f"--weights {path} does not fit {name}: it has no {entry.head}.weight; is it a {name} state_dict?"
+        )
     head_classes = head_weight.shape[0]
     model = entry.build("none")
     if head_classes == num_classes:

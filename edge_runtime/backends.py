@@ -1,0 +1,175 @@
+"""Inference backends behind one small interface: ``load(path) -> Backend``.
+
+A backend has ``.name``, ``.info`` (spec + labels) and ``.predict(batch) -> logits``, where
+``batch`` is float32 in the spec's layout. Each runtime is imported inside its backend, so a
+device needs only the one it uses; a missing one is an error naming the package to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.errors import FloraEdgeError
+from edge_runtime.metadata import ModelInfo, from_props, from_tflite_zip, require_info
+
+
+class BackendError(FloraEdgeError):
+    """A model file that no backend can run, or a runtime that is not installed."""
+
+
+def import_runtime(module: str, package: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BackendError(
+            f"this backend needs {module}: pip install {package}  (or `pip install floraedge[edge]`)"
+        ) from exc
+
+
+class OnnxRuntimeBackend:
+    """ONNX Runtime; execution providers selectable (CPU, CUDA, TensorRT on a Jetson)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, *, threads: int | None = None, providers: list[str] | None = None):
+        ort = import_runtime("onnxruntime", "onnxruntime")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        available = ort.get_available_providers()
+        wanted = providers or ["CPUExecutionProvider"]
+        missing = [p for p in wanted if p not in available]
+        if missing:
+            raise BackendError(
+                f"execution providers {missing} are not in this onnxruntime build; available: {available}"
+            )
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=wanted)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+            raise BackendError(f"{path} is not a model onnxruntime can load ({exc})") from exc
+        self.input_name = self.session.get_inputs()[0].name
+        out_shape = self.session.get_outputs()[0].shape
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.info = require_info(path, from_props(props), out_shape[-1] if isinstance(out_shape[-1], int) else 0)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
+
+
+class OpenCVBackend:
+    """OpenCV DNN on a float ONNX file (no extra package on a device that has OpenCV)."""
+
+    name = "opencv"
+
+    def __init__(self, path: Path, *, threads: int | None = None, providers: list[str] | None = None):
+        import cv2
+
+        if threads:
+            cv2.setNumThreads(threads)
+        try:
+            self.net = cv2.dnn.readNetFromONNX(str(path))
+        except cv2.error as exc:
+            raise BackendError(
+                f"OpenCV DNN cannot load {path} (int8 QDQ files are not supported; use onnxruntime): {exc}"
+            ) from exc
+        embedded = None
+        try:  # OpenCV does not read metadata_props; onnx, when installed, does
+            onnx = importlib.import_module("onnx")
+            model = onnx.load(str(path), load_external_data=False)
+            embedded = from_props({p.key: p.value for p in model.metadata_props})
+        except ImportError:
+            pass
+        self.info = require_info(path, embedded, 0)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.net.setInput(np.ascontiguousarray(batch, dtype=np.float32))
+        return np.asarray(self.net.forward(), dtype=np.float32).reshape(batch.shape[0], -1)
+
+
+def _tflite_interpreter():
+    """ai-edge-litert's interpreter, or tflite_runtime's where that is what a device has."""
+    for module in ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"):
+        try:
+            return importlib.import_module(module).Interpreter
+        except ImportError:
+            continue
+    raise BackendError("this backend needs a TFLite interpreter: pip install ai-edge-litert (or tflite-runtime)")
+
+
+class LiteRTBackend:
+    """LiteRT (TFLite); int8/uint8 inputs and outputs are (de)quantized from the tensor details."""
+
+    name = "litert"
+
+    def __init__(self, path: Path, *, threads: int | None = None, providers: list[str] | None = None):
+        Interpreter = _tflite_interpreter()
+        try:
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise BackendError(f"{path} is not a model LiteRT can load ({exc})") from exc
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.info = require_info(path, from_tflite_zip(path), int(self.output["shape"][-1]))
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        results = []
+        for sample in batch:  # TFLite models are exported with a fixed batch of one
+            self.interpreter.set_tensor(self.input["index"], quantize(sample[None], self.input))
+            self.interpreter.invoke()
+            results.append(dequantize(self.interpreter.get_tensor(self.output["index"]), self.output))
+        return np.concatenate(results)
+
+
+def quantize(x: np.ndarray, details: dict) -> np.ndarray:
+    dtype = np.dtype(details["dtype"])
+    if dtype.kind == "f":
+        return x.astype(dtype)
+    scale, zero_point = details["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def dequantize(q: np.ndarray, details: dict) -> np.ndarray:
+    if np.dtype(details["dtype"]).kind == "f":
+        return q.astype(np.float32)
+    scale, zero_point = details["quantization"]
+    return (q.astype(np.float32) - zero_point) * scale
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    suffixes: tuple[str, ...]
+    load: Callable[..., object]
+    package: str
+
+
+BACKENDS: dict[str, BackendEntry] = {
+    "onnxruntime": BackendEntry((".onnx",), OnnxRuntimeBackend, "onnxruntime"),
+    "litert": BackendEntry((".tflite",), LiteRTBackend, "ai-edge-litert"),
+    "opencv": BackendEntry((".onnx",), OpenCVBackend, "opencv-python-headless"),
+}
+
+
+def load(path: str | Path, backend: str = "auto", *, threads: int | None = None, providers: list[str] | None = None):
+    """Open ``path`` with the named backend, or the first one whose file type matches."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackendError(f"model file {path} does not exist")
+    if backend == "auto":
+        backend = next((n for n, e in BACKENDS.items() if path.suffix.lower() in e.suffixes), "")
+        if not backend:
+            kinds = sorted({s for e in BACKENDS.values() for s in e.suffixes})
+            raise BackendError(f"{path}: unknown model type {path.suffix!r}; FloraEdge runs {', '.join(kinds)} files")
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; choose one of: auto, {', '.join(BACKENDS)}")
+    entry = BACKENDS[backend]
+    if path.suffix.lower() not in entry.suffixes:
+        raise BackendError(f"backend {backend} runs {', '.join(entry.suffixes)} files, not {path.name}")
+    return entry.load(path, threads=threads, providers=providers)

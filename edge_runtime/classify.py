@@ -1,0 +1,58 @@
+"""A classifier = a backend + the spec's ``preprocess()`` + softmax + top-k."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_runtime.preprocess import preprocess
+
+
+@dataclass(frozen=True)
+class Prediction:
+    top: list[tuple[int, str, float]]  # (class index, name, probability), best first
+    probabilities: np.ndarray
+    preprocess_ms: float
+    model_ms: float
+
+    def to_dict(self) -> dict:
+        return {
+            "top": [{"index": i, "label": name, "score": round(p, 5)} for i, name, p in self.top],
+            "preprocess_ms": round(self.preprocess_ms, 3),
+            "model_ms": round(self.model_ms, 3),
+        }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def to_probabilities(outputs: np.ndarray, info: dict) -> np.ndarray:
+    """Softmax, unless the model already ends in one (metadata ``"output": "probabilities"``)."""
+    return outputs if info.get("output") == "probabilities" else softmax(outputs)
+
+
+def top_k(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> list[tuple[int, str, float]]:
+    order = np.argsort(-probabilities)[:k]
+    return [(int(i), labels[i], float(probabilities[i])) for i in order]
+
+
+class Classifier:
+    """Classify BGR frames with any backend, using the model's own spec and labels."""
+
+    def __init__(self, backend, *, k: int = 5):
+        self.backend, self.k = backend, k
+        self.spec, self.labels = backend.info.spec, backend.info.labels
+
+    def __call__(self, frame_bgr: np.ndarray) -> Prediction:
+        t0 = time.perf_counter()
+        batch = preprocess(frame_bgr, self.spec)
+        t1 = time.perf_counter()
+        outputs = self.backend.predict(batch)[0]
+        t2 = time.perf_counter()
+        probs = to_probabilities(outputs, self.backend.info.info)
+        return Prediction(top_k(probs, self.labels, self.k), probs, (t1 - t0) * 1e3, (t2 - t1) * 1e3)

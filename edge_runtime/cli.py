@@ -1,0 +1,78 @@
+"""``floraedge classify``: top-k for image files and folders (torch-free)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+BACKEND_CHOICES = ("auto", "onnxruntime", "litert", "opencv")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, type=Path, help=".onnx or .tflite file (labels + spec inside)")
+    p.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="auto",
+        help="runtime; auto picks by file type (default: %(default)s)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the runtime's)")
+    p.add_argument(
+        "--providers",
+        default=None,
+        help="onnxruntime execution providers, comma-separated, e.g. TensorrtExecutionProvider,CUDAExecutionProvider",
+    )
+    p.add_argument("--top-k", type=int, default=5, help="(default: %(default)s)")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "classify",
+        help="top-k classes for image files and folders (torch-free)",
+        description="Classify images with an exported model; labels and preprocessing come "
+        "from the model's own metadata.",
+        epilog="example:\n  floraedge classify --model export/model_int8.onnx photos/ rose.jpg --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_arguments(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per image instead of a table")
+    p.add_argument("images", nargs="+", type=Path, help="image files or folders")
+    p.set_defaults(func=run_classify)
+
+
+def iter_images(paths: list[Path]):
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            yield path
+
+
+def open_classifier(args):
+    from edge_runtime.backends import load
+    from edge_runtime.classify import Classifier
+
+    providers = args.providers.split(",") if args.providers else None
+    return Classifier(load(args.model, args.backend, threads=args.threads, providers=providers), k=args.top_k)
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    from edge_runtime.preprocess import ImageReadError, read_image_bgr
+
+    classifier, failures = open_classifier(args), 0
+    for path in iter_images(args.images):
+        try:
+            prediction = classifier(read_image_bgr(path))
+        except ImageReadError as exc:
+            print(f"skipped: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        if args.json:
+            print(json.dumps({"image": str(path), **prediction.to_dict()}))
+        else:
+            best = ", ".join(f"{name} {p:.3f}" for _, name, p in prediction.top)
+            print(f"{path}: {best}  ({prediction.model_ms:.1f} ms)")
+    return 1 if failures else 0

@@ -1,0 +1,87 @@
+"""What a model file says about itself: its preprocessing spec, class labels and provenance.
+
+ONNX files carry them in ``metadata_props``; a ``.tflite`` file carries them as files in its
+appended zip (the standard TFLite metadata layout: ``labels.txt`` plus our ``floraedge.json``).
+Sidecar files next to the model (``<model>.json``, or ``spec.json`` + ``labels.txt``) are the
+fallback. A model without a spec is refused: guessing normalization silently gives wrong answers.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_runtime.errors import FloraEdgeError
+from edge_runtime.spec import PreprocessSpec
+
+SPEC_KEY = "floraedge.spec"
+LABELS_KEY = "floraedge.labels"
+INFO_KEY = "floraedge.info"
+EMBEDDED_JSON = "floraedge.json"  # inside a .tflite's zip: {"spec": ..., "info": ...}
+
+
+class MetadataError(FloraEdgeError):
+    """A model whose preprocessing spec or labels cannot be found."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    spec: PreprocessSpec
+    labels: tuple[str, ...]
+    info: dict = field(default_factory=dict)  # exporter, precision, source checkpoint, ...
+
+
+def parse_labels(text: str) -> tuple[str, ...]:
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def from_props(props: dict[str, str]) -> ModelInfo | None:
+    """From ONNX ``metadata_props`` (``None`` when the spec key is absent)."""
+    if SPEC_KEY not in props:
+        return None
+    labels = tuple(json.loads(props.get(LABELS_KEY, "[]")))
+    return ModelInfo(PreprocessSpec.from_json(props[SPEC_KEY]), labels, json.loads(props.get(INFO_KEY, "{}")))
+
+
+def from_tflite_zip(path: Path) -> ModelInfo | None:
+    """From the zip appended to a ``.tflite`` file (``None`` when it has none or no spec)."""
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as z:
+        names = set(z.namelist())
+        if EMBEDDED_JSON not in names:
+            return None
+        meta = json.loads(z.read(EMBEDDED_JSON))
+        labels = parse_labels(z.read("labels.txt").decode()) if "labels.txt" in names else ()
+    return ModelInfo(PreprocessSpec.from_dict(meta["spec"]), labels, meta.get("info", {}))
+
+
+def from_sidecar(path: Path) -> ModelInfo | None:
+    card = path.with_suffix(".json")
+    if card.is_file():
+        meta = json.loads(card.read_text())
+        if "spec" in meta:
+            return ModelInfo(PreprocessSpec.from_dict(meta["spec"]), tuple(meta.get("labels", ())), meta)
+    spec_file, labels_file = path.parent / "spec.json", path.parent / "labels.txt"
+    if spec_file.is_file():
+        labels = parse_labels(labels_file.read_text()) if labels_file.is_file() else ()
+        return ModelInfo(PreprocessSpec.from_json(spec_file.read_text()), labels)
+    return None
+
+
+def require_info(path: Path, embedded: ModelInfo | None, num_outputs: int) -> ModelInfo:
+    """The embedded info, else the sidecar; checked against the model's output size."""
+    info = embedded or from_sidecar(path)
+    if info is None:
+        raise MetadataError(
+            f"{path} carries no preprocessing spec (ONNX metadata '{SPEC_KEY}' or a .tflite's {EMBEDDED_JSON}) "
+            f"and has no sidecar {path.with_suffix('.json').name} or spec.json; export it with `floraedge export` "
+            "or put a spec.json beside it"
+        )
+    if not info.labels:
+        info = ModelInfo(info.spec, tuple(f"class_{i}" for i in range(num_outputs)), info.info)
+    if num_outputs and len(info.labels) != num_outputs:
+        raise MetadataError(f"{path}: {len(info.labels)} labels but the model has {num_outputs} outputs")
+    return info

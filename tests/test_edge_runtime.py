@@ -1,0 +1,189 @@
+"""The torch-free runtime: preprocessing parity, backends, metadata, classify CLI, import hygiene."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_runtime.backends import BACKENDS, BackendError, dequantize, load, quantize
+from edge_runtime.classify import Classifier, softmax
+from edge_runtime.metadata import MetadataError
+from edge_runtime.preprocess import preprocess, read_image_bgr
+from edge_runtime.spec import IMAGENET_SPEC, INCEPTION_SPEC, PreprocessSpec, SpecError
+from floraedge import main as cli_main
+from tests.conftest import REAL_DATA, REPO
+from tests.tiny_models import tiny_onnx
+
+
+@pytest.fixture
+def model(tmp_path):
+    return tiny_onnx(tmp_path / "tiny.onnx")
+
+
+@pytest.fixture
+def photo(tmp_path):
+    rng = np.random.default_rng(1)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8), (5, 5), 0)
+    path = tmp_path / "photo.jpg"
+    cv2.imwrite(str(path), image)
+    return path
+
+
+def test_spec_json_round_trip_and_validation():
+    spec = INCEPTION_SPEC.replace(crop_size=260, resize_size=297, layout="NHWC")
+    assert PreprocessSpec.from_json(spec.to_json()) == spec
+    assert spec.input_shape == (1, 260, 260, 3)
+    with pytest.raises(SpecError, match="unknown preprocessing spec fields"):
+        PreprocessSpec.from_dict({**spec.to_dict(), "gamma": 2})
+    with pytest.raises(SpecError, match="interpolation"):
+        spec.replace(interpolation="lanczos9")
+    with pytest.raises(SpecError, match="crop_size <= resize_size"):
+        spec.replace(crop_size=400)
+
+
+def test_preprocess_converts_bgr_to_rgb_and_normalizes():
+    frame = np.zeros((10, 10, 3), np.uint8)
+    frame[:, :, 2] = 255  # pure red in OpenCV's BGR order
+    spec = PreprocessSpec(crop_size=8, resize_size=10, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    x = preprocess(frame, spec)
+    assert x.shape == (1, 3, 8, 8) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0, :, 0, 0], [1.0, -1.0, -1.0])  # R channel first, (255-127.5)/127.5
+    assert preprocess(frame, spec.replace(layout="NHWC")).shape == (1, 8, 8, 3)
+
+
+@pytest.mark.realdata
+def test_preprocess_matches_the_torchvision_eval_transform_on_real_images():
+    """Pixel tolerance, and identical top-1 of the ImageNet-trained Lite0 under both pipelines."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real data not present at {REAL_DATA}")
+    import torch
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from train.models import MODELS
+
+    entry = MODELS["efficientnet_lite0"]
+    spec, model = entry.spec, entry.build("imagenet").eval()
+    reference = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(spec.resize_size, antialias=True),
+            v2.CenterCrop(spec.crop_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(spec.mean, spec.std),
+        ]
+    )
+    names = sorted(p.name for p in (REAL_DATA / "jpg").glob("*.jpg"))[::50]
+    ours = np.concatenate([preprocess(read_image_bgr(REAL_DATA / "jpg" / n), spec) for n in names])
+    theirs = torch.stack([reference(Image.open(REAL_DATA / "jpg" / n).convert("RGB")) for n in names])
+    diff = np.abs(ours - theirs.numpy()).mean(axis=(1, 2, 3))
+    assert diff.max() < 0.05, diff  # OpenCV's area resize vs torchvision's antialiased bilinear: ~2 grey levels
+    with torch.no_grad():
+        ours_top, (theirs_p, theirs_top) = model(torch.from_numpy(ours)).argmax(1), model(theirs).softmax(1).max(1)
+    confident = theirs_p > 0.3  # ImageNet classes of flower photos are often near-ties; compare clear calls
+    assert confident.sum() >= 8 and torch.equal(ours_top[confident], theirs_top[confident])
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "opencv"])
+def test_backends_agree_and_read_metadata(model, photo, backend):
+    runner = load(model, backend, threads=1)
+    assert runner.info.labels == ("flower 0", "flower 1", "flower 2", "flower 3")
+    assert runner.info.spec.crop_size == 32
+    batch = preprocess(read_image_bgr(photo), runner.info.spec)
+    reference = load(model, "onnxruntime").predict(batch)
+    np.testing.assert_allclose(runner.predict(batch), reference, rtol=1e-4, atol=1e-4)
+    assert np.ptp(reference) > 0.01  # non-trivial logits
+    double = runner.predict(np.concatenate([batch, batch]))
+    np.testing.assert_allclose(double[1], reference[0], rtol=1e-4, atol=1e-4)
+
+
+def test_classifier_top_k_is_sorted_probabilities(model, photo):
+    prediction = Classifier(load(model), k=3)(read_image_bgr(photo))
+    scores = [p for _, _, p in prediction.top]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    assert prediction.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+    assert prediction.top[0][1] == f"flower {prediction.top[0][0]}"
+
+
+def test_model_without_spec_is_refused_and_sidecar_is_accepted(tmp_path):
+    bare = tiny_onnx(tmp_path / "bare.onnx", embed=False)
+    with pytest.raises(MetadataError, match="carries no preprocessing spec"):
+        load(bare)
+    (tmp_path / "spec.json").write_text(PreprocessSpec(crop_size=32, resize_size=36).to_json())
+    (tmp_path / "labels.txt").write_text("a\nb\nc\nd\n")
+    assert load(bare).info.labels == ("a", "b", "c", "d")
+
+
+def test_label_count_must_match_outputs(tmp_path):
+    path = tiny_onnx(tmp_path / "m.onnx", labels=["only", "three", "labels"])
+    with pytest.raises(MetadataError, match="3 labels but the model has 4 outputs"):
+        load(path)
+
+
+def test_wrong_files_and_backends_are_clear_errors(tmp_path, model):
+    (tmp_path / "model.pt").write_bytes(b"x")
+    with pytest.raises(BackendError, match="unknown model type '.pt'"):
+        load(tmp_path / "model.pt")
+    with pytest.raises(BackendError, match="runs .tflite files"):
+        load(model, "litert")
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    with pytest.raises(BackendError, match="onnxruntime can load"):
+        load(tmp_path / "junk.onnx")
+    with pytest.raises(BackendError, match="not in this onnxruntime build"):
+        load(model, providers=["NoSuchExecutionProvider"])
+
+
+def test_missing_runtime_names_the_package(model):
+    code = (
+        f"import sys; sys.modules['onnxruntime'] = None\nfrom edge_runtime.backends import load\nload({str(model)!r})"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode != 0 and "pip install onnxruntime" in result.stderr
+
+
+@pytest.mark.parametrize("dtype, scale, zero_point", [(np.int8, 0.02, -3), (np.uint8, 0.05, 128)])
+def test_quantized_io_round_trip(dtype, scale, zero_point):
+    details = {"dtype": dtype, "quantization": (scale, zero_point)}
+    x = np.linspace(-2, 2, 41, dtype=np.float32)
+    q = quantize(x, details)
+    assert q.dtype == dtype
+    info = np.iinfo(dtype)
+    representable = (x / scale + zero_point >= info.min) & (x / scale + zero_point <= info.max)
+    np.testing.assert_allclose(dequantize(q, details)[representable], x[representable], atol=scale / 2 + 1e-6)
+
+
+def test_softmax_is_stable_for_large_logits():
+    p = softmax(np.array([1000.0, 999.0, -1000.0]))
+    assert np.isfinite(p).all() and p.argmax() == 0 and p.sum() == pytest.approx(1.0)
+
+
+def test_classify_cli_json_lines(model, photo, tmp_path, capsys):
+    (tmp_path / "broken.jpg").write_bytes(b"broken")
+    code = cli_main(
+        ["classify", "--model", str(model), "--json", "--top-k", "2", str(photo), str(tmp_path / "broken.jpg")]
+    )
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 1 and "broken.jpg" in err  # the corrupt file is reported, the good one still classified
+    assert lines[0]["image"] == str(photo) and len(lines[0]["top"]) == 2
+    assert set(lines[0]["top"][0]) == {"index", "label", "score"} and lines[0]["model_ms"] >= 0
+
+
+def test_importing_the_runtime_never_imports_torch():
+    code = (
+        "import sys, floraedge, edge_runtime.backends, edge_runtime.classify, edge_runtime.cli\n"
+        "floraedge.build_parser()\n"
+        "bad = sorted(m for m in ('torch', 'torchvision', 'tensorflow') if m in sys.modules)\n"
+        "assert not bad, bad"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+
+
+def test_backend_table_covers_both_file_types():
+    assert {s for e in BACKENDS.values() for s in e.suffixes} == {".onnx", ".tflite"}
