@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.errors import FloraEdgeError
-from edge_runtime.metadata import ModelInfo, from_props, from_tflite_zip, require_info
+from edge_runtime.metadata import from_props, from_tflite_zip, require_info
 
 
 class BackendError(FloraEdgeError):

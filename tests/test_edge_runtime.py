@@ -14,7 +14,7 @@ from edge_runtime.backends import BACKENDS, BackendError, dequantize, load, quan
 from edge_runtime.classify import Classifier, softmax
 from edge_runtime.metadata import MetadataError
 from edge_runtime.preprocess import preprocess, read_image_bgr
-from edge_runtime.spec import IMAGENET_SPEC, INCEPTION_SPEC, PreprocessSpec, SpecError
+from edge_runtime.spec import INCEPTION_SPEC, PreprocessSpec, SpecError
 from floraedge import main as cli_main
 from tests.conftest import REAL_DATA, REPO
 from tests.tiny_models import tiny_onnx

@@ -15,11 +15,11 @@ import torchvision
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.preprocess import preprocess, read_image_bgr
 from prepare.build import read_manifest
+from tests.conftest import REAL_DATA, REPO
 from train import trainer
 from train.checkpoint import CheckpointError, load_bundle, model_from_bundle
 from train.models import MODELS, WeightsError, build_model, get_entry
 from train.trainer import TrainConfig, train
-from tests.conftest import REAL_DATA, REPO
 
 TINY = dict(
     arch="efficientnet_lite0",
