@@ -29,6 +29,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers) -> None:
+    add_classify_parser(subparsers)
+    add_run_parser(subparsers)
+
+
+def add_classify_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "classify",
         help="top-k classes for image files and folders (torch-free)",
@@ -76,3 +81,59 @@ def run_classify(args: argparse.Namespace) -> int:
             best = ", ".join(f"{name} {p:.3f}" for _, name, p in prediction.top)
             print(f"{path}: {best}  ({prediction.model_ms:.1f} ms)")
     return 1 if failures else 0
+
+
+SOURCE_HELP = """where frames come from:
+  0, 1, ...                      a camera index (V4L2 / USB webcam)
+  clip.mp4                       a video file (ends cleanly at its end)
+  photos/                        a folder of images, in name order
+  rtsp://user:pw@host/stream     an RTSP or HTTP stream (reopened with backoff when it drops)
+  'libcamerasrc ! ... ! appsink' a GStreamer pipeline (Raspberry Pi camera, Jetson CSI camera; see README)"""
+
+
+def add_run_parser(subparsers) -> None:
+    from edge_runtime.live import SMOOTHING
+
+    p = subparsers.add_parser(
+        "run",
+        help="the live camera loop (torch-free): classify frames, overlay or JSON lines",
+        description="Classify live frames on the device. " + SOURCE_HELP,
+        epilog="examples:\n  floraedge run --model model_int8.tflite --source 0\n"
+        "  floraedge run --model model.onnx --source clip.mp4 --headless --max-frames 100",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_arguments(p)
+    p.add_argument("--source", default="0", help="camera index, video file, folder, URL or GStreamer pipeline")
+    p.add_argument("--headless", action="store_true", help="no window: one JSON line per classified frame on stdout")
+    p.add_argument("--record", type=Path, default=None, help="write the annotated frames to this .mp4")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many classified frames")
+    p.add_argument(
+        "--threshold", type=float, default=0.5, help="below this smoothed score say 'unsure' (default: %(default)s)"
+    )
+    p.add_argument("--smoothing", choices=SMOOTHING, default="ema", help="(default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=0.3, help="EMA weight of the newest frame (default: %(default)s)")
+    p.add_argument("--window", type=int, default=5, help="frames averaged by --smoothing window (default: %(default)s)")
+    p.add_argument("--width", type=int, default=None, help="ask the camera for this frame width")
+    p.add_argument("--height", type=int, default=None, help="ask the camera for this frame height")
+    p.set_defaults(func=run_live_command, top_k=3)
+
+
+def run_live_command(args: argparse.Namespace) -> int:
+    from edge_runtime.live import LiveConfig, run_live
+
+    config = LiveConfig(
+        source=args.source,
+        headless=args.headless,
+        record=args.record,
+        max_frames=args.max_frames,
+        threshold=args.threshold,
+        smoothing=args.smoothing,
+        alpha=args.alpha,
+        window=args.window,
+        top_k=args.top_k,
+        width=args.width,
+        height=args.height,
+    )
+    stats = run_live(open_classifier(args), config, emit=lambda line: print(line, flush=True))
+    print(json.dumps({"summary": stats}), file=sys.stderr)
+    return 0

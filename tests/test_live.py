@@ -1,0 +1,164 @@
+"""The live loop on real video files made with cv2.VideoWriter, a failing fake capture, and signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_runtime import live
+from edge_runtime.backends import load
+from edge_runtime.classify import Classifier
+from edge_runtime.live import LiveConfig, Smoother, decide, run_live
+from edge_runtime.sources import SourceError
+from tests.conftest import REPO
+from tests.tiny_models import tiny_onnx
+
+FRAME_KEYS = {"ts", "frame", "label", "score", "unsure", "top", "preprocess_ms", "model_ms", "fps"}
+
+
+def make_video(path: Path, frames: int, size=(48, 64)) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (size[1], size[0]))
+    assert writer.isOpened()
+    rng = np.random.default_rng(0)
+    for i in range(frames):
+        frame = np.full((*size, 3), (i * 7) % 255, np.uint8)
+        frame[::4] = rng.integers(0, 255, frame[::4].shape, dtype=np.uint8)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+@pytest.fixture
+def classifier(tmp_path):
+    return Classifier(load(tiny_onnx(tmp_path / "tiny.onnx"), threads=1), k=3)
+
+
+def run_collect(classifier, **kwargs) -> tuple[list[dict], dict]:
+    lines = []
+    stats = run_live(classifier, LiveConfig(headless=True, **kwargs), emit=lines.append)
+    return [json.loads(line) for line in lines], stats
+
+
+def test_video_file_is_classified_frame_by_frame_and_ends_cleanly(classifier, tmp_path):
+    video = make_video(tmp_path / "clip.avi", 20)
+    records, stats = run_collect(classifier, source=str(video))
+    assert stats["frames"] == 20 and stats["skipped"] == 0 and len(records) == 20
+    assert all(set(r) == FRAME_KEYS for r in records)
+    assert [r["frame"] for r in records] == list(range(1, 21))
+    assert records[0]["top"][0]["label"].startswith("flower ") and len(records[0]["top"]) == 3
+
+
+def test_max_frames_and_recording(classifier, tmp_path):
+    video = make_video(tmp_path / "clip.avi", 30)
+    out = tmp_path / "annotated.mp4"
+    records, stats = run_collect(classifier, source=str(video), max_frames=7, record=out)
+    assert stats["frames"] == 7 == len(records)
+    capture = cv2.VideoCapture(str(out))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 7
+    capture.release()
+
+
+def test_image_folder_skips_and_counts_corrupt_frames(classifier, tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((40, 40, 3), 60 * i, np.uint8))
+    (folder / "2b.png").write_bytes(b"corrupt")
+    records, stats = run_collect(classifier, source=str(folder))
+    assert stats["frames"] == 4 and stats["skipped"] == 1
+
+
+class FlakyCamera:
+    """A live source that delivers ``frames`` frames and then fails every read."""
+
+    is_live = True
+
+    def __init__(self, frames: int):
+        self.left = frames
+
+    def read(self):
+        if self.left <= 0:
+            return False, None
+        self.left -= 1
+        return True, np.full((40, 40, 3), 100, np.uint8)
+
+    def release(self):
+        pass
+
+
+def test_a_live_source_that_drops_is_reopened_and_the_loop_goes_on(classifier, monkeypatch):
+    opened = []
+
+    def fake_open(source, **kwargs):
+        opened.append(source)
+        if len(opened) == 3:
+            raise SourceError("camera unplugged")  # one reopen fails outright, the next succeeds
+        return FlakyCamera(frames=3)
+
+    monkeypatch.setattr(live, "open_source", fake_open)
+    records, stats = run_collect(classifier, source="0", max_reconnects=4, backoff=(0.01, 0.05))
+    assert stats["reconnects"] == 4 and len(opened) == 5
+    assert stats["frames"] >= 2  # newest-frame semantics may drop frames, but frames after a reopen arrive
+    assert records[-1]["frame"] == stats["frames"]
+
+
+def test_ema_and_window_smoothing():
+    ema = Smoother("ema", alpha=0.5)
+    ema.update(np.array([1.0, 0.0]))
+    np.testing.assert_allclose(ema.update(np.array([0.0, 1.0])), [0.5, 0.5])
+    window = Smoother("window", window=2)
+    for p in ([1.0, 0.0], [0.0, 1.0], [0.0, 1.0]):
+        smoothed = window.update(np.array(p))
+    np.testing.assert_allclose(smoothed, [0.0, 1.0])
+    with pytest.raises(ValueError, match="smoothing"):
+        Smoother("median")
+
+
+def test_threshold_gives_an_unsure_state():
+    labels = ("rose", "tulip", "daisy")
+    assert decide(np.array([0.4, 0.35, 0.25]), labels, threshold=0.5, k=2)["label"] == "unsure"
+    sure = decide(np.array([0.8, 0.15, 0.05]), labels, threshold=0.5, k=2)
+    assert sure["label"] == "rose" and not sure["unsure"] and len(sure["top"]) == 2
+
+
+def test_missing_source_is_a_clear_error(classifier, tmp_path):
+    with pytest.raises(SourceError, match="not a camera index, folder, file, URL or GStreamer pipeline"):
+        run_live(classifier, LiveConfig(source=str(tmp_path / "nope.mp4"), headless=True))
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_cli_cleanly(tmp_path):
+    model = tiny_onnx(tmp_path / "tiny.onnx")
+    video = make_video(tmp_path / "long.avi", 3000, size=(32, 32))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "floraedge",
+            "run",
+            "--model",
+            str(model),
+            "--source",
+            str(video),
+            "--headless",
+            "--threads",
+            "1",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first = json.loads(proc.stdout.readline())
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert first["frame"] == 1 and proc.returncode == 0
+    summary = json.loads(err.strip().splitlines()[-1])["summary"]
+    assert 1 <= summary["frames"] < 3000
