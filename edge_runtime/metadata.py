@@ -59,7 +59,7 @@ def from_tflite_zip(path: Path) -> ModelInfo | None:
 
 
 def from_sidecar(path: Path) -> ModelInfo | None:
-    card = path.with_suffix(".json")
+    card = path.with_name(path.name + ".json")  # model_fp32.onnx.json: one per file, never shared
     if card.is_file():
         meta = json.loads(card.read_text())
         if "spec" in meta:
@@ -77,7 +77,7 @@ def require_info(path: Path, embedded: ModelInfo | None, num_outputs: int) -> Mo
     if info is None:
         raise MetadataError(
             f"{path} carries no preprocessing spec (ONNX metadata '{SPEC_KEY}' or a .tflite's {EMBEDDED_JSON}) "
-            f"and has no sidecar {path.with_suffix('.json').name} or spec.json; export it with `floraedge export` "
+            f"and has no sidecar {path.name}.json or spec.json; export it with `floraedge export` "
             "or put a spec.json beside it"
         )
     if not info.labels:

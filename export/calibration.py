@@ -1,0 +1,68 @@
+"""The calibration and verification images, read through the edge runtime's own ``preprocess()``."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from edge_runtime.errors import FloraEdgeError
+from edge_runtime.preprocess import preprocess, read_image_bgr
+from edge_runtime.spec import PreprocessSpec
+from prepare.build import read_manifest
+
+
+class CalibrationError(FloraEdgeError):
+    """Too few images to calibrate int8 quantization reliably."""
+
+
+def balanced_sample(rows: list[dict], n: int, seed: int) -> list[dict]:
+    """Up to ``n`` rows, round-robin over classes in a seeded random order (class-balanced)."""
+    rng = np.random.default_rng(seed)
+    by_class = defaultdict(list)
+    for row in rows:
+        by_class[row["class_index"]].append(row)
+    queues = [list(rng.permutation(by_class[c])) for c in sorted(by_class)]
+    picked = []
+    while len(picked) < n and any(queues):
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(queue.pop())
+    return picked
+
+
+def load_batch(prepared: Path, rows: list[dict], spec: PreprocessSpec, desc: str) -> np.ndarray:
+    """The original JPEGs, preprocessed exactly as on the device, stacked into one float32 batch."""
+    images = [preprocess(read_image_bgr(prepared / r["path"]), spec) for r in tqdm(rows, desc=desc, unit="img")]
+    return np.concatenate(images)
+
+
+def calibration_set(prepared: Path, spec: PreprocessSpec, *, n: int, minimum: int, seed: int, split: str = "train"):
+    """(batch, info) for int8 calibration: a class-balanced sample of ``split``."""
+    rows = [r for r in read_manifest(prepared) if r["split"] == split]
+    picked = balanced_sample(rows, n, seed)
+    if len(picked) < minimum:
+        raise CalibrationError(
+            f"only {len(picked)} {split} images for calibration, fewer than the minimum {minimum}; "
+            "int8 scales from so few images are unreliable. Use a larger prepared dataset or lower --calib-min"
+        )
+    info = {
+        "split": split,
+        "n": len(picked),
+        "seed": seed,
+        "classes": len({r["class_index"] for r in picked}),
+        "image_ids": [r["image_id"] for r in picked],
+    }
+    return load_batch(prepared, picked, spec, "calibration images"), info
+
+
+def verification_set(prepared: Path, spec: PreprocessSpec, *, split: str, limit: int | None):
+    """(batch, targets, info): the images every exported file is checked on."""
+    rows = [r for r in read_manifest(prepared) if r["split"] == split]
+    if not rows:
+        raise FloraEdgeError(f"{prepared} has no {split!r} images to verify the exports on")
+    rows = balanced_sample(rows, limit, seed=0) if limit else rows
+    targets = np.array([r["class_index"] for r in rows])
+    return load_batch(prepared, rows, spec, f"{split} images"), targets, {"split": split, "n": len(rows)}

@@ -1,0 +1,195 @@
+"""The converters behind the format table: PyTorch -> ONNX / TFLite, and their quantized variants.
+
+Base files (fp32, no metadata) are made once per format; every precision derives from them.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ONNX_OPSET = 17
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportContext:
+    model: torch.nn.Module
+    sample: torch.Tensor  # one NCHW input
+    calibration: np.ndarray | None  # NCHW float32 batch
+    calib_method: str = "minmax"
+    per_channel: bool = True
+    ort_preset: str = "x86"
+    nhwc: bool = True  # TFLite input layout
+
+
+def export_onnx_base(ctx: ExportContext, dest: Path) -> None:
+    """fp32 ONNX, one file, dynamic batch. The TorchScript-based exporter (opset 17) is used for every
+    backbone: the dynamo exporter's MobileNetV3 is mis-computed by OpenCV DNN (squeeze-excite broadcast),
+    and opset 17 also loads in the older onnxruntime of JetPack 6."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            ctx.model,
+            (ctx.sample,),
+            str(dest),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+
+
+def onnx_fp16(base: Path, dest: Path, ctx: ExportContext) -> None:
+    import onnx
+    from onnxconverter_common import float16
+
+    model = float16.convert_float_to_float16(onnx.load(str(base)), keep_io_types=True)
+    onnx.save(model, str(dest))
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over an in-memory batch."""
+
+    def __init__(self, batch: np.ndarray):
+        self.items = iter([{"input": batch[i : i + 1]} for i in range(len(batch))])
+
+    def get_next(self):
+        return next(self.items, None)
+
+    def rewind(self):
+        raise NotImplementedError
+
+
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+ORT_PRESETS = {
+    # x86 (AVX2/AVX512/VNNI): uint8 activations x int8 weights is the fast kernel path.
+    "x86": {"activation_type": "QUInt8", "weight_type": "QInt8"},
+    # ARM64: int8 x int8 (symmetric activations) maps onto the SDOT/I8MM kernels; not measured on a device here.
+    "arm": {"activation_type": "QInt8", "weight_type": "QInt8"},
+}
+
+
+def onnx_int8(base: Path, dest: Path, ctx: ExportContext) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepped = dest.with_name(dest.name + ".pre.onnx")
+    try:
+        quant_pre_process(str(base), str(prepped), skip_symbolic_shape=True)
+        preset = ORT_PRESETS[ctx.ort_preset]
+        method = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }[ctx.calib_method]
+        quantize_static(
+            str(prepped),
+            str(dest),
+            _Reader(ctx.calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=ctx.per_channel,
+            activation_type=getattr(QuantType, preset["activation_type"]),
+            weight_type=getattr(QuantType, preset["weight_type"]),
+            calibrate_method=method,
+        )
+    finally:
+        prepped.unlink(missing_ok=True)
+
+
+def export_tflite_base(ctx: ExportContext, dest: Path) -> None:
+    """fp32 TFLite with litert-torch; NHWC input (what mobile apps feed) unless asked otherwise."""
+    import litert_torch
+
+    model, sample = ctx.model, ctx.sample
+    if ctx.nhwc:
+        model, sample = litert_torch.to_channel_last_io(model, args=[0]), sample.permute(0, 2, 3, 1).contiguous()
+    litert_torch.convert(model.eval(), (sample,)).export(str(dest))
+
+
+def _quantize_tflite(base: Path, dest: Path, recipe, calibration: np.ndarray | None, nhwc: bool) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import quantizer
+
+    qt = quantizer.Quantizer(str(base))
+    qt.load_quantization_recipe(recipe)
+    result = None
+    if qt.need_calibration:
+        signature = Interpreter(model_path=str(base)).get_signature_list()
+        key = next(iter(signature))
+        name = signature[key]["inputs"][0]
+        batch = calibration.transpose(0, 2, 3, 1) if nhwc else calibration
+        result = qt.calibrate({key: [{name: batch[i : i + 1]} for i in range(len(batch))]})
+    qt.quantize(result, enable_progress_report=False).export_model(str(dest), overwrite=True)
+
+
+def tflite_fp16(base: Path, dest: Path, ctx: ExportContext) -> None:
+    from ai_edge_quantizer import algorithm_manager, qtyping, recipe_manager
+
+    manager = recipe_manager.RecipeManager()
+    manager.add_weight_only_config(
+        regex=".*",
+        operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+        num_bits=16,
+        algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING,
+    )
+    _quantize_tflite(base, dest, manager.get_quantization_recipe(), None, ctx.nhwc)
+
+
+def tflite_dynamic_int8(base: Path, dest: Path, ctx: ExportContext) -> None:
+    from ai_edge_quantizer import recipe
+
+    _quantize_tflite(base, dest, recipe.dynamic_wi8_afp32(), None, ctx.nhwc)
+
+
+def tflite_int8(base: Path, dest: Path, ctx: ExportContext) -> None:
+    from ai_edge_quantizer import recipe
+
+    _quantize_tflite(base, dest, recipe.static_wi8_ai8(), ctx.calibration, ctx.nhwc)
+
+
+def copy_base(base: Path, dest: Path, ctx: ExportContext) -> None:
+    dest.write_bytes(base.read_bytes())
+
+
+BASE_EXPORTERS = {"onnx": export_onnx_base, "tflite": export_tflite_base}
+DERIVE = {
+    ("onnx", "fp32"): copy_base,
+    ("onnx", "fp16"): onnx_fp16,
+    ("onnx", "int8"): onnx_int8,
+    ("tflite", "fp32"): copy_base,
+    ("tflite", "fp16"): tflite_fp16,
+    ("tflite", "dynamic-int8"): tflite_dynamic_int8,
+    ("tflite", "int8"): tflite_int8,
+}
+
+
+def embed_onnx_metadata(path: Path, props: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+
+
+def embed_tflite_metadata(path: Path, out: Path, *, labels: list[str], spec, info: dict) -> None:
+    from export.tflite_metadata import add_metadata
+
+    extra = {"floraedge.json": json.dumps({"spec": spec.to_dict(), "info": info}, indent=1).encode()}
+    add_metadata(
+        path,
+        out,
+        labels=labels,
+        mean=tuple(m * 255 for m in spec.mean),
+        std=tuple(s * 255 for s in spec.std),
+        name=f"FloraEdge {info.get('arch', '')} {info.get('precision', '')}".strip(),
+        description="Oxford-102 flower classifier exported by FloraEdge",
+        extra_files=extra,
+    )

@@ -1,0 +1,207 @@
+"""``export_all(config)``: every requested row of the format table, exported, embedded, verified.
+
+Each file is written under a temporary name and renamed only once it passed the gate (or, with
+``allow_drop``, with a loud warning in its card). One row failing never loses the others.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge_runtime.errors import FloraEdgeError
+from edge_runtime.metadata import INFO_KEY, LABELS_KEY, SPEC_KEY
+from export.calibration import calibration_set, verification_set
+from export.card import tool_versions, write_cards
+from export.converters import (
+    BASE_EXPORTERS,
+    DERIVE,
+    ONNX_OPSET,
+    ExportContext,
+    embed_onnx_metadata,
+    embed_tflite_metadata,
+)
+from export.formats import PRECISIONS, Format, select
+from export.verify import Reference, verify
+from train.checkpoint import load_bundle, model_from_bundle
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportConfig:
+    checkpoint: str
+    data: str  # prepared dataset: calibration (train split) and verification (val split) images
+    out: str
+    formats: tuple[str, ...] = ("onnx", "tflite")
+    precisions: tuple[str, ...] = PRECISIONS
+    calib_n: int = 300
+    calib_min: int = 100
+    calib_seed: int = 0
+    calib_method: str = "minmax"
+    per_channel: bool = True
+    ort_preset: str = "x86"
+    verify_split: str = "val"
+    verify_n: int | None = None
+    max_drop: float = 1.0
+    allow_drop: bool = False
+    nhwc: bool = True
+    overwrite: bool = False
+
+
+def reference(model: torch.nn.Module, batch: np.ndarray, targets: np.ndarray) -> Reference:
+    with torch.no_grad():
+        logits = torch.cat([model(torch.from_numpy(batch[i : i + 32])) for i in range(0, len(batch), 32)])
+    return Reference(batch, targets, logits.numpy())
+
+
+def file_info(row: Format, bundle: dict, config: ExportConfig, calib_info: dict | None) -> dict:
+    return {
+        "arch": bundle["arch"],
+        "format": row.format,
+        "precision": row.precision,
+        "output": "logits",
+        "normalization": "in the runtime: (pixel/255 - mean) / std per the spec, before the model",
+        "source_checkpoint": str(Path(config.checkpoint).resolve()),
+        "epoch": bundle["epoch"],
+        "dataset": bundle.get("dataset", {}),
+        "opset": ONNX_OPSET if row.format == "onnx" else None,
+        "calibration": {k: v for k, v in (calib_info or {}).items() if k != "image_ids"}
+        if row.needs_calibration
+        else None,
+    }
+
+
+def embed(tmp: Path, row: Format, labels: list[str], spec, info: dict) -> Path:
+    """Labels, spec and provenance into the file itself; returns the file that carries them."""
+    if row.format == "onnx":
+        embed_onnx_metadata(tmp, {SPEC_KEY: spec.to_json(), LABELS_KEY: json.dumps(labels), INFO_KEY: json.dumps(info)})
+        return tmp
+    with_meta = tmp.with_name(tmp.name.replace(".tmp-", ".tmp-meta-"))
+    embed_tflite_metadata(tmp, with_meta, labels=labels, spec=spec, info=info)
+    tmp.unlink()
+    return with_meta
+
+
+def export_row(
+    row: Format,
+    base: Path,
+    out: Path,
+    ctx: ExportContext,
+    ref: Reference,
+    bundle: dict,
+    config: ExportConfig,
+    calib_info: dict | None,
+) -> dict:
+    start = time.perf_counter()
+    spec = model_from_bundle_spec(bundle, row, config)
+    info = file_info(row, bundle, config, calib_info)
+    tmp = out / f".tmp-{row.filename}"
+    try:
+        DERIVE[(row.format, row.precision)](base, tmp, ctx)
+        tmp = embed(tmp, row, bundle["class_names"], spec, info)
+        result = verify(tmp, row, ref, max_drop=config.max_drop)
+        keep = result["passed"] or config.allow_drop
+        if keep:
+            tmp.rename(out / row.filename)
+        result |= {"kept": keep, "warning": "" if result["passed"] else f"FAILED THE GATE: {result['gate']}"}
+    finally:
+        tmp.unlink(missing_ok=True)
+    size = (out / row.filename).stat().st_size if (out / row.filename).exists() else None
+    return {
+        "name": row.name,
+        "file": row.filename,
+        "bytes": size,
+        "export_s": round(time.perf_counter() - start, 2),
+        "spec": spec.to_dict(),
+        "info": info,
+        **result,
+    }
+
+
+def model_from_bundle_spec(bundle: dict, row: Format, config: ExportConfig):
+    from edge_runtime.spec import PreprocessSpec
+
+    spec = PreprocessSpec.from_dict(bundle["spec"])
+    return spec.replace(layout="NHWC" if row.format == "tflite" and config.nhwc else "NCHW")
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FloraEdgeError(f"{out} exists; choose another --out or pass --overwrite")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def export_all(config: ExportConfig) -> list[dict]:
+    """Export, embed and verify every selected row; returns one result per row (failures included)."""
+    rows = select(list(config.formats), list(config.precisions))
+    bundle = load_bundle(config.checkpoint)
+    model, spec = model_from_bundle(bundle)
+    data, out = Path(config.data), Path(config.out)
+    check_out(out, config.overwrite)
+    batch, targets, verify_info = verification_set(data, spec, split=config.verify_split, limit=config.verify_n)
+    ref = reference(model, batch, targets)
+    calib, calib_info = None, None
+    if any(r.needs_calibration for r in rows):
+        calib, calib_info = calibration_set(
+            data, spec, n=config.calib_n, minimum=config.calib_min, seed=config.calib_seed
+        )
+    ctx = ExportContext(
+        model=model,
+        sample=torch.from_numpy(batch[:1]),
+        calibration=calib,
+        calib_method=config.calib_method,
+        per_channel=config.per_channel,
+        ort_preset=config.ort_preset,
+        nhwc=config.nhwc,
+    )
+    work = out / ".work"
+    work.mkdir()
+    results, bases = [], {}
+    try:
+        for row in rows:
+            print(f"== {row.name}: {row.filename}", flush=True)
+            try:
+                if row.format not in bases:
+                    bases[row.format] = work / f"base.{row.format}"
+                    BASE_EXPORTERS[row.format](ctx, bases[row.format])
+                results.append(export_row(row, bases[row.format], out, ctx, ref, bundle, config, calib_info))
+            except Exception as exc:  # one row failing must not lose the others
+                results.append(
+                    {
+                        "name": row.name,
+                        "file": row.filename,
+                        "passed": False,
+                        "kept": False,
+                        "error": f"{type(exc).__name__}: {exc}",
+                        "traceback": traceback.format_exc(limit=3),
+                    }
+                )
+            print(f"   {summary_line(results[-1])}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    write_cards(
+        out,
+        bundle,
+        results,
+        config=asdict(config),
+        verify_info=verify_info,
+        calib_info=calib_info,
+        torch_accuracy=ref.accuracy,
+        versions=tool_versions(),
+    )
+    return results
+
+
+def summary_line(r: dict) -> str:
+    if "error" in r:
+        return f"FAILED: {r['error']}"
+    verdict = "ok" if r["passed"] else ("KEPT DESPITE FAILING" if r["kept"] else "FAILED, not written")
+    return f"{verdict}: {r['gate']}; accuracy {r['accuracy']:.4f}; {r['bytes'] or 0:,} bytes"
