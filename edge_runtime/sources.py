@@ -6,6 +6,7 @@ buffer would otherwise hand out stale frames), and are reopened with backoff whe
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -125,10 +126,8 @@ class LatestFrameReader:
         if self.stopped.wait(delay):
             return False
         self.reconnects += 1
-        try:
+        with contextlib.suppress(SourceError):  # keep trying: the next read fails and backs off further
             self.source = self.opener()
-        except SourceError:
-            pass  # keep trying: the next read fails and backs off further
         return True
 
     def latest(self, after: int, timeout: float = 5.0) -> tuple[int, np.ndarray | None]:
