@@ -78,3 +78,27 @@ def tiny_prepared(tmp_path_factory) -> Path:
     )
     prepare_dataset(PrepareConfig(source=release, out=root / "prepared", cache_size=40, workers=1))
     return root / "prepared"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_prepared, tmp_path_factory) -> Path:
+    """A Lite0 fine-tuned for 2 epochs at 32 px on the tiny dataset: non-trivial weights, fast to export."""
+    from train.trainer import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    train(
+        TrainConfig(
+            data=str(tiny_prepared),
+            out=str(run),
+            arch="efficientnet_lite0",
+            img_size=32,
+            epochs=2,
+            head_epochs=0,
+            batch_size=8,
+            workers=0,
+            progress=False,
+            tta_flip=False,
+            patience=0,
+        )
+    )
+    return run / "best.pt"
