@@ -6,6 +6,7 @@ Short enough to read at a glance; each concern (sources, smoothing, drawing) is 
 from __future__ import annotations
 
 import json
+import queue
 import signal
 import threading
 import time
@@ -97,6 +98,40 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
+class Prefetcher:
+    """Decodes the next frames of a file or folder in a thread (bounded queue: nothing is dropped),
+    so decoding overlaps inference; OpenCV and the runtimes release the GIL while they work."""
+
+    END = object()
+
+    def __init__(self, source, depth: int = 4):
+        self.source, self.queue, self.stopped = source, queue.Queue(maxsize=depth), threading.Event()
+        self.thread = threading.Thread(target=self._run, name="frame-prefetch", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            ok, frame = self.source.read()
+            item = (ok and frame is not None, frame) if ok else self.END
+            while not self.stopped.is_set():
+                try:
+                    self.queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item is self.END:
+                return
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        item = self.queue.get()
+        return (False, None) if item is self.END else (True, item[1])
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=2)
+        self.source.release()
+
+
 class FrameFeed:
     """Newest-frame reads for live sources (via a reader thread), every frame for files and folders."""
 
@@ -110,12 +145,13 @@ class FrameFeed:
             if first.is_live
             else None
         )
+        self.prefetch = None if first.is_live else Prefetcher(first)
         self.source, self.last_id = first, 0
 
     def next(self) -> tuple[bool, np.ndarray | None]:
         """(False, None) at the end of the source; (True, None) for a frame to skip."""
         if self.reader is None:
-            return self.source.read()
+            return self.prefetch.read()
         self.last_id, frame = self.reader.latest(self.last_id)
         if frame is None and self.reader.failed:
             return False, None
@@ -126,7 +162,7 @@ class FrameFeed:
         return self.reader.reconnects if self.reader else 0
 
     def close(self) -> None:
-        (self.reader.stop if self.reader else self.source.release)()
+        (self.reader or self.prefetch).stop()
 
 
 def open_recorder(path: Path, frame: np.ndarray, fps: float = 15.0):

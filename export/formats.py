@@ -19,6 +19,7 @@ class Format:
     runtime: str  # edge_runtime.backends name used to verify and bench it
     needs_calibration: bool = False
     logit_atol: float | None = None  # fp32 rows: max |logit - PyTorch logit|; others are gated on accuracy drop
+    also_runs_on: tuple[str, ...] = ()  # further backends the benchmarks measure this file with
     note: str = ""
 
     @property
@@ -27,7 +28,14 @@ class Format:
 
 
 FORMATS: tuple[Format, ...] = (
-    Format(format="onnx", precision="fp32", filename="model_fp32.onnx", runtime="onnxruntime", logit_atol=1e-3),
+    Format(
+        format="onnx",
+        precision="fp32",
+        filename="model_fp32.onnx",
+        runtime="onnxruntime",
+        logit_atol=1e-3,
+        also_runs_on=("opencv",),
+    ),
     Format(
         format="onnx",
         precision="fp16",

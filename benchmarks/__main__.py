@@ -1,0 +1,3 @@
+from floraedge import stage_main
+
+stage_main("bench")

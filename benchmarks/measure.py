@@ -1,0 +1,104 @@
+"""Measure one exported file in its own process (``python -m benchmarks.measure``): accuracy, latency
+per thread count, load time, peak memory, end-to-end loop FPS. Torch-free, so it runs on a device
+with only ``.[edge]`` installed; a crash here becomes a failed row, not a failed benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def latency(backend, sample: np.ndarray, warmup: int, runs: int) -> dict:
+    for _ in range(warmup):
+        backend.predict(sample)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        backend.predict(sample)
+        times.append((time.perf_counter() - t) * 1e3)
+    p50, p90, p99 = np.percentile(times, [50, 90, 99])
+    return {
+        "median_ms": round(p50, 3),
+        "p90_ms": round(p90, 3),
+        "p99_ms": round(p99, 3),
+        "throughput_ips": round(1000 / p50, 1),
+    }
+
+
+def accuracy(backend, batch: np.ndarray, targets: np.ndarray) -> tuple[dict, np.ndarray]:
+    logits = np.concatenate([backend.predict(batch[i : i + 1]) for i in range(len(batch))])
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    pred = logits.argmax(1)
+    per_class = [float((pred[targets == c] == c).mean()) for c in np.unique(targets)]
+    return {
+        "top1": float((pred == targets).mean()),
+        "top5": float((top5 == targets[:, None]).any(1).mean()),
+        "mean_per_class": float(np.mean(per_class)),
+        "n": int(len(targets)),
+    }, pred
+
+
+def measure(args) -> dict:
+    from edge_runtime.backends import load
+    from edge_runtime.classify import Classifier
+    from edge_runtime.live import LiveConfig, run_live
+
+    base_rss = rss_mb()
+    t = time.perf_counter()
+    backend = load(args.model, args.backend, threads=max(args.threads))
+    result = {"load_ms": round((time.perf_counter() - t) * 1e3, 1)}
+    data = np.load(args.data)
+    batch, targets = data["batch"], data["targets"]
+    result["accuracy"], pred = accuracy(backend, batch, targets)
+    np.save(args.predictions, pred)
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["rss_over_baseline_mb"] = round(rss_mb() - base_rss, 1)  # model + runtime + the evaluation batch
+    result["latency"] = {}
+    for threads in args.threads:
+        runner = load(args.model, args.backend, threads=threads)
+        result["latency"][str(threads)] = latency(runner, batch[:1], args.warmup, args.runs)
+        del runner
+    if args.video:
+        stats = run_live(
+            Classifier(backend), LiveConfig(source=args.video, headless=True, smoothing="none"), emit=lambda line: None
+        )
+        model_fps = 1000 / result["latency"][str(max(args.threads))]["median_ms"]
+        result["loop"] = {
+            "fps": stats["fps"],
+            "frames": stats["frames"],
+            "model_only_fps": round(model_fps, 1),
+            "ratio": round(stats["fps"] / model_fps, 3),
+        }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", required=True)
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--data", required=True, help=".npz with 'batch' and 'targets'")
+    p.add_argument("--predictions", required=True, help=".npy to write the top-1 predictions to")
+    p.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=[1])
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--video", default=None)
+    args = p.parse_args(argv)
+    print(json.dumps(measure(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
