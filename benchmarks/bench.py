@@ -143,7 +143,7 @@ def run_measure(model: Path, backend: str, npz: Path, pred_path: Path, video: Pa
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {config.timeout_s} s"}
     if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["exit code %d" % proc.returncode])[-1]}
+        return {"error": (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
