@@ -5,7 +5,12 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint clean
+# The torch-free device environment (what a Pi or a Jetson installs), on the Jetson's Python 3.10.
+EDGE_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) python3.10)
+EDGE_VENV := .venv-edge
+EDGE_STAMP := $(EDGE_VENV)/.installed
+
+.PHONY: demo test test-main test-edge test-fast lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +22,21 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/floraedge demo
 
-test: $(STAMP)
+test: test-main test-edge
+
+test-main: $(STAMP)
 	$(PY) -m pytest -q
+
+# The runtime's own tests with only `.[edge]` installed: proves it needs no torch and runs on 3.10.
+$(EDGE_STAMP): pyproject.toml
+	test -x $(EDGE_VENV)/bin/python || $(EDGE_PYTHON) -m venv $(EDGE_VENV)
+	$(EDGE_VENV)/bin/python -m pip install --quiet ".[edge]" pytest onnx
+	touch $(EDGE_STAMP)
+
+test-edge: $(EDGE_STAMP)
+	$(EDGE_VENV)/bin/python -c 'import sys; assert "torch" not in sys.modules; import importlib.util as u; assert u.find_spec("torch") is None, "torch leaked into the edge environment"'
+	$(EDGE_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not torch" tests/test_edge_runtime.py tests/test_live.py
+	du -sm $(EDGE_VENV) | awk '{print "edge environment size: " $$1 " MB"}'
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
@@ -27,4 +45,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(EDGE_VENV) .pytest_cache build *.egg-info

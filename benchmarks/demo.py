@@ -7,7 +7,6 @@ Stages that do not exist yet in this version are listed in the report as not run
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "demo",
         help="run the whole pipeline on the built-in synthetic release (or --source DIR)",
-        description="prepare -> train -> evaluate on a synthetic Oxford-102-format release, offline, in a few "
+        description="prepare -> train -> export -> bench -> run --headless on a synthetic Oxford-102-format release, offline, in a few "
         "minutes on 2 CPU cores; writes a Markdown report. --source DIR runs the same on real data.",
     )
     p.add_argument("--source", type=Path, default=None, help="a real release folder instead of the synthetic one")
@@ -27,6 +26,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=8, help="(default: %(default)s)")
     p.add_argument("--img-size", type=int, default=96, help="training resolution (default: %(default)s)")
     p.add_argument("--arch", default="efficientnet_lite0", help="(default: %(default)s)")
+    p.add_argument(
+        "--calib-min", type=int, default=100, help="fewest calibration images accepted (default: %(default)s)"
+    )
+    p.add_argument("--runs", type=int, default=30, help="timed runs per latency figure (default: %(default)s)")
     p.set_defaults(func=run)
     return p
 
@@ -37,7 +40,12 @@ def step(title: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from prepare.build import PrepareConfig, prepare_dataset
+    from benchmarks.bench import BenchConfig, bench, make_loop_video
+    from edge_runtime.backends import load
+    from edge_runtime.classify import Classifier
+    from edge_runtime.live import LiveConfig, run_live
+    from export.exporter import ExportConfig, export_all
+    from prepare.build import PrepareConfig, prepare_dataset, read_manifest
     from prepare.report import print_summary
     from prepare.synthetic import make_synthetic_release
     from train.trainer import TrainConfig, train
@@ -74,40 +82,103 @@ def run(args: argparse.Namespace) -> int:
             overwrite=True,
             patience=0,
             workers=0,
+            progress=False,
         )
     )
     timings["train"] = time.perf_counter() - t
-    report = write_report(out, summary, result, timings, args)
-    print(f"\nreport: {report}")
+    t = step("export: every row of the format table, each verified against PyTorch")
+    exports = export_all(
+        ExportConfig(
+            checkpoint=str(out / "run" / "best.pt"),
+            data=str(out / "prepared"),
+            out=str(out / "exports"),
+            calib_min=args.calib_min,
+            overwrite=True,
+        )
+    )
+    timings["export"] = time.perf_counter() - t
+    t = step("bench: accuracy, latency, size, memory, loop FPS")
+    bench(
+        BenchConfig(
+            models=str(out / "exports"),
+            data=str(out / "prepared"),
+            out=str(out / "bench"),
+            checkpoint=str(out / "run" / "best.pt"),
+            threads=(1, 2),
+            runs=args.runs,
+            loop_frames=60,
+        )
+    )
+    timings["bench"] = time.perf_counter() - t
+    t = step("run --headless: the live loop over a generated video with the int8 TFLite model")
+    video = make_loop_video(out / "camera.avi", out / "prepared", read_manifest(out / "prepared")[:40], 60)
+    model = next(
+        out / "exports" / n
+        for n in ("model_int8.tflite", "model_int8.onnx", "model_fp32.onnx")
+        if (out / "exports" / n).exists()
+    )
+    with (out / "run_headless.jsonl").open("w") as f:
+        live = run_live(
+            Classifier(load(model)),
+            LiveConfig(source=str(video), headless=True),
+            emit=lambda line: f.write(line + "\n"),
+        )
+    print(f"{live['frames']} frames at {live['fps']} FPS with {model.name}; JSON lines in {out / 'run_headless.jsonl'}")
+    timings["run --headless"] = time.perf_counter() - t
+    report = write_report(out, summary, result, exports, live, timings, args)
+    print(f"\nreport: {report.resolve()}")
     return 0
 
 
-def write_report(out: Path, data: dict, result: dict, timings: dict, args) -> Path:
-    val = result.get("val", {})
+OUTPUTS = {
+    "synthetic release": "release/",
+    "prepare": "prepared/",
+    "train": "run/best.pt",
+    "export": "exports/MODEL_CARD.md",
+    "bench": "bench/report.md",
+    "run --headless": "run_headless.jsonl",
+}
+
+
+def write_report(out: Path, data: dict, result: dict, exports: list[dict], live: dict, timings: dict, args) -> Path:
     lines = [
         "# FloraEdge demo report",
         "",
         f"Dataset: **{data['dataset']}** ({', '.join(f'{s} {n}' for s, n in data['counts'].items())} images).",
         "",
-        "| stage | status | seconds | output |",
-        "|---|---|---|---|",
-    ]
-    outputs = {"synthetic release": "release/", "prepare": "prepared/", "train": "run/best.pt"}
-    for stage, seconds in timings.items():
-        lines.append(f"| {stage} | done | {seconds:.1f} | `{outputs[stage]}` |")
-    for stage in ("export", "bench", "run --headless"):
-        lines.append(f"| {stage} | not in this version yet | | |")
-    lines += [
+        "| stage | seconds | output |",
+        "|---|---|---|",
+        *[f"| {stage} | {seconds:.1f} | `{OUTPUTS[stage]}` |" for stage, seconds in timings.items()],
         "",
-        f"Model: {args.arch} at {args.img_size} px, {result.get('epochs_run')} epochs.",
+        f"## Training: {args.arch} at {args.img_size} px, {result.get('epochs_run')} epochs",
         "",
         "| split | top-1 | top-5 | mean per-class | images |",
         "|---|---|---|---|---|",
     ]
-    for name, m in (("val", val), ("val + flip TTA", result.get("val_tta", {}))):
+    for name, m in (("val", result.get("val", {})), ("val + flip TTA", result.get("val_tta", {}))):
         if m:
             lines.append(f"| {name} | {m['top1']:.3f} | {m['top5']:.3f} | {m['mean_per_class']:.3f} | {m['n']} |")
-    lines += ["", "![training curves](run/curves.png)", "", "```json", json.dumps(result, indent=2), "```", ""]
+    lines += [
+        "",
+        "![training curves](run/curves.png)",
+        "",
+        "## Export (verification gate)",
+        "",
+        "| file | kept | gate |",
+        "|---|---|---|",
+    ]
+    lines += [f"| `{r['file']}` | {r.get('kept')} | {r.get('gate') or r.get('error', '')} |" for r in exports]
+    bench_md = (out / "bench" / "report.md").read_text().replace("](", "](bench/").split("\n", 1)[1]
+    lines += [
+        "",
+        "## Benchmark",
+        bench_md,
+        "",
+        "## Live loop (headless)",
+        "",
+        f"{live['frames']} frames, {live['fps']} FPS end to end, {live['skipped']} skipped.",
+        "",
+    ]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

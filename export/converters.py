@@ -6,6 +6,7 @@ Base files (fp32, no metadata) are made once per format; every precision derives
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +125,9 @@ def _quantize_tflite(base: Path, dest: Path, recipe, calibration: np.ndarray | N
         key = next(iter(signature))
         name = signature[key]["inputs"][0]
         batch = calibration.transpose(0, 2, 3, 1) if nhwc else calibration
-        result = qt.calibrate({key: [{name: batch[i : i + 1]} for i in range(len(batch))]})
+        result = qt.calibrate(
+            {key: [{name: batch[i : i + 1]} for i in range(len(batch))]}, num_threads=os.cpu_count() or 1
+        )
     qt.quantize(result, enable_progress_report=False).export_model(str(dest), overwrite=True)
 
 

@@ -21,6 +21,7 @@ import io
 import os
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import flatbuffers
@@ -67,14 +68,14 @@ def _slots(fields: dict[str, int]) -> int:
     return max(fields.values()) + 1
 
 
-def _float_vector(b: flatbuffers.Builder, values) -> int:
+def _float_vector(b: flatbuffers.Builder, values: Sequence[float]) -> int:
     b.StartVector(4, len(values), 4)
     for v in reversed(values):
         b.PrependFloat32(float(v))
     return b.EndVector()
 
 
-def _table_vector(b: flatbuffers.Builder, offsets: list[int]) -> int:
+def _table_vector(b: flatbuffers.Builder, offsets: Sequence[int]) -> int:
     b.StartVector(4, len(offsets), 4)
     for off in reversed(offsets):
         b.PrependUOffsetTRelative(off)
@@ -137,9 +138,9 @@ def _tensor_metadata(
     description: str,
     content: int,
     *,
-    process_units: list[int] = (),
+    process_units: Sequence[int] = (),
     stats: int | None = None,
-    associated_files: list[int] = (),
+    associated_files: Sequence[int] = (),
 ) -> int:
     name_off, description_off = b.CreateString(name), b.CreateString(description)
     units_off = _table_vector(b, list(process_units)) if process_units else None
@@ -228,7 +229,7 @@ def build_metadata(
 class _AlignedBuffer(tfl.BufferT):
     """A ``BufferT`` whose data is packed inline at a 16-byte boundary (the generated Pack aligns to 1)."""
 
-    def Pack(self, builder: flatbuffers.Builder) -> int:  # noqa: N802 (the generated classes' name)
+    def Pack(self, builder: flatbuffers.Builder) -> int:  # the generated classes' method name
         data_off = None
         if self.data is not None:
             raw = np.ascontiguousarray(self.data, dtype=np.uint8).tobytes()

@@ -57,6 +57,7 @@ def test_preprocess_converts_bgr_to_rgb_and_normalizes():
 
 
 @pytest.mark.realdata
+@pytest.mark.torch
 def test_preprocess_matches_the_torchvision_eval_transform_on_real_images():
     """Pixel tolerance, and identical top-1 of the ImageNet-trained Lite0 under both pipelines."""
     if not REAL_DATA.is_dir():
