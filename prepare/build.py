@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from multiprocessing import Pool
+from multiprocessing import get_context
 from pathlib import Path
 
 import cv2
@@ -129,7 +129,8 @@ def run_workers(tasks: list, workers: int) -> list[ImageResult]:
     progress = dict(total=len(tasks), desc="checking + caching images", unit="img", smoothing=0.1)
     if workers <= 1:
         return [process_image(t) for t in tqdm(tasks, **progress)]
-    with Pool(workers, initializer=_init_worker) as pool:
+    # spawn, not fork: a caller may already run threads (torch, OpenCV) that a forked child would deadlock on
+    with get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
         return list(tqdm(pool.imap_unordered(process_image, tasks, chunksize=8), **progress))
 
 
