@@ -35,7 +35,7 @@ $(EDGE_STAMP): pyproject.toml
 
 test-edge: $(EDGE_STAMP)
 	$(EDGE_VENV)/bin/python -c 'import sys; assert "torch" not in sys.modules; import importlib.util as u; assert u.find_spec("torch") is None, "torch leaked into the edge environment"'
-	$(EDGE_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not torch" tests/test_edge_runtime.py tests/test_live.py
+	$(EDGE_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not torch" tests/test_edge_runtime.py tests/test_live.py tests/test_bench_edge.py
 	du -sm $(EDGE_VENV) | awk '{print "edge environment size: " $$1 " MB"}'
 
 test-fast: $(STAMP)

@@ -24,7 +24,7 @@ from edge_runtime.backends import load
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.preprocess import preprocess, read_image_bgr
 from export.formats import FORMATS
-from prepare.build import read_manifest
+from prepare.manifest import read_manifest
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from edge_runtime.classify import Classifier
     from edge_runtime.live import LiveConfig, run_live
     from export.exporter import ExportConfig, export_all
-    from prepare.build import PrepareConfig, prepare_dataset, read_manifest
+    from prepare.build import PrepareConfig, prepare_dataset
+    from prepare.manifest import read_manifest
     from prepare.report import print_summary
     from prepare.synthetic import make_synthetic_release
     from train.trainer import TrainConfig, train

@@ -108,8 +108,10 @@ def markdown(report: dict, rows: list[dict], threads: list[int], plots: list[str
 
 
 def write_plots(out: Path, report: dict, threads: list[int]) -> list[str]:
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # a lean device environment: the tables are the report, the plots are extra
+        return []
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.preprocess import preprocess, read_image_bgr
 from edge_runtime.spec import PreprocessSpec
-from prepare.build import read_manifest
+from prepare.manifest import read_manifest
 
 
 class CalibrationError(FloraEdgeError):

@@ -6,7 +6,6 @@ when complete, so a crash or a refused input never leaves a dataset that looks f
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ from edge_runtime.errors import FloraEdgeError
 from edge_runtime.preprocess import resize_shorter_side
 from edge_runtime.spec import IMAGENET_SPEC
 from prepare.categories import NUM_CLASSES, class_names, folder_name
+from prepare.manifest import write_manifest
 from prepare.release import (
     ARCHIVE,
     LABELS_MAT,
@@ -42,7 +42,6 @@ from prepare.release import (
 from prepare.splits import stratified_split
 from prepare.synthetic import is_synthetic
 
-MANIFEST_FIELDS = ("path", "cache_path", "image_id", "class_index", "class_name", "split", "sha256", "width", "height")
 CACHE_JPEG_QUALITY = 95
 
 
@@ -154,26 +153,6 @@ def find_duplicates(rows: list[dict]) -> list[list[str]]:
     for row in rows:
         by_hash[row["sha256"]].append(row["path"])
     return sorted(paths for paths in by_hash.values() if len(paths) > 1)
-
-
-def write_manifest(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def read_manifest(prepared: str | Path) -> list[dict]:
-    """The manifest rows of a prepared dataset, with integer fields as ints."""
-    path = Path(prepared) / "manifest.csv"
-    if not path.is_file():
-        raise FloraEdgeError(f"{prepared} is not a prepared dataset (no manifest.csv); run `floraedge prepare` first")
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        for key in ("image_id", "class_index", "width", "height"):
-            row[key] = int(row[key])
-    return rows
 
 
 def check_output(out: Path, overwrite: bool) -> None:

@@ -15,8 +15,9 @@ from PIL import Image
 
 from edge_runtime.spec import PreprocessSpec
 from floraedge import main as cli_main
-from prepare.build import OutputExistsError, PrepareConfig, prepare_dataset, read_manifest
+from prepare.build import OutputExistsError, PrepareConfig, prepare_dataset
 from prepare.categories import class_names, folder_name
+from prepare.manifest import read_manifest
 from prepare.release import ReleaseError
 from prepare.splits import SplitError
 from tests.conftest import REAL_DATA, REPO, add_tar_member, build_release

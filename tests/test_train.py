@@ -14,7 +14,7 @@ import torchvision
 
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.preprocess import preprocess, read_image_bgr
-from prepare.build import read_manifest
+from prepare.manifest import read_manifest
 from tests.conftest import REAL_DATA, REPO
 from train import trainer
 from train.checkpoint import CheckpointError, load_bundle, model_from_bundle

@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.preprocess import preprocess, read_image_bgr
 from edge_runtime.spec import PreprocessSpec
-from prepare.build import read_manifest
+from prepare.manifest import read_manifest
 from prepare.release import SPLITS
 
 
