@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from benchmarks.measure import latency, metrics_from_logits
 from edge_runtime.backends import load
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.preprocess import preprocess, read_image_bgr
@@ -168,15 +169,7 @@ def torch_row(
     batch, targets = torch.from_numpy(npz["batch"]), npz["targets"]
     with torch.no_grad():
         logits = torch.cat([model(batch[i : i + 32]) for i in range(0, len(batch), 32)]).numpy()
-    pred = logits.argmax(1)
-    top5 = np.argsort(-logits, axis=1)[:, :5]
-    per_class = [float((pred[targets == c] == c).mean()) for c in np.unique(targets)]
-    row["accuracy"] = {
-        "top1": float((pred == targets).mean()),
-        "top5": float((top5 == targets[:, None]).any(1).mean()),
-        "mean_per_class": float(np.mean(per_class)),
-        "n": len(targets),
-    }
+    row["accuracy"], pred = metrics_from_logits(logits, targets)
     row["latency"] = {}
     for threads in config.threads:
         torch.set_num_threads(threads)
@@ -186,8 +179,6 @@ def torch_row(
 
 
 def _torch_latency(model, sample, config: BenchConfig) -> dict:
-    from benchmarks.measure import latency
-
     class Runner:
         def predict(self, x):
             return model(x)

@@ -40,6 +40,11 @@ def latency(backend, sample: np.ndarray, warmup: int, runs: int) -> dict:
 
 def accuracy(backend, batch: np.ndarray, targets: np.ndarray) -> tuple[dict, np.ndarray]:
     logits = np.concatenate([backend.predict(batch[i : i + 1]) for i in range(len(batch))])
+    return metrics_from_logits(logits, targets)
+
+
+def metrics_from_logits(logits: np.ndarray, targets: np.ndarray) -> tuple[dict, np.ndarray]:
+    """top-1, top-5 and mean per-class accuracy (over the classes present), and the top-1 predictions."""
     top5 = np.argsort(-logits, axis=1)[:, :5]
     pred = logits.argmax(1)
     per_class = [float((pred[targets == c] == c).mean()) for c in np.unique(targets)]
