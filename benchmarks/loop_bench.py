@@ -1,0 +1,92 @@
+"""The live loop's own benchmark: end-to-end FPS over a video vs model-only FPS (same model, same
+threads), and a memory soak over N frames that stops by itself.
+
+    python -m benchmarks.loop_bench --model exports/lite0/model_int8.onnx --threads 2 --soak-frames 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from benchmarks.measure import latency, rss_mb
+from edge_runtime.backends import load
+from edge_runtime.classify import Classifier
+from edge_runtime.live import LiveConfig, run_live
+from edge_runtime.preprocess import preprocess
+
+
+def synthetic_video(path: Path, frames: int, size=(480, 640)) -> Path:
+    """A moving gradient with noise: decodes like camera footage (MJPEG)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (size[1], size[0]))
+    yy, xx = np.mgrid[0 : size[0], 0 : size[1]]
+    rng = np.random.default_rng(0)
+    for i in range(frames):
+        base = ((xx + 3 * i) % 256).astype(np.uint8)
+        frame = np.dstack([base, ((yy + i) % 256).astype(np.uint8), 255 - base])
+        frame[rng.integers(0, size[0], 200), rng.integers(0, size[1], 200)] = 255
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def soak(classifier: Classifier, video: Path, frames: int, every: int) -> dict:
+    """Run the loop over ``frames`` frames (the clip repeated), sampling RSS every ``every`` frames."""
+    samples = []
+
+    def emit(line: str) -> None:
+        n = json.loads(line)["frame"]
+        if n % every == 0:
+            samples.append((n, round(rss_mb(), 1)))
+
+    done = 0
+    while done < frames:
+        stats = run_live(classifier, LiveConfig(source=str(video), headless=True, max_frames=frames - done), emit=emit)
+        done += stats["frames"]
+    after_warmup = [mb for n, mb in samples if n > every]  # the first samples include allocator warm-up
+    growth = after_warmup[-1] - after_warmup[0] if len(after_warmup) > 1 else 0.0
+    return {"frames": done, "rss_samples_mb": samples, "rss_growth_after_warmup_mb": round(growth, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--video-frames", type=int, default=300)
+    p.add_argument("--soak-frames", type=int, default=10000)
+    p.add_argument("--out", type=Path, default=None, help="write the JSON result here too")
+    args = p.parse_args(argv)
+    backend = load(args.model, args.backend, threads=args.threads)
+    classifier = Classifier(backend)
+    with tempfile.TemporaryDirectory() as tmp:
+        video = synthetic_video(Path(tmp) / "clip.avi", args.video_frames)
+        first = cv2.VideoCapture(str(video)).read()[1]
+        model_only = latency(backend, preprocess(first, backend.info.spec), warmup=20, runs=200)
+        start = time.perf_counter()
+        loop = run_live(classifier, LiveConfig(source=str(video), headless=True), emit=lambda line: None)
+        result = {
+            "model": str(args.model),
+            "backend": backend.name,
+            "threads": args.threads,
+            "model_only_fps": model_only["throughput_ips"],
+            "loop_fps": loop["fps"],
+            "loop_over_model": round(loop["fps"] / model_only["throughput_ips"], 3),
+            "loop_wall_s": round(time.perf_counter() - start, 2),
+            "soak": soak(classifier, video, args.soak_frames, every=max(1, args.soak_frames // 20)),
+        }
+    print(json.dumps(result, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
