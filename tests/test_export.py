@@ -176,3 +176,48 @@ def test_mediapipe_loads_our_exported_tflite_and_agrees_on_top1(exported, tmp_pa
     categories = json.loads(done.stdout.strip().splitlines()[-1])["categories"]
     assert categories[0][1] == class_names()[int(ours.argmax())]
     np.testing.assert_allclose(categories[0][2], ours.max(), rtol=1e-3, atol=1e-3)  # raw scores: logits
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_int8_accuracy_drop_on_real_validation_images(tmp_path):
+    """A small Lite0 (head trained on the real train split, 96 px) exported to int8: the drop on real val images."""
+    from tests.conftest import REAL_DATA
+
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real data not present at {REAL_DATA}")
+    from prepare.build import PrepareConfig, prepare_dataset
+    from train.trainer import TrainConfig, train
+
+    data = tmp_path / "flowers"
+    prepare_dataset(PrepareConfig(source=REAL_DATA, out=data, cache_size=110))
+    train(
+        TrainConfig(
+            data=str(data),
+            out=str(tmp_path / "run"),
+            arch="efficientnet_lite0",
+            img_size=96,
+            epochs=2,
+            head_epochs=2,
+            workers=0,
+            progress=False,
+            tta_flip=False,
+            patience=0,
+        )
+    )
+    results = export_all(
+        ExportConfig(
+            checkpoint=str(tmp_path / "run" / "best.pt"),
+            data=str(data),
+            out=str(tmp_path / "x"),
+            precisions=("int8",),
+            calib_n=204,
+            verify_n=306,
+            max_drop=2.0,
+            allow_drop=True,
+        )
+    )
+    for r in results:
+        assert r["torch_accuracy"] > 0.5, r  # a model that learned something: the drop means something
+        assert r["accuracy_drop_points"] <= 2.0, r  # on 306 real val images (3 per class)
+        assert r["top1_agreement"] >= 0.9, r
