@@ -10,7 +10,7 @@ EDGE_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.
 EDGE_VENV := .venv-edge
 EDGE_STAMP := $(EDGE_VENV)/.installed
 
-.PHONY: demo test test-main test-edge test-fast lint clean
+.PHONY: demo test test-main test-edge test-fast lint clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,19 +24,24 @@ demo: $(STAMP)
 
 test: test-main test-edge
 
-test-main: $(STAMP)
+test-main: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# The serve page's end-to-end test drives Debian's Chromium (root can install it; CI runs as root).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 
 # The runtime's own tests with only `.[edge]` installed: proves it needs no torch and runs on 3.10.
 $(EDGE_STAMP): pyproject.toml
 	test -x $(EDGE_VENV)/bin/python || $(EDGE_PYTHON) -m venv $(EDGE_VENV)
-	$(EDGE_VENV)/bin/python -m pip install --quiet ".[edge]" pytest onnx
+	$(EDGE_VENV)/bin/python -m pip install --quiet ".[edge,serve]" pytest onnx httpx selenium
 	touch $(EDGE_STAMP)
 
-test-edge: $(EDGE_STAMP)
+test-edge: $(EDGE_STAMP) browser
 	$(EDGE_VENV)/bin/python -c 'import sys; assert "torch" not in sys.modules; import importlib.util as u; assert u.find_spec("torch") is None, "torch leaked into the edge environment"'
-	$(EDGE_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not torch" tests/test_edge_runtime.py tests/test_live.py tests/test_bench_edge.py
-	du -sm $(EDGE_VENV) | awk '{print "edge environment size: " $$1 " MB"}'
+	$(EDGE_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not torch" tests/test_edge_runtime.py tests/test_live.py tests/test_bench_edge.py \
+		tests/test_serve.py tests/test_serve_browser.py
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

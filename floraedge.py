@@ -14,7 +14,15 @@ import sys
 from edge_runtime import __version__
 from edge_runtime.errors import FloraEdgeError
 
-STAGE_MODULES = ("prepare.cli", "train.cli", "export.cli", "edge_runtime.cli", "benchmarks.cli", "benchmarks.demo")
+STAGE_MODULES = (
+    "prepare.cli",
+    "train.cli",
+    "export.cli",
+    "edge_runtime.cli",
+    "edge_runtime.serve.cli",
+    "benchmarks.cli",
+    "benchmarks.demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

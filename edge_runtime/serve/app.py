@@ -1,0 +1,170 @@
+"""The Starlette app: a single page, ``POST /v1/classify``, ``GET /v1/model``, ``GET /healthz``, OpenAPI.
+
+Inference runs in a bounded thread pool: a burst of requests queues up to ``queue`` waiting
+requests, beyond that the answer is 503 with ``Retry-After`` instead of unbounded memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import Route
+
+from edge_runtime.backends import load
+from edge_runtime.classify import Classifier
+from edge_runtime.serve.images import BadImage, decode_upload
+from edge_runtime.serve.openapi import openapi_spec
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    model: Path
+    backend: str = "auto"
+    threads: int | None = None
+    top_k: int = 5
+    max_body: int = 10 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    workers: int = 1  # concurrent inferences
+    queue: int = 16  # requests allowed to wait for a worker
+    token: str | None = None
+
+
+def model_description(path: Path, backend) -> dict:
+    info = backend.info
+    return {
+        "file": path.name,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "format": path.suffix[1:],
+        "precision": info.info.get("precision", "unknown"),
+        "arch": info.info.get("arch", "unknown"),
+        "backend": backend.name,
+        "labels": list(info.labels),
+        "spec": info.spec.to_dict(),
+    }
+
+
+class Gate:
+    """Admission control: at most ``workers + queue`` requests inside; the rest get 503."""
+
+    def __init__(self, workers: int, queue: int):
+        self.capacity, self.inside = workers + queue, 0
+
+    def __enter__(self):
+        if self.inside >= self.capacity:
+            raise HTTPException(503, "busy: too many requests queued", headers={"Retry-After": "1"})
+        self.inside += 1
+
+    def __exit__(self, *exc):
+        self.inside -= 1
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"body of {int(declared):,} bytes is over the {limit:,}-byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"body is over the {limit:,}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def image_bytes(request: Request, limit: int) -> bytes:
+    """The image from a multipart upload (field 'file') or from a raw image body."""
+    body = await read_body(request, limit)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return body
+    request._body = body  # Starlette parses the form from the cached body: the limit above still holds
+    form = await request.form()
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise HTTPException(400, "multipart upload has no file field named 'file'")
+    return await upload.read()
+
+
+def create_app(config: ServeConfig) -> Starlette:
+    backend = load(config.model, config.backend, threads=config.threads)
+    classifier = Classifier(backend, k=config.top_k)
+    description = model_description(Path(config.model), backend)
+    pool, gate = (
+        ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="infer"),
+        Gate(config.workers, config.queue),
+    )
+    page = files("edge_runtime.serve").joinpath("index.html").read_text(encoding="utf-8")
+
+    def check_token(request: Request) -> None:
+        if config.token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {config.token}".encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    def infer(data: bytes) -> dict:
+        t0 = time.perf_counter()
+        image = decode_upload(data, max_pixels=config.max_pixels)
+        decode_ms = (time.perf_counter() - t0) * 1e3
+        prediction = classifier(image)
+        return prediction.to_dict() | {
+            "decode_ms": round(decode_ms, 3),
+            "width": image.shape[1],
+            "height": image.shape[0],
+        }
+
+    async def classify(request: Request) -> JSONResponse:
+        check_token(request)
+        start = time.perf_counter()
+        with gate:
+            data = await image_bytes(request, config.max_body)
+            try:
+                result = await asyncio.get_running_loop().run_in_executor(pool, infer, data)
+            except BadImage as exc:
+                raise HTTPException(exc.status, str(exc)) from exc
+        result["total_ms"] = round((time.perf_counter() - start) * 1e3, 3)
+        return JSONResponse({"model": description["file"], "precision": description["precision"], **result})
+
+    async def model(request: Request) -> JSONResponse:
+        check_token(request)
+        return JSONResponse(description)
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "model": description["file"]})
+
+    async def index(request: Request) -> HTMLResponse:
+        return HTMLResponse(page)
+
+    async def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(openapi_spec(config))
+
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail, "status": exc.status_code}, exc.status_code, headers=exc.headers)
+
+    routes = [
+        Route("/", index),
+        Route("/healthz", health),
+        Route("/v1/model", model),
+        Route("/v1/classify", classify, methods=["POST"]),
+        Route("/openapi.json", openapi),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        pool.shutdown(wait=False)
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    app.state.gate = gate
+    return app

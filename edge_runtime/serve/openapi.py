@@ -1,0 +1,70 @@
+"""The OpenAPI description of the server (a test checks it against the app's routes)."""
+
+from __future__ import annotations
+
+ERROR = {"type": "object", "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}}
+TOP = {
+    "type": "object",
+    "properties": {"index": {"type": "integer"}, "label": {"type": "string"}, "score": {"type": "number"}},
+}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def openapi_spec(config) -> dict:
+    errors = {
+        "400": _json(ERROR, "no image in the request"),
+        "401": _json(ERROR, "bearer token missing or wrong"),
+        "413": _json(ERROR, f"body over {config.max_body} bytes or image over {config.max_pixels} pixels"),
+        "415": _json(ERROR, "not a decodable image"),
+        "503": _json(ERROR, "queue full; see Retry-After"),
+    }
+    classify_result = {
+        "type": "object",
+        "properties": {
+            "model": {"type": "string"},
+            "precision": {"type": "string"},
+            "top": {"type": "array", "items": TOP},
+            "decode_ms": {"type": "number"},
+            "preprocess_ms": {"type": "number"},
+            "model_ms": {"type": "number"},
+            "total_ms": {"type": "number"},
+            "width": {"type": "integer"},
+            "height": {"type": "integer"},
+        },
+    }
+    body = {
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+            },
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+        },
+        "required": True,
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "FloraEdge classifier", "version": "1"},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": {
+            "/v1/classify": {
+                "post": {
+                    "summary": "top-k classes of one image",
+                    "requestBody": body,
+                    "responses": {"200": _json(classify_result, "top-k with timings"), **errors},
+                }
+            },
+            "/v1/model": {
+                "get": {
+                    "summary": "labels, preprocessing spec, format, precision, file hash",
+                    "responses": {"200": _json({"type": "object"}, "the model"), "401": errors["401"]},
+                }
+            },
+            "/healthz": {"get": {"summary": "liveness", "responses": {"200": _json({"type": "object"}, "ok")}}},
+            "/": {"get": {"summary": "the web page", "responses": {"200": {"description": "HTML"}}}},
+            "/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "JSON"}}}},
+        },
+    }

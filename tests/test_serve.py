@@ -1,0 +1,152 @@
+"""`floraedge serve`: the API with real images and a tiny exported model, every bad input, the queue limit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import subprocess
+import sys
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from edge_runtime.serve.app import ServeConfig, create_app
+from edge_runtime.serve.images import header_size
+from floraedge import main as cli_main
+from tests.tiny_models import tiny_onnx
+
+
+@pytest.fixture
+def model(tmp_path):
+    return tiny_onnx(tmp_path / "model_fp32.onnx")
+
+
+@pytest.fixture
+def client(model):
+    with TestClient(create_app(ServeConfig(model=model, max_body=200_000, max_pixels=1_000_000))) as c:
+        yield c
+
+
+@pytest.fixture
+def jpeg() -> bytes:
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8), (7, 7), 0)
+    return cv2.imencode(".jpg", image)[1].tobytes()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims a huge size (a decompression bomb's signature), with valid chunk CRCs."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def check_top(result: dict, k: int = 4) -> None:
+    assert len(result["top"]) == k
+    assert all(set(t) == {"index", "label", "score"} for t in result["top"])
+    scores = [t["score"] for t in result["top"]]
+    assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1) < 1e-3  # all 4 classes
+    assert result["model_ms"] >= 0 and result["total_ms"] >= result["model_ms"]
+
+
+def test_health_model_and_page(client, model):
+    assert client.get("/healthz").json() == {"status": "ok", "model": "model_fp32.onnx"}
+    m = client.get("/v1/model").json()
+    assert m["labels"] == ["flower 0", "flower 1", "flower 2", "flower 3"] and m["format"] == "onnx"
+    assert m["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest() and m["spec"]["crop_size"] == 32
+    page = client.get("/")
+    assert page.status_code == 200 and "/v1/classify" in page.text and "http" not in page.text.split("<script>")[1]
+
+
+def test_classify_multipart_and_raw_bytes_agree(client, jpeg):
+    multipart = client.post("/v1/classify", files={"file": ("rose.jpg", jpeg, "image/jpeg")})
+    raw = client.post("/v1/classify", content=jpeg, headers={"content-type": "image/jpeg"})
+    assert multipart.status_code == raw.status_code == 200
+    check_top(multipart.json())
+    assert multipart.json()["top"] == raw.json()["top"]
+    assert (multipart.json()["width"], multipart.json()["height"]) == (160, 120)
+
+
+@pytest.mark.parametrize(
+    "kwargs, status, message",
+    [
+        (dict(content=b"x" * 300_000, headers={"content-type": "image/jpeg"}), 413, "byte limit"),
+        (dict(content=png_claiming(20000, 20000), headers={"content-type": "image/png"}), 413, "pixels"),
+        (
+            dict(content=b"plain text, not an image", headers={"content-type": "image/jpeg"}),
+            415,
+            "not a decodable image",
+        ),
+        (dict(content=b"", headers={"content-type": "image/jpeg"}), 400, "empty body"),
+        (dict(files={"other": ("a.jpg", b"x", "image/jpeg")}), 400, "field named 'file'"),
+    ],
+    ids=["body-too-large", "decompression-bomb", "not-an-image", "empty", "no-file-field"],
+)
+def test_bad_input_gets_a_json_error_and_the_server_keeps_serving(client, jpeg, kwargs, status, message):
+    r = client.post("/v1/classify", **kwargs)
+    assert r.status_code == status and message in r.json()["error"]
+    assert client.post("/v1/classify", content=jpeg, headers={"content-type": "image/jpeg"}).status_code == 200
+
+
+def test_wrong_method_and_path_are_json_errors(client):
+    assert client.get("/v1/classify").status_code == 405 and "error" in client.get("/v1/classify").json()
+    assert client.get("/nope").status_code == 404 and client.get("/nope").json()["status"] == 404
+
+
+def test_full_queue_answers_503_with_retry_after(model, jpeg):
+    app = create_app(ServeConfig(model=model, workers=1, queue=0))
+    with TestClient(app) as c:
+        app.state.gate.inside = 1  # one request is being served and none may wait
+        r = c.post("/v1/classify", content=jpeg, headers={"content-type": "image/jpeg"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        app.state.gate.inside = 0
+        assert c.post("/v1/classify", content=jpeg, headers={"content-type": "image/jpeg"}).status_code == 200
+
+
+def test_bearer_token(model, jpeg):
+    with TestClient(create_app(ServeConfig(model=model, token="s3cret"))) as c:
+        assert c.get("/v1/model").status_code == 401
+        assert c.get("/v1/model", headers={"authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/healthz").status_code == 200  # liveness stays open
+
+
+def test_openapi_matches_the_routes(client):
+    spec = client.get("/openapi.json").json()
+    for path, methods in spec["paths"].items():
+        for method in methods:
+            r = client.request(method.upper(), path)
+            assert r.status_code not in (404, 405), (method, path)
+    assert set(spec["paths"]["/v1/classify"]["post"]["responses"]) >= {"200", "400", "413", "415", "503"}
+
+
+def test_header_size_reads_png_and_jpeg(jpeg):
+    assert header_size(jpeg) == (160, 120)
+    assert header_size(png_claiming(7, 9)) == (7, 9)
+    assert header_size(b"GIF89a") is None
+
+
+def test_space_bundle_runs_as_is(model, tmp_path, jpeg):
+    out = tmp_path / "space"
+    assert cli_main(["space", "--model", str(model), "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} >= {
+        "app.py",
+        "requirements.txt",
+        "model_fp32.onnx",
+        "labels.txt",
+        "README.md",
+    }
+    assert "torch" not in (out / "requirements.txt").read_text()
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from starlette.testclient import TestClient; import app\n"
+        "c = TestClient(app.app); print(c.get('/healthz').json()['status'])"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, cwd=out)
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]
+    assert cli_main(["space", "--model", str(model), "--out", str(out)]) == 1  # exists: refused
