@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Reproduces docs/results.md on the real data: prepare -> train Lite0 -> export -> bench, plus
+# ResNet50's latency/size rows (weights "none": its accuracy means nothing, its speed does).
+# Usage: bash benchmarks/real_results.sh [DATA_SOURCE] [WORK_DIR]   (about 2 hours on 2 CPU cores)
+set -euo pipefail
+SOURCE=${1:-../shared/data/oxford102-trainval}
+WORK=${2:-runs/real}
+FE=.venv/bin/floraedge
+mkdir -p "$WORK"
+[ -d "$WORK/flowers" ] || $FE prepare --source "$SOURCE" --out "$WORK/flowers"
+[ -f "$WORK/lite0/best.pt" ] || $FE train --data "$WORK/flowers" --arch efficientnet_lite0 --out "$WORK/lite0" \
+  --no-tta --workers 1 --threads 2
+$FE export --checkpoint "$WORK/lite0/best.pt" --data "$WORK/flowers" --out "$WORK/exports-lite0" --overwrite --allow-drop
+$FE bench --models "$WORK/exports-lite0" --checkpoint "$WORK/lite0/best.pt" --data "$WORK/flowers" --out "$WORK/bench-lite0"
+[ -f "$WORK/resnet50/best.pt" ] || $FE train --data "$WORK/flowers" --arch resnet50 --weights none --epochs 1 \
+  --head-epochs 1 --out "$WORK/resnet50" --no-tta --workers 1 --threads 2
+$FE export --checkpoint "$WORK/resnet50/best.pt" --data "$WORK/flowers" --out "$WORK/exports-resnet50" --overwrite \
+  --allow-drop --calib-n 102 --verify-n 102
+$FE bench --models "$WORK/exports-resnet50" --data "$WORK/flowers" --out "$WORK/bench-resnet50" --limit 102 --runs 20
