@@ -106,6 +106,12 @@ def add_run_parser(subparsers) -> None:
     p.add_argument("--source", default="0", help="camera index, video file, folder, URL or GStreamer pipeline")
     p.add_argument("--headless", action="store_true", help="no window: one JSON line per classified frame on stdout")
     p.add_argument("--record", type=Path, default=None, help="write the annotated frames to this .mp4")
+    p.add_argument(
+        "--publish",
+        type=Path,
+        default=None,
+        help="keep the newest annotated frame + result in this folder for `floraedge serve --camera`",
+    )
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many classified frames")
     p.add_argument(
         "--threshold", type=float, default=0.5, help="below this smoothed score say 'unsure' (default: %(default)s)"
@@ -125,6 +131,7 @@ def run_live_command(args: argparse.Namespace) -> int:
         source=args.source,
         headless=args.headless,
         record=args.record,
+        publish=args.publish,
         max_frames=args.max_frames,
         threshold=args.threshold,
         smoothing=args.smoothing,

@@ -6,6 +6,7 @@ Short enough to read at a glance; each concern (sources, smoothing, drawing) is 
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
 import threading
@@ -38,6 +39,7 @@ class LiveConfig:
     height: int | None = None
     max_reconnects: int | None = None  # None: keep trying forever
     backoff: tuple[float, float] = (0.5, 8.0)  # first and longest wait between reopen attempts, seconds
+    publish: Path | None = None  # write latest.jpg + latest.json here for `floraedge serve --camera`
 
 
 class Smoother:
@@ -70,6 +72,7 @@ def decide(probs: np.ndarray, labels: tuple[str, ...], *, threshold: float, k: i
 
 
 def draw_overlay(frame: np.ndarray, result: dict, model_ms: float, fps: float) -> np.ndarray:
+    """The frame with the label, score, model time and FPS drawn in its top-left corner."""
     out = frame.copy()
     color = (0, 200, 255) if result["unsure"] else (80, 220, 80)
     lines = [f"{result['label']}  {result['score']:.2f}", f"model {model_ms:.1f} ms   {fps:.1f} FPS"]
@@ -173,11 +176,54 @@ def open_recorder(path: Path, frame: np.ndarray, fps: float = 15.0):
     return writer
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class Sinks:
+    """Where each classified frame goes: JSON lines, a window, a recording, a folder `serve --camera` reads."""
+
+    def __init__(self, config: LiveConfig, emit):
+        self.config, self.emit, self.writer, self.last_publish = config, emit, None, 0.0
+        if config.publish:
+            config.publish.mkdir(parents=True, exist_ok=True)
+
+    def needs_overlay(self) -> bool:
+        return bool(self.config.record or self.config.publish or not self.config.headless)
+
+    def send(self, record: dict, frame: np.ndarray, prediction) -> bool:
+        """Deliver one frame; False when the user asked to quit (q or Esc in the window)."""
+        if self.config.headless:
+            self.emit(json.dumps(record))
+        if not self.needs_overlay():
+            return True
+        annotated = draw_overlay(frame, record, prediction.model_ms, record["fps"])
+        if self.config.record:
+            self.writer = self.writer or open_recorder(self.config.record, annotated)
+            self.writer.write(annotated)
+        if self.config.publish and time.perf_counter() - self.last_publish >= 0.1:  # at most 10 updates/s
+            self.last_publish = time.perf_counter()
+            write_atomic(self.config.publish / "latest.jpg", cv2.imencode(".jpg", annotated)[1].tobytes())
+            write_atomic(self.config.publish / "latest.json", json.dumps(record).encode())
+        if not self.config.headless:
+            cv2.imshow("FloraEdge", annotated)
+            return cv2.waitKey(1) & 0xFF not in (ord("q"), 27)
+        return True
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+        if not self.config.headless:
+            cv2.destroyAllWindows()
+
+
 def run_live(classifier: Classifier, config: LiveConfig, emit=print) -> dict:
     """Classify frames from ``config.source`` until it ends, ``max_frames``, 'q', Ctrl-C or SIGTERM."""
     feed, smoother = FrameFeed(config), Smoother(config.smoothing, alpha=config.alpha, window=config.window)
-    stats = {"frames": 0, "skipped": 0, "started": time.time()}
-    writer, fps, last = None, 0.0, time.perf_counter()
+    sinks, stats = Sinks(config, emit), {"frames": 0, "skipped": 0, "started": time.time()}
+    fps, last = 0.0, time.perf_counter()
     with StopFlag() as stop:
         try:
             while not stop.is_set() and (config.max_frames is None or stats["frames"] < config.max_frames):
@@ -198,34 +244,19 @@ def run_live(classifier: Classifier, config: LiveConfig, emit=print) -> dict:
                 fps = 1.0 / max(now - last, 1e-9) if fps == 0 else 0.9 * fps + 0.1 / max(now - last, 1e-9)
                 last = now
                 stats["frames"] += 1
-                if config.headless:
-                    emit(
-                        json.dumps(
-                            {
-                                "ts": round(time.time(), 3),
-                                "frame": stats["frames"],
-                                **result,
-                                "preprocess_ms": round(prediction.preprocess_ms, 3),
-                                "model_ms": round(prediction.model_ms, 3),
-                                "fps": round(fps, 2),
-                            }
-                        )
-                    )
-                if config.record or not config.headless:
-                    annotated = draw_overlay(frame, result, prediction.model_ms, fps)
-                    if config.record:
-                        writer = writer or open_recorder(config.record, annotated)
-                        writer.write(annotated)
-                    if not config.headless:
-                        cv2.imshow("FloraEdge", annotated)
-                        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-                            break
+                record = {
+                    "ts": round(time.time(), 3),
+                    "frame": stats["frames"],
+                    **result,
+                    "preprocess_ms": round(prediction.preprocess_ms, 3),
+                    "model_ms": round(prediction.model_ms, 3),
+                    "fps": round(fps, 2),
+                }
+                if not sinks.send(record, frame, prediction):
+                    break
         finally:
             feed.close()
-            if writer is not None:
-                writer.release()
-            if not config.headless:
-                cv2.destroyAllWindows()
+            sinks.close()
     elapsed = time.time() - stats["started"]
     return {
         **stats,

@@ -116,12 +116,18 @@ def test_bearer_token(model, jpeg):
         assert c.get("/healthz").status_code == 200  # liveness stays open
 
 
-def test_openapi_matches_the_routes(client):
-    spec = client.get("/openapi.json").json()
-    for path, methods in spec["paths"].items():
-        for method in methods:
-            r = client.request(method.upper(), path)
-            assert r.status_code not in (404, 405), (method, path)
+def test_openapi_matches_the_routes(model, tmp_path):
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    (camera / "latest.json").write_text("{}")
+    with TestClient(create_app(ServeConfig(model=model, camera=camera))) as client:
+        spec = client.get("/openapi.json").json()
+        for path, methods in spec["paths"].items():
+            for method in methods:
+                if path == "/camera.mjpg":  # an endless stream: checked below without HTTP
+                    continue
+                r = client.request(method.upper(), path)
+                assert r.status_code not in (404, 405), (method, path)
     assert set(spec["paths"]["/v1/classify"]["post"]["responses"]) >= {"200", "400", "413", "415", "503"}
 
 
@@ -149,3 +155,33 @@ def test_space_bundle_runs_as_is(model, tmp_path, jpeg):
     result = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, cwd=out)
     assert result.stdout.strip() == "ok", result.stderr[-2000:]
     assert cli_main(["space", "--model", str(model), "--out", str(out)]) == 1  # exists: refused
+
+
+def test_camera_shows_what_floraedge_run_publishes(model, tmp_path):
+    import asyncio
+
+    from edge_runtime.backends import load
+    from edge_runtime.classify import Classifier
+    from edge_runtime.live import LiveConfig, run_live
+    from edge_runtime.serve.app import mjpeg_frames
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(frames / f"{i}.png"), np.full((40, 40, 3), 80 * i, np.uint8))
+    camera = tmp_path / "camera"
+    run_live(
+        Classifier(load(model)), LiveConfig(source=str(frames), headless=True, publish=camera), emit=lambda _: None
+    )
+    with TestClient(create_app(ServeConfig(model=model, camera=camera))) as c:
+        latest = c.get("/v1/camera").json()
+        assert latest["frame"] == 1 and latest["label"] in ("unsure", "flower 0", "flower 1", "flower 2", "flower 3")
+        assert c.get("/v1/model").json()["camera"] is True
+
+    async def first_part():
+        return await anext(mjpeg_frames(camera))
+
+    part = asyncio.run(first_part())
+    assert part.startswith(b"--frame\r\nContent-Type: image/jpeg") and b"\xff\xd8" in part
+    with TestClient(create_app(ServeConfig(model=model))) as c:
+        assert c.get("/v1/camera").status_code == 404 and "--camera" in c.get("/camera.mjpg").json()["error"]

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from edge_runtime.backends import load
@@ -39,6 +40,25 @@ class ServeConfig:
     workers: int = 1  # concurrent inferences
     queue: int = 16  # requests allowed to wait for a worker
     token: str | None = None
+    camera: Path | None = None  # the --publish folder of a `floraedge run` on this device
+
+
+def mjpeg_frames(folder: Path, interval: float = 0.1):
+    """multipart/x-mixed-replace parts: the newest frame `floraedge run --publish` wrote, when it changes."""
+    last = None
+
+    async def stream():
+        nonlocal last
+        while True:
+            path = folder / "latest.jpg"
+            stamp = path.stat().st_mtime_ns if path.exists() else None
+            if stamp is not None and stamp != last:
+                last = stamp
+                data = path.read_bytes()
+                yield b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data) + data + b"\r\n"
+            await asyncio.sleep(interval)
+
+    return stream()
 
 
 def model_description(path: Path, backend) -> dict:
@@ -99,7 +119,7 @@ async def image_bytes(request: Request, limit: int) -> bytes:
 def create_app(config: ServeConfig) -> Starlette:
     backend = load(config.model, config.backend, threads=config.threads)
     classifier = Classifier(backend, k=config.top_k)
-    description = model_description(Path(config.model), backend)
+    description = model_description(Path(config.model), backend) | {"camera": config.camera is not None}
     pool, gate = (
         ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="infer"),
         Gate(config.workers, config.queue),
@@ -149,6 +169,21 @@ def create_app(config: ServeConfig) -> Starlette:
     async def openapi(request: Request) -> JSONResponse:
         return JSONResponse(openapi_spec(config))
 
+    async def camera_frame(request: Request) -> StreamingResponse:
+        check_token(request)
+        if config.camera is None:
+            raise HTTPException(
+                404, "no camera: start the server with --camera DIR (the --publish folder of `floraedge run`)"
+            )
+        return StreamingResponse(mjpeg_frames(config.camera), media_type="multipart/x-mixed-replace; boundary=frame")
+
+    async def camera_result(request: Request) -> JSONResponse:
+        check_token(request)
+        latest = config.camera / "latest.json" if config.camera else None
+        if latest is None or not latest.exists():
+            raise HTTPException(404, "no camera result yet: is `floraedge run --publish DIR` running?")
+        return JSONResponse(json.loads(latest.read_text()))
+
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail, "status": exc.status_code}, exc.status_code, headers=exc.headers)
 
@@ -158,6 +193,8 @@ def create_app(config: ServeConfig) -> Starlette:
         Route("/v1/model", model),
         Route("/v1/classify", classify, methods=["POST"]),
         Route("/openapi.json", openapi),
+        Route("/camera.mjpg", camera_frame),
+        Route("/v1/camera", camera_result),
     ]
 
     @contextlib.asynccontextmanager

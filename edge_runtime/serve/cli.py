@@ -43,6 +43,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-body-mb", type=float, default=10.0, help="(default: %(default)s)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="(default: %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="concurrent inferences (default: %(default)s)")
+    p.add_argument(
+        "--camera",
+        type=Path,
+        default=None,
+        help="show the live camera: the --publish folder of a `floraedge run` on this device",
+    )
     p.add_argument("--queue", type=int, default=16, help="requests that may wait; more get 503 (default: %(default)s)")
     p.set_defaults(func=run_serve)
     s = subparsers.add_parser("space", help="write a folder that runs as a hosted demo as-is (app.py, model, README)")

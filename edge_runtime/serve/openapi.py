@@ -65,6 +65,21 @@ def openapi_spec(config) -> dict:
             },
             "/healthz": {"get": {"summary": "liveness", "responses": {"200": _json({"type": "object"}, "ok")}}},
             "/": {"get": {"summary": "the web page", "responses": {"200": {"description": "HTML"}}}},
+            "/v1/camera": {
+                "get": {
+                    "summary": "the newest result of `floraedge run --publish` (with --camera)",
+                    "responses": {"200": _json({"type": "object"}, "result"), "404": _json(ERROR, "no camera")},
+                }
+            },
+            "/camera.mjpg": {
+                "get": {
+                    "summary": "MJPEG stream of the newest annotated frame (with --camera)",
+                    "responses": {
+                        "200": {"description": "multipart/x-mixed-replace"},
+                        "404": _json(ERROR, "no camera"),
+                    },
+                }
+            },
             "/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "JSON"}}}},
         },
     }
