@@ -114,19 +114,32 @@ def write_plots(out: Path, report: dict, threads: list[int]) -> list[str]:
         return []
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     good = [r for r in report["rows"] if "error" not in r and r.get("latency")]
     if not good:
         return []
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     t = str(threads[-1])
-    for r in good:
-        x, y = r["latency"][t]["median_ms"], r["accuracy"]["top1"]
-        ax.scatter(x, y, s=max(20, (r.get("bytes") or 1e6) / 1e5), alpha=0.6)
-        ax.annotate(f"{r['name']} ({r['backend']})", (x, y), fontsize=7)
-    ax.set_xlabel(f"median latency, batch 1, {t} threads (ms)")
+    markers = "osD^vP*Xh<>"
+    for i, r in enumerate(good):
+        size = max(20, (r.get("bytes") or 1e6) / 1e5)
+        ax.scatter(
+            r["latency"][t]["median_ms"],
+            r["accuracy"]["top1"],
+            s=size,
+            alpha=0.7,
+            marker=markers[i % len(markers)],
+            label=f"{r['name']} ({r['backend']}, {(r.get('bytes') or 0) / 1e6:.1f} MB)",
+        )
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel(f"median latency, batch 1, {t} threads (ms, log scale)")
     ax.set_ylabel("top-1")
     ax.set_title("accuracy vs latency (marker area ~ file size)")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_latency.png", dpi=110)
     plt.close(fig)
