@@ -244,8 +244,26 @@ def epoch_record(epoch: int, scheduler, stats: dict, val: dict | None, seconds: 
     return record
 
 
-def train(config: TrainConfig) -> dict:
-    """Fine-tune ``config.arch`` on a prepared dataset; returns the best epoch's metrics."""
+@dataclass
+class Run:
+    """Everything one training run holds between epochs."""
+
+    config: TrainConfig
+    out: Path
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_set: CachedImages
+    val_set: CachedImages | None
+    bundle_args: dict
+    state: dict = field(
+        default_factory=lambda: {"epoch": 0, "best": -1.0, "best_epoch": 0, "stale": 0, "elapsed_s": 0.0}
+    )
+
+
+def start_run(config: TrainConfig) -> Run:
+    """Run directory, data, model, optimizer and schedule; restored from last.pt with ``resume``."""
     device = dist.setup(pick_device(config.device))
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -261,70 +279,89 @@ def train(config: TrainConfig) -> dict:
     if steps == 0:
         raise FloraEdgeError(f"{len(train_set)} training images is less than one batch of {config.batch_size}")
     optimizer, scheduler = make_optimizer(model, config, steps)
-    state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "stale": 0, "elapsed_s": 0.0}
+    bundle_args = dict(
+        arch=config.arch,
+        class_names=list(class_names()),
+        spec=spec,
+        config=asdict(config),
+        dataset=dataset_info(config),
+    )
+    run = Run(config, out, device, model, optimizer, scheduler, train_set, val_set, bundle_args)
     if config.resume:
         last = load_bundle(out / "last.pt")
         model.load_state_dict(last["model"])
         optimizer.load_state_dict(last["optimizer"])
         scheduler.load_state_dict(last["scheduler"])
-        state = last["train_state"]
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if amp else None
-    config_dict = asdict(config)
+        run.state = last["train_state"]
     if dist.is_main():
-        (out / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
-    bundle_args = dict(
-        arch=config.arch, class_names=list(class_names()), spec=spec, config=config_dict, dataset=dataset_info(config)
+        (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    return run
+
+
+def run_epoch(run: Run, epoch: int, scaler) -> dict:
+    config = run.config
+    set_backbone_trainable(run.model, config, epoch > config.head_epochs)
+    set_train_mode(run.model, freeze_bn=config.freeze_bn)
+    ddp = dist.wrap(run.model)  # after the requires_grad changes: DDP syncs only what trains
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    return train_one_epoch(
+        ddp,
+        epoch_loader(run.train_set, config, epoch),
+        run.optimizer,
+        run.scheduler,
+        criterion,
+        run.device,
+        epoch=epoch,
+        amp=scaler is not None,
+        scaler=scaler,
+        progress=config.progress and dist.is_main(),
     )
+
+
+def end_epoch(run: Run, epoch: int, stats: dict, started: float) -> bool:
+    """Validate, log, save best.pt / last.pt (main process); True when early stopping says stop."""
+    val = evaluate_split(run.model, run.val_set, run.config, run.device) if run.val_set else None
+    state, seconds = run.state, time.perf_counter() - started  # training + validation
+    state["elapsed_s"] += seconds
+    record = epoch_record(epoch, run.scheduler, stats, val, seconds)
+    log_epoch(run.out, record)
+    print(" ".join(f"{k}={v}" for k, v in record.items()), flush=True)
+    score = val["top1"] if val else -float(stats["train_loss"])  # no val split: the lowest training loss
+    bundle = make_bundle(
+        run.model, metrics={"val": val, "train": stats, "epoch": epoch}, epoch=epoch, **run.bundle_args
+    )
+    if score > state["best"]:
+        state |= {"best": score, "best_epoch": epoch, "stale": 0}
+        save_atomic(bundle, run.out / "best.pt")
+    else:
+        state["stale"] += 1
+    state["epoch"] = epoch
+    save_state(run.out, bundle, run.optimizer, run.scheduler, state)
+    stop = run.config.patience > 0 and state["stale"] >= run.config.patience
+    if stop:
+        print(f"early stop: no val improvement for {run.config.patience} epochs")
+    return stop
+
+
+def train(config: TrainConfig) -> dict:
+    """Fine-tune ``config.arch`` on a prepared dataset; returns the best epoch's metrics."""
+    run = start_run(config)
+    scaler = torch.amp.GradScaler("cuda") if run.device.type == "cuda" else None  # mixed precision on CUDA
     try:
-        for epoch in range(state["epoch"] + 1, config.epochs + 1):
+        for epoch in range(run.state["epoch"] + 1, config.epochs + 1):
             start = time.perf_counter()
-            set_backbone_trainable(model, config, epoch > config.head_epochs)
-            set_train_mode(model, freeze_bn=config.freeze_bn)
-            ddp = dist.wrap(model)  # after the requires_grad changes: DDP syncs only what trains
-            stats = train_one_epoch(
-                ddp,
-                epoch_loader(train_set, config, epoch),
-                optimizer,
-                scheduler,
-                nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
-                device,
-                epoch=epoch,
-                amp=amp,
-                scaler=scaler,
-                progress=config.progress and dist.is_main(),
-            )
-            stop = False
-            if dist.is_main():
-                val = evaluate_split(model, val_set, config, device) if val_set else None
-                seconds = time.perf_counter() - start
-                state["elapsed_s"] += seconds
-                record = epoch_record(epoch, scheduler, stats, val, seconds)
-                log_epoch(out, record)
-                print(" ".join(f"{k}={v}" for k, v in record.items()), flush=True)
-                score = val["top1"] if val else -float(stats["train_loss"])
-                metrics = {"val": val, "train": stats, "epoch": epoch}
-                bundle = make_bundle(model, metrics=metrics, epoch=epoch, **bundle_args)
-                if score > state["best"]:
-                    state |= {"best": score, "best_epoch": epoch, "stale": 0}
-                    save_atomic(bundle, out / "best.pt")
-                else:
-                    state["stale"] += 1
-                state["epoch"] = epoch
-                save_state(out, bundle, optimizer, scheduler, state)
-                stop = config.patience > 0 and state["stale"] >= config.patience
-                if stop:
-                    print(f"early stop: no val improvement for {config.patience} epochs")
+            stats = run_epoch(run, epoch, scaler)
+            stop = end_epoch(run, epoch, stats, start) if dist.is_main() else False
             if dist.broadcast_flag(stop):
                 break
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {out}/last.pt holds epoch {state['epoch']}; continue with --resume")
+        print(f"\ninterrupted: {run.out}/last.pt holds epoch {run.state['epoch']}; continue with --resume")
         raise
     except torch.OutOfMemoryError as exc:
         raise TrainError(f"out of memory ({exc}); lower --batch-size or --img-size") from exc
     finally:
         dist.cleanup()
-    return finish(out, config, state) if dist.is_main() else {}
+    return finish(run.out, config, run.state) if dist.is_main() else {}
 
 
 def finish(out: Path, config: TrainConfig, state: dict) -> dict:
