@@ -6,19 +6,6 @@ import csv
 import json
 from pathlib import Path
 
-COLUMNS = (
-    "name",
-    "backend",
-    "file",
-    "size_mb",
-    "top1",
-    "top5",
-    "mean_per_class",
-    "agreement",
-    "load_ms",
-    "peak_rss_mb",
-)
-
 
 def flat(row: dict, threads: list[int]) -> dict:
     acc = row.get("accuracy", {})
@@ -32,6 +19,7 @@ def flat(row: dict, threads: list[int]) -> dict:
         "mean_per_class": acc.get("mean_per_class"),
         "agreement": row.get("agreement"),
         "load_ms": row.get("load_ms"),
+        "model_rss_mb": row.get("model_rss_mb"),
         "peak_rss_mb": row.get("peak_rss_mb"),
     }
     for t in threads:
@@ -70,7 +58,7 @@ def markdown(report: dict, rows: list[dict], threads: list[int], plots: list[str
     head = (
         ["model", "backend", "MB", "top-1", "top-5", "mean/class", "agree"]
         + [f"ms @{t}T" for t in threads]
-        + ["p99 ms", "loop FPS", "loop/model", "RSS MB"]
+        + ["p99 ms", "loop FPS", "loop/model", "model RSS MB"]
     )
     lines = [
         "# FloraEdge benchmark",
@@ -100,7 +88,7 @@ def markdown(report: dict, rows: list[dict], threads: list[int], plots: list[str
             fmt(r[f"p99_ms_t{threads[-1]}"], 2),
             fmt(r["loop_fps"], 1),
             fmt(r["loop_vs_model"], 2),
-            fmt(r["peak_rss_mb"], 0),
+            fmt(r["model_rss_mb"], 0),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *[f"![{p}]({p})" for p in plots], ""]
