@@ -16,7 +16,7 @@ $FE export --checkpoint "$WORK/lite0/best.pt" --data "$WORK/flowers" --out "$WOR
   --allow-drop --formats onnx --precisions int8 --per-tensor
 $FE bench --models "$WORK/exports-lite0" --checkpoint "$WORK/lite0/best.pt" --data "$WORK/flowers" --out "$WORK/bench-lite0"
 [ -f "$WORK/resnet50/best.pt" ] || $FE train --data "$WORK/flowers" --arch resnet50 --weights none --epochs 1 \
-  --head-epochs 1 --out "$WORK/resnet50" --no-tta --workers 1 --threads 2
+  --head-epochs 1 --out "$WORK/resnet50" --no-val --workers 1 --threads 2
 $FE export --checkpoint "$WORK/resnet50/best.pt" --data "$WORK/flowers" --out "$WORK/exports-resnet50" --overwrite \
   --allow-drop --calib-n 102 --verify-n 102
-$FE bench --models "$WORK/exports-resnet50" --data "$WORK/flowers" --out "$WORK/bench-resnet50" --limit 102 --runs 20
+$FE bench --models "$WORK/exports-resnet50" --data "$WORK/flowers" --out "$WORK/bench-resnet50" --limit 102 --runs 20 --threads 1,2
