@@ -10,6 +10,8 @@ import numpy as np
 from edge_runtime.backends import load
 from export.formats import Format
 
+LOGIT_RTOL = 1e-5  # fp32 gate: |diff| <= logit_atol + LOGIT_RTOL * max |PyTorch logit|
+
 
 @dataclass(frozen=True)
 class Reference:
@@ -47,8 +49,10 @@ def verify(path: Path, row: Format, ref: Reference, *, max_drop: float) -> dict:
         "n": len(ref.targets),
     }
     if row.logit_atol is not None:
-        passed = result["max_abs_logit_diff"] <= row.logit_atol and agreement == 1.0
-        why = f"max abs logit diff {result['max_abs_logit_diff']:.2e} (limit {row.logit_atol:g}), agreement {agreement:.2%}"
+        # float32 rounding grows with the logits' magnitude (an untrained net's can be in the hundreds)
+        limit = row.logit_atol + LOGIT_RTOL * float(np.abs(ref.logits).max())
+        passed = result["max_abs_logit_diff"] <= limit and agreement == 1.0
+        why = f"max abs logit diff {result['max_abs_logit_diff']:.2e} (limit {limit:.2g}), agreement {agreement:.2%}"
     else:
         passed = drop <= max_drop
         why = f"accuracy drop {drop:.2f} points (limit {max_drop:g}), agreement {agreement:.2%}"
