@@ -39,12 +39,13 @@ def synthetic_video(path: Path, frames: int, size=(480, 640)) -> Path:
 
 def soak(classifier: Classifier, video: Path, frames: int, every: int) -> dict:
     """Run the loop over ``frames`` frames (the clip repeated), sampling RSS every ``every`` frames."""
-    samples = []
+    samples, count = [], 0
 
     def emit(line: str) -> None:
-        n = json.loads(line)["frame"]
-        if n % every == 0:
-            samples.append((n, round(rss_mb(), 1)))
+        nonlocal count
+        count += 1  # across clip repeats (each run numbers its frames from 1)
+        if count % every == 0:
+            samples.append((count, round(rss_mb(), 1)))
 
     done = 0
     while done < frames:
