@@ -18,6 +18,7 @@ import torch
 
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metadata import INFO_KEY, LABELS_KEY, SPEC_KEY
+from edge_runtime.spec import PreprocessSpec
 from export.calibration import calibration_set, verification_set
 from export.card import tool_versions, write_cards
 from export.converters import (
@@ -99,7 +100,7 @@ def export_row(
     calib_info: dict | None,
 ) -> dict:
     start = time.perf_counter()
-    spec = model_from_bundle_spec(bundle, row, config)
+    spec = file_spec(bundle, row, config)
     info = file_info(row, bundle, config, calib_info)
     tmp = out / f".tmp-{row.filename}"
     try:
@@ -124,9 +125,8 @@ def export_row(
     }
 
 
-def model_from_bundle_spec(bundle: dict, row: Format, config: ExportConfig):
-    from edge_runtime.spec import PreprocessSpec
-
+def file_spec(bundle: dict, row: Format, config: ExportConfig) -> PreprocessSpec:
+    """The checkpoint's spec with the layout this file takes (TFLite: NHWC unless --nchw)."""
     spec = PreprocessSpec.from_dict(bundle["spec"])
     return spec.replace(layout="NHWC" if row.format == "tflite" and config.nhwc else "NCHW")
 
