@@ -188,7 +188,6 @@ def test_ddp_with_two_gloo_processes(tiny_prepared, tmp_path):
         "--threads",
         "1",
         "--no-progress",
-        "--no-tta",
     ]
     result = subprocess.run(
         cmd, capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}

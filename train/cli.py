@@ -54,12 +54,22 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         "--no-trivial-augment", dest="trivial_augment", action="store_false", help="turn TrivialAugmentWide off"
     )
     p.add_argument("--train-bn", dest="freeze_bn", action="store_false", help="train BatchNorm (default: frozen)")
+    p.add_argument(
+        "--train-early-layers",
+        dest="freeze_early",
+        action="store_false",
+        help="also fine-tune the backbone's high-resolution early layers (default: frozen; ~2x slower on CPU)",
+    )
     p.add_argument("--img-size", type=int, default=None, help="input resolution (default: the backbone's own)")
     p.add_argument("--train-splits", default="train", help="comma-separated splits to train on (default: %(default)s)")
     p.add_argument("--val-split", default="val", help="split for best-by-validation (default: %(default)s)")
     p.add_argument("--no-val", action="store_true", help="no validation split (final train+val protocol)")
     p.add_argument(
-        "--no-tta", dest="tta_flip", action="store_false", help="validate without flip test-time augmentation"
+        "--tta",
+        dest="tta_flip",
+        action="store_true",
+        help="validate every epoch with flip test-time augmentation (2x the validation time; "
+        "the final report gives both either way)",
     )
     p.add_argument(
         "--patience", type=int, default=10, help="early-stop after this many epochs without improvement; 0 = off"

@@ -25,7 +25,14 @@ from prepare.categories import class_names
 from train import distributed as dist
 from train.checkpoint import load_bundle, make_bundle, save_atomic
 from train.data import CachedImages, train_transform
-from train.engine import TrainError, classification_metrics, predict, set_train_mode, train_one_epoch
+from train.engine import (
+    TrainError,
+    classification_metrics,
+    predict,
+    set_train_mode,
+    train_one_epoch,
+    uses_channels_last,
+)
 from train.models import build_model, get_entry
 
 
@@ -46,10 +53,11 @@ class TrainConfig:
     min_scale: float = 0.35
     trivial_augment: bool = True
     freeze_bn: bool = True
+    freeze_early: bool = True  # keep the backbone's high-resolution early layers frozen (registry: early_layers)
     img_size: int | None = None  # None: the backbone's own input size
     train_splits: tuple[str, ...] = ("train",)
     val_split: str | None = "val"  # None when training on train+val (the final protocol)
-    tta_flip: bool = True
+    tta_flip: bool = False  # per-epoch validation; the final report gives both
     patience: int = 10
     seed: int = 0
     workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
@@ -111,9 +119,13 @@ def make_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int):
 
 
 def set_backbone_trainable(model: nn.Module, config: TrainConfig, trainable: bool) -> None:
-    head, backbone = head_and_backbone(model, get_entry(config.arch).head)
+    entry = get_entry(config.arch)
+    head, backbone = head_and_backbone(model, entry.head)
     for p in backbone:
         p.requires_grad_(trainable)
+    if config.freeze_early:
+        for name in entry.early_layers:
+            model.get_submodule(name).requires_grad_(False)
 
 
 def prepare_run_dir(config: TrainConfig) -> Path:
@@ -273,7 +285,7 @@ def start_run(config: TrainConfig) -> Run:
     train_set, val_set = make_loaders(config, spec)
     torch.manual_seed(config.seed)  # the new head's initial weights
     model = build_model(config.arch, len(class_names()), config.weights).to(device)
-    if device.type == "cuda":
+    if uses_channels_last(device):
         model = model.to(memory_format=torch.channels_last)
     steps = len(train_set) // config.batch_size
     if steps == 0:
