@@ -17,7 +17,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from train.data import CachedImages, JpegFolderImages, train_transform
-from train.models import build_model, get_entry
+from train.engine import set_train_mode
+from train.models import build_model
+from train.trainer import TrainConfig, model_spec, set_backbone_trainable
 
 
 def images_per_s(loader: DataLoader, batches: int, step=None) -> float:
@@ -37,20 +39,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True)
     p.add_argument("--arch", default="efficientnet_lite0")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batches", type=int, default=10)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    transform = train_transform(get_entry(args.arch).spec)
+    config = TrainConfig(data=args.data, out="", arch=args.arch)  # the default recipe's model and step
+    transform = train_transform(model_spec(config), min_scale=config.min_scale)
     start = time.perf_counter()
     cached = CachedImages(args.data, ["train"], transform=transform)
     decode_once_s = time.perf_counter() - start
     plain = JpegFolderImages(args.data, ["train"], transform)
-    model = build_model(args.arch, 102, "imagenet").train()
-    optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
+    model = build_model(args.arch, 102, "imagenet").to(memory_format=torch.channels_last)
+    set_backbone_trainable(model, config, True)
+    set_train_mode(model, freeze_bn=config.freeze_bn)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4)
 
     def step(images, targets):
+        images = images.contiguous(memory_format=torch.channels_last)
         loss = torch.nn.functional.cross_entropy(model(images), targets)
         optimizer.zero_grad()
         loss.backward()

@@ -90,6 +90,25 @@ def test_resume_matches_an_uninterrupted_run(tiny_prepared, tmp_path, monkeypatc
     ]
 
 
+@pytest.mark.parametrize("freeze_early", [True, False])
+def test_early_layers_stay_frozen_unless_asked(tiny_prepared, tmp_path, freeze_early):
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(tiny_prepared), out=str(run), epochs=1, freeze_early=freeze_early, **TINY))
+    trained = load_bundle(run / "best.pt")["model"]
+    start = build_model("efficientnet_lite0", 102, "imagenet").state_dict()
+    stem, late = "_conv_stem.weight", "_blocks.15._project_conv.weight"
+    assert torch.equal(trained[stem], start[stem]) is freeze_early
+    assert not torch.equal(trained[late], start[late])
+
+
+def test_every_registry_entry_names_real_early_layers():
+    for name, entry in MODELS.items():
+        model = entry.build("none")
+        assert entry.early_layers, name
+        for layer in entry.early_layers:
+            assert any(True for _ in model.get_submodule(layer).parameters()), (name, layer)
+
+
 def test_existing_run_dir_is_refused(tiny_prepared, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "x").write_text("keep")
