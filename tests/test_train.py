@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -88,6 +89,18 @@ def test_resume_matches_an_uninterrupted_run(tiny_prepared, tmp_path, monkeypatc
     assert [h["train_loss"] for h in history(tmp_path / "straight")] == [
         h["train_loss"] for h in history(tmp_path / "resumed")
     ]
+
+
+def test_final_protocol_without_val_trains_every_epoch_and_keeps_the_last(tiny_prepared, tmp_path):
+    run = tmp_path / "run"
+    config = TrainConfig(
+        data=str(tiny_prepared), out=str(run), epochs=3, **TINY | {"patience": 1}, train_splits=("train", "val")
+    )
+    summary = train(dataclasses.replace(config, val_split=None))
+    assert [h["epoch"] for h in history(run)] == [1, 2, 3]  # no early stop without a val split
+    assert "val_top1" not in history(run)[0] and "val" not in summary
+    assert summary["best_epoch"] == 3 and load_bundle(run / "best.pt")["epoch"] == 3
+    assert load_bundle(run / "best.pt")["dataset"]["train_splits"] == ["train", "val"]
 
 
 @pytest.mark.parametrize("freeze_early", [True, False])

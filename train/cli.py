@@ -63,7 +63,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, default=None, help="input resolution (default: the backbone's own)")
     p.add_argument("--train-splits", default="train", help="comma-separated splits to train on (default: %(default)s)")
     p.add_argument("--val-split", default="val", help="split for best-by-validation (default: %(default)s)")
-    p.add_argument("--no-val", action="store_true", help="no validation split (final train+val protocol)")
+    p.add_argument(
+        "--no-val",
+        action="store_true",
+        help="no validation split (the final train+val protocol): all --epochs run, best.pt is the last epoch",
+    )
     p.add_argument(
         "--tta",
         dest="tta_flip",

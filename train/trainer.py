@@ -270,7 +270,7 @@ class Run:
     val_set: CachedImages | None
     bundle_args: dict
     state: dict = field(
-        default_factory=lambda: {"epoch": 0, "best": -1.0, "best_epoch": 0, "stale": 0, "elapsed_s": 0.0}
+        default_factory=lambda: {"epoch": 0, "best": -math.inf, "best_epoch": 0, "stale": 0, "elapsed_s": 0.0}
     )
 
 
@@ -338,7 +338,9 @@ def end_epoch(run: Run, epoch: int, stats: dict, started: float) -> bool:
     record = epoch_record(epoch, run.scheduler, stats, val, seconds)
     log_epoch(run.out, record)
     print(" ".join(f"{k}={v}" for k, v in record.items()), flush=True)
-    score = val["top1"] if val else -float(stats["train_loss"])  # no val split: the lowest training loss
+    # Without a validation split (the final train+val protocol) nothing can pick an epoch: the run
+    # trains its fixed number of epochs and best.pt is the latest one.
+    score = val["top1"] if val else float(epoch)
     bundle = make_bundle(
         run.model, metrics={"val": val, "train": stats, "epoch": epoch}, epoch=epoch, **run.bundle_args
     )
