@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces docs/results.md on the real data: prepare -> train Lite0 -> export -> bench, plus
 # ResNet50's latency/size rows (weights "none": its accuracy means nothing, its speed does).
-# Usage: bash benchmarks/real_results.sh [DATA_SOURCE] [WORK_DIR]   (about 2 hours on 2 CPU cores)
+# Usage: bash benchmarks/real_results.sh [DATA_SOURCE] [WORK_DIR]   (about 3 hours on 2 CPU cores)
 # The train+val model (the one to ship, measured on the withheld test split) is trained last.
 set -euo pipefail
 SOURCE=${1:-../shared/data/oxford102-trainval}

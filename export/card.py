@@ -64,7 +64,12 @@ def markdown(card: dict, torch_accuracy: float) -> str:
         "",
         f"- dataset: {dataset}",
         f"- source checkpoint: `{card['source_checkpoint']}` (epoch {card['epoch']})",
-        f"- verified on {v['n']} `{v['split']}` images; PyTorch top-1 there: {torch_accuracy:.4f}",
+        f"- verified on {v['n']} `{v['split']}` images; PyTorch top-1 there: {torch_accuracy:.4f}"
+        + (
+            " (the checkpoint was trained on them: agreement is meaningful, accuracy is not)"
+            if v.get("seen_in_training")
+            else ""
+        ),
         f"- calibration: {json.dumps({k: val for k, val in (card['calibration'] or {}).items() if k != 'image_ids'})}",
         "- normalization lives in the runtime: `(pixel/255 - mean) / std` from the embedded spec, then the model",
         "",

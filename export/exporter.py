@@ -147,6 +147,12 @@ def export_all(config: ExportConfig) -> list[dict]:
     data, out = Path(config.data), Path(config.out)
     check_out(out, config.overwrite)
     batch, targets, verify_info = verification_set(data, spec, split=config.verify_split, limit=config.verify_n)
+    verify_info["seen_in_training"] = config.verify_split in bundle.get("dataset", {}).get("train_splits", [])
+    if verify_info["seen_in_training"]:
+        print(
+            f"note: the checkpoint was trained on the {config.verify_split!r} split; the gate's agreement and "
+            f"logit checks hold, but its accuracies are optimistic (use an unseen split with --verify-split)"
+        )
     ref = reference(model, batch, targets)
     calib, calib_info = None, None
     if any(r.needs_calibration for r in rows):
