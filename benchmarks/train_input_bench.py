@@ -17,9 +17,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from train.data import CachedImages, JpegFolderImages, train_transform
-from train.engine import set_train_mode
 from train.models import build_model
-from train.trainer import TrainConfig, model_spec, set_backbone_trainable
+from train.trainer import TrainConfig, model_spec, set_epoch_mode
 
 
 def images_per_s(loader: DataLoader, batches: int, step=None) -> float:
@@ -51,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     decode_once_s = time.perf_counter() - start
     plain = JpegFolderImages(args.data, ["train"], transform)
     model = build_model(args.arch, 102, "imagenet").to(memory_format=torch.channels_last)
-    set_backbone_trainable(model, config, True)
-    set_train_mode(model, freeze_bn=config.freeze_bn)
+    set_epoch_mode(model, config, backbone_trainable=True)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4)
 
     def step(images, targets):

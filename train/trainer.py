@@ -128,6 +128,12 @@ def set_backbone_trainable(model: nn.Module, config: TrainConfig, trainable: boo
             model.get_submodule(name).requires_grad_(False)
 
 
+def set_epoch_mode(model: nn.Module, config: TrainConfig, *, backbone_trainable: bool) -> None:
+    """What trains this epoch (the head alone, or also the backbone less its frozen early layers) and BatchNorm's mode."""
+    set_backbone_trainable(model, config, backbone_trainable)
+    set_train_mode(model, freeze_bn=config.freeze_bn)
+
+
 def prepare_run_dir(config: TrainConfig) -> Path:
     out = Path(config.out)
     if out.exists() and any(out.iterdir()) and not config.resume:
@@ -312,8 +318,7 @@ def start_run(config: TrainConfig) -> Run:
 
 def run_epoch(run: Run, epoch: int, scaler) -> dict:
     config = run.config
-    set_backbone_trainable(run.model, config, epoch > config.head_epochs)
-    set_train_mode(run.model, freeze_bn=config.freeze_bn)
+    set_epoch_mode(run.model, config, backbone_trainable=epoch > config.head_epochs)
     ddp = dist.wrap(run.model)  # after the requires_grad changes: DDP syncs only what trains
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     return train_one_epoch(
