@@ -10,7 +10,7 @@ EDGE_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.
 EDGE_VENV := .venv-edge
 EDGE_STAMP := $(EDGE_VENV)/.installed
 
-.PHONY: demo test test-main test-edge test-fast lint clean browser
+.PHONY: demo release test test-main test-edge test-fast lint clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(VENV)/bin/floraedge demo
+
+# The released model (models/oxford102-lite0/): about 2 hours on a 2-core CPU, resumable.
+release: $(STAMP)
+	$(VENV)/bin/floraedge release
 
 test: test-main test-edge
 

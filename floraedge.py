@@ -22,6 +22,7 @@ STAGE_MODULES = (
     "edge_runtime.serve.cli",
     "benchmarks.cli",
     "benchmarks.demo",
+    "export.release",
 )
 
 

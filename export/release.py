@@ -1,0 +1,415 @@
+"""``floraedge release``: the released Oxford-102 model, from the raw release to ``models/oxford102-lite0/``.
+
+The recipe is a fixed list of ``floraedge`` commands, recorded verbatim in the model card:
+
+1. ``prepare`` the raw release (cache at the resolution the model resizes to);
+2. ``train`` twice, side by side: on the train split (its val figures are the recipe's honest
+   numbers) and on train + val (the model that ships; val is inside its training data);
+3. ``export`` both to the int8 TFLite and int8 ONNX files, each verified against PyTorch;
+4. the card: recipe, commit, data, seeds, versions, sizes, the val figures of the train-split
+   model (PyTorch and int8 files), its most confused classes, and the independent test figures.
+
+Every step is skipped when its output is complete (a training resumes from ``last.pt``), so an
+interrupted release picks up where it stopped. The folder is built beside ``--out`` and renamed
+into place; a previous release there is first compared with the new one (top-1 on every image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.errors import FloraEdgeError
+
+RELEASE_FILES = ("model_int8.tflite", "model_int8.onnx")
+MEASUREMENTS = Path(__file__).resolve().parent.parent / "docs" / "independent_test_measurements.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReleaseConfig:
+    source: str | None = "../shared/data/oxford102-trainval"
+    download: bool = False
+    work: str = "runs/release"
+    out: str = "models/oxford102-lite0"
+    arch: str = "efficientnet_lite0"
+    img_size: int = 256
+    epochs: int = 30
+    seed: int = 0
+    threads: int = 1  # per training; the two trainings run side by side
+    max_drop: float = 1.0  # export gate: most int8 accuracy drop (points) a file may have
+    example: str = "image_01147.jpg"
+    example_png: str = "docs/release_example.png"
+
+    @property
+    def resize_size(self) -> int:
+        return round(self.img_size / 0.875)  # the registry's rule for a crop of img_size
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    d = ReleaseConfig()
+    p = subparsers.add_parser(
+        "release",
+        help="train, export and package the released Oxford-102 model (models/oxford102-lite0/)",
+        description="Run the release recipe from the raw Oxford-102 release to a folder of ready model files "
+        "(int8 TFLite + int8 ONNX, labels, model card). About 2 hours on a 2-core CPU; each finished step is "
+        "reused when the command is run again.",
+        epilog="example:\n  floraedge release --source ../shared/data/oxford102-trainval",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--source", default=d.source, help="folder holding the raw release (default: %(default)s)")
+    src.add_argument("--download", action="store_true", help="fetch the raw release first (needs internet)")
+    p.add_argument("--work", default=d.work, help="intermediate runs and exports (default: %(default)s)")
+    p.add_argument("--out", default=d.out, help="the release folder (default: %(default)s)")
+    p.add_argument("--arch", default=d.arch, help="(default: %(default)s)")
+    p.add_argument(
+        "--img-size", type=int, default=d.img_size, help="training and input resolution (default: %(default)s)"
+    )
+    p.add_argument("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="training seed (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads per training (default: %(default)s)")
+    p.add_argument(
+        "--max-drop", type=float, default=d.max_drop, help="int8 export gate, accuracy points (default: %(default)s)"
+    )
+    p.add_argument("--example", default=d.example, help="val image shown in the example picture (default: %(default)s)")
+    p.add_argument("--example-png", default=d.example_png, help="where the example picture goes (default: %(default)s)")
+    p.set_defaults(func=run)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ReleaseConfig:
+    fields = {k: v for k, v in vars(args).items() if k in ReleaseConfig.__dataclass_fields__}
+    if fields["download"]:
+        fields["source"] = None
+    return ReleaseConfig(**fields)
+
+
+def run(args: argparse.Namespace) -> int:
+    card = release(config_from_args(args))
+    print(json.dumps({k: card[k] for k in ("out", "files", "val")}, indent=1))
+    return 0
+
+
+# --- the recipe, as commands ------------------------------------------------------------------
+
+
+def commands(config: ReleaseConfig) -> dict[str, list[str]]:
+    """Every step of the recipe as the ``floraedge`` arguments that run it."""
+    w = Path(config.work)
+    data = str(w / "flowers")
+    source = ["--download"] if config.download else ["--source", str(config.source)]
+    train = [
+        "train", "--data", data, "--arch", config.arch, "--img-size", str(config.img_size),
+        "--epochs", str(config.epochs), "--seed", str(config.seed),
+        "--workers", "1", "--threads", str(config.threads), "--no-progress",
+    ]  # fmt: skip
+    export = ["export", "--data", data, "--precisions", "int8", "--calib-seed", str(config.seed),
+              "--max-drop", str(config.max_drop), "--overwrite"]  # fmt: skip
+    return {
+        "prepare": ["prepare", *source, "--out", data, "--cache-size", str(config.resize_size)],
+        "train-split": [*train, "--out", str(w / "train-split")],
+        "trainval": [*train, "--train-splits", "train,val", "--no-val", "--out", str(w / "trainval")],
+        "export-train-split": [*export, "--checkpoint", str(w / "train-split/best.pt"), "--out", str(w / "exports-train-split")],
+        "export-trainval": [*export, "--checkpoint", str(w / "trainval/best.pt"), "--out", str(w / "exports-trainval")],
+    }  # fmt: skip
+
+
+def floraedge(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "floraedge", *args]
+
+
+def done(step: str, config: ReleaseConfig) -> bool:
+    w = Path(config.work)
+    if step.startswith("export-"):  # a card is written even when a file fails its gate: check the files
+        folder = w / step.replace("export-", "exports-")
+        return all((folder / f).is_file() for f in ("model_card.json", *RELEASE_FILES))
+    return (w / {"prepare": "flowers"}.get(step, step) / "summary.json").is_file()
+
+
+def start(step: str, args: list[str], config: ReleaseConfig) -> subprocess.Popen:
+    if step in ("train-split", "trainval") and (Path(config.work) / step / "last.pt").is_file():
+        args = [*args, "--resume"]
+    log = Path(config.work) / f"{step}.log"
+    print(f"== {step}: floraedge {' '.join(args)}  (log: {log})", flush=True)
+    with log.open("a") as f:
+        return subprocess.Popen(floraedge(args), stdout=f, stderr=subprocess.STDOUT)
+
+
+def run_steps(steps: list[str], config: ReleaseConfig) -> None:
+    """Run ``steps`` side by side (skipping finished ones) and wait for all; any failure stops the release."""
+    todo = {s: commands(config)[s] for s in steps if not done(s, config)}
+    procs = {s: start(s, args, config) for s, args in todo.items()}
+    try:
+        failed = [s for s, p in procs.items() if p.wait() != 0]
+    except BaseException:
+        for p in procs.values():
+            p.terminate()
+        raise
+    if failed:
+        logs = ", ".join(str(Path(config.work) / f"{s}.log") for s in failed)
+        raise FloraEdgeError(f"release step(s) {', '.join(failed)} failed; see {logs}, fix, and run again to resume")
+    for s in steps:
+        print(f"== {s}: {'done' if s in todo else 'already done, reused'}", flush=True)
+
+
+# --- measuring -----------------------------------------------------------------------------------
+
+
+def predict_files(model: Path, paths: list[Path]) -> np.ndarray:
+    """Class probabilities of ``model`` for each image, through the device runtime."""
+    from edge_runtime.backends import load
+    from edge_runtime.classify import Classifier
+    from edge_runtime.preprocess import read_image_bgr
+
+    classifier = Classifier(load(model))
+    return np.stack([classifier(read_image_bgr(p)).probabilities for p in paths])
+
+
+def split_images(data: Path, splits: tuple[str, ...]) -> tuple[list[Path], np.ndarray]:
+    from prepare.manifest import read_manifest
+
+    rows = [r for r in read_manifest(data) if r["split"] in splits]
+    return [data / r["path"] for r in rows], np.array([int(r["class_index"]) for r in rows])
+
+
+def most_confused(predicted: np.ndarray, targets: np.ndarray, labels: list[str], n: int = 8) -> list[dict]:
+    pairs = Counter((int(t), int(p)) for t, p in zip(targets, predicted, strict=True) if t != p)
+    support = Counter(int(t) for t in targets)
+    return [
+        {"true": labels[t], "predicted_as": labels[p], "images": k, "of": support[t]}
+        for (t, p), k in pairs.most_common(n)
+    ]
+
+
+def val_figures(config: ReleaseConfig, labels: list[str]) -> dict:
+    """The recipe's honest numbers: the train-split model and its int8 files on the val split."""
+    w = Path(config.work)
+    training = json.loads((w / "train-split/summary.json").read_text())
+    export_card = json.loads((w / "exports-train-split/model_card.json").read_text())
+    torch_top1 = export_card["verification"]["torch_top1"]
+    files = {
+        r["file"]: {
+            "top1": r["accuracy"],
+            "drop_points_vs_pytorch": round((torch_top1 - r["accuracy"]) * 100, 2),
+            "top1_agreement_with_pytorch": r["top1_agreement"],
+        }
+        for r in export_card["files"]
+        if r.get("kept")
+    }
+    paths, targets = split_images(w / "flowers", ("val",))
+    predicted = predict_files(w / "exports-train-split/model_int8.tflite", paths).argmax(1)
+    return {
+        "n": len(targets),
+        "standard_error_points": round(100 * float(np.sqrt(torch_top1 * (1 - torch_top1) / len(targets))), 2),
+        "pytorch_fp32": {
+            "top1_device_preprocess": torch_top1,
+            "training_evaluation": training.get("val"),
+            "training_evaluation_flip_tta": training.get("val_tta"),
+            "best_epoch": training.get("best_epoch"),
+        },
+        "files": files,
+        "most_confused_int8_tflite": most_confused(predicted, targets, labels),
+    }
+
+
+def reproducibility(old: Path, new: Path, config: ReleaseConfig) -> dict | None:
+    """Top-1 agreement of a previous release's int8 TFLite with the new one on every train + val image."""
+    old_file, new_file = old / "model_int8.tflite", new / "model_int8.tflite"
+    if not old_file.is_file():
+        return None
+    paths, _ = split_images(Path(config.work) / "flowers", ("train", "val"))
+    a, b = predict_files(old_file, paths).argmax(1), predict_files(new_file, paths).argmax(1)
+    differ = [p.name for p, x, y in zip(paths, a, b, strict=True) if x != y]
+    return {"images": len(paths), "same_top1": round(1 - len(differ) / len(paths), 5), "differing": differ[:50]}
+
+
+# --- the card -------------------------------------------------------------------------------------
+
+
+def git_commit() -> dict:
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], capture_output=True, text=True, cwd=MEASUREMENTS.parent)
+        return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def data_info(config: ReleaseConfig) -> dict:
+    summary = json.loads((Path(config.work) / "flowers/summary.json").read_text())
+    source = Path(summary["config"]["source"])
+    return {
+        "dataset": "Oxford 102 Flowers (Nilsback & Zisserman 2008), official splits",
+        "source": str(source),
+        "counts": summary["counts"],
+        "md5": {n: md5(source / n) for n in ("imagelabels.mat", "setid.mat") if (source / n).is_file()},
+    }
+
+
+def build_card(config: ReleaseConfig, staging: Path, val: dict, repro: dict | None) -> dict:
+    from export.card import tool_versions
+
+    w = Path(config.work)
+    export_card = json.loads((w / "exports-trainval/model_card.json").read_text())
+    train_config = json.loads((w / "trainval/config.json").read_text())
+    return {
+        "name": Path(config.out).name,
+        "out": config.out,
+        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "arch": export_card["arch"],
+        "input": f"{config.img_size}x{config.img_size} RGB, resized to {config.resize_size} then center-cropped",
+        "output": "class probabilities (softmax in the file)",
+        "recipe": {
+            "commands": {s: "floraedge " + " ".join(a) for s, a in commands(config).items()},
+            "train_config": train_config,
+            "seeds": {"train": config.seed, "calibration": config.seed, "data_order_and_augmentation": config.seed},
+            "calibration": export_card.get("calibration"),
+        },
+        **git_commit(),
+        "data": data_info(config),
+        "tool_versions": tool_versions(),
+        "files": {
+            f: {"bytes": (staging / f).stat().st_size, "sha256": hashlib.sha256((staging / f).read_bytes()).hexdigest()}
+            for f in RELEASE_FILES
+        },
+        "shipped_model": {"trained_on": ["train", "val"], "epochs": train_config["epochs"], "verification": {
+            r["file"]: r["gate"] for r in export_card["files"] if r.get("kept")}},
+        "val": val,
+        "independent_test_measurements": json.loads(MEASUREMENTS.read_text()) if MEASUREMENTS.is_file() else [],
+        "reproducibility": repro,
+    }  # fmt: skip
+
+
+def card_markdown(card: dict) -> str:
+    val, pt = card["val"], card["val"]["pytorch_fp32"]
+    lines = [
+        f"# {card['name']}: Oxford-102 flower classifier ({card['arch']}, int8)",
+        "",
+        f"102 flower species. Input {card['input']}; normalization in the runtime from the embedded spec; "
+        f"output {card['output']}. Labels and the preprocessing spec are inside each file.",
+        "",
+        "| file | bytes | runs on |",
+        "|---|---|---|",
+        *[
+            f"| `{f}` | {v['bytes']:,} | {'LiteRT / MediaPipe' if f.endswith('.tflite') else 'ONNX Runtime'} |"
+            for f, v in card["files"].items()
+        ],
+        "",
+        "## Accuracy",
+        "",
+        f"The shipped files were trained on train + val (2040 images), so val says nothing about them. "
+        f"The recipe's figures come from the same recipe trained on the train split only, on the "
+        f"{val['n']} val images (standard error about {val['standard_error_points']} points):",
+        "",
+        "| model (train split) | val top-1 | drop vs PyTorch (points) | agreement with PyTorch |",
+        "|---|---|---|---|",
+        f"| PyTorch fp32 (device preprocessing) | {pt['top1_device_preprocess']:.4f} | | |",
+        *[
+            f"| `{f}` | {v['top1']:.4f} | {v['drop_points_vs_pytorch']:.2f} | {v['top1_agreement_with_pytorch']:.2%} |"
+            for f, v in val["files"].items()
+        ],
+        "",
+        "Independent measurements on the 6149 withheld official test images (not run in this repository):",
+        "",
+        *[f"- {m['date']}, {m['model']}: {m['result']}" for m in card["independent_test_measurements"]],
+        "",
+        "## What it is not good at",
+        "",
+        "The train-split model's most frequent confusions on val (int8 TFLite):",
+        "",
+        "| true class | predicted as | images |",
+        "|---|---|---|",
+        *[
+            f"| {c['true']} | {c['predicted_as']} | {c['images']} of {c['of']} |"
+            for c in val["most_confused_int8_tflite"]
+        ],
+        "",
+        "It knows only these 102 species: anything else (other flowers, leaves, people) gets one of "
+        "them, often with a high score. Photos are from the web (Oxford-102); camera images in poor "
+        "light, at odd scales or with several flowers are out of its distribution.",
+        "",
+        "## Reproduce",
+        "",
+        "`make release` (or `floraedge release`) runs, in order:",
+        "",
+        "```",
+        *card["recipe"]["commands"].values(),
+        "```",
+        "",
+        f"Commit {card['commit']}{' (with uncommitted changes)' if card['dirty'] else ''}; "
+        f"seeds {card['recipe']['seeds']}; data md5 {card['data']['md5']}.",
+        "Tool versions: " + ", ".join(f"{k} {v}" for k, v in card["tool_versions"].items()) + ".",
+    ]
+    repro = card.get("reproducibility")
+    if repro:
+        lines += [
+            "",
+            f"Compared with the release this one replaced: the same top-1 on {repro['same_top1']:.2%} of "
+            f"{repro['images']} train + val images.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# --- putting it together --------------------------------------------------------------------------
+
+
+def example_picture(model: Path, image: Path, png: Path) -> None:
+    """The overlay of ``floraedge run`` on one real image, as a small PNG."""
+    import cv2
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(image, Path(tmp) / image.name)
+        video = Path(tmp) / "overlay.avi"
+        args = ["run", "--model", str(model), "--source", tmp, "--headless", "--record", str(video), "--max-frames", "1"]  # fmt: skip
+        subprocess.run(floraedge(args), check=True, capture_output=True)
+        ok, frame = cv2.VideoCapture(str(video)).read()
+    if not ok:
+        raise FloraEdgeError(f"could not read back the example recording of {image}")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(png), frame, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+
+
+def assemble(config: ReleaseConfig) -> dict:
+    w, out = Path(config.work), Path(config.out)
+    staging = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for f in (*RELEASE_FILES, "labels.txt"):
+        shutil.copy2(w / "exports-trainval" / f, staging / f)
+    labels = (staging / "labels.txt").read_text().splitlines()
+    card = build_card(config, staging, val_figures(config, labels), reproducibility(out, staging, config))
+    (staging / "model_card.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
+    (staging / "MODEL_CARD.md").write_text(card_markdown(card))
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return card
+
+
+def release(config: ReleaseConfig) -> dict:
+    """Run (or resume) the recipe and write the release folder; returns its card."""
+    Path(config.work).mkdir(parents=True, exist_ok=True)
+    run_steps(["prepare"], config)
+    run_steps(["train-split", "trainval"], config)
+    run_steps(["export-train-split", "export-trainval"], config)
+    card = assemble(config)
+    example = Path(config.work) / "flowers" / "jpg" / config.example
+    if config.example_png and example.is_file():
+        example_picture(Path(config.out) / "model_int8.tflite", example, Path(config.example_png))
+    (Path(config.work) / "release_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    print(f"wrote {config.out}/ ({', '.join(RELEASE_FILES)}, labels.txt, MODEL_CARD.md, model_card.json)")
+    return card

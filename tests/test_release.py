@@ -1,0 +1,49 @@
+"""`floraedge release` end to end on a synthetic release at toy settings: every step, the card, the resume."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import pytest
+
+from edge_runtime.backends import load
+from floraedge import main as cli_main
+
+
+@pytest.mark.slow
+def test_release_builds_a_folder_a_device_loads_and_reuses_finished_steps(tmp_path, capsys):
+    from prepare.synthetic import make_synthetic_release
+
+    source = make_synthetic_release(
+        tmp_path / "raw", num_classes=10, train_per_class=10, val_per_class=4, test_per_class=2, size=64, seed=0
+    )
+    work, out, png = tmp_path / "work", tmp_path / "models" / "toy", tmp_path / "example.png"
+    args = ["release", "--source", str(source), "--work", str(work), "--out", str(out), "--img-size", "32",
+            "--epochs", "1", "--max-drop", "100", "--example", "image_00002.jpg", "--example-png", str(png)]  # fmt: skip
+    assert cli_main(args) == 0
+
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["model_int8.tflite", "model_int8.onnx", "labels.txt", "MODEL_CARD.md", "model_card.json"]
+    )
+    assert not list(out.parent.glob(".*")), "the staging folder was left behind"
+    card = json.loads((out / "model_card.json").read_text())
+    labels = (out / "labels.txt").read_text().splitlines()
+    assert len(labels) == 102 and card["recipe"]["commands"]["trainval"].startswith("floraedge train")
+    assert "--train-splits train,val --no-val" in card["recipe"]["commands"]["trainval"]
+    assert card["val"]["n"] == 40 and set(card["val"]["files"]) == {"model_int8.tflite", "model_int8.onnx"}
+    assert card["reproducibility"] is None  # nothing was there to compare with
+    assert all(c["true"] != c["predicted_as"] for c in card["val"]["most_confused_int8_tflite"])
+    for name in ("model_int8.tflite", "model_int8.onnx"):
+        model = load(out / name)
+        assert list(model.info.labels) == labels and model.info.spec.crop_size == 32
+        assert card["files"][name]["bytes"] == (out / name).stat().st_size
+    assert cv2.imread(str(png)) is not None
+    capsys.readouterr()
+
+    # A second run reuses every finished step and compares the new folder with the one it replaces.
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "train-split: already done, reused" in printed and "export-trainval: already done, reused" in printed
+    again = json.loads((out / "model_card.json").read_text())
+    assert again["reproducibility"]["images"] == 140 and again["reproducibility"]["same_top1"] == 1.0
