@@ -1,7 +1,8 @@
 """``floraedge demo``: the whole pipeline end to end on the built-in synthetic release (offline).
 
-Each step prints what it did and where its output went; the last line names the report.
-Stages that do not exist yet in this version are listed in the report as not run.
+Every stage runs, in order: the synthetic release (unless --source), prepare, train, export, bench
+and the headless live loop. Each step prints what it did and where its output went; the last line
+names the report (``report.md`` in --out), which has a section per stage.
 """
 
 from __future__ import annotations

@@ -87,6 +87,7 @@ def model_from_bundle(bundle: dict) -> tuple[nn.Module, PreprocessSpec]:
     """The trained model (eval mode) and its preprocessing spec."""
     from train.models import build_model
 
-    model = build_model(bundle["arch"], bundle["num_classes"], weights="none")
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the caller's RNG alone
+        model = build_model(bundle["arch"], bundle["num_classes"], weights="none")
     model.load_state_dict(bundle["model"])
     return model.eval(), PreprocessSpec.from_dict(bundle["spec"])
