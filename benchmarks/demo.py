@@ -1,12 +1,14 @@
 """``floraedge demo``: the whole pipeline end to end on the built-in synthetic release (offline).
 
-Each step prints what it did and where its output went; the last line names the report.
-Stages that do not exist yet in this version are listed in the report as not run.
+Every stage runs, in order: the synthetic release (unless --source), prepare, train, export, bench
+and the headless live loop. Each step prints what it did and where its output went; the last line
+names the report (``report.md`` in --out), which has a section per stage.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -34,29 +36,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def step(title: str):
+@contextlib.contextmanager
+def stage(name: str, title: str, timings: dict):
+    """Print the stage's title, run the block, record its seconds under ``name`` (the report's row)."""
     print(f"\n== {title}", flush=True)
-    return time.perf_counter()
+    start = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - start
 
 
-def run(args: argparse.Namespace) -> int:
-    from benchmarks.bench import BenchConfig, bench, make_loop_video
-    from edge_runtime.backends import load
-    from edge_runtime.classify import Classifier
-    from edge_runtime.live import LiveConfig, run_live
-    from export.exporter import ExportConfig, export_all
-    from prepare.build import PrepareConfig, prepare_dataset
-    from prepare.manifest import read_manifest
-    from prepare.report import print_summary
+def synthetic_release(args: argparse.Namespace, timings: dict) -> Path:
     from prepare.synthetic import make_synthetic_release
-    from train.trainer import TrainConfig, train
 
-    out, timings = args.out, {}
-    source = args.source
-    if source is None:
-        t = step(f"synthetic release: {args.classes} classes of procedurally drawn flowers (NOT real data)")
+    title = f"synthetic release: {args.classes} classes of procedurally drawn flowers (NOT real data)"
+    with stage("synthetic release", title, timings):
         source = make_synthetic_release(
-            out / "release",
+            args.out / "release",
             num_classes=args.classes,
             train_per_class=16,
             val_per_class=8,
@@ -64,69 +59,101 @@ def run(args: argparse.Namespace) -> int:
             size=128,
             seed=0,
         )
-        timings["synthetic release"] = time.perf_counter() - t
         print(f"wrote {source}")
-    t = step("prepare: label, split, validate, cache")
-    cache = max(round(args.img_size / 0.875), 32)  # the spec resizes to img_size / 0.875
-    summary = prepare_dataset(PrepareConfig(source=source, out=out / "prepared", cache_size=cache, overwrite=True))
-    print_summary(summary, out / "prepared")
-    timings["prepare"] = time.perf_counter() - t
-    t = step(f"train: {args.arch}, {args.epochs} epochs at {args.img_size} px")
-    result = train(
-        TrainConfig(
-            data=str(out / "prepared"),
-            out=str(out / "run"),
-            arch=args.arch,
-            epochs=args.epochs,
-            head_epochs=1,
-            img_size=args.img_size,
-            overwrite=True,
-            patience=0,
-            workers=0,
-            progress=False,
+    return source
+
+
+def prepare_and_train(args: argparse.Namespace, source: Path, timings: dict) -> tuple[dict, dict]:
+    from prepare.build import PrepareConfig, prepare_dataset
+    from prepare.report import print_summary
+    from train.config import TrainConfig
+    from train.trainer import train
+
+    out = args.out
+    with stage("prepare", "prepare: label, split, validate, cache", timings):
+        cache = max(round(args.img_size / 0.875), 32)  # the spec resizes to img_size / 0.875
+        config = PrepareConfig(source=source, out=out / "prepared", cache_size=cache, overwrite=True)
+        summary = prepare_dataset(config)
+        print_summary(summary, out / "prepared")
+    with stage("train", f"train: {args.arch}, {args.epochs} epochs at {args.img_size} px", timings):
+        result = train(
+            TrainConfig(
+                data=str(out / "prepared"),
+                out=str(out / "run"),
+                arch=args.arch,
+                epochs=args.epochs,
+                head_epochs=1,
+                img_size=args.img_size,
+                overwrite=True,
+                patience=0,
+                workers=0,
+                progress=False,
+            )
         )
-    )
-    timings["train"] = time.perf_counter() - t
-    t = step("export: every row of the format table, each verified against PyTorch")
-    exports = export_all(
-        ExportConfig(
-            checkpoint=str(out / "run" / "best.pt"),
-            data=str(out / "prepared"),
-            out=str(out / "exports"),
-            calib_min=args.calib_min,
-            overwrite=True,
+    return summary, result
+
+
+def export_and_bench(args: argparse.Namespace, timings: dict) -> list[dict]:
+    from benchmarks.bench import BenchConfig, bench
+    from export.exporter import ExportConfig, export_all
+
+    out = args.out
+    checkpoint, data = str(out / "run" / "best.pt"), str(out / "prepared")
+    with stage("export", "export: every row of the format table, each verified against PyTorch", timings):
+        config = ExportConfig(
+            checkpoint=checkpoint, data=data, out=str(out / "exports"), calib_min=args.calib_min, overwrite=True
         )
-    )
-    timings["export"] = time.perf_counter() - t
-    t = step("bench: accuracy, latency, size, memory, loop FPS")
-    bench(
-        BenchConfig(
-            models=str(out / "exports"),
-            data=str(out / "prepared"),
-            out=str(out / "bench"),
-            checkpoint=str(out / "run" / "best.pt"),
-            threads=(1, 2),
-            runs=args.runs,
-            loop_frames=60,
+        exports = export_all(config)
+    with stage("bench", "bench: accuracy, latency, size, memory, loop FPS", timings):
+        bench(
+            BenchConfig(
+                models=str(out / "exports"),
+                data=data,
+                out=str(out / "bench"),
+                checkpoint=checkpoint,
+                threads=(1, 2),
+                runs=args.runs,
+                loop_frames=60,
+            )
         )
-    )
-    timings["bench"] = time.perf_counter() - t
-    t = step("run --headless: the live loop over a generated video with the int8 TFLite model")
-    video = make_loop_video(out / "camera.avi", out / "prepared", read_manifest(out / "prepared")[:40], 60)
-    model = next(
-        out / "exports" / n
-        for n in ("model_int8.tflite", "model_int8.onnx", "model_fp32.onnx")
-        if (out / "exports" / n).exists()
-    )
-    with (out / "run_headless.jsonl").open("w") as f:
-        live = run_live(
-            Classifier(load(model)),
-            LiveConfig(source=str(video), headless=True),
-            emit=lambda line: f.write(line + "\n"),
+    return exports
+
+
+def live_loop(out: Path, timings: dict) -> dict:
+    from benchmarks.bench import make_loop_video
+    from edge_runtime.backends import load
+    from edge_runtime.classify import Classifier
+    from edge_runtime.live import LiveConfig, run_live
+    from prepare.manifest import read_manifest
+
+    with stage(
+        "run --headless", "run --headless: the live loop over a generated video with the int8 TFLite model", timings
+    ):
+        video = make_loop_video(out / "camera.avi", out / "prepared", read_manifest(out / "prepared")[:40], 60)
+        model = next(
+            out / "exports" / n
+            for n in ("model_int8.tflite", "model_int8.onnx", "model_fp32.onnx")
+            if (out / "exports" / n).exists()
         )
-    print(f"{live['frames']} frames at {live['fps']} FPS with {model.name}; JSON lines in {out / 'run_headless.jsonl'}")
-    timings["run --headless"] = time.perf_counter() - t
-    report = write_report(out, summary, result, exports, live, timings, args)
+        with (out / "run_headless.jsonl").open("w") as f:
+            live = run_live(
+                Classifier(load(model)),
+                LiveConfig(source=str(video), headless=True),
+                emit=lambda line: f.write(line + "\n"),
+            )
+        print(
+            f"{live['frames']} frames at {live['fps']} FPS with {model.name}; JSON lines in {out / 'run_headless.jsonl'}"
+        )
+    return live
+
+
+def run(args: argparse.Namespace) -> int:
+    timings: dict[str, float] = {}
+    source = args.source or synthetic_release(args, timings)
+    summary, result = prepare_and_train(args, source, timings)
+    exports = export_and_bench(args, timings)
+    live = live_loop(args.out, timings)
+    report = write_report(args.out, summary, result, exports, live, timings, args)
     print(f"\nreport: {report.resolve()}")
     return 0
 

@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 
+from edge_runtime.metrics import classification_metrics
+
 
 def _status_mb(field: str) -> float:
     with open("/proc/self/status") as f:
@@ -54,15 +56,8 @@ def accuracy(backend, batch: np.ndarray, targets: np.ndarray) -> tuple[dict, np.
 
 def metrics_from_logits(logits: np.ndarray, targets: np.ndarray) -> tuple[dict, np.ndarray]:
     """top-1, top-5 and mean per-class accuracy (over the classes present), and the top-1 predictions."""
-    top5 = np.argsort(-logits, axis=1)[:, :5]
-    pred = logits.argmax(1)
-    per_class = [float((pred[targets == c] == c).mean()) for c in np.unique(targets)]
-    return {
-        "top1": float((pred == targets).mean()),
-        "top5": float((top5 == targets[:, None]).any(1).mean()),
-        "mean_per_class": float(np.mean(per_class)),
-        "n": int(len(targets)),
-    }, pred
+    metrics = classification_metrics(logits, targets)
+    return {k: metrics[k] for k in ("top1", "top5", "mean_per_class", "n")}, logits.argmax(1)
 
 
 def measure(args) -> dict:

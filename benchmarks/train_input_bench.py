@@ -16,9 +16,10 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
+from train.config import TrainConfig
 from train.data import CachedImages, JpegFolderImages, train_transform
-from train.models import build_model
-from train.trainer import TrainConfig, model_spec, set_epoch_mode
+from train.models import build_model, input_spec
+from train.schedule import set_epoch_mode
 
 
 def images_per_s(loader: DataLoader, batches: int, step=None) -> float:
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = TrainConfig(data=args.data, out="", arch=args.arch)  # the default recipe's model and step
-    transform = train_transform(model_spec(config), min_scale=config.min_scale)
+    transform = train_transform(input_spec(config.arch, config.img_size), min_scale=config.min_scale)
     start = time.perf_counter()
     cached = CachedImages(args.data, ["train"], transform=transform)
     decode_once_s = time.perf_counter() - start

@@ -1,3 +1,8 @@
 """FloraEdge's torch-free runtime: the preprocessing spec, ``preprocess()`` and the inference backends."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("floraedge")  # pyproject.toml holds the one version string
+except PackageNotFoundError:  # a copied folder that was never installed (e.g. `floraedge space`)
+    __version__ = "0+unknown"

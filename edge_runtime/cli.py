@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+from edge_runtime.sources import IMAGE_SUFFIXES
+
 BACKEND_CHOICES = ("auto", "onnxruntime", "litert", "opencv")
 
 

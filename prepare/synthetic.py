@@ -14,9 +14,7 @@ import colorsys
 import gzip
 import io
 import math
-import os
 import tarfile
-import tempfile
 from functools import cache
 from pathlib import Path
 from typing import NamedTuple
@@ -24,6 +22,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 import scipy.io
+
+from edge_runtime.atomic import write_bytes_atomic
 
 SYNTHETIC_MARKER = "SYNTHETIC.md"
 MAX_CLASSES = 102
@@ -259,19 +259,6 @@ def _mat_bytes(variables: dict[str, np.ndarray]) -> bytes:
     return bytes(data)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file beside ``path`` and rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary shareable data files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _marker_text(num_classes: int, per_class: tuple[int, int, int], size: int, seed: int) -> str:
     train, val, test = per_class
     return (
@@ -315,12 +302,12 @@ def make_synthetic_release(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # The marker goes first, so a half-written folder can never pass for a real release.
-    _write_atomic(out / SYNTHETIC_MARKER, _marker_text(num_classes, per_class, size, seed).encode("utf-8"))
+    write_bytes_atomic(out / SYNTHETIC_MARKER, _marker_text(num_classes, per_class, size, seed).encode("utf-8"))
     rng = np.random.default_rng(seed)
     labels, (trnid, valid, tstid) = _assign_ids(num_classes, per_class, rng)
-    _write_atomic(out / "102flowers.tgz", _tar_bytes(labels, size, rng))
-    _write_atomic(out / "imagelabels.mat", _mat_bytes({"labels": labels}))
-    _write_atomic(out / "setid.mat", _mat_bytes({"trnid": trnid, "valid": valid, "tstid": tstid}))
+    write_bytes_atomic(out / "102flowers.tgz", _tar_bytes(labels, size, rng))
+    write_bytes_atomic(out / "imagelabels.mat", _mat_bytes({"labels": labels}))
+    write_bytes_atomic(out / "setid.mat", _mat_bytes({"trnid": trnid, "valid": valid, "tstid": tstid}))
     return out
 
 

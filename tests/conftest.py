@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+
+from edge_runtime.preprocess import center_crop, read_image_bgr, resize_shorter_side
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("FLORAEDGE_REALDATA", REPO.parent / "shared" / "data" / "oxford102-trainval"))
@@ -103,3 +108,75 @@ def tiny_checkpoint(tiny_prepared, tmp_path_factory) -> Path:
         )
     )
     return run / "best.pt"
+
+
+# ---------------------------------------------------------------- MediaPipe, in an environment of its own
+# (shared by test_tflite_metadata and test_export)
+
+MEDIAPIPE_VERSION = "1.2.3"
+MEDIAPIPE_PYTHON = Path(
+    os.environ.get(
+        "FLORAEDGE_MEDIAPIPE_PYTHON", Path.home() / ".cache" / "floraedge" / "mediapipe-venv" / "bin" / "python"
+    )
+)
+MEDIAPIPE_SCRIPT = """
+import json, sys
+import mediapipe as mp
+from mediapipe.tasks.python import vision
+from mediapipe.tasks.python.core.base_options import BaseOptions
+
+options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=sys.argv[1]), max_results=3)
+with vision.ImageClassifier.create_from_options(options) as classifier:
+    head = classifier.classify(mp.Image.create_from_file(sys.argv[2])).classifications[0]
+print(json.dumps({"version": mp.__version__, "head": head.head_name,
+                  "categories": [[c.index, c.category_name, c.score] for c in head.categories]}))
+"""
+
+
+def mediapipe_python() -> Path:
+    """The Python of a venv with MediaPipe (never the project's: mediapipe replaces its cv2); created if missing."""
+    python = MEDIAPIPE_PYTHON
+    if python.exists():
+        return python
+    venv = python.parent.parent
+    base = shutil.which("python3.11") or sys.executable
+    try:
+        subprocess.run([base, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", f"mediapipe=={MEDIAPIPE_VERSION}"],
+            check=True,
+            timeout=1800,
+        )
+    except BaseException:
+        shutil.rmtree(venv, ignore_errors=True)  # a half-made venv would be taken for a good one next time
+        raise
+    return python
+
+
+def run_mediapipe(model: Path, image: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    script = tmp_path / "mediapipe_classify.py"
+    script.write_text(MEDIAPIPE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    return subprocess.run(
+        [str(mediapipe_python()), str(script), str(model), str(image)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def square_photo(path: Path, size: int) -> Path:
+    """A real flower photo, centre-cropped and resized to exactly size x size, as PNG: MediaPipe
+    stretches the whole image to the input size while the runtime crops, so feed both the same pixels."""
+    jpgs = sorted((REAL_DATA / "jpg").glob("*.jpg"))[:1]
+    if jpgs:
+        image = read_image_bgr(jpgs[0])
+    else:  # no dataset (clean CI): a smooth synthetic picture instead
+        yy, xx = np.mgrid[0:240, 0:320].astype(np.float32)
+        image = np.stack([xx / 320 * 255, yy / 240 * 255, (xx + yy) / 560 * 255], axis=-1).astype(np.uint8)
+        cv2.circle(image, (160, 120), 60, (40, 200, 230), -1)
+    square = center_crop(resize_shorter_side(image, size), size)
+    assert square.shape == (size, size, 3)
+    cv2.imwrite(str(path), square)
+    return path

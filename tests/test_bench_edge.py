@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 
 import cv2
 import numpy as np
 
-from benchmarks.bench import BenchConfig, bench
 from prepare.manifest import write_manifest
+from tests.conftest import REPO
 from tests.tiny_models import tiny_onnx
 
 
@@ -41,20 +44,18 @@ def test_bench_runs_torch_free_and_reports_every_backend_of_the_file(tmp_path):
     models = tmp_path / "exports"
     models.mkdir()
     tiny_onnx(models / "model_fp32.onnx")
-    report = bench(
-        BenchConfig(
-            models=str(models),
-            data=str(data),
-            out=str(tmp_path / "bench"),
-            threads=(1,),
-            runs=3,
-            warmup=1,
-            loop_frames=5,
-        )
-    )
+    config = dict(models=str(models), data=str(data), out=str(tmp_path / "bench"), threads=(1,), runs=3, warmup=1)
+    # torch blocked: in this process, and in the per-file processes it starts (through PYTHONPATH)
+    blocker = tmp_path / "no_torch"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules.update(torch=None, torchvision=None)\n")
+    code = f"import json\nfrom benchmarks.bench import BenchConfig, bench\nprint(json.dumps(bench(BenchConfig(**{config!r}, loop_frames=5))))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
     rows = {r["backend"]: r for r in report["rows"]}
     assert set(rows) == {"onnxruntime", "opencv"}
     assert all("error" not in r for r in rows.values()), rows
     assert rows["opencv"]["agreement"] == 1.0 and rows["onnxruntime"]["accuracy"]["n"] == 8
     assert (tmp_path / "bench" / "report.md").is_file() and (tmp_path / "bench" / "results.csv").is_file()
-    assert "torch" not in sys.modules or report["machine"]["versions"]["torch"]  # torch only where installed

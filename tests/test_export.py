@@ -163,15 +163,15 @@ def test_existing_output_and_foreign_checkpoint_are_refused(tiny_checkpoint, tin
 def test_mediapipe_loads_our_exported_tflite_and_agrees_on_top1(exported, tmp_path):
     """MediaPipe's ImageClassifier (own venv) reads our embedded normalization + labels: same top-1 name."""
     from edge_runtime.preprocess import preprocess, read_image_bgr
-    from tests.test_tflite_metadata import SIZE, _run_mediapipe, _square_photo
+    from tests.conftest import run_mediapipe, square_photo
 
     out, _ = exported
     backend = load(out / "model_fp32.tflite")
-    assert backend.info.spec.crop_size == SIZE
-    image = _square_photo(tmp_path / "flower.png")  # already SIZE x SIZE: MediaPipe's stretch == our crop
-    same_pixels = backend.info.spec.replace(resize_size=SIZE)  # MediaPipe feeds the whole image, no crop margin
+    size = backend.info.spec.crop_size
+    image = square_photo(tmp_path / "flower.png", size)  # already size x size: MediaPipe's stretch == our crop
+    same_pixels = backend.info.spec.replace(resize_size=size)  # MediaPipe feeds the whole image, no crop margin
     ours = backend.predict(preprocess(read_image_bgr(image), same_pixels))[0]
-    done = _run_mediapipe(out / "model_fp32.tflite", image, tmp_path)
+    done = run_mediapipe(out / "model_fp32.tflite", image, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     categories = json.loads(done.stdout.strip().splitlines()[-1])["categories"]
     assert categories[0][1] == class_names()[int(ours.argmax())]

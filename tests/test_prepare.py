@@ -48,7 +48,7 @@ def test_class_names_match_the_release_categories_file():
 
 
 @pytest.mark.parametrize("archive", [True, False], ids=["tgz", "extracted-jpg"])
-def test_official_split_labels_and_outputs(mini_release, tmp_path, archive):
+def test_official_split_labels_and_outputs(tmp_path, archive):
     source = build_release(tmp_path / "rel", archive=archive)
     out = tmp_path / "out"
     summary = prepare(source, out)

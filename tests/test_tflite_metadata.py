@@ -3,34 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
 from edge_runtime.backends import load
-from edge_runtime.preprocess import center_crop, preprocess, read_image_bgr, resize_shorter_side
+from edge_runtime.preprocess import preprocess, read_image_bgr
 from edge_runtime.spec import PreprocessSpec
 from export.tflite_metadata import LABELS_FILE, add_metadata, read_metadata
-from tests.conftest import REAL_DATA
+from tests.conftest import MEDIAPIPE_VERSION, run_mediapipe, square_photo
 
 SIZE = 32
 LABELS = ["pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea", "english marigold"]
 MEAN = STD = (127.5, 127.5, 127.5)
 SPEC = PreprocessSpec(crop_size=SIZE, resize_size=SIZE, mean=(0.5,) * 3, std=(0.5,) * 3, layout="NHWC")
-MEDIAPIPE_VERSION = "1.2.3"
-MEDIAPIPE_PYTHON = Path(
-    os.environ.get(
-        "FLORAEDGE_MEDIAPIPE_PYTHON", Path.home() / ".cache" / "floraedge" / "mediapipe-venv" / "bin" / "python"
-    )
-)
 
 
 class Tiny(torch.nn.Module):
@@ -201,74 +190,9 @@ def test_bad_arguments_are_refused(models, tmp_path):
     assert not out.exists()
 
 
-# ---------------------------------------------------------------- MediaPipe, in an environment of its own
-
-MEDIAPIPE_SCRIPT = """
-import json, sys
-import mediapipe as mp
-from mediapipe.tasks.python import vision
-from mediapipe.tasks.python.core.base_options import BaseOptions
-
-options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=sys.argv[1]), max_results=3)
-with vision.ImageClassifier.create_from_options(options) as classifier:
-    head = classifier.classify(mp.Image.create_from_file(sys.argv[2])).classifications[0]
-print(json.dumps({"version": mp.__version__, "head": head.head_name,
-                  "categories": [[c.index, c.category_name, c.score] for c in head.categories]}))
-"""
-
-
-def mediapipe_python() -> Path:
-    """The Python of a venv with MediaPipe (never the project's: mediapipe replaces its cv2); created if missing."""
-    python = MEDIAPIPE_PYTHON
-    if python.exists():
-        return python
-    venv = python.parent.parent
-    base = shutil.which("python3.11") or sys.executable
-    try:
-        subprocess.run([base, "-m", "venv", str(venv)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", f"mediapipe=={MEDIAPIPE_VERSION}"],
-            check=True,
-            timeout=1800,
-        )
-    except BaseException:
-        shutil.rmtree(venv, ignore_errors=True)  # a half-made venv would be taken for a good one next time
-        raise
-    return python
-
-
-def _run_mediapipe(model: Path, image: Path, tmp_path: Path) -> subprocess.CompletedProcess:
-    script = tmp_path / "mediapipe_classify.py"
-    script.write_text(MEDIAPIPE_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    return subprocess.run(
-        [str(mediapipe_python()), str(script), str(model), str(image)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-
-
-def _square_photo(path: Path) -> Path:
-    """A real flower photo, centre-cropped and resized to exactly SIZE x SIZE, as PNG: MediaPipe
-    stretches the whole image to the input size while the runtime crops, so feed both the same pixels."""
-    jpgs = sorted((REAL_DATA / "jpg").glob("*.jpg"))[:1]
-    if jpgs:
-        image = read_image_bgr(jpgs[0])
-    else:  # no dataset (clean CI): a smooth synthetic picture instead
-        yy, xx = np.mgrid[0:240, 0:320].astype(np.float32)
-        image = np.stack([xx / 320 * 255, yy / 240 * 255, (xx + yy) / 560 * 255], axis=-1).astype(np.uint8)
-        cv2.circle(image, (160, 120), 60, (40, 200, 230), -1)
-    square = center_crop(resize_shorter_side(image, SIZE), SIZE)
-    assert square.shape == (SIZE, SIZE, 3)
-    cv2.imwrite(str(path), square)
-    return path
-
-
 @pytest.mark.slow
 def test_mediapipe_reads_normalization_and_labels(models, tmp_path):
-    image = _square_photo(tmp_path / "flower.png")
+    image = square_photo(tmp_path / "flower.png", SIZE)
     out = _add(models["fp32"], tmp_path / "tiny_with_metadata.tflite")
 
     ours = _run(out, [preprocess(read_image_bgr(image), SPEC)])[0]
@@ -277,10 +201,10 @@ def test_mediapipe_reads_normalization_and_labels(models, tmp_path):
     wrong = _run(out, [preprocess(read_image_bgr(image), SPEC.replace(mean=(0.0,) * 3, std=(1.0,) * 3))])[0]
     assert np.abs(wrong - ours).max() > 0.01  # the comparison below would notice a wrong normalization
 
-    refused = _run_mediapipe(models["fp32"], image, tmp_path)  # without metadata: no NormalizationOptions
+    refused = run_mediapipe(models["fp32"], image, tmp_path)  # without metadata: no NormalizationOptions
     assert refused.returncode != 0 and "NormalizationOptions" in refused.stderr, refused.stderr[-2000:]
 
-    done = _run_mediapipe(out, image, tmp_path)
+    done = run_mediapipe(out, image, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["version"] == MEDIAPIPE_VERSION and result["head"] == "probability"

@@ -6,14 +6,13 @@ Everything in it is a tensor, a number, a string, a list or a dict, so it loads 
 
 from __future__ import annotations
 
-import os
 import platform
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from edge_runtime.atomic import atomic_path
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.spec import PreprocessSpec
 
@@ -64,14 +63,8 @@ def make_bundle(
 
 def save_atomic(obj: dict, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_bundle(path: str | Path) -> dict:
@@ -94,6 +87,7 @@ def model_from_bundle(bundle: dict) -> tuple[nn.Module, PreprocessSpec]:
     """The trained model (eval mode) and its preprocessing spec."""
     from train.models import build_model
 
-    model = build_model(bundle["arch"], bundle["num_classes"], weights="none")
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the caller's RNG alone
+        model = build_model(bundle["arch"], bundle["num_classes"], weights="none")
     model.load_state_dict(bundle["model"])
     return model.eval(), PreprocessSpec.from_dict(bundle["spec"])

@@ -1,11 +1,66 @@
-"""``floraedge train`` and ``floraedge evaluate`` (torch is imported only when they run)."""
+"""``floraedge train`` and ``floraedge evaluate``: options generated from ``TrainConfig`` and
+``EvaluateConfig`` (torch is imported only when a command runs)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from train.models import ARCH_NAMES, DEFAULT_ARCH
+from edge_runtime.options import Option, add_config_options, config_from_args
+from train.config import EvaluateConfig, TrainConfig
+from train.models import ARCH_NAMES
+
+TRAIN_OPTIONS = {
+    "data": Option("a folder written by `floraedge prepare`"),
+    "out": Option("run directory"),
+    "arch": Option("backbone; the README's recipe uses efficientnet_lite0", choices=ARCH_NAMES),
+    "weights": Option(
+        "'imagenet' (offline for efficientnet_lite*, downloaded for torchvision models), 'none', or a local state_dict file"
+    ),
+    "epochs": Option(),
+    "head_epochs": Option("epochs that train only the new head first"),
+    "batch_size": Option(),
+    "lr": Option("head learning rate"),
+    "backbone_lr_scale": Option("backbone LR = lr x this"),
+    "weight_decay": Option("AdamW weight decay"),
+    "warmup_epochs": Option("linear LR warm-up, in epochs"),
+    "label_smoothing": Option(),
+    "min_scale": Option("RandomResizedCrop minimum area"),
+    "trivial_augment": Option("turn TrivialAugmentWide off", flag="--no-trivial-augment"),
+    "freeze_bn": Option("train BatchNorm (default: frozen)", flag="--train-bn"),
+    "freeze_early": Option(
+        "also fine-tune the backbone's high-resolution early layers (default: frozen; ~2x slower on CPU)",
+        flag="--train-early-layers",
+    ),
+    "img_size": Option("input resolution (default: the backbone's own)"),
+    "train_splits": Option("comma-separated splits to train on"),
+    "val_split": Option(
+        "split for best-by-validation",
+        none_flag="--no-val",
+        none_help="no validation split (the final train+val protocol): all --epochs run, best.pt is the last epoch",
+    ),
+    "tta_flip": Option(
+        "validate every epoch with flip test-time augmentation (2x the validation time; "
+        "the final report gives both either way)",
+        flag="--tta",
+    ),
+    "patience": Option("early-stop after this many epochs without improvement; 0 = off"),
+    "seed": Option(),
+    "workers": Option("DataLoader worker processes"),
+    "threads": Option("torch CPU threads (default: torch's choice)"),
+    "device": Option("auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps"),
+    "resume": Option("continue the run in --out from last.pt"),
+    "overwrite": Option("replace an existing run directory"),
+    "progress": Option("no progress bars", flag="--no-progress"),
+}
+
+EVALUATE_OPTIONS = {
+    "checkpoint": Option("a model bundle (best.pt) from `floraedge train`"),
+    "data": Option("a prepared dataset folder"),
+    "split": Option(),
+    "tta_flip": Option("average with the horizontally flipped image", flag="--tta"),
+    "out": Option("folder for metrics.json, per_class.csv, confusion.csv"),
+}
 
 
 def add_parser(subparsers) -> None:
@@ -27,75 +82,15 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         "  torchrun --nproc_per_node 2 -m train --data data/flowers --out runs/ddp   # data-parallel",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", required=True, help="a folder written by `floraedge prepare`")
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--arch", choices=ARCH_NAMES, default=DEFAULT_ARCH, help="backbone (default: %(default)s)")
-    p.add_argument(
-        "--weights",
-        default="imagenet",
-        help="'imagenet' (offline for efficientnet_lite*, downloaded for torchvision models), "
-        "'none', or a local state_dict file (default: %(default)s)",
-    )
-    p.add_argument("--epochs", type=int, default=30, help="(default: %(default)s)")
-    p.add_argument(
-        "--head-epochs", type=int, default=3, help="epochs that train only the new head first (default: %(default)s)"
-    )
-    p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
-    p.add_argument("--lr", type=float, default=2e-3, help="head learning rate (default: %(default)s)")
-    p.add_argument(
-        "--backbone-lr-scale", type=float, default=0.1, help="backbone LR = lr x this (default: %(default)s)"
-    )
-    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default: %(default)s)")
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="(default: %(default)s)")
-    p.add_argument(
-        "--min-scale", type=float, default=0.35, help="RandomResizedCrop minimum area (default: %(default)s)"
-    )
-    p.add_argument(
-        "--no-trivial-augment", dest="trivial_augment", action="store_false", help="turn TrivialAugmentWide off"
-    )
-    p.add_argument("--train-bn", dest="freeze_bn", action="store_false", help="train BatchNorm (default: frozen)")
-    p.add_argument(
-        "--train-early-layers",
-        dest="freeze_early",
-        action="store_false",
-        help="also fine-tune the backbone's high-resolution early layers (default: frozen; ~2x slower on CPU)",
-    )
-    p.add_argument("--img-size", type=int, default=None, help="input resolution (default: the backbone's own)")
-    p.add_argument("--train-splits", default="train", help="comma-separated splits to train on (default: %(default)s)")
-    p.add_argument("--val-split", default="val", help="split for best-by-validation (default: %(default)s)")
-    p.add_argument(
-        "--no-val",
-        action="store_true",
-        help="no validation split (the final train+val protocol): all --epochs run, best.pt is the last epoch",
-    )
-    p.add_argument(
-        "--tta",
-        dest="tta_flip",
-        action="store_true",
-        help="validate every epoch with flip test-time augmentation (2x the validation time; "
-        "the final report gives both either way)",
-    )
-    p.add_argument(
-        "--patience", type=int, default=10, help="early-stop after this many epochs without improvement; 0 = off"
-    )
-    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_config_options(p, TrainConfig, TRAIN_OPTIONS)
     p.set_defaults(func=run_train)
     return p
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from train.trainer import TrainConfig, train
+    from train.trainer import train
 
-    fields = {k: v for k, v in vars(args).items() if k not in ("func", "command", "no_val")}
-    fields["train_splits"] = tuple(s.strip() for s in args.train_splits.split(",") if s.strip())
-    fields["val_split"] = None if args.no_val else args.val_split
-    summary = train(TrainConfig(**fields))
+    summary = train(config_from_args(args))
     if summary:
         print(json.dumps(summary, indent=2))
         print(f"wrote {args.out}/best.pt, last.pt, metrics.csv, curves.png")
@@ -104,11 +99,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("evaluate", help="top-1 / top-5 / mean per-class / confusion of a checkpoint on a split")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True, help="a prepared dataset folder")
-    p.add_argument("--split", default="val", help="(default: %(default)s)")
-    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
-    p.add_argument("--out", default=None, help="folder for metrics.json, per_class.csv, confusion.csv")
+    add_config_options(p, EvaluateConfig, EVALUATE_OPTIONS)
     p.set_defaults(func=run_evaluate)
     return p
 
@@ -116,6 +107,6 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
 def run_evaluate(args: argparse.Namespace) -> int:
     from train.evaluate import evaluate_checkpoint
 
-    m = evaluate_checkpoint(args.checkpoint, args.data, args.split, tta_flip=args.tta, out=args.out)
+    m = evaluate_checkpoint(config_from_args(args))
     print(json.dumps({k: m[k] for k in ("arch", "split", "tta_flip", "n", "top1", "top5", "mean_per_class")}, indent=2))
     return 0

@@ -6,12 +6,13 @@ Training augments uint8 tensors with torchvision; evaluation calls the edge runt
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 
 from edge_runtime.errors import FloraEdgeError
@@ -19,6 +20,8 @@ from edge_runtime.preprocess import preprocess, read_image_bgr
 from edge_runtime.spec import PreprocessSpec
 from prepare.manifest import read_manifest
 from prepare.release import SPLITS
+from train import distributed as dist
+from train.config import TrainConfig
 
 
 def select_rows(prepared: Path, splits: list[str]) -> list[dict]:
@@ -72,3 +75,65 @@ class JpegFolderImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         rgb = cv2.cvtColor(read_image_bgr(self.root / self.rows[i]["path"]), cv2.COLOR_BGR2RGB)
         return self.transform(torch.from_numpy(rgb).permute(2, 0, 1)), self.rows[i]["class_index"]
+
+
+def read_summary(data: Path) -> dict:
+    if not (data / "manifest.csv").is_file():
+        raise FloraEdgeError(f"--data {data} is not a prepared dataset; run `floraedge prepare --out {data}` first")
+    return json.loads((data / "summary.json").read_text())
+
+
+def training_sets(config: TrainConfig, spec: PreprocessSpec) -> tuple[CachedImages, CachedImages | None]:
+    """The augmented training images and the validation images (None without a val split), decoded once."""
+    data = Path(config.data)
+    cache_size = read_summary(data)["config"]["cache_size"]
+    if spec.resize_size > cache_size:
+        print(
+            f"warning: the model resizes to {spec.resize_size} px but the cache holds {cache_size} px; "
+            f"re-run prepare with --cache-size {spec.resize_size} for full detail"
+        )
+    transform = train_transform(spec, min_scale=config.min_scale, trivial_augment=config.trivial_augment)
+    train_set = CachedImages(data, list(config.train_splits), transform=transform)
+    val_set = CachedImages(data, [config.val_split], spec=spec) if config.val_split else None
+    return train_set, val_set
+
+
+def dataset_info(config: TrainConfig) -> dict:
+    """What the checkpoint records about its training data."""
+    summary = read_summary(Path(config.data))
+    return {
+        "name": summary["dataset"],
+        "synthetic": summary["synthetic"],
+        "source": summary["source"],
+        "train_splits": list(config.train_splits),
+        "val_split": config.val_split,
+    }
+
+
+def epoch_loader(dataset: Dataset, config: TrainConfig, epoch: int) -> DataLoader:
+    """A loader whose order (and its workers' augmentation) depend only on (seed, epoch): a resumed run repeats them.
+
+    Its own generator: torch's global RNG is left alone (the loop seeds a scoped copy of it for the
+    augmentation that runs in this process, see ``engine.seeded``).
+    """
+    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    sampler = None
+    if dist.world_size() > 1:
+        sampler = DistributedSampler(dataset, seed=config.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size // dist.world_size(),
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=config.workers,
+        generator=generator,
+        persistent_workers=False,
+    )
+
+
+def eval_loader(dataset: Dataset, workers: int, batch_size: int = 64) -> DataLoader:
+    # Its own generator: without one, every pass over a DataLoader draws its workers' seed from
+    # torch's global RNG (evaluation itself is not random).
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, generator=torch.Generator())

@@ -1,11 +1,11 @@
-"""One epoch of training, prediction, and the classification metrics."""
+"""The device, one epoch of training, and prediction (the metrics are ``edge_runtime.metrics``)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -15,6 +15,31 @@ from edge_runtime.errors import FloraEdgeError
 
 class TrainError(FloraEdgeError):
     """Training cannot go on (NaN loss, out of memory, ...); the message says which knob to turn."""
+
+
+def pick_device(name: str) -> torch.device:
+    """``name``, or for "auto" the fastest present: cuda > mps > cpu."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device):
+    """torch's global RNG seeded with ``seed`` inside the block and restored after it.
+
+    New layers, dropout and the augmentation that runs in this process draw from the global RNG: seeding
+    it makes a run depend on its seed alone (a resumed epoch repeats itself), restoring it leaves the
+    caller's random stream as it was.
+    """
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def uses_channels_last(device: torch.device) -> bool:
@@ -92,21 +117,3 @@ def predict(model: nn.Module, loader, device, *, tta_flip: bool = False, progres
         all_logits.append(logits.cpu())
         all_targets.append(targets)
     return torch.cat(all_logits), torch.cat(all_targets)
-
-
-def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict:
-    """top-1, top-5, mean per-class accuracy (over classes present) and the confusion matrix."""
-    pred = logits.argmax(1)
-    top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (targets.numpy(), pred.numpy()), 1)
-    support = confusion.sum(1)
-    per_class = np.divide(np.diag(confusion), support, out=np.zeros(num_classes), where=support > 0)
-    return {
-        "top1": (pred == targets).float().mean().item(),
-        "top5": (top5 == targets[:, None]).any(1).float().mean().item(),
-        "mean_per_class": float(per_class[support > 0].mean()),
-        "n": int(targets.numel()),
-        "per_class": per_class.tolist(),
-        "confusion": confusion.tolist(),
-    }

@@ -8,33 +8,31 @@ import json
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
+from edge_runtime.metrics import classification_metrics
 from train.checkpoint import load_bundle, model_from_bundle
-from train.data import CachedImages
-from train.engine import classification_metrics, predict
+from train.config import EvaluateConfig
+from train.data import CachedImages, eval_loader
+from train.engine import predict
 
 
-def evaluate_checkpoint(
-    checkpoint: str | Path,
-    data: str | Path,
-    split: str,
-    *,
-    tta_flip: bool = False,
-    out: str | Path | None = None,
-    workers: int = 0,
-    batch_size: int = 64,
-) -> dict:
-    """Metrics of ``checkpoint`` on ``split``; with ``out``, also metrics.json, per_class.csv, confusion.csv."""
-    bundle = load_bundle(checkpoint)
+def evaluate_checkpoint(config: EvaluateConfig) -> dict:
+    """Metrics of ``config.checkpoint`` on ``config.split``; with ``config.out``, also metrics.json,
+    per_class.csv, confusion.csv."""
+    bundle = load_bundle(config.checkpoint)
     model, spec = model_from_bundle(bundle)
-    dataset = CachedImages(data, [split], spec=spec)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    logits, targets = predict(model, loader, torch.device("cpu"), tta_flip=tta_flip, progress=True)
-    metrics = classification_metrics(logits, targets, bundle["num_classes"])
-    metrics |= {"split": split, "tta_flip": tta_flip, "checkpoint": str(checkpoint), "arch": bundle["arch"]}
-    if out is not None:
-        write_report(Path(out), metrics, bundle["class_names"])
+    dataset = CachedImages(config.data, [config.split], spec=spec)
+    loader = eval_loader(dataset, config.workers, config.batch_size)
+    logits, targets = predict(model, loader, torch.device("cpu"), tta_flip=config.tta_flip, progress=True)
+    metrics = classification_metrics(logits.numpy(), targets.numpy(), bundle["num_classes"])
+    metrics |= {
+        "split": config.split,
+        "tta_flip": config.tta_flip,
+        "checkpoint": str(config.checkpoint),
+        "arch": bundle["arch"],
+    }
+    if config.out is not None:
+        write_report(Path(config.out), metrics, bundle["class_names"])
     return metrics
 
 

@@ -1,0 +1,123 @@
+"""Command-line options generated from a config dataclass.
+
+The dataclass is the one declaration of each option's name, type and default; the CLI adds only
+the help text and, where a flag reads better than the field's name, that flag. ``config_from_args``
+is the one way back from parsed arguments to the config. Torch-free: the edge commands use it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Option:
+    """The command-line face of one config field."""
+
+    help: str = ""
+    flag: str | None = None  # default: --field-name; for a bool field, the flag that turns its default around
+    choices: tuple | None = None
+    none_flag: str | None = None  # a second flag that sets the field to None (e.g. --no-val for val_split)
+    none_help: str | None = None
+
+
+@dataclass(frozen=True)
+class Binding:
+    """How one subcommand's parsed arguments become its config (kept in the parsed arguments as ``binding``)."""
+
+    config_type: type
+    # options in other units or shapes than their field: option dest -> (field, conversion of the parsed value)
+    converted: Mapping[str, tuple[str, Callable[[Any], Any]]] = dataclasses.field(default_factory=dict)
+    # options that steer the command itself and are no field of the config: option dest -> why
+    own: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def config(self, args: argparse.Namespace):
+        names = {f.name for f in dataclasses.fields(self.config_type)}
+        values = {k: v for k, v in vars(args).items() if k in names}
+        values |= {name: convert(getattr(args, dest)) for dest, (name, convert) in self.converted.items()}
+        return self.config_type(**values)
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """A field's default (its factory called), or ``dataclasses.MISSING`` for a required field."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def comma_separated(item_type: type) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        return tuple(item_type(s.strip()) for s in text.split(",") if s.strip())
+
+    parse.__name__ = f"comma-separated {item_type.__name__}"  # argparse names it in "invalid ... value"
+    return parse
+
+
+def parse_type(hint: Any) -> Callable[[str], Any]:
+    """The argparse ``type`` for a field annotation: ``X | None`` parses as X, ``tuple[X, ...]`` as a comma list."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        (hint,) = (a for a in args if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return comma_separated(typing.get_args(hint)[0])
+    return hint
+
+
+def shown(default: Any) -> str:
+    text = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+    return text.replace("%", "%%")
+
+
+def add_argument(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any, option: Option) -> None:
+    default = field_default(f)
+    flag = option.flag or "--" + f.name.replace("_", "-")
+    if option.none_flag:  # the value or None, not both
+        parser = parser.add_mutually_exclusive_group()
+    if hint is bool:
+        parser.add_argument(flag, dest=f.name, action="store_false" if default else "store_true", help=option.help)
+        return
+    kwargs: dict[str, Any] = {"dest": f.name, "type": parse_type(hint), "choices": option.choices}
+    if default is dataclasses.MISSING:
+        kwargs["required"] = True
+        help_text = option.help
+    else:
+        kwargs["default"] = default
+        with_default = f"{option.help} (default: {shown(default)})".strip()
+        help_text = option.help if default is None or "default" in option.help else with_default
+    parser.add_argument(flag, help=help_text, **kwargs)
+    if option.none_flag:
+        none = {"action": "store_const", "const": None, "default": default, "help": option.none_help}
+        parser.add_argument(option.none_flag, dest=f.name, **none)
+
+
+def add_config_options(
+    parser: argparse.ArgumentParser,
+    config_type: type,
+    options: Mapping[str, Option],
+    *,
+    converted: Mapping[str, tuple[str, Callable[[Any], Any]]] | None = None,
+    own: Mapping[str, str] | None = None,
+) -> None:
+    """One option per entry of ``options`` (field name -> its help), typed and defaulted by the field itself.
+
+    Options added to ``parser`` by hand must be named in ``converted`` or ``own`` (a test holds every
+    subcommand to that).
+    """
+    hints = typing.get_type_hints(config_type)
+    fields = {f.name: f for f in dataclasses.fields(config_type)}
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise TypeError(f"{config_type.__name__} has no field(s) {unknown}")
+    for name, option in options.items():
+        add_argument(parser, fields[name], hints[name], option)
+    parser.set_defaults(binding=Binding(config_type, dict(converted or {}), dict(own or {})))
+
+
+def config_from_args(args: argparse.Namespace):
+    """The config of the subcommand that parsed ``args`` (declared with ``add_config_options``)."""
+    return args.binding.config(args)

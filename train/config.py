@@ -1,0 +1,56 @@
+"""The configs of ``floraedge train`` and ``floraedge evaluate``: the one declaration of every option's
+name, type and default (the CLI is generated from these fields; torch-free, so ``--help`` stays fast)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from train.models import DEFAULT_ARCH
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """One training run. The defaults are the recipe measured in the README (with ``arch`` efficientnet_lite0)."""
+
+    data: str
+    out: str
+    arch: str = DEFAULT_ARCH
+    weights: str = "imagenet"
+    epochs: int = 30
+    head_epochs: int = 3
+    batch_size: int = 32
+    lr: float = 2e-3  # head; the backbone gets lr * backbone_lr_scale
+    backbone_lr_scale: float = 0.1
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    min_scale: float = 0.35
+    trivial_augment: bool = True
+    freeze_bn: bool = True
+    freeze_early: bool = True  # keep the backbone's high-resolution early layers frozen (registry: early_layers)
+    img_size: int | None = None  # None: the backbone's own input size
+    train_splits: tuple[str, ...] = ("train",)
+    val_split: str | None = "val"  # None when training on train+val (the final protocol)
+    tta_flip: bool = False  # per-epoch validation; the final report gives both
+    patience: int = 10
+    seed: int = 0
+    workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
+    threads: int | None = None
+    device: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig:
+    """A checkpoint's metrics on one split of a prepared dataset."""
+
+    checkpoint: str
+    data: str
+    split: str = "val"
+    tta_flip: bool = False
+    out: str | None = None  # folder for metrics.json, per_class.csv, confusion.csv
+    workers: int = 0
+    batch_size: int = 64
