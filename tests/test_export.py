@@ -95,6 +95,8 @@ def test_sizes_and_cards(exported):
     assert card["calibration"]["n"] == 32 and card["calibration"]["classes"] == 4
     assert {f["name"] for f in card["files"]} == {f.name for f in FORMATS}
     assert "| `model_int8.tflite` | int8 |" in (out / "MODEL_CARD.md").read_text()
+    assert "every file outputs float32 softmax probabilities" in (out / "MODEL_CARD.md").read_text()
+    assert json.loads((out / "model_int8.tflite.json").read_text())["output"] == "probabilities"
     assert (out / "labels.txt").read_text().splitlines() == list(class_names())
 
 
