@@ -307,9 +307,22 @@ def test_int8_accuracy_drop_on_real_validation_images(tmp_path):
     # ONNX Runtime QDQ (float output) holds up on this weak (~77%) model, on 510 real val images:
     assert by_name["onnx-int8"]["accuracy_drop_points"] <= 2.0, by_name["onnx-int8"]
     assert by_name["onnx-int8"]["top1_agreement"] >= 0.9, by_name["onnx-int8"]
-    # Full-integer TFLite (int8 logits too) lost 6.5 points on this model but 0.2 on the fully trained one
-    # (docs/results.md): a known weakness the gate catches (see the closing notes), bounded here.
-    assert by_name["tflite-int8"]["accuracy_drop_points"] < 15, by_name["tflite-int8"]
+    # Full-integer TFLite: with int8 input and int8 logits it lost 6.5 points on this model (90% agreement);
+    # with float32 edges and float logits + softmax (docs/results.md, "Known weakness"):
+    assert by_name["tflite-int8"]["accuracy_drop_points"] <= 2.0, by_name["tflite-int8"]
+    assert by_name["tflite-int8"]["top1_agreement"] >= 0.9, by_name["tflite-int8"]
+    # MediaPipe's ImageClassifier runs that file on every val image as the runtime does
+    val = [read_image_bgr(data / r["path"]) for r in read_manifest(data) if r["split"] == "val"]
+    found = mediapipe_vs_runtime(tmp_path / "x" / "model_int8.tflite", val, tmp_path)
+    print(
+        json.dumps(
+            {k: {m: r[m] for m in ("accuracy_drop_points", "top1_agreement", "bytes")} for k, r in by_name.items()}
+        )
+    )
+    print(
+        f"MediaPipe vs runtime on {len(val)} val images: agreement {found['agreement']:.4f}, max top-1 score diff {found['max_score_diff']:.2e}"
+    )
+    assert len(val) == 1020 and found["agreement"] >= 0.99, found["agreement"]
 
 
 def test_card_says_when_the_verification_images_were_trained_on(tiny_checkpoint, tiny_prepared, tmp_path):
