@@ -152,7 +152,7 @@ def export_all(config: ExportConfig) -> list[dict]:
     if verify_info["seen_in_training"]:
         print(
             f"note: the checkpoint was trained on the {config.verify_split!r} split; the gate's agreement and "
-            f"logit checks hold, but its accuracies are optimistic (use an unseen split with --verify-split)"
+            f"probability checks hold, but its accuracies are optimistic (use an unseen split with --verify-split)"
         )
     ref = reference(model, batch, targets)
     calib, calib_info = None, None
