@@ -51,7 +51,11 @@ def build_files(data: Path, work: Path, calib_n: int) -> dict[str, Path]:
         base, bare, path = work / f"{name}_base.tflite", work / f"{name}_bare.tflite", work / f"{name}.tflite"
         export_tflite_base(ExportContext(model=graph, sample=sample, calibration=None), base)
         _quantize_tflite(base, bare, quantization, calibration, nhwc=True)
-        info = {"arch": "efficientnet_lite0", "precision": "int8", "output": "probabilities" if name == "new" else "logits"}
+        info = {
+            "arch": "efficientnet_lite0",
+            "precision": "int8",
+            "output": "probabilities" if name == "new" else "logits",
+        }
         embed_tflite_metadata(bare, path, labels=list(class_names()), spec=spec.replace(layout="NHWC"), info=info)
         files[name] = path
     return files
