@@ -322,7 +322,7 @@ def test_int8_accuracy_drop_on_real_validation_images(tmp_path):
     print(
         f"MediaPipe vs runtime on {len(val)} val images: agreement {found['agreement']:.4f}, max top-1 score diff {found['max_score_diff']:.2e}"
     )
-    assert len(val) == 1020 and found["agreement"] >= 0.99, found["agreement"]
+    assert len(val) >= 1000 and found["agreement"] >= 0.99, found["agreement"]
 
 
 def test_card_says_when_the_verification_images_were_trained_on(tiny_checkpoint, tiny_prepared, tmp_path):
