@@ -1,7 +1,8 @@
 """Inference backends behind one small interface: ``load(path) -> Backend``.
 
-A backend has ``.name``, ``.info`` (spec + labels) and ``.predict(batch) -> logits``, where
-``batch`` is float32 in the spec's layout. Each runtime is imported inside its backend, so a
+A backend has ``.name``, ``.info`` (spec + labels) and ``.predict(batch) -> outputs``, where
+``batch`` is float32 in the spec's layout and the outputs are float32 probabilities or logits, as
+``info.output`` says. Each runtime is imported inside its backend, so a
 device needs only the one it uses; a missing one is an error naming the package to install.
 """
 
@@ -103,7 +104,8 @@ def _tflite_interpreter():
 
 
 class LiteRTBackend:
-    """LiteRT (TFLite); int8/uint8 inputs and outputs are (de)quantized from the tensor details."""
+    """LiteRT (TFLite). Exported files take float32 and return float32 (an int8 file quantizes inside);
+    int8/uint8 inputs and outputs of other files are (de)quantized from the tensor details."""
 
     name = "litert"
 

@@ -1,4 +1,4 @@
-"""A classifier = a backend + the spec's ``preprocess()`` + softmax + top-k."""
+"""A classifier = a backend + the spec's ``preprocess()`` + probabilities + top-k."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_runtime.metadata import PROBABILITIES, ModelInfo
 from edge_runtime.preprocess import preprocess
 
 
@@ -31,9 +32,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def to_probabilities(outputs: np.ndarray, info: dict) -> np.ndarray:
-    """Softmax, unless the model already ends in one (metadata ``"output": "probabilities"``)."""
-    return outputs if info.get("output") == "probabilities" else softmax(outputs)
+def to_probabilities(outputs: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """The model's own scores when it ends in a softmax (``"output": "probabilities"``), else the softmax
+    of its logits: a score is never squashed twice."""
+    return outputs if info.output == PROBABILITIES else softmax(outputs)
 
 
 def top_k(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> list[tuple[int, str, float]]:
@@ -54,5 +56,5 @@ class Classifier:
         t1 = time.perf_counter()
         outputs = self.backend.predict(batch)[0]
         t2 = time.perf_counter()
-        probs = to_probabilities(outputs, self.backend.info.info)
+        probs = to_probabilities(outputs, self.backend.info)
         return Prediction(top_k(probs, self.labels, self.k), probs, (t1 - t0) * 1e3, (t2 - t1) * 1e3)

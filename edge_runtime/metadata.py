@@ -4,6 +4,8 @@ ONNX files carry them in ``metadata_props``; a ``.tflite`` file carries them as 
 appended zip (the standard TFLite metadata layout: ``labels.txt`` plus our ``floraedge.json``).
 Sidecar files next to the model (``<model>.json``, or ``spec.json`` + ``labels.txt``) are the
 fallback. A model without a spec is refused: guessing normalization silently gives wrong answers.
+The info's ``"output"`` says what the model outputs: ``"probabilities"`` (every file exported since
+the softmax moved into the graph) or ``"logits"`` (files that do not say: older exports).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ SPEC_KEY = "floraedge.spec"
 LABELS_KEY = "floraedge.labels"
 INFO_KEY = "floraedge.info"
 EMBEDDED_JSON = "floraedge.json"  # inside a .tflite's zip: {"spec": ..., "info": ...}
+PROBABILITIES, LOGITS = "probabilities", "logits"  # the values of info["output"]
 
 
 class MetadataError(FloraEdgeError):
@@ -30,7 +33,12 @@ class MetadataError(FloraEdgeError):
 class ModelInfo:
     spec: PreprocessSpec
     labels: tuple[str, ...]
-    info: dict = field(default_factory=dict)  # exporter, precision, source checkpoint, ...
+    info: dict = field(default_factory=dict)  # exporter, precision, output, source checkpoint, ...
+
+    @property
+    def output(self) -> str:
+        """``"probabilities"`` where the file says its output is, else ``"logits"``."""
+        return self.info.get("output", LOGITS)
 
 
 def parse_labels(text: str) -> tuple[str, ...]:
@@ -79,6 +87,11 @@ def require_info(path: Path, embedded: ModelInfo | None, num_outputs: int) -> Mo
             f"{path} carries no preprocessing spec (ONNX metadata '{SPEC_KEY}' or a .tflite's {EMBEDDED_JSON}) "
             f"and has no sidecar {path.name}.json or spec.json; export it with `floraedge export` "
             "or put a spec.json beside it"
+        )
+    if info.output not in (PROBABILITIES, LOGITS):
+        raise MetadataError(
+            f"{path}: its metadata says the output is {info.output!r}; FloraEdge reads {PROBABILITIES!r} or "
+            f"{LOGITS!r} (re-export it with `floraedge export`)"
         )
     if not info.labels:
         info = ModelInfo(info.spec, tuple(f"class_{i}" for i in range(num_outputs)), info.info)

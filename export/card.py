@@ -72,6 +72,8 @@ def markdown(card: dict, torch_accuracy: float) -> str:
         ),
         f"- calibration: {json.dumps({k: val for k, val in (card['calibration'] or {}).items() if k != 'image_ids'})}",
         "- normalization lives in the runtime: `(pixel/255 - mean) / std` from the embedded spec, then the model",
+        '- every file outputs float32 softmax probabilities (`"output": "probabilities"` in its metadata); '
+        "the int8 files quantize inside and keep float32 input, logits and softmax",
         "",
         "| file | precision | size (MB) | top-1 | drop (points) | agreement | gate |",
         "|---|---|---|---|---|---|---|",

@@ -1,6 +1,7 @@
 """The converters behind the format table: PyTorch -> ONNX / TFLite, and their quantized variants.
 
-Base files (fp32, no metadata) are made once per format; every precision derives from them.
+Base files (fp32, no metadata) are made once per format; every precision derives from them. Every
+file ends in a float32 softmax: its output is probabilities (see ``WithSoftmax``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,25 @@ import torch
 ONNX_OPSET = 17
 
 
+class WithSoftmax(torch.nn.Module):
+    """The classifier followed by a softmax, the graph every file is exported from.
+
+    Mobile loaders (MediaPipe's ImageClassifier, the TFLite Task Library) report a file's output as
+    its scores, so a score threshold only means something on probabilities. The quantized files keep
+    the softmax (and the logits before it) in float32, after the int8 part of the graph.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x), dim=-1)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExportContext:
-    model: torch.nn.Module
+    model: torch.nn.Module  # a WithSoftmax
     sample: torch.Tensor  # one NCHW input
     calibration: np.ndarray | None  # NCHW float32 batch
     calib_method: str = "minmax"
@@ -41,8 +58,8 @@ def export_onnx_base(ctx: ExportContext, dest: Path) -> None:
             dynamo=False,
             opset_version=ONNX_OPSET,
             input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            output_names=["probabilities"],
+            dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}},
         )
 
 
@@ -98,6 +115,9 @@ def onnx_int8(base: Path, dest: Path, ctx: ExportContext) -> None:
             activation_type=getattr(QuantType, preset["activation_type"]),
             weight_type=getattr(QuantType, preset["weight_type"]),
             calibrate_method=method,
+            # the classifier's logits stay float (int8 weights and input, int32 accumulation): rounded onto
+            # an 8-bit grid, close top-2 classes would fall on one step before the float softmax
+            extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"]},
         )
     finally:
         prepped.unlink(missing_ok=True)
@@ -150,10 +170,30 @@ def tflite_dynamic_int8(base: Path, dest: Path, ctx: ExportContext) -> None:
     _quantize_tflite(base, dest, recipe.dynamic_wi8_afp32(), None, ctx.nhwc)
 
 
-def tflite_int8(base: Path, dest: Path, ctx: ExportContext) -> None:
-    from ai_edge_quantizer import recipe
+def int8_float_edges_recipe():
+    """ai-edge-quantizer's ``static_wi8_ai8`` (int8 weights and activations, int8 kernels) with float32 edges.
 
-    _quantize_tflite(base, dest, recipe.static_wi8_ai8(), ctx.calibration, ctx.nhwc)
+    The INPUT and OUTPUT pseudo-ops are left unquantized, so the graph starts with a QUANTIZE and ends
+    in float32: MediaPipe's ImageClassifier refuses int8 input, and takes float32 input normalized
+    by the metadata's NormalizationOptions, exactly as the runtime feeds every other file. The
+    classifier's FULLY_CONNECTED keeps int8 weights but computes in float (weight-only), so the logits
+    are not rounded onto an int8 grid, and the SOFTMAX runs in float32.
+    """
+    from ai_edge_quantizer import algorithm_manager, qtyping, recipe_manager
+
+    ops = qtyping.TFLOperationName
+    manager = recipe_manager.RecipeManager()
+    manager.add_static_config(regex=".*", operation_name=ops.ALL_SUPPORTED, activation_num_bits=8, weight_num_bits=8)
+    for op in (ops.INPUT, ops.OUTPUT, ops.SOFTMAX):
+        manager.add_quantization_config(
+            regex=".*", operation_name=op, algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE
+        )
+    manager.add_weight_only_config(regex=".*", operation_name=ops.FULLY_CONNECTED, num_bits=8)
+    return manager.get_quantization_recipe()
+
+
+def tflite_int8(base: Path, dest: Path, ctx: ExportContext) -> None:
+    _quantize_tflite(base, dest, int8_float_edges_recipe(), ctx.calibration, ctx.nhwc)
 
 
 def copy_base(base: Path, dest: Path, ctx: ExportContext) -> None:
@@ -194,5 +234,6 @@ def embed_tflite_metadata(path: Path, out: Path, *, labels: list[str], spec, inf
         std=tuple(s * 255 for s in spec.std),
         name=f"FloraEdge {info.get('arch', '')} {info.get('precision', '')}".strip(),
         description="Oxford-102 flower classifier exported by FloraEdge",
+        output_description=f"Softmax probabilities of the {len(labels)} classes.",
         extra_files=extra,
     )

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from edge_runtime.errors import FloraEdgeError
-from edge_runtime.metadata import INFO_KEY, LABELS_KEY, SPEC_KEY
+from edge_runtime.metadata import INFO_KEY, LABELS_KEY, PROBABILITIES, SPEC_KEY
 from edge_runtime.spec import PreprocessSpec
 from export.calibration import calibration_set, verification_set
 from export.card import tool_versions, write_cards
@@ -26,6 +26,7 @@ from export.converters import (
     DERIVE,
     ONNX_OPSET,
     ExportContext,
+    WithSoftmax,
     embed_onnx_metadata,
     embed_tflite_metadata,
 )
@@ -66,7 +67,7 @@ def file_info(row: Format, bundle: dict, config: ExportConfig, calib_info: dict 
         "arch": bundle["arch"],
         "format": row.format,
         "precision": row.precision,
-        "output": "logits",
+        "output": PROBABILITIES,  # the runtime applies no second softmax
         "normalization": "in the runtime: (pixel/255 - mean) / std per the spec, before the model",
         "source_checkpoint": str(Path(config.checkpoint).resolve()),
         "epoch": bundle["epoch"],
@@ -151,7 +152,7 @@ def export_all(config: ExportConfig) -> list[dict]:
     if verify_info["seen_in_training"]:
         print(
             f"note: the checkpoint was trained on the {config.verify_split!r} split; the gate's agreement and "
-            f"logit checks hold, but its accuracies are optimistic (use an unseen split with --verify-split)"
+            f"probability checks hold, but its accuracies are optimistic (use an unseen split with --verify-split)"
         )
     ref = reference(model, batch, targets)
     calib, calib_info = None, None
@@ -160,7 +161,7 @@ def export_all(config: ExportConfig) -> list[dict]:
             data, spec, n=config.calib_n, minimum=config.calib_min, seed=config.calib_seed
         )
     ctx = ExportContext(
-        model=model,
+        model=WithSoftmax(model).eval(),
         sample=torch.from_numpy(batch[:1]),
         calibration=calib,
         calib_method=config.calib_method,

@@ -189,6 +189,7 @@ def build_metadata(
     input_dtype: str,
     input_size: tuple[int, int],
     num_classes: int,
+    output_description: str = "",
 ) -> bytes:
     """The ``ModelMetadata`` flatbuffer of a one-input, one-output image classifier."""
     if input_dtype in _INTEGER_RANGES:  # stats describe the tensor's values: the raw quantized range
@@ -214,7 +215,7 @@ def build_metadata(
     probability = _tensor_metadata(
         b,
         OUTPUT_NAME,
-        f"Scores of the {num_classes} classes.",
+        output_description or f"Scores of the {num_classes} classes.",
         _content(b, CONTENT_FEATURE_PROPERTIES, _feature_properties(b)),
         associated_files=[labels],
     )
@@ -352,12 +353,15 @@ def add_metadata(
     description: str,
     extra_files: dict[str, bytes] | None = None,
     version: str = "",
+    output_description: str = "",
 ) -> Path:
     """Write ``model_path`` with standard image-classifier metadata to ``out_path``.
 
     ``mean``/``std`` are in 0..255 pixel units, as mobile loaders apply them: ``(x - mean) / std``
     on 0..255 RGB input (EfficientNet-Lite: 127.5 and 127.5). ``labels`` name the output indices
-    and become ``labels.txt``; ``extra_files`` are added to the same stored zip. The model needs
+    and become ``labels.txt``; ``extra_files`` are added to the same stored zip. ``output_description``
+    says what the scores are (loaders report them as given; a softmax in the graph makes them
+    probabilities). The model needs
     one NHWC RGB input and one output of ``len(labels)`` classes. Any TFLITE_METADATA already in
     the model is replaced; the graph and weights are unchanged. Returns ``out_path``.
     """
@@ -396,6 +400,7 @@ def add_metadata(
         input_dtype=_TFLITE_DTYPES[image.type],
         input_size=(shape[1], shape[2]),
         num_classes=len(labels),
+        output_description=output_description,
     )
     _set_metadata_buffer(model, metadata)
     _write_atomic(out_path, _with_zip(_pack(model, len(raw)), files))

@@ -1,8 +1,13 @@
-"""The verification gate: every exported file, run by its own runtime, against the PyTorch model."""
+"""The verification gate: every exported file, run by its own runtime, against the PyTorch model.
+
+Every file outputs softmax probabilities, so the gate compares probabilities: the file's output
+against the softmax of PyTorch's logits, computed by the same float32 op as in the exported graph.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +15,10 @@ import numpy as np
 from edge_runtime.backends import load
 from export.formats import Format
 
-LOGIT_RTOL = 1e-5  # fp32 gate: |diff| <= logit_atol + LOGIT_RTOL * max |PyTorch logit|
+# fp32 gate: |p - p_torch| <= prob_atol + LOGIT_RTOL / 2 * max |PyTorch logit|. The softmax moves no
+# probability by more than half the largest change of a logit, so this is the former logit gate
+# (|dz| <= 2 * prob_atol + LOGIT_RTOL * max |z|) as far as probabilities can show it.
+LOGIT_RTOL = 1e-5
 
 
 @dataclass(frozen=True)
@@ -20,6 +28,12 @@ class Reference:
     batch: np.ndarray  # NCHW float32, preprocessed
     targets: np.ndarray
     logits: np.ndarray
+
+    @cached_property
+    def probabilities(self) -> np.ndarray:
+        import torch  # the op of the exported graph (export.converters.WithSoftmax)
+
+        return torch.softmax(torch.from_numpy(self.logits), dim=-1).numpy()
 
     @property
     def accuracy(self) -> float:
@@ -33,26 +47,32 @@ def run_file(path: Path, row: Format, batch: np.ndarray, threads: int | None = N
     return np.concatenate([backend.predict(np.ascontiguousarray(batch[i : i + 32])) for i in range(0, len(batch), 32)])
 
 
+def fp32_limit(row: Format, ref: Reference) -> float:
+    """float32 rounding grows with the logits' magnitude (an untrained net's can be in the hundreds)."""
+    return row.prob_atol + LOGIT_RTOL / 2 * float(np.abs(ref.logits).max())
+
+
 def verify(path: Path, row: Format, ref: Reference, *, max_drop: float) -> dict:
-    """Metrics and the verdict: fp32 rows within ``row.logit_atol`` and 100% top-1 agreement; the others
+    """Metrics and the verdict: fp32 rows within ``fp32_limit`` and 100% top-1 agreement; the others
     within ``max_drop`` accuracy points of PyTorch."""
-    logits = run_file(path, row, ref.batch)
-    agreement = float((logits.argmax(1) == ref.logits.argmax(1)).mean())
-    accuracy = float((logits.argmax(1) == ref.targets).mean())
+    probabilities = run_file(path, row, ref.batch)
+    agreement = float((probabilities.argmax(1) == ref.logits.argmax(1)).mean())
+    accuracy = float((probabilities.argmax(1) == ref.targets).mean())
     drop = (ref.accuracy - accuracy) * 100
     result = {
-        "max_abs_logit_diff": float(np.abs(logits - ref.logits).max()),
+        "max_abs_prob_diff": float(np.abs(probabilities - ref.probabilities).max()),
         "top1_agreement": agreement,
         "accuracy": accuracy,
         "torch_accuracy": ref.accuracy,
         "accuracy_drop_points": drop,
         "n": len(ref.targets),
     }
-    if row.logit_atol is not None:
-        # float32 rounding grows with the logits' magnitude (an untrained net's can be in the hundreds)
-        limit = row.logit_atol + LOGIT_RTOL * float(np.abs(ref.logits).max())
-        passed = result["max_abs_logit_diff"] <= limit and agreement == 1.0
-        why = f"max abs logit diff {result['max_abs_logit_diff']:.2e} (limit {limit:.2g}), agreement {agreement:.2%}"
+    if row.prob_atol is not None:
+        limit = fp32_limit(row, ref)
+        passed = result["max_abs_prob_diff"] <= limit and agreement == 1.0
+        why = (
+            f"max abs probability diff {result['max_abs_prob_diff']:.2e} (limit {limit:.2g}), agreement {agreement:.2%}"
+        )
     else:
         passed = drop <= max_drop
         why = f"accuracy drop {drop:.2f} points (limit {max_drop:g}), agreement {agreement:.2%}"

@@ -126,10 +126,12 @@ from mediapipe.tasks.python import vision
 from mediapipe.tasks.python.core.base_options import BaseOptions
 
 options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=sys.argv[1]), max_results=3)
+results = []
 with vision.ImageClassifier.create_from_options(options) as classifier:
-    head = classifier.classify(mp.Image.create_from_file(sys.argv[2])).classifications[0]
-print(json.dumps({"version": mp.__version__, "head": head.head_name,
-                  "categories": [[c.index, c.category_name, c.score] for c in head.categories]}))
+    for image in sys.argv[2:]:
+        head = classifier.classify(mp.Image.create_from_file(image)).classifications[0]
+        results.append([[c.index, c.category_name, c.score] for c in head.categories])
+print(json.dumps({"version": mp.__version__, "head": head.head_name, "results": results}))
 """
 
 
@@ -153,12 +155,15 @@ def mediapipe_python() -> Path:
     return python
 
 
-def run_mediapipe(model: Path, image: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+def run_mediapipe(model: Path, images: Path | list[Path], tmp_path: Path) -> subprocess.CompletedProcess:
+    """MediaPipe's ImageClassifier on ``images`` in one process; stdout's last line is JSON with
+    ``results``: per image, the top-3 ``[index, name, score]``."""
     script = tmp_path / "mediapipe_classify.py"
     script.write_text(MEDIAPIPE_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    images = [images] if isinstance(images, Path) else images
     return subprocess.run(
-        [str(mediapipe_python()), str(script), str(model), str(image)],
+        [str(mediapipe_python()), str(script), str(model), *map(str, images)],
         capture_output=True,
         text=True,
         env=env,
@@ -166,9 +171,17 @@ def run_mediapipe(model: Path, image: Path, tmp_path: Path) -> subprocess.Comple
     )
 
 
+def square_png(image: np.ndarray, size: int, path: Path) -> Path:
+    """``image`` centre-cropped and resized to exactly ``size`` x ``size``, as PNG: MediaPipe stretches
+    the whole image to the input size while the runtime crops, so feed both the same pixels."""
+    square = center_crop(resize_shorter_side(image, size), size)
+    assert square.shape == (size, size, 3)
+    cv2.imwrite(str(path), square)
+    return path
+
+
 def square_photo(path: Path, size: int) -> Path:
-    """A real flower photo, centre-cropped and resized to exactly size x size, as PNG: MediaPipe
-    stretches the whole image to the input size while the runtime crops, so feed both the same pixels."""
+    """A real flower photo (a synthetic picture where the dataset is absent) as a ``square_png``."""
     jpgs = sorted((REAL_DATA / "jpg").glob("*.jpg"))[:1]
     if jpgs:
         image = read_image_bgr(jpgs[0])
@@ -176,7 +189,4 @@ def square_photo(path: Path, size: int) -> Path:
         yy, xx = np.mgrid[0:240, 0:320].astype(np.float32)
         image = np.stack([xx / 320 * 255, yy / 240 * 255, (xx + yy) / 560 * 255], axis=-1).astype(np.uint8)
         cv2.circle(image, (160, 120), 60, (40, 200, 230), -1)
-    square = center_crop(resize_shorter_side(image, size), size)
-    assert square.shape == (size, size, 3)
-    cv2.imwrite(str(path), square)
-    return path
+    return square_png(image, size, path)

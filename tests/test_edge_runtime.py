@@ -112,6 +112,26 @@ def test_classifier_top_k_is_sorted_probabilities(model, photo):
     assert prediction.top[0][1] == f"flower {prediction.top[0][0]}"
 
 
+@pytest.mark.parametrize("output", [None, "logits", "probabilities"])
+def test_scores_are_the_files_probabilities_or_the_softmax_of_its_logits(tmp_path, photo, output):
+    """Exported files end in a softmax and say so; files that do not say (older exports) give logits."""
+    path = tiny_onnx(tmp_path / "m.onnx", output=output)
+    backend = load(path)
+    raw = backend.predict(preprocess(read_image_bgr(photo), backend.info.spec))[0]
+    probabilities = Classifier(backend)(read_image_bgr(photo)).probabilities
+    if output == "probabilities":
+        assert raw.sum() == pytest.approx(1.0, abs=1e-5)
+        np.testing.assert_array_equal(probabilities, raw)  # not squashed a second time
+    else:
+        assert abs(raw.sum() - 1.0) > 0.01
+        np.testing.assert_allclose(probabilities, softmax(raw), rtol=1e-6)
+
+
+def test_an_unknown_output_declaration_is_refused(tmp_path):
+    with pytest.raises(MetadataError, match="output is 'scores'.*'probabilities' or 'logits'"):
+        load(tiny_onnx(tmp_path / "m.onnx", output="scores"))
+
+
 def test_model_without_spec_is_refused_and_sidecar_is_accepted(tmp_path):
     bare = tiny_onnx(tmp_path / "bare.onnx", embed=False)
     with pytest.raises(MetadataError, match="carries no preprocessing spec"):

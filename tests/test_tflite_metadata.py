@@ -52,20 +52,28 @@ def _calibration_images(n: int) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    """A float32 model (NHWC input) and a full-integer one from ai-edge-quantizer's static recipe."""
+    """A float32 model (NHWC input), a full-integer one from ai-edge-quantizer's static recipe (int8 input
+    and output) and one from the export's recipe (int8 inside, float32 input and output)."""
     import litert_torch
     from ai_edge_quantizer import quantizer, recipe
 
+    from export.converters import int8_float_edges_recipe
+
     root = tmp_path_factory.mktemp("tflite")
-    fp32, int8 = root / "tiny_fp32.tflite", root / "tiny_int8.tflite"
+    fp32 = root / "tiny_fp32.tflite"
     model = litert_torch.to_channel_last_io(Tiny().eval(), args=[0])
     litert_torch.convert(model, (torch.zeros(1, SIZE, SIZE, 3),)).export(str(fp32))
-    qt = quantizer.Quantizer(str(fp32))
-    qt.load_quantization_recipe(recipe.static_wi8_ai8())
-    input_name = _signature_input(fp32)
-    calibration = qt.calibrate({"serving_default": [{input_name: x} for x in _calibration_images(8)]}, num_threads=1)
-    qt.quantize(calibration, enable_progress_report=False).export_model(str(int8), overwrite=True)
-    return {"fp32": fp32, "int8": int8}
+    models = {"fp32": fp32}
+    for kind, quantization in (("int8", recipe.static_wi8_ai8()), ("int8-float-edges", int8_float_edges_recipe())):
+        qt = quantizer.Quantizer(str(fp32))
+        qt.load_quantization_recipe(quantization)
+        input_name = _signature_input(fp32)
+        calibration = qt.calibrate(
+            {"serving_default": [{input_name: x} for x in _calibration_images(8)]}, num_threads=1
+        )
+        models[kind] = root / f"tiny_{kind}.tflite"
+        qt.quantize(calibration, enable_progress_report=False).export_model(str(models[kind]), overwrite=True)
+    return models
 
 
 def _signature_input(path: Path) -> str:
@@ -111,10 +119,10 @@ def _external_buffers(path: Path) -> int:
     return sum(model.Buffers(i).Offset() > 1 for i in range(model.BuffersLength()))
 
 
-@pytest.mark.parametrize("kind", ["fp32", "int8"])
+@pytest.mark.parametrize("kind", ["fp32", "int8", "int8-float-edges"])
 def test_metadata_leaves_the_model_unchanged(models, tmp_path, kind):
     source = models[kind]
-    if kind == "int8":  # the case that breaks a naive repack: weights stored after the flatbuffer
+    if kind.startswith("int8"):  # the case that breaks a naive repack: weights stored after the flatbuffer
         assert _external_buffers(source) > 0
     out = _add(source, tmp_path / "with_metadata.tflite")
     assert _external_buffers(out) == 0  # pulled back inline
@@ -122,7 +130,7 @@ def test_metadata_leaves_the_model_unchanged(models, tmp_path, kind):
     np.testing.assert_array_equal(_run(out, inputs), _run(source, inputs))
 
 
-@pytest.mark.parametrize("kind", ["fp32", "int8"])
+@pytest.mark.parametrize("kind", ["fp32", "int8", "int8-float-edges"])
 def test_metadata_reads_back(models, tmp_path, kind):
     out = _add(models[kind], tmp_path / "m.tflite", extra_files={"floraedge.json": b"{}"})
     meta = read_metadata(out)
@@ -130,7 +138,7 @@ def test_metadata_reads_back(models, tmp_path, kind):
     assert meta["min_parser_version"] == "1.0.0"
     assert meta["input"]["name"] == "image" and meta["input"]["color_space"] == "RGB"
     assert meta["input"]["mean"] == MEAN and meta["input"]["std"] == STD
-    expected_range = ((-1.0,) * 3, (1.0,) * 3) if kind == "fp32" else ((-128.0,) * 3, (127.0,) * 3)
+    expected_range = ((-128.0,) * 3, (127.0,) * 3) if kind == "int8" else ((-1.0,) * 3, (1.0,) * 3)
     assert (meta["input"]["min"], meta["input"]["max"]) == expected_range
     assert meta["output"]["name"] == "probability" and meta["output"]["label_file"] == LABELS_FILE
     assert meta["labels"] == LABELS
@@ -208,8 +216,29 @@ def test_mediapipe_reads_normalization_and_labels(models, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["version"] == MEDIAPIPE_VERSION and result["head"] == "probability"
-    categories = result["categories"]
+    categories = result["results"][0]
     assert [c[0] for c in categories] == order[:3].tolist()
     assert categories[0][1] == LABELS[order[0]]  # MediaPipe's top-1 name is ours
     assert all(name == LABELS[index] for index, name, _ in categories)
     np.testing.assert_allclose([c[2] for c in categories], ours[order[:3]], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_mediapipe_runs_the_int8_file_with_float_edges(models, tmp_path):
+    """int8 inside, float32 input and probabilities: MediaPipe loads it (it refuses int8 input) and its
+    top-3 and scores are ours."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(models["int8-float-edges"]))
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32
+    assert any(t["dtype"] == np.int8 for t in interpreter.get_tensor_details())
+    image = square_photo(tmp_path / "flower.png", SIZE)
+    out = _add(models["int8-float-edges"], tmp_path / "tiny_int8_with_metadata.tflite")
+    ours = _run(out, [preprocess(read_image_bgr(image), SPEC)])[0]
+    done = run_mediapipe(out, image, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    categories = json.loads(done.stdout.strip().splitlines()[-1])["results"][0]
+    order = np.argsort(-ours)
+    assert [c[0] for c in categories] == order[:3].tolist() and categories[0][1] == LABELS[order[0]]
+    np.testing.assert_allclose([c[2] for c in categories], ours[order[:3]], atol=1e-3)
+    assert ours.sum() == pytest.approx(1.0, abs=1e-5)  # float32 probabilities, not int8 steps

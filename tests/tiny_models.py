@@ -21,8 +21,10 @@ def tiny_onnx(
     labels=None,
     embed: bool = True,
     seed: int = 0,
+    output: str | None = None,
 ) -> Path:
-    """Conv 3x3 -> ReLU -> global average pool -> linear; dynamic batch; metadata embedded if ``embed``."""
+    """Conv 3x3 -> ReLU -> global average pool -> linear (-> softmax where ``output`` is "probabilities");
+    dynamic batch; metadata embedded if ``embed``, with ``output`` declared in its info when given."""
     rng = np.random.default_rng(seed)
     spec = spec or PreprocessSpec(crop_size=32, resize_size=36)
     inits = [
@@ -36,8 +38,10 @@ def tiny_onnx(
         helper.make_node("Relu", ["c"], ["r"]),
         helper.make_node("GlobalAveragePool", ["r"], ["g"]),
         helper.make_node("Flatten", ["g"], ["f"]),
-        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], transB=1),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits" if output != "probabilities" else "z"], transB=1),
     ]
+    if output == "probabilities":
+        nodes.append(helper.make_node("Softmax", ["z"], ["logits"], axis=-1))
     s = spec.crop_size
     graph = helper.make_graph(
         nodes,
@@ -53,7 +57,7 @@ def tiny_onnx(
         for key, value in (
             (SPEC_KEY, spec.to_json()),
             (LABELS_KEY, json.dumps(labels)),
-            (INFO_KEY, json.dumps({"precision": "fp32"})),
+            (INFO_KEY, json.dumps({"precision": "fp32"} | ({"output": output} if output else {}))),
         ):
             model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
