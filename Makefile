@@ -35,7 +35,7 @@ browser:
 # The runtime's own tests with only `.[edge]` installed: proves it needs no torch and runs on 3.10.
 $(EDGE_STAMP): pyproject.toml
 	test -x $(EDGE_VENV)/bin/python || $(EDGE_PYTHON) -m venv $(EDGE_VENV)
-	$(EDGE_VENV)/bin/python -m pip install --quiet ".[edge,serve]" pytest onnx httpx selenium
+	$(EDGE_VENV)/bin/python -m pip install --quiet ".[edge,serve]" pytest onnx httpx selenium hypothesis
 	touch $(EDGE_STAMP)
 
 test-edge: $(EDGE_STAMP) browser

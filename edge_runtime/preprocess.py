@@ -32,15 +32,23 @@ def read_image_bgr(path: str | Path, limits: ImageLimits = DEFAULT_LIMITS) -> np
         raise ImageReadError(f"{path}: no such image file, or it is empty")
     if path.stat().st_size > limits.max_bytes:
         raise ImageReadError(f"{path}: {path.stat().st_size:,} bytes, over the {limits.max_bytes:,}-byte limit")
-    data = np.fromfile(str(path), dtype=np.uint8)
     try:
+        data = np.fromfile(str(path), dtype=np.uint8)
         admit(data.data, limits)
-    except ImageRejected as exc:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except (OSError, cv2.error, ImageRejected) as exc:
         raise ImageReadError(f"{path}: {exc}") from exc
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
         raise ImageReadError(f"{path}: not a decodable image (corrupt or unsupported format)")
     return image
+
+
+def read_image_or_none(path: str | Path) -> np.ndarray | None:
+    """``read_image_bgr``, or None for a file that is refused or cannot be decoded (a frame to skip)."""
+    try:
+        return read_image_bgr(path)
+    except ImageReadError:
+        return None
 
 
 def resize_shorter_side(image: np.ndarray, size: int, interpolation: str = "bilinear") -> np.ndarray:

@@ -7,6 +7,7 @@ when complete, so a crash or a refused input never leaves a dataset that looks f
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -19,10 +20,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+import simplejpeg
+from PIL import Image
 from tqdm import tqdm
 
 from edge_runtime import __version__
+from edge_runtime.admission import admit
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.preprocess import resize_shorter_side
 from edge_runtime.spec import IMAGENET_SPEC
@@ -43,6 +46,16 @@ from prepare.splits import stratified_split
 from prepare.synthetic import is_synthetic
 
 CACHE_JPEG_QUALITY = 95
+# EXIF orientation -> the transpose that shows the photo upright (Pillow's ImageOps.exif_transpose table)
+EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class OutputExistsError(FloraEdgeError):
@@ -81,15 +94,26 @@ def _place_file(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
+def decode_strict(data: bytes) -> np.ndarray:
+    """The upright RGB pixels of a release JPEG, refusing what libjpeg only warns about.
+
+    Its size is admitted from the header first. A strict decode turns libjpeg's "corrupt data"
+    warnings (garbage bytes in the middle of a file, a truncated scan) into errors: Pillow and
+    OpenCV decode such files into corrupt pixels without a word."""
+    admit(data)
+    rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    with Image.open(io.BytesIO(data)) as im:
+        method = EXIF_TRANSPOSE.get(im.getexif().get(0x0112))  # the Orientation tag, read from the header
+    return rgb if method is None else np.asarray(Image.fromarray(rgb).transpose(method))
+
+
 def process_image(task: tuple[int, Path, Path, Path, int]) -> ImageResult:
     """Check one JPEG fully decodes, hash it, place the original and write its resized cache copy."""
     image_id, src, dst, cache_dst, cache_size = task
     try:
         data = src.read_bytes()
-        with Image.open(src) as im:
-            im.load()  # raises on truncated or corrupt data, unlike a header-only check
-            rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    except Exception as exc:  # PIL raises many types for bad files; each is reported by name
+        rgb = decode_strict(data)
+    except Exception as exc:  # decoders raise many types for bad files; each is reported by name
         return ImageResult(image_id, error=f"{type(exc).__name__}: {exc}")
     if src != dst:
         _place_file(src, dst)

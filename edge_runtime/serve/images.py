@@ -17,7 +17,10 @@ def decode_upload(data: bytes, *, max_pixels: int) -> np.ndarray:
     if not data:
         raise BadImage("empty body: send a JPEG or PNG (multipart field 'file', or the raw bytes)")
     admit(data, dataclasses.replace(DEFAULT_LIMITS, max_pixels=max_pixels))
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
     if image is None:
         raise BadImage("not a decodable image (corrupt, or a JPEG, PNG, WebP or BMP was expected)", 415)
     if image.shape[0] * image.shape[1] > max_pixels:  # a decoder that disagrees with its header
