@@ -27,6 +27,7 @@ from tqdm import tqdm
 from edge_runtime import __version__
 from edge_runtime.admission import admit
 from edge_runtime.errors import FloraEdgeError
+from edge_runtime.outdir import OutputError, check_output, shareable, write_marker
 from edge_runtime.preprocess import resize_shorter_side
 from edge_runtime.spec import IMAGENET_SPEC
 from prepare.categories import NUM_CLASSES, class_names, folder_name
@@ -58,8 +59,8 @@ EXIF_TRANSPOSE = {
 }
 
 
-class OutputExistsError(FloraEdgeError):
-    """The output directory exists and ``--overwrite`` was not given."""
+OutputExistsError = OutputError  # the output exists and may not be replaced (the old name)
+DATASET = "prepare"  # the marker kind of a prepared dataset: only such a folder is replaced by --overwrite
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,11 +180,6 @@ def find_duplicates(rows: list[dict]) -> list[list[str]]:
     return sorted(paths for paths in by_hash.values() if len(paths) > 1)
 
 
-def check_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} already exists; choose another --out or pass --overwrite to replace it")
-
-
 def plan_tasks(images_dir: Path, work: Path, splits: dict[str, np.ndarray], cache_size: int):
     """Per split, the ids whose file is missing; and one worker task per present image."""
     missing, tasks = {}, []
@@ -275,12 +271,13 @@ def prepare_dataset(config: PrepareConfig) -> dict:
     """Label, split, validate and cache a raw release into ``config.out``; returns the summary."""
     if not 32 <= config.cache_size <= 4096:
         raise FloraEdgeError(f"--cache-size {config.cache_size} must be between 32 and 4096 pixels")
-    check_output(config.out, config.overwrite)
     if not config.source.is_dir():
         raise ReleaseError(f"--source {config.source} is not a directory; point it at the release folder")
+    check_output(config.out, DATASET, overwrite=config.overwrite, inputs=[config.source])
     start = time.perf_counter()
     config.out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{config.out.name}.tmp-", dir=config.out.parent))
+    shareable(work)
     try:
         labels = load_labels(config.source / LABELS_MAT)
         images_dir = locate_images(config.source, work)
@@ -307,6 +304,7 @@ def prepare_dataset(config: PrepareConfig) -> dict:
         )
         summary["image_folder"] = link_image_folder(work, rows)
         write_outputs(work, config, rows, summary, missing)
+        write_marker(work, DATASET)
         publish(work, config.out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

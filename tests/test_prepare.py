@@ -214,9 +214,13 @@ def test_existing_output_is_refused_without_overwrite(mini_release, tmp_path):
     with pytest.raises(OutputExistsError, match="--overwrite"):
         prepare(mini_release, out)
     assert (out / "keep.txt").read_text() == "mine"
+    with pytest.raises(OutputExistsError, match="not a folder written by `floraedge prepare`"):
+        prepare(mini_release, out, overwrite=True)  # --overwrite replaces only a dataset prepare wrote
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    prepare(mini_release, out)  # an empty folder is fine
     prepare(mini_release, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "manifest.csv").is_file()
-    assert leftovers(tmp_path) == []
+    assert (out / "manifest.csv").is_file() and leftovers(tmp_path) == []
 
 
 def test_parallel_workers_give_the_same_manifest(mini_release, tmp_path):

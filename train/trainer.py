@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from edge_runtime.errors import FloraEdgeError
+from edge_runtime.outdir import OutputError, check_output, write_marker
 from prepare.categories import class_names
 from train import distributed as dist
 from train.checkpoint import load_bundle, make_bundle, save_atomic
@@ -134,18 +135,30 @@ def set_epoch_mode(model: nn.Module, config: TrainConfig, *, backbone_trainable:
     set_train_mode(model, freeze_bn=config.freeze_bn)
 
 
-def prepare_run_dir(config: TrainConfig) -> Path:
+RUN = "train"  # the marker kind of a run directory
+
+
+def check_run_dir(config: TrainConfig) -> bool:
+    """Refuse a run directory that exists (without --resume or --overwrite) or overlaps an input; True: replace it."""
     out = Path(config.out)
-    if out.exists() and any(out.iterdir()) and not config.resume:
-        if not config.overwrite:
-            raise FloraEdgeError(
-                f"run directory {out} exists; pass --resume to continue it or --overwrite to replace it"
-            )
-        if dist.is_main():
+    weights = config.weights if Path(config.weights).is_file() else None
+    if config.resume:  # continues the run in place (runs from before the marker existed included)
+        if not (out / "last.pt").is_file():
+            raise FloraEdgeError(f"--resume: {out}/last.pt does not exist; start a new run without --resume")
+        return False
+    try:
+        return check_output(out, RUN, overwrite=config.overwrite, inputs=[config.data, weights])
+    except OutputError as exc:
+        raise OutputError(f"{exc} (or --resume to continue a run)") from exc
+
+
+def make_run_dir(config: TrainConfig, replace: bool) -> Path:
+    out = Path(config.out)
+    if dist.is_main():
+        if replace:
             shutil.rmtree(out)
-    if config.resume and not (out / "last.pt").is_file():
-        raise FloraEdgeError(f"--resume: {out}/last.pt does not exist; start a new run without --resume")
-    out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        write_marker(out, RUN)
     return out
 
 
@@ -285,10 +298,11 @@ def start_run(config: TrainConfig) -> Run:
     device = dist.setup(pick_device(config.device))
     if config.threads:
         torch.set_num_threads(config.threads)
-    out = prepare_run_dir(config)
-    dist.barrier()
+    replace = check_run_dir(config)
     spec = model_spec(config)
-    train_set, val_set = make_loaders(config, spec)
+    train_set, val_set = make_loaders(config, spec)  # bad --data fails here, before any folder is made
+    out = make_run_dir(config, replace)
+    dist.barrier()
     torch.manual_seed(config.seed)  # the new head's initial weights
     model = build_model(config.arch, len(class_names()), config.weights).to(device)
     if uses_channels_last(device):
