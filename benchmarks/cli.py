@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edge_runtime.cli import number
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -26,11 +28,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=(1, 2, 4),
         help="thread counts, capped at the cores present (default: 1,2,4)",
     )
-    p.add_argument("--limit", type=int, default=None, help="at most this many evaluation images")
-    p.add_argument("--runs", type=int, default=50, help="timed runs per latency (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=10, help="(default: %(default)s)")
+    p.add_argument("--limit", type=number(low=1), default=None, help="at most this many evaluation images")
+    p.add_argument("--runs", type=number(low=1), default=50, help="timed runs per latency (default: %(default)s)")
+    p.add_argument("--warmup", type=number(low=0), default=10, help="(default: %(default)s)")
     p.add_argument(
-        "--loop-frames", type=int, default=120, help="frames of the camera-loop FPS clip (default: %(default)s)"
+        "--loop-frames", type=number(low=1), default=120, help="frames of the camera-loop FPS clip (default: %(default)s)"
     )
     p.set_defaults(func=run)
     return p

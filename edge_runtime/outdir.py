@@ -40,8 +40,10 @@ def check_output(out: Path, kind: str, *, overwrite: bool, inputs: Iterable[Path
     out = Path(out)
     for source in inputs:
         if source is not None and overlaps(out, Path(source)):
-            raise OutputError(f"--out {out} overlaps the input {source} (the same folder, or one inside the other); "
-                              "choose an --out outside your inputs")
+            raise OutputError(
+                f"--out {out} overlaps the input {source} (the same folder, or one inside the other); "
+                "choose an --out outside your inputs"
+            )
     if not out.exists() and not out.is_symlink():
         return False
     if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):

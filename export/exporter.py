@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metadata import INFO_KEY, LABELS_KEY, SPEC_KEY
 from edge_runtime.outdir import check_output, write_marker
 from edge_runtime.spec import PreprocessSpec

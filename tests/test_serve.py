@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from edge_runtime.serve.app import ServeConfig, create_app
 from edge_runtime.admission import ImageRejected, admit
+from edge_runtime.serve.app import ServeConfig, create_app
 from floraedge import main as cli_main
 from tests.tiny_models import tiny_onnx
 

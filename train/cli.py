@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from edge_runtime.cli import number
 from train.models import ARCH_NAMES, DEFAULT_ARCH
 
 
@@ -36,11 +37,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         help="'imagenet' (offline for efficientnet_lite*, downloaded for torchvision models), "
         "'none', or a local state_dict file (default: %(default)s)",
     )
-    p.add_argument("--epochs", type=int, default=30, help="(default: %(default)s)")
+    p.add_argument("--epochs", type=number(low=1), default=30, help="(default: %(default)s)")
     p.add_argument(
-        "--head-epochs", type=int, default=3, help="epochs that train only the new head first (default: %(default)s)"
+        "--head-epochs", type=number(low=0), default=3, help="epochs that train only the new head first (default: %(default)s)"
     )
-    p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=number(low=1), default=32, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=2e-3, help="head learning rate (default: %(default)s)")
     p.add_argument(
         "--backbone-lr-scale", type=float, default=0.1, help="backbone LR = lr x this (default: %(default)s)"
@@ -60,7 +61,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         action="store_false",
         help="also fine-tune the backbone's high-resolution early layers (default: frozen; ~2x slower on CPU)",
     )
-    p.add_argument("--img-size", type=int, default=None, help="input resolution (default: the backbone's own)")
+    p.add_argument("--img-size", type=number(low=16), default=None, help="input resolution (default: the backbone's own)")
     p.add_argument("--train-splits", default="train", help="comma-separated splits to train on (default: %(default)s)")
     p.add_argument("--val-split", default="val", help="split for best-by-validation (default: %(default)s)")
     p.add_argument(
@@ -76,11 +77,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         "the final report gives both either way)",
     )
     p.add_argument(
-        "--patience", type=int, default=10, help="early-stop after this many epochs without improvement; 0 = off"
+        "--patience", type=number(low=0), default=10, help="early-stop after this many epochs without improvement; 0 = off"
     )
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--workers", type=number(low=0), default=2, help="DataLoader worker processes (default: %(default)s)")
+    p.add_argument("--threads", type=number(low=1), default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
