@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -83,10 +84,14 @@ def open_classifier(args):
 
 
 def run_classify(args: argparse.Namespace) -> int:
+    from edge_runtime.errors import FloraEdgeError
     from edge_runtime.preprocess import ImageReadError, read_image_bgr
 
+    paths = list(iter_images(args.images))
+    if not paths:
+        raise FloraEdgeError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {' '.join(map(str, args.images))}")
     classifier, failures = open_classifier(args), 0
-    for path in iter_images(args.images):
+    for path in paths:
         try:
             prediction = classifier(read_image_bgr(path))
         except ImageReadError as exc:
@@ -132,18 +137,50 @@ def add_run_parser(subparsers) -> None:
     )
     p.add_argument("--max-frames", type=number(low=1), default=None, help="stop after this many classified frames")
     p.add_argument(
-        "--threshold", type=number(float, low=0, high=1), default=0.5, help="below this smoothed score say 'unsure' (default: %(default)s)"
+        "--threshold",
+        type=number(float, low=0, high=1),
+        default=0.5,
+        help="below this smoothed score say 'unsure' (default: %(default)s)",
     )
     p.add_argument("--smoothing", choices=SMOOTHING, default="ema", help="(default: %(default)s)")
-    p.add_argument("--alpha", type=number(float, low=0, high=1, low_open=True), default=0.3, help="EMA weight of the newest frame (default: %(default)s)")
-    p.add_argument("--window", type=number(low=1), default=5, help="frames averaged by --smoothing window (default: %(default)s)")
+    p.add_argument(
+        "--alpha",
+        type=number(float, low=0, high=1, low_open=True),
+        default=0.3,
+        help="EMA weight of the newest frame (default: %(default)s)",
+    )
+    p.add_argument(
+        "--window", type=number(low=1), default=5, help="frames averaged by --smoothing window (default: %(default)s)"
+    )
     p.add_argument("--width", type=number(low=1), default=None, help="ask the camera for this frame width")
     p.add_argument("--height", type=number(low=1), default=None, help="ask the camera for this frame height")
     p.set_defaults(func=run_live_command, top_k=3)
 
 
+def check_live_paths(args: argparse.Namespace) -> None:
+    """Refuse, before the model loads, a source folder without images and outputs that cannot be written."""
+    from edge_runtime.errors import FloraEdgeError
+
+    source = Path(args.source)
+    if source.is_dir() and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in source.iterdir()):
+        raise FloraEdgeError(f"--source {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    for flag, folder in (("--record", args.record and args.record.parent), ("--publish", args.publish)):
+        if folder is None:
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise FloraEdgeError(
+                f"{flag}: cannot write to {folder} ({exc.strerror}); choose a writable folder"
+            ) from exc
+
+
 def run_live_command(args: argparse.Namespace) -> int:
     from edge_runtime.live import LiveConfig, run_live
+
+    check_live_paths(args)
 
     config = LiveConfig(
         source=args.source,
