@@ -23,6 +23,7 @@ import numpy as np
 from benchmarks.measure import latency, metrics_from_logits
 from edge_runtime.backends import load
 from edge_runtime.errors import FloraEdgeError
+from edge_runtime.outdir import check_disjoint
 from edge_runtime.preprocess import preprocess, read_image_bgr
 from export.formats import FORMATS
 from prepare.manifest import read_manifest
@@ -116,6 +117,7 @@ def make_loop_video(path: Path, data: Path, rows: list[dict], frames: int) -> Pa
 
 
 def run_measure(model: Path, backend: str, npz: Path, pred_path: Path, video: Path, config: BenchConfig) -> dict:
+    model, npz, pred_path, video = (Path(p).resolve() for p in (model, npz, pred_path, video))  # it runs elsewhere
     cmd = [
         sys.executable,
         "-m",
@@ -193,6 +195,7 @@ def bench(config: BenchConfig) -> dict:
     cores = os.cpu_count() or 1
     config = BenchConfig(**{**asdict(config), "threads": tuple(sorted({min(t, cores) for t in config.threads}))})
     models, data, out = Path(config.models), Path(config.data), Path(config.out)
+    check_disjoint(out, [models, data, config.checkpoint])
     cache = out / ".cache"
     cache.mkdir(parents=True, exist_ok=True)
     images = eval_images(data, config.split, config.limit)

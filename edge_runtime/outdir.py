@@ -35,15 +35,20 @@ def marker_kind(folder: Path) -> str | None:
         return None
 
 
-def check_output(out: Path, kind: str, *, overwrite: bool, inputs: Iterable[Path | str | None] = ()) -> bool:
-    """Refuse an ``out`` that overlaps an input, or exists and may not be replaced; True if it will be replaced."""
-    out = Path(out)
+def check_disjoint(out: Path, inputs: Iterable[Path | str | None]) -> None:
+    """Refuse an ``out`` that is, contains or lies inside one of ``inputs``."""
     for source in inputs:
-        if source is not None and overlaps(out, Path(source)):
+        if source is not None and overlaps(Path(out), Path(source)):
             raise OutputError(
                 f"--out {out} overlaps the input {source} (the same folder, or one inside the other); "
                 "choose an --out outside your inputs"
             )
+
+
+def check_output(out: Path, kind: str, *, overwrite: bool, inputs: Iterable[Path | str | None] = ()) -> bool:
+    """Refuse an ``out`` that overlaps an input, or exists and may not be replaced; True if it will be replaced."""
+    out = Path(out)
+    check_disjoint(out, inputs)
     if not out.exists() and not out.is_symlink():
         return False
     if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
