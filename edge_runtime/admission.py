@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from edge_runtime.errors import FloraEdgeError
 
-ACCEPTED = "JPEG, PNG, BMP, WebP, TIFF, GIF, PNM/PAM/PFM or Sun raster"
+ACCEPTED = "JPEG, PNG, BMP, WebP, TIFF, GIF, PNM/PAM or Sun raster"
 
 
 class ImageRejected(FloraEdgeError, ValueError):
@@ -144,7 +144,7 @@ _PNM_TOKEN = re.compile(rb"(?:\s|#[^\n]*\n)*(\d+)")
 
 
 def _pnm(data) -> tuple[int, int] | None:
-    """P1-P6 and PF/Pf: magic, width, height as whitespace-separated text (comments allowed)."""
+    """P1-P6: magic, width, height as whitespace-separated text (comments allowed)."""
     head = bytes(data[:1024])
     first = _PNM_TOKEN.match(head, 2)
     second = first and _PNM_TOKEN.match(head, first.end())
@@ -170,7 +170,7 @@ _READERS = (
     (b"MM\x00*", _tiff),
     (b"GIF87a", _gif),
     (b"GIF89a", _gif),
-    *((f"P{k}".encode(), _pnm) for k in "123456fF"),
+    *((f"P{k}".encode(), _pnm) for k in "123456"),  # not PFM: OpenCV decodes a grey one to 2-D floats
     (b"P7", _pam),
     (b"\x59\xa6\x6a\x95", _sun_raster),
 )

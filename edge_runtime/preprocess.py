@@ -71,9 +71,9 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 def preprocess(frame_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """One BGR uint8 frame -> a float32 batch of one, laid out as ``spec.layout``."""
-    if frame_bgr is None or frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.size == 0:
-        shape = None if frame_bgr is None else frame_bgr.shape
-        raise ImageRejected(f"preprocess expects an HxWx3 BGR image, got shape {shape}")
+    if frame_bgr is None or frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
+        shape = None if frame_bgr is None else (frame_bgr.shape, str(frame_bgr.dtype))
+        raise ImageRejected(f"preprocess expects an HxWx3 uint8 BGR image, got {shape}")
     DEFAULT_LIMITS.check(frame_bgr.shape[1], frame_bgr.shape[0])  # a camera or video frame has no header to check
     image = center_crop(resize_shorter_side(frame_bgr, spec.resize_size, spec.interpolation), spec.crop_size)
     if spec.color_order == "RGB":
