@@ -196,9 +196,9 @@ def bench(config: BenchConfig) -> dict:
     config = BenchConfig(**{**asdict(config), "threads": tuple(sorted({min(t, cores) for t in config.threads}))})
     models, data, out = Path(config.models), Path(config.data), Path(config.out)
     check_disjoint(out, [models, data, config.checkpoint])
+    images, rows = eval_images(data, config.split, config.limit), bench_rows(models)  # checked before writing
     cache = out / ".cache"
     cache.mkdir(parents=True, exist_ok=True)
-    images = eval_images(data, config.split, config.limit)
     video = make_loop_video(cache / "loop.avi", data, images, config.loop_frames)
     results, reference = [], None
     if config.checkpoint:
@@ -207,7 +207,7 @@ def bench(config: BenchConfig) -> dict:
             results.append(row)
         except ImportError as exc:
             results.append({"name": "pytorch-fp32", "backend": "torch", "error": f"torch not installed ({exc})"})
-    for fmt, backend in bench_rows(models):
+    for fmt, backend in rows:
         path = models / fmt.filename
         print(f"== {fmt.name} on {backend}", flush=True)
         row = {
