@@ -61,6 +61,7 @@ def world(tmp_path_factory) -> Path:
     }.items():
         (w / name).mkdir()
         (w / name / "manifest.csv").write_text(text)
+    (w / "bad_int" / "summary.json").write_text(json.dumps({"config": {"cache_size": 40}}))
     (w / "foreign").mkdir()
     (w / "foreign" / "keep.txt").write_text("mine")
     return w
@@ -114,11 +115,14 @@ TRAINING_CASES = {
     "prepare-cache-size": ("prepare --source {w}/empty --out {w}/p2 --cache-size 5", "between 32 and 4096"),
     "prepare-workers-0": ("prepare --source {w}/empty --out {w}/p3 --workers 0", "outside"),
     "train-no-data": ("train --data {w}/missing --out {w}/run1 --workers 0", "not a prepared dataset"),
-    "train-bad-manifest": ("train --data {w}/bad_int --out {w}/run2 --workers 0", "not a prepared dataset"),
+    "train-bad-manifest": ("train --data {w}/bad_int --out {w}/run2 --workers 0", "is not an integer"),
     "train-out-is-data": ("train --data {w}/bad_int --out {w}/bad_int --workers 0", "overlaps"),
     "train-overwrite-foreign": ("train --data {w}/bad_int --out {w}/foreign --overwrite", "--overwrite refused"),
     "train-epochs-0": ("train --data {w}/bad_int --out {w}/run3 --epochs 0", "outside"),
-    "export-missing-checkpoint": ("export --checkpoint {w}/missing.pt --data {w}/bad_int --out {w}/e1", "does not exist"),
+    "export-missing-checkpoint": (
+        "export --checkpoint {w}/missing.pt --data {w}/bad_int --out {w}/e1",
+        "does not exist",
+    ),
     "export-junk-checkpoint": ("export --checkpoint {w}/afile --data {w}/bad_int --out {w}/e2", "not a readable"),
     "evaluate-missing-checkpoint": ("evaluate --checkpoint {w}/missing.pt --data {w}/bad_int", "does not exist"),
 }

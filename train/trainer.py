@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.outdir import OutputError, check_output, write_marker
 from prepare.categories import class_names
+from prepare.manifest import read_manifest
 from train import distributed as dist
 from train.checkpoint import load_bundle, make_bundle, save_atomic
 from train.data import CachedImages, train_transform
@@ -164,10 +165,18 @@ def make_run_dir(config: TrainConfig, replace: bool) -> Path:
 
 def make_loaders(config: TrainConfig, spec) -> tuple[CachedImages, CachedImages | None]:
     data = Path(config.data)
-    if not (data / "manifest.csv").is_file():
-        raise FloraEdgeError(f"--data {data} is not a prepared dataset; run `floraedge prepare --out {data}` first")
-    summary = json.loads((data / "summary.json").read_text())
-    cache_size = summary["config"]["cache_size"]
+    if not (data / "manifest.csv").is_file() or not (data / "summary.json").is_file():
+        raise FloraEdgeError(
+            f"--data {data} is not a prepared dataset (no manifest.csv or summary.json); "
+            f"run `floraedge prepare --out {data}` first"
+        )
+    read_manifest(data)  # a malformed one is a one-line error here, before anything is loaded
+    try:
+        cache_size = int(json.loads((data / "summary.json").read_text())["config"]["cache_size"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FloraEdgeError(
+            f"{data}/summary.json is malformed ({exc!r}); re-create it with `floraedge prepare`"
+        ) from exc
     if spec.resize_size > cache_size:
         print(
             f"warning: the model resizes to {spec.resize_size} px but the cache holds {cache_size} px; "
