@@ -41,7 +41,8 @@ $(EDGE_STAMP): pyproject.toml
 test-edge: $(EDGE_STAMP) browser
 	$(EDGE_VENV)/bin/python -c 'import sys; assert "torch" not in sys.modules; import importlib.util as u; assert u.find_spec("torch") is None, "torch leaked into the edge environment"'
 	$(EDGE_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not torch" tests/test_edge_runtime.py tests/test_live.py tests/test_bench_edge.py \
-		tests/test_serve.py tests/test_serve_browser.py
+		tests/test_serve.py tests/test_serve_browser.py tests/test_adversarial.py tests/test_serve_abuse.py \
+		tests/test_cli_errors.py tests/test_signals.py
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

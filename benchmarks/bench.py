@@ -103,7 +103,10 @@ def cached_batch(cache: Path, data: Path, rows: list[dict], spec) -> Path:
     path = cache / f"eval-{key}.npz"
     if not path.exists():
         batch = np.concatenate([preprocess(read_image_bgr(data / r["path"]), spec) for r in rows])
-        np.savez(path, batch=batch, targets=np.array([r["class_index"] for r in rows]))
+        tmp = path.with_name(f".{path.name}.tmp")  # renamed when complete: an interrupted run leaves no bad cache
+        with tmp.open("wb") as f:
+            np.savez(f, batch=batch, targets=np.array([r["class_index"] for r in rows]))
+        os.replace(tmp, path)
     return path
 
 

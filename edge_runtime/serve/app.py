@@ -126,6 +126,8 @@ async def receive_image(request: Request, config: ServeConfig) -> bytes:
         raise HTTPException(408, message, headers={"Connection": "close"}) from None
     except ClientDisconnect:  # the client left: nobody reads this answer, but no ASGI traceback is logged
         raise HTTPException(400, "client disconnected before sending the whole body") from None
+    except asyncio.CancelledError:  # shutdown's grace period ended mid-upload: answer instead of a logged traceback
+        raise HTTPException(503, "the server is shutting down", headers={"Connection": "close"}) from None
 
 
 def create_app(config: ServeConfig) -> Starlette:
