@@ -36,16 +36,24 @@ def fake_prepared(root):
     return root
 
 
-def test_bench_runs_torch_free_and_reports_every_backend_of_the_file(tmp_path):
+def snapshot(*roots) -> dict:
+    return {
+        str(p): (p.stat().st_mtime_ns, p.read_bytes()) for root in roots for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_bench_runs_torch_free_and_reports_every_backend_of_the_file(tmp_path, monkeypatch):
     data = fake_prepared(tmp_path / "prepared")
     models = tmp_path / "exports"
     models.mkdir()
     tiny_onnx(models / "model_fp32.onnx")
+    before = snapshot(data, models)
+    monkeypatch.chdir(tmp_path)  # relative paths: the measuring process runs from another folder
     report = bench(
         BenchConfig(
-            models=str(models),
-            data=str(data),
-            out=str(tmp_path / "bench"),
+            models="exports",
+            data="prepared",
+            out="bench",
             threads=(1,),
             runs=3,
             warmup=1,
@@ -58,3 +66,4 @@ def test_bench_runs_torch_free_and_reports_every_backend_of_the_file(tmp_path):
     assert rows["opencv"]["agreement"] == 1.0 and rows["onnxruntime"]["accuracy"]["n"] == 8
     assert (tmp_path / "bench" / "report.md").is_file() and (tmp_path / "bench" / "results.csv").is_file()
     assert "torch" not in sys.modules or report["machine"]["versions"]["torch"]  # torch only where installed
+    assert snapshot(data, models) == before  # nothing outside --out is changed
