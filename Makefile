@@ -39,13 +39,14 @@ browser:
 # The runtime's own tests with only `.[edge]` installed: proves it needs no torch and runs on 3.10.
 $(EDGE_STAMP): pyproject.toml
 	test -x $(EDGE_VENV)/bin/python || $(EDGE_PYTHON) -m venv $(EDGE_VENV)
-	$(EDGE_VENV)/bin/python -m pip install --quiet ".[edge,serve]" pytest onnx httpx selenium
+	$(EDGE_VENV)/bin/python -m pip install --quiet ".[edge,serve]" pytest onnx httpx selenium hypothesis
 	touch $(EDGE_STAMP)
 
 test-edge: $(EDGE_STAMP) browser
 	$(EDGE_VENV)/bin/python -c 'import sys; assert "torch" not in sys.modules; import importlib.util as u; assert u.find_spec("torch") is None, "torch leaked into the edge environment"'
 	$(EDGE_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not torch" tests/test_edge_runtime.py tests/test_live.py tests/test_bench_edge.py \
-		tests/test_serve.py tests/test_serve_browser.py
+		tests/test_serve.py tests/test_serve_browser.py tests/test_adversarial.py tests/test_serve_abuse.py \
+		tests/test_cli_errors.py tests/test_signals.py
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from edge_runtime import __version__
 from edge_runtime.errors import FloraEdgeError
@@ -26,8 +28,23 @@ STAGE_MODULES = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 1, like every other FloraEdge error."""
+
+    def error(self, message: str):
+        self.exit(1, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that every cleanup path that handles Ctrl-C runs."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="floraedge",
         description="Oxford-102 flowers from the raw release to a live camera on a Raspberry Pi or a Jetson.",
     )
@@ -40,14 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args) or 0
-    except FloraEdgeError as exc:
+    except (FloraEdgeError, OSError) as exc:  # OSError: an unwritable --out, a full disk, a missing file
         print(f"floraedge {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except Terminated:
+        print(f"floraedge {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"floraedge {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if signal.getsignal(signal.SIGTERM) is _terminate:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def stage_main(command: str) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 from benchmarks.measure import latency, metrics_from_logits
 from edge_runtime.backends import load
 from edge_runtime.errors import FloraEdgeError
+from edge_runtime.outdir import check_disjoint
 from edge_runtime.preprocess import preprocess, read_image_bgr
 from export.formats import FORMATS
 from prepare.manifest import read_manifest
@@ -102,7 +103,10 @@ def cached_batch(cache: Path, data: Path, rows: list[dict], spec) -> Path:
     path = cache / f"eval-{key}.npz"
     if not path.exists():
         batch = np.concatenate([preprocess(read_image_bgr(data / r["path"]), spec) for r in rows])
-        np.savez(path, batch=batch, targets=np.array([r["class_index"] for r in rows]))
+        tmp = path.with_name(f".{path.name}.tmp")  # renamed when complete: an interrupted run leaves no bad cache
+        with tmp.open("wb") as f:
+            np.savez(f, batch=batch, targets=np.array([r["class_index"] for r in rows]))
+        os.replace(tmp, path)
     return path
 
 
@@ -116,6 +120,7 @@ def make_loop_video(path: Path, data: Path, rows: list[dict], frames: int) -> Pa
 
 
 def run_measure(model: Path, backend: str, npz: Path, pred_path: Path, video: Path, config: BenchConfig) -> dict:
+    model, npz, pred_path, video = (Path(p).resolve() for p in (model, npz, pred_path, video))  # it runs elsewhere
     cmd = [
         sys.executable,
         "-m",
@@ -193,9 +198,10 @@ def bench(config: BenchConfig) -> dict:
     cores = os.cpu_count() or 1
     config = BenchConfig(**{**asdict(config), "threads": tuple(sorted({min(t, cores) for t in config.threads}))})
     models, data, out = Path(config.models), Path(config.data), Path(config.out)
+    check_disjoint(out, [models, data, config.checkpoint])
+    images, rows = eval_images(data, config.split, config.limit), bench_rows(models)  # checked before writing
     cache = out / ".cache"
     cache.mkdir(parents=True, exist_ok=True)
-    images = eval_images(data, config.split, config.limit)
     video = make_loop_video(cache / "loop.avi", data, images, config.loop_frames)
     results, reference = [], None
     if config.checkpoint:
@@ -204,7 +210,7 @@ def bench(config: BenchConfig) -> dict:
             results.append(row)
         except ImportError as exc:
             results.append({"name": "pytorch-fp32", "backend": "torch", "error": f"torch not installed ({exc})"})
-    for fmt, backend in bench_rows(models):
+    for fmt, backend in rows:
         path = models / fmt.filename
         print(f"== {fmt.name} on {backend}", flush=True)
         row = {

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from edge_runtime.cli import number
+from edge_runtime.errors import FloraEdgeError
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -26,11 +29,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=(1, 2, 4),
         help="thread counts, capped at the cores present (default: 1,2,4)",
     )
-    p.add_argument("--limit", type=int, default=None, help="at most this many evaluation images")
-    p.add_argument("--runs", type=int, default=50, help="timed runs per latency (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=10, help="(default: %(default)s)")
+    p.add_argument("--limit", type=number(low=1), default=None, help="at most this many evaluation images")
+    p.add_argument("--runs", type=number(low=1), default=50, help="timed runs per latency (default: %(default)s)")
+    p.add_argument("--warmup", type=number(low=0), default=10, help="(default: %(default)s)")
     p.add_argument(
-        "--loop-frames", type=int, default=120, help="frames of the camera-loop FPS clip (default: %(default)s)"
+        "--loop-frames",
+        type=number(low=1),
+        default=120,
+        help="frames of the camera-loop FPS clip (default: %(default)s)",
     )
     p.set_defaults(func=run)
     return p
@@ -43,4 +49,7 @@ def run(args: argparse.Namespace) -> int:
     report = bench(BenchConfig(**fields))
     failed = [r["name"] for r in report["rows"] if "error" in r]
     print(f"wrote {args.out}/report.md, results.csv, results.json" + (f"; failed rows: {failed}" if failed else ""))
+    if len(failed) == len(report["rows"]):
+        first = next(r["error"] for r in report["rows"])
+        raise FloraEdgeError(f"every row failed (the first: {first}); see {args.out}/report.md")
     return 0

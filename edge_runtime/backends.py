@@ -33,6 +33,17 @@ def import_runtime(module: str, package: str):
         ) from exc
 
 
+def check_input_shape(path: Path, spec, shape) -> None:
+    """Refuse metadata whose crop size or layout disagrees with the model's input (it would fail at the first frame)."""
+    want, got = spec.input_shape, tuple(shape)
+    fixed = [(g, w) for g, w in zip(got[1:], want[1:], strict=False) if isinstance(g, (int, np.integer)) and g > 0]
+    if len(got) != len(want) or any(g != w for g, w in fixed):
+        raise BackendError(
+            f"{path}: the model takes input {list(got)} but its spec gives {list(want)} (crop_size "
+            f"{spec.crop_size}, layout {spec.layout}); the metadata does not match the model: re-export it"
+        )
+
+
 class OnnxRuntimeBackend:
     """ONNX Runtime; execution providers selectable (CPU, CUDA, TensorRT on a Jetson)."""
 
@@ -58,6 +69,7 @@ class OnnxRuntimeBackend:
         out_shape = self.session.get_outputs()[0].shape
         props = self.session.get_modelmeta().custom_metadata_map
         self.info = require_info(path, from_props(props), out_shape[-1] if isinstance(out_shape[-1], int) else 0)
+        check_input_shape(path, self.info.spec, self.session.get_inputs()[0].shape)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
@@ -119,6 +131,7 @@ class LiteRTBackend:
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.info = require_info(path, from_tflite_zip(path), int(self.output["shape"][-1]))
+        check_input_shape(path, self.info.spec, self.input["shape"])
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         results = []

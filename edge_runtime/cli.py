@@ -5,11 +5,30 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from edge_runtime.sources import IMAGE_SUFFIXES
 
 BACKEND_CHOICES = ("auto", "onnxruntime", "litert", "opencv")
+
+
+def number(kind=int, *, low=None, high=None, low_open: bool = False):
+    """An argparse ``type=`` that parses ``kind`` and refuses values outside [low, high] ((low, high] if low_open)."""
+    name = "an integer" if kind is int else "a number"
+    bounds = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {name}") from None
+        below = low is not None and (value <= low if low_open else value < low)
+        if below or (high is not None and value > high) or value != value:  # value != value: NaN
+            raise argparse.ArgumentTypeError(f"{text} is outside {bounds}")
+        return value
+
+    return parse
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,13 +39,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="runtime; auto picks by file type (default: %(default)s)",
     )
-    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the runtime's)")
+    p.add_argument("--threads", type=number(low=1), default=None, help="inference threads (default: the runtime's)")
     p.add_argument(
         "--providers",
         default=None,
         help="onnxruntime execution providers, comma-separated, e.g. TensorrtExecutionProvider,CUDAExecutionProvider",
     )
-    p.add_argument("--top-k", type=int, default=5, help="(default: %(default)s)")
+    p.add_argument("--top-k", type=number(low=1), default=5, help="(default: %(default)s)")
 
 
 def add_parser(subparsers) -> None:
@@ -66,10 +85,14 @@ def open_classifier(args):
 
 
 def run_classify(args: argparse.Namespace) -> int:
+    from edge_runtime.errors import FloraEdgeError
     from edge_runtime.preprocess import ImageReadError, read_image_bgr
 
+    paths = list(iter_images(args.images))
+    if not paths:
+        raise FloraEdgeError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {' '.join(map(str, args.images))}")
     classifier, failures = open_classifier(args), 0
-    for path in iter_images(args.images):
+    for path in paths:
         try:
             prediction = classifier(read_image_bgr(path))
         except ImageReadError as exc:
@@ -113,20 +136,52 @@ def add_run_parser(subparsers) -> None:
         default=None,
         help="keep the newest annotated frame + result in this folder for `floraedge serve --camera`",
     )
-    p.add_argument("--max-frames", type=int, default=None, help="stop after this many classified frames")
+    p.add_argument("--max-frames", type=number(low=1), default=None, help="stop after this many classified frames")
     p.add_argument(
-        "--threshold", type=float, default=0.5, help="below this smoothed score say 'unsure' (default: %(default)s)"
+        "--threshold",
+        type=number(float, low=0, high=1),
+        default=0.5,
+        help="below this smoothed score say 'unsure' (default: %(default)s)",
     )
     p.add_argument("--smoothing", choices=SMOOTHING, default="ema", help="(default: %(default)s)")
-    p.add_argument("--alpha", type=float, default=0.3, help="EMA weight of the newest frame (default: %(default)s)")
-    p.add_argument("--window", type=int, default=5, help="frames averaged by --smoothing window (default: %(default)s)")
-    p.add_argument("--width", type=int, default=None, help="ask the camera for this frame width")
-    p.add_argument("--height", type=int, default=None, help="ask the camera for this frame height")
+    p.add_argument(
+        "--alpha",
+        type=number(float, low=0, high=1, low_open=True),
+        default=0.3,
+        help="EMA weight of the newest frame (default: %(default)s)",
+    )
+    p.add_argument(
+        "--window", type=number(low=1), default=5, help="frames averaged by --smoothing window (default: %(default)s)"
+    )
+    p.add_argument("--width", type=number(low=1), default=None, help="ask the camera for this frame width")
+    p.add_argument("--height", type=number(low=1), default=None, help="ask the camera for this frame height")
     p.set_defaults(func=run_live_command, top_k=3)
+
+
+def check_live_paths(args: argparse.Namespace) -> None:
+    """Refuse, before the model loads, a source folder without images and outputs that cannot be written."""
+    from edge_runtime.errors import FloraEdgeError
+
+    source = Path(args.source)
+    if source.is_dir() and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in source.iterdir()):
+        raise FloraEdgeError(f"--source {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    for flag, folder in (("--record", args.record and args.record.parent), ("--publish", args.publish)):
+        if folder is None:
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise FloraEdgeError(
+                f"{flag}: cannot write to {folder} ({exc.strerror}); choose a writable folder"
+            ) from exc
 
 
 def run_live_command(args: argparse.Namespace) -> int:
     from edge_runtime.live import LiveConfig, run_live
+
+    check_live_paths(args)
 
     config = LiveConfig(
         source=args.source,

@@ -10,6 +10,7 @@ the softmax moved into the graph) or ``"logits"`` (files that do not say: older 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import zipfile
 from dataclasses import dataclass, field
@@ -45,37 +46,60 @@ def parse_labels(text: str) -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
+@contextlib.contextmanager
+def malformed(where: str):
+    """Turn the many ways stored metadata can be broken into one ``MetadataError`` naming where."""
+    try:
+        yield
+    except MetadataError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, zipfile.BadZipFile, OSError) as exc:
+        raise MetadataError(
+            f"{where} holds malformed metadata ({type(exc).__name__}: {exc}); re-export the model with `floraedge export`"
+        ) from exc
+
+
+def _info(spec, labels, info) -> ModelInfo:
+    labels = tuple(labels)
+    if not all(isinstance(label, str) for label in labels) or not isinstance(info, dict):
+        raise ValueError("labels must be a list of strings and info a JSON object")
+    return ModelInfo(spec if isinstance(spec, PreprocessSpec) else PreprocessSpec.from_dict(spec), labels, info)
+
+
 def from_props(props: dict[str, str]) -> ModelInfo | None:
     """From ONNX ``metadata_props`` (``None`` when the spec key is absent)."""
     if SPEC_KEY not in props:
         return None
-    labels = tuple(json.loads(props.get(LABELS_KEY, "[]")))
-    return ModelInfo(PreprocessSpec.from_json(props[SPEC_KEY]), labels, json.loads(props.get(INFO_KEY, "{}")))
+    with malformed("the model's ONNX metadata_props"):
+        labels = json.loads(props.get(LABELS_KEY, "[]"))
+        return _info(PreprocessSpec.from_json(props[SPEC_KEY]), labels, json.loads(props.get(INFO_KEY, "{}")))
 
 
 def from_tflite_zip(path: Path) -> ModelInfo | None:
     """From the zip appended to a ``.tflite`` file (``None`` when it has none or no spec)."""
     if not zipfile.is_zipfile(path):
         return None
-    with zipfile.ZipFile(path) as z:
+    with malformed(f"the zip inside {path}"), zipfile.ZipFile(path) as z:
         names = set(z.namelist())
         if EMBEDDED_JSON not in names:
             return None
         meta = json.loads(z.read(EMBEDDED_JSON))
         labels = parse_labels(z.read("labels.txt").decode()) if "labels.txt" in names else ()
-    return ModelInfo(PreprocessSpec.from_dict(meta["spec"]), labels, meta.get("info", {}))
+        return _info(meta["spec"], labels, meta.get("info", {}))
 
 
 def from_sidecar(path: Path) -> ModelInfo | None:
     card = path.with_name(path.name + ".json")  # model_fp32.onnx.json: one per file, never shared
     if card.is_file():
-        meta = json.loads(card.read_text())
-        if "spec" in meta:
-            return ModelInfo(PreprocessSpec.from_dict(meta["spec"]), tuple(meta.get("labels", ())), meta)
+        with malformed(str(card)):
+            meta = json.loads(card.read_text())
+            if "spec" in meta:
+                return _info(meta["spec"], meta.get("labels", ()), meta)
     spec_file, labels_file = path.parent / "spec.json", path.parent / "labels.txt"
     if spec_file.is_file():
-        labels = parse_labels(labels_file.read_text()) if labels_file.is_file() else ()
-        return ModelInfo(PreprocessSpec.from_json(spec_file.read_text()), labels)
+        with malformed(f"{spec_file} or {labels_file.name}"):
+            labels = parse_labels(labels_file.read_text()) if labels_file.is_file() else ()
+            return _info(PreprocessSpec.from_json(spec_file.read_text()), labels, {})
     return None
 
 

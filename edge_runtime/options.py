@@ -24,6 +24,9 @@ class Option:
     choices: tuple | None = None
     none_flag: str | None = None  # a second flag that sets the field to None (e.g. --no-val for val_split)
     none_help: str | None = None
+    parse: Callable[[str], Any] | None = (
+        None  # an argparse ``type`` that also checks the range; default: the field's type
+    )
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ def add_argument(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: An
     if hint is bool:
         parser.add_argument(flag, dest=f.name, action="store_false" if default else "store_true", help=option.help)
         return
-    kwargs: dict[str, Any] = {"dest": f.name, "type": parse_type(hint), "choices": option.choices}
+    kwargs: dict[str, Any] = {"dest": f.name, "type": option.parse or parse_type(hint), "choices": option.choices}
     if default is dataclasses.MISSING:
         kwargs["required"] = True
         help_text = option.help

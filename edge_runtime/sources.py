@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from edge_runtime.errors import FloraEdgeError
+from edge_runtime.preprocess import read_image_or_none
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -36,7 +37,7 @@ class ImageFolderSource:
         if self.index >= len(self.paths):
             return False, None
         path, self.index = self.paths[self.index], self.index + 1
-        return True, cv2.imread(str(path))  # None for a corrupt file: the loop skips and counts it
+        return True, read_image_or_none(path)  # None for a corrupt or refused file: the loop skips and counts it
 
     def release(self) -> None:
         self.index = len(self.paths)

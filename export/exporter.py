@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metadata import INFO_KEY, LABELS_KEY, PROBABILITIES, SPEC_KEY
+from edge_runtime.outdir import check_output, write_marker
 from edge_runtime.spec import PreprocessSpec
 from export.calibration import calibration_set, verification_set
 from export.card import tool_versions, write_cards
@@ -132,12 +132,12 @@ def file_spec(bundle: dict, row: Format, config: ExportConfig) -> PreprocessSpec
     return spec.replace(layout="NHWC" if row.format == "tflite" and config.nhwc else "NCHW")
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FloraEdgeError(f"{out} exists; choose another --out or pass --overwrite")
+def check_out(out: Path, overwrite: bool, inputs: list) -> None:
+    """An empty ``out`` (an export folder is replaced only with --overwrite; never one holding an input)."""
+    if check_output(out, "export", overwrite=overwrite, inputs=inputs):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "export")
 
 
 def export_all(config: ExportConfig) -> list[dict]:
@@ -146,7 +146,7 @@ def export_all(config: ExportConfig) -> list[dict]:
     bundle = load_bundle(config.checkpoint)
     model, spec = model_from_bundle(bundle)
     data, out = Path(config.data), Path(config.out)
-    check_out(out, config.overwrite)
+    check_out(out, config.overwrite, [config.checkpoint, data])
     batch, targets, verify_info = verification_set(data, spec, split=config.verify_split, limit=config.verify_n)
     verify_info["seen_in_training"] = config.verify_split in bundle.get("dataset", {}).get("train_splits", [])
     if verify_info["seen_in_training"]:

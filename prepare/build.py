@@ -7,6 +7,7 @@ when complete, so a crash or a refused input never leaves a dataset that looks f
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -19,11 +20,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+import simplejpeg
+from PIL import Image
 from tqdm import tqdm
 
 from edge_runtime import __version__
+from edge_runtime.admission import admit
 from edge_runtime.errors import FloraEdgeError
+from edge_runtime.outdir import OutputError, check_output, shareable, write_marker
 from edge_runtime.preprocess import resize_shorter_side
 from edge_runtime.spec import IMAGENET_SPEC
 from prepare.categories import NUM_CLASSES, class_names, folder_name
@@ -43,10 +47,20 @@ from prepare.splits import stratified_split
 from prepare.synthetic import is_synthetic
 
 CACHE_JPEG_QUALITY = 95
+# EXIF orientation -> the transpose that shows the photo upright (Pillow's ImageOps.exif_transpose table)
+EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
-class OutputExistsError(FloraEdgeError):
-    """The output directory exists and ``--overwrite`` was not given."""
+OutputExistsError = OutputError  # the output exists and may not be replaced (the old name)
+DATASET = "prepare"  # the marker kind of a prepared dataset: only such a folder is replaced by --overwrite
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,15 +95,26 @@ def _place_file(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
+def decode_strict(data: bytes) -> np.ndarray:
+    """The upright RGB pixels of a release JPEG, refusing what libjpeg only warns about.
+
+    Its size is admitted from the header first. A strict decode turns libjpeg's "corrupt data"
+    warnings (garbage bytes in the middle of a file, a truncated scan) into errors: Pillow and
+    OpenCV decode such files into corrupt pixels without a word."""
+    admit(data)
+    rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    with Image.open(io.BytesIO(data)) as im:
+        method = EXIF_TRANSPOSE.get(im.getexif().get(0x0112))  # the Orientation tag, read from the header
+    return rgb if method is None else np.asarray(Image.fromarray(rgb).transpose(method))
+
+
 def process_image(task: tuple[int, Path, Path, Path, int]) -> ImageResult:
     """Check one JPEG fully decodes, hash it, place the original and write its resized cache copy."""
     image_id, src, dst, cache_dst, cache_size = task
     try:
         data = src.read_bytes()
-        with Image.open(src) as im:
-            im.load()  # raises on truncated or corrupt data, unlike a header-only check
-            rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    except Exception as exc:  # PIL raises many types for bad files; each is reported by name
+        rgb = decode_strict(data)
+    except Exception as exc:  # decoders raise many types for bad files; each is reported by name
         return ImageResult(image_id, error=f"{type(exc).__name__}: {exc}")
     if src != dst:
         _place_file(src, dst)
@@ -153,11 +178,6 @@ def find_duplicates(rows: list[dict]) -> list[list[str]]:
     for row in rows:
         by_hash[row["sha256"]].append(row["path"])
     return sorted(paths for paths in by_hash.values() if len(paths) > 1)
-
-
-def check_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} already exists; choose another --out or pass --overwrite to replace it")
 
 
 def plan_tasks(images_dir: Path, work: Path, splits: dict[str, np.ndarray], cache_size: int):
@@ -251,12 +271,13 @@ def prepare_dataset(config: PrepareConfig) -> dict:
     """Label, split, validate and cache a raw release into ``config.out``; returns the summary."""
     if not 32 <= config.cache_size <= 4096:
         raise FloraEdgeError(f"--cache-size {config.cache_size} must be between 32 and 4096 pixels")
-    check_output(config.out, config.overwrite)
     if not config.source.is_dir():
         raise ReleaseError(f"--source {config.source} is not a directory; point it at the release folder")
+    check_output(config.out, DATASET, overwrite=config.overwrite, inputs=[config.source])
     start = time.perf_counter()
     config.out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{config.out.name}.tmp-", dir=config.out.parent))
+    shareable(work)
     try:
         labels = load_labels(config.source / LABELS_MAT)
         images_dir = locate_images(config.source, work)
@@ -283,6 +304,7 @@ def prepare_dataset(config: PrepareConfig) -> dict:
         )
         summary["image_folder"] = link_image_folder(work, rows)
         write_outputs(work, config, rows, summary, missing)
+        write_marker(work, DATASET)
         publish(work, config.out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from edge_runtime.cli import number
 from prepare.splits import SPLIT_MODES
 
 DEFAULT_DOWNLOAD_DIR = Path("data/oxford102-raw")
@@ -58,7 +59,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--cache-size", type=int, default=256, help="shorter side of the cached copies in px (default: %(default)s)"
     )
     parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores, %(default)s)"
+        "--workers", type=number(low=1), default=os.cpu_count() or 1, help="processes (default: all cores, %(default)s)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.set_defaults(func=run)

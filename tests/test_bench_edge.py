@@ -39,19 +39,29 @@ def fake_prepared(root):
     return root
 
 
+def snapshot(*roots) -> dict:
+    return {
+        str(p): (p.stat().st_mtime_ns, p.read_bytes()) for root in roots for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
 def test_bench_runs_torch_free_and_reports_every_backend_of_the_file(tmp_path):
     data = fake_prepared(tmp_path / "prepared")
     models = tmp_path / "exports"
     models.mkdir()
     tiny_onnx(models / "model_fp32.onnx")
-    config = dict(models=str(models), data=str(data), out=str(tmp_path / "bench"), threads=(1,), runs=3, warmup=1)
+    before = snapshot(data, models)
+    # relative paths, run from tmp_path: the measuring processes run from another folder
+    config = dict(models="exports", data="prepared", out="bench", threads=(1,), runs=3, warmup=1)
     # torch blocked: in this process, and in the per-file processes it starts (through PYTHONPATH)
     blocker = tmp_path / "no_torch"
     blocker.mkdir()
     (blocker / "sitecustomize.py").write_text("import sys\nsys.modules.update(torch=None, torchvision=None)\n")
     code = f"import json\nfrom benchmarks.bench import BenchConfig, bench\nprint(json.dumps(bench(BenchConfig(**{config!r}, loop_frames=5))))"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     rows = {r["backend"]: r for r in report["rows"]}
@@ -59,3 +69,4 @@ def test_bench_runs_torch_free_and_reports_every_backend_of_the_file(tmp_path):
     assert all("error" not in r for r in rows.values()), rows
     assert rows["opencv"]["agreement"] == 1.0 and rows["onnxruntime"]["accuracy"]["n"] == 8
     assert (tmp_path / "bench" / "report.md").is_file() and (tmp_path / "bench" / "results.csv").is_file()
+    assert snapshot(data, models) == before  # nothing outside --out is changed

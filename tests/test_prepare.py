@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -214,9 +216,13 @@ def test_existing_output_is_refused_without_overwrite(mini_release, tmp_path):
     with pytest.raises(OutputExistsError, match="--overwrite"):
         prepare(mini_release, out)
     assert (out / "keep.txt").read_text() == "mine"
+    with pytest.raises(OutputExistsError, match="not a folder written by `floraedge prepare`"):
+        prepare(mini_release, out, overwrite=True)  # --overwrite replaces only a dataset prepare wrote
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    prepare(mini_release, out)  # an empty folder is fine
     prepare(mini_release, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "manifest.csv").is_file()
-    assert leftovers(tmp_path) == []
+    assert (out / "manifest.csv").is_file() and leftovers(tmp_path) == []
 
 
 def test_parallel_workers_give_the_same_manifest(mini_release, tmp_path):
@@ -251,3 +257,39 @@ def test_prepare_the_real_partial_release(tmp_path):
     assert len(rows) == 2040 and len({r["class_index"] for r in rows}) == 102
     assert {r["class_name"] for r in rows if r["class_index"] == 0} == {"pink primrose"}
     assert (tmp_path / "flowers" / "labels.txt").read_text().splitlines() == list(class_names())
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    """Every file under ``root``: (mtime_ns, sha256) by relative path."""
+    return {
+        p.relative_to(root).as_posix(): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_no_file_outside_out_is_deleted_or_changed(mini_release, tmp_path):
+    before = snapshot(mini_release)
+    out = tmp_path / "out"
+    prepare(mini_release, out)
+    prepare(mini_release, out, overwrite=True)
+    for bad_out in (mini_release, mini_release / "prepared", tmp_path):  # is, inside, contains the source
+        with pytest.raises(OutputExistsError, match="overlaps"):
+            prepare(mini_release, bad_out, overwrite=True)
+    assert snapshot(mini_release) == before
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (out / ".floraedge-output.json").is_file() and out.stat().st_mode & 0o777 == 0o777 & ~umask  # not 0700
+
+
+def test_a_jpeg_with_garbage_in_the_middle_is_reported_corrupt(mini_release, tmp_path):
+    with tarfile.open(mini_release / "102flowers.tgz") as tar:
+        tar.extractall(mini_release, filter="data")
+    (mini_release / "102flowers.tgz").unlink()
+    victim = mini_release / "jpg" / "image_00001.jpg"
+    data = bytearray(victim.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle] = bytes(range(7, 7 + 40))  # 40 bytes inserted into the entropy-coded data
+    victim.write_bytes(bytes(data))
+    summary = prepare(mini_release, tmp_path / "out")
+    assert [c["file"] for c in summary["corrupt"]] == ["image_00001.jpg"], summary["corrupt"]

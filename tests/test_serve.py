@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from edge_runtime.admission import ImageRejected, admit
 from edge_runtime.serve.app import ServeConfig, create_app
-from edge_runtime.serve.images import header_size
 from floraedge import main as cli_main
 from tests.tiny_models import tiny_onnx
 
@@ -83,7 +83,7 @@ def test_classify_multipart_and_raw_bytes_agree(client, jpeg):
         (
             dict(content=b"plain text, not an image", headers={"content-type": "image/jpeg"}),
             415,
-            "not a decodable image",
+            "not an image format",
         ),
         (dict(content=b"", headers={"content-type": "image/jpeg"}), 400, "empty body"),
         (dict(files={"other": ("a.jpg", b"x", "image/jpeg")}), 400, "field named 'file'"),
@@ -153,10 +153,11 @@ def test_openapi_matches_the_routes(model, tmp_path):
     assert set(spec["paths"]["/v1/classify"]["post"]["responses"]) >= {"200", "400", "413", "415", "503"}
 
 
-def test_header_size_reads_png_and_jpeg(jpeg):
-    assert header_size(jpeg) == (160, 120)
-    assert header_size(png_claiming(7, 9)) == (7, 9)
-    assert header_size(b"GIF89a") is None
+def test_admission_reads_png_and_jpeg_headers(jpeg):
+    assert admit(jpeg) == (160, 120)
+    assert admit(png_claiming(7, 9)) == (7, 9)
+    with pytest.raises(ImageRejected, match="truncated or malformed"):
+        admit(b"GIF89a")
 
 
 def test_space_bundle_runs_as_is(model, tmp_path, jpeg):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from edge_runtime.cli import number
 from edge_runtime.options import Option, add_config_options, config_from_args
 from train.config import EvaluateConfig, TrainConfig
 from train.models import ARCH_NAMES
@@ -17,9 +18,9 @@ TRAIN_OPTIONS = {
     "weights": Option(
         "'imagenet' (offline for efficientnet_lite*, downloaded for torchvision models), 'none', or a local state_dict file"
     ),
-    "epochs": Option(),
-    "head_epochs": Option("epochs that train only the new head first"),
-    "batch_size": Option(),
+    "epochs": Option(parse=number(low=1)),
+    "head_epochs": Option("epochs that train only the new head first", parse=number(low=0)),
+    "batch_size": Option(parse=number(low=1)),
     "lr": Option("head learning rate"),
     "backbone_lr_scale": Option("backbone LR = lr x this"),
     "weight_decay": Option("AdamW weight decay"),
@@ -32,7 +33,7 @@ TRAIN_OPTIONS = {
         "also fine-tune the backbone's high-resolution early layers (default: frozen; ~2x slower on CPU)",
         flag="--train-early-layers",
     ),
-    "img_size": Option("input resolution (default: the backbone's own)"),
+    "img_size": Option("input resolution (default: the backbone's own)", parse=number(low=16)),
     "train_splits": Option("comma-separated splits to train on"),
     "val_split": Option(
         "split for best-by-validation",
@@ -44,10 +45,10 @@ TRAIN_OPTIONS = {
         "the final report gives both either way)",
         flag="--tta",
     ),
-    "patience": Option("early-stop after this many epochs without improvement; 0 = off"),
+    "patience": Option("early-stop after this many epochs without improvement; 0 = off", parse=number(low=0)),
     "seed": Option(),
-    "workers": Option("DataLoader worker processes"),
-    "threads": Option("torch CPU threads (default: torch's choice)"),
+    "workers": Option("DataLoader worker processes", parse=number(low=0)),
+    "threads": Option("torch CPU threads (default: torch's choice)", parse=number(low=1)),
     "device": Option("auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps"),
     "resume": Option("continue the run in --out from last.pt"),
     "overwrite": Option("replace an existing run directory"),

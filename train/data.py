@@ -78,9 +78,21 @@ class JpegFolderImages(Dataset):
 
 
 def read_summary(data: Path) -> dict:
-    if not (data / "manifest.csv").is_file():
-        raise FloraEdgeError(f"--data {data} is not a prepared dataset; run `floraedge prepare --out {data}` first")
-    return json.loads((data / "summary.json").read_text())
+    """The prepared dataset's summary.json; a missing or malformed dataset is a one-line error."""
+    if not (data / "manifest.csv").is_file() or not (data / "summary.json").is_file():
+        raise FloraEdgeError(
+            f"--data {data} is not a prepared dataset (no manifest.csv or summary.json); "
+            f"run `floraedge prepare --out {data}` first"
+        )
+    read_manifest(data)  # a malformed one is a one-line error here, before anything is loaded
+    try:
+        summary = json.loads((data / "summary.json").read_text())
+        int(summary["config"]["cache_size"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FloraEdgeError(
+            f"{data}/summary.json is malformed ({exc!r}); re-create it with `floraedge prepare`"
+        ) from exc
+    return summary
 
 
 def training_sets(config: TrainConfig, spec: PreprocessSpec) -> tuple[CachedImages, CachedImages | None]:

@@ -8,23 +8,34 @@ import shutil
 from pathlib import Path
 
 from edge_runtime.errors import FloraEdgeError
+from edge_runtime.outdir import OutputError, check_output, write_marker
 from train import distributed as dist
 from train.config import TrainConfig
 
+RUN = "train"  # the marker kind of a run directory
 
-def prepare_run_dir(config: TrainConfig) -> Path:
-    """``config.out``, created; an existing non-empty one only with ``resume`` (kept) or ``overwrite`` (emptied)."""
+
+def check_run_dir(config: TrainConfig) -> bool:
+    """Refuse a run directory that exists (without --resume or --overwrite) or overlaps an input; True: replace it."""
     out = Path(config.out)
-    if out.exists() and any(out.iterdir()) and not config.resume:
-        if not config.overwrite:
-            raise FloraEdgeError(
-                f"run directory {out} exists; pass --resume to continue it or --overwrite to replace it"
-            )
-        if dist.is_main():
+    if config.resume:  # continues the run in place (runs from before the marker existed included)
+        if not (out / "last.pt").is_file():
+            raise FloraEdgeError(f"--resume: {out}/last.pt does not exist; start a new run without --resume")
+        return False
+    weights = config.weights if Path(config.weights).is_file() else None
+    try:
+        return check_output(out, RUN, overwrite=config.overwrite, inputs=[config.data, weights])
+    except OutputError as exc:
+        raise OutputError(f"{exc} (or --resume to continue a run)") from exc
+
+
+def make_run_dir(config: TrainConfig, replace: bool) -> Path:
+    out = Path(config.out)
+    if dist.is_main():
+        if replace:
             shutil.rmtree(out)
-    if config.resume and not (out / "last.pt").is_file():
-        raise FloraEdgeError(f"--resume: {out}/last.pt does not exist; start a new run without --resume")
-    out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        write_marker(out, RUN)
     return out
 
 

@@ -26,7 +26,7 @@ from train.config import EvaluateConfig, TrainConfig
 from train.data import CachedImages, dataset_info, epoch_loader, eval_loader, training_sets
 from train.engine import TrainError, pick_device, predict, seeded, train_one_epoch, uses_channels_last
 from train.models import build_model, input_spec
-from train.runlog import epoch_record, log_epoch, plot_curves, prepare_run_dir
+from train.runlog import check_run_dir, epoch_record, log_epoch, make_run_dir, plot_curves
 from train.schedule import make_optimizer, set_epoch_mode
 
 __all__ = ["TrainConfig", "train"]
@@ -64,10 +64,11 @@ def start_run(config: TrainConfig) -> Run:
     device = dist.setup(pick_device(config.device))
     if config.threads:
         torch.set_num_threads(config.threads)
-    out = prepare_run_dir(config)
-    dist.barrier()
+    replace = check_run_dir(config)
     spec = input_spec(config.arch, config.img_size)
-    train_set, val_set = training_sets(config, spec)
+    train_set, val_set = training_sets(config, spec)  # bad --data fails here, before any folder is made
+    out = make_run_dir(config, replace)
+    dist.barrier()
     steps = len(train_set) // config.batch_size
     if steps == 0:
         raise FloraEdgeError(f"{len(train_set)} training images is less than one batch of {config.batch_size}")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
@@ -41,6 +41,7 @@ class ServeConfig:
     queue: int = 16  # requests allowed to wait for a worker
     token: str | None = None
     camera: Path | None = None  # the --publish folder of a `floraedge run` on this device
+    body_timeout: float = 30.0  # seconds to receive a whole upload; a client trickling its body is cut off
 
 
 def mjpeg_frames(folder: Path, interval: float = 0.1):
@@ -116,6 +117,19 @@ async def image_bytes(request: Request, limit: int) -> bytes:
     return await upload.read()
 
 
+async def receive_image(request: Request, config: ServeConfig) -> bytes:
+    """The upload, received within ``config.body_timeout`` seconds: a slow client gets 408 and its connection closed."""
+    try:
+        return await asyncio.wait_for(image_bytes(request, config.max_body), config.body_timeout)
+    except asyncio.TimeoutError:
+        message = f"the request body did not arrive within {config.body_timeout:g} s"
+        raise HTTPException(408, message, headers={"Connection": "close"}) from None
+    except ClientDisconnect:  # the client left: nobody reads this answer, but no ASGI traceback is logged
+        raise HTTPException(400, "client disconnected before sending the whole body") from None
+    except asyncio.CancelledError:  # shutdown's grace period ended mid-upload: answer instead of a logged traceback
+        raise HTTPException(503, "the server is shutting down", headers={"Connection": "close"}) from None
+
+
 def create_app(config: ServeConfig) -> Starlette:
     backend = load(config.model, config.backend, threads=config.threads)
     classifier = Classifier(backend, k=config.top_k)
@@ -147,8 +161,8 @@ def create_app(config: ServeConfig) -> Starlette:
     async def classify(request: Request) -> JSONResponse:
         check_token(request)
         start = time.perf_counter()
+        data = await receive_image(request, config)  # before the gate: a slow upload holds no inference slot
         with gate:
-            data = await image_bytes(request, config.max_body)
             try:
                 result = await asyncio.get_running_loop().run_in_executor(pool, infer, data)
             except BadImage as exc:

@@ -8,6 +8,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from edge_runtime.cli import number
+
 SPACE_APP = '''"""FloraEdge demo: `uvicorn app:app --host 0.0.0.0 --port 7860` (a hosted Space runs this file)."""
 from pathlib import Path
 
@@ -36,20 +38,37 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--model", required=True, type=Path, help=".onnx or .tflite file")
     p.add_argument("--backend", default="auto", help="(default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="inference threads")
+    p.add_argument("--threads", type=number(low=1), default=None, help="inference threads")
     p.add_argument("--host", default="127.0.0.1", help="(default: %(default)s; 0.0.0.0 exposes the API to the network)")
-    p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    p.add_argument("--port", type=number(low=0, high=65535), default=8000, help="(default: %(default)s)")
     p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on /v1/*")
-    p.add_argument("--max-body-mb", type=float, default=10.0, help="(default: %(default)s)")
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="(default: %(default)s)")
-    p.add_argument("--workers", type=int, default=1, help="concurrent inferences (default: %(default)s)")
+    p.add_argument(
+        "--max-body-mb", type=number(float, low=0, low_open=True), default=10.0, help="(default: %(default)s)"
+    )
+    p.add_argument("--max-pixels", type=number(low=1), default=40_000_000, help="(default: %(default)s)")
+    p.add_argument("--workers", type=number(low=1), default=1, help="concurrent inferences (default: %(default)s)")
     p.add_argument(
         "--camera",
         type=Path,
         default=None,
         help="show the live camera: the --publish folder of a `floraedge run` on this device",
     )
-    p.add_argument("--queue", type=int, default=16, help="requests that may wait; more get 503 (default: %(default)s)")
+    p.add_argument(
+        "--queue", type=number(low=0), default=16, help="requests that may wait; more get 503 (default: %(default)s)"
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=number(float, low=0, low_open=True),
+        default=30.0,
+        help="seconds a client has to send its whole upload; slower ones get 408 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=number(low=1),
+        default=100,
+        help="open connections beyond which new requests get 503; bounds memory at this x --max-body-mb "
+        "(default: %(default)s)",
+    )
     p.set_defaults(func=run_serve)
     s = subparsers.add_parser("space", help="write a folder that runs as a hosted demo as-is (app.py, model, README)")
     s.add_argument("--model", required=True, type=Path)
@@ -57,18 +76,11 @@ def add_parser(subparsers) -> None:
     s.set_defaults(func=run_space)
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+def serve_config(args: argparse.Namespace):
+    """The server's config from its command line (every serving flag lands here)."""
+    from edge_runtime.serve.app import ServeConfig
 
-    from edge_runtime.serve.app import ServeConfig, create_app
-
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
-        print(
-            f"WARNING: serving on {args.host} without authentication: anyone on the network can use the API "
-            "(pass --token to require a bearer token)",
-            file=sys.stderr,
-        )
-    config = ServeConfig(
+    return ServeConfig(
         model=args.model,
         backend=args.backend,
         threads=args.threads,
@@ -77,8 +89,40 @@ def run_serve(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         workers=args.workers,
         queue=args.queue,
+        camera=args.camera,
+        body_timeout=args.body_timeout,
     )
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="info")
+
+
+# Connection-level limits (uvicorn + h11): they bound what a client can hold without sending a request.
+UVICORN_LIMITS = dict(
+    http="h11",  # the limits below are h11's; httptools, when installed, would ignore them
+    h11_max_incomplete_event_size=64 * 1024,  # request line + headers
+    timeout_keep_alive=5,  # an idle keep-alive connection is closed after this many seconds
+    backlog=256,
+    timeout_graceful_shutdown=5,  # SIGTERM/Ctrl-C: stop waiting for slow clients after this
+)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from edge_runtime.serve.app import create_app
+
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
+        print(
+            f"WARNING: serving on {args.host} without authentication: anyone on the network can use the API "
+            "(pass --token to require a bearer token)",
+            file=sys.stderr,
+        )
+    uvicorn.run(
+        create_app(serve_config(args)),
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        limit_concurrency=args.max_connections,
+        **UVICORN_LIMITS,
+    )
     return 0
 
 

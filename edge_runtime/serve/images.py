@@ -1,56 +1,28 @@
-"""Decoding uploaded images safely: size and pixel limits are checked from the header, before decoding."""
+"""Decoding uploaded images safely: the header is checked against the limits before anything is decoded."""
 
 from __future__ import annotations
 
-import struct
+import dataclasses
 
 import cv2
 import numpy as np
 
-from edge_runtime.errors import FloraEdgeError
+from edge_runtime.admission import DEFAULT_LIMITS, ImageRejected, admit
 
-
-class BadImage(FloraEdgeError):
-    """An upload that is not an image we can decode, or one over the limits."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
-def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG or JPEG header without decoding pixels; None for other formats."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        return struct.unpack(">II", data[16:24])
-    if data[:2] != b"\xff\xd8":
-        return None
-    i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            i += 1
-            continue
-        marker = data[i + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
-            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            return width, height
-        i += 2 + length
-    return None
+BadImage = ImageRejected  # an upload we refuse; ``.status`` is the HTTP status to answer with
 
 
 def decode_upload(data: bytes, *, max_pixels: int) -> np.ndarray:
-    """A BGR image from uploaded bytes, refusing decompression bombs before they are decoded."""
+    """A BGR image from uploaded bytes, refusing decompression bombs (in every format) before they are decoded."""
     if not data:
         raise BadImage("empty body: send a JPEG or PNG (multipart field 'file', or the raw bytes)")
-    size = header_size(data)
-    if size and size[0] * size[1] > max_pixels:
-        raise BadImage(f"image is {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels; the limit is {max_pixels:,}", 413)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    admit(data, dataclasses.replace(DEFAULT_LIMITS, max_pixels=max_pixels))
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
     if image is None:
-        raise BadImage("not a decodable image (JPEG, PNG, WebP or BMP expected)", 415)
-    if image.shape[0] * image.shape[1] > max_pixels:
+        raise BadImage("not a decodable image (corrupt, or a JPEG, PNG, WebP or BMP was expected)", 415)
+    if image.shape[0] * image.shape[1] > max_pixels:  # a decoder that disagrees with its header
         raise BadImage(f"image has {image.shape[0] * image.shape[1]:,} pixels; the limit is {max_pixels:,}", 413)
     return image

@@ -17,7 +17,10 @@ def openapi_spec(config) -> dict:
     errors = {
         "400": _json(ERROR, "no image in the request"),
         "401": _json(ERROR, "bearer token missing or wrong"),
-        "413": _json(ERROR, f"body over {config.max_body} bytes or image over {config.max_pixels} pixels"),
+        "408": _json(ERROR, f"the body did not arrive within {config.body_timeout:g} s"),
+        "413": _json(
+            ERROR, f"body over {config.max_body} bytes, or an image over {config.max_pixels} pixels or too elongated"
+        ),
         "415": _json(ERROR, "not a decodable image"),
         "503": _json(ERROR, "queue full; see Retry-After"),
     }
