@@ -54,6 +54,11 @@ def decode_factor(data: np.ndarray, spec: PreprocessSpec | None) -> int:
     return next((f for f in (8, 4, 2) if min(size) >= f * spec.resize_size), 1)
 
 
+def decode_flags(data: np.ndarray, spec: PreprocessSpec | None) -> int:
+    """``cv2.imdecode`` flags for ``data``: colour, at the reduced size ``decode_factor`` allows."""
+    return _REDUCED[decode_factor(data, spec)]
+
+
 def decode_bgr(data: bytes | np.ndarray, spec: PreprocessSpec | None = None, *, name: str = "image") -> np.ndarray:
     """Decode image bytes into a uint8 HxWx3 BGR array (EXIF orientation applied).
 
@@ -63,7 +68,7 @@ def decode_bgr(data: bytes | np.ndarray, spec: PreprocessSpec | None = None, *, 
     buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes | bytearray) else data
     if buf.size == 0:
         raise ImageReadError(f"{name}: empty, not an image")
-    image = cv2.imdecode(buf, _REDUCED[decode_factor(buf, spec)])
+    image = cv2.imdecode(buf, decode_flags(buf, spec))
     if image is None:
         raise ImageReadError(f"{name}: not a decodable image (corrupt or unsupported format)")
     return image

@@ -41,14 +41,20 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def decode_upload(data: bytes, *, max_pixels: int) -> np.ndarray:
-    """A BGR image from uploaded bytes, refusing decompression bombs before they are decoded."""
+def decode_upload(data: bytes, *, max_pixels: int, spec=None) -> np.ndarray:
+    """A BGR image from uploaded bytes, refusing decompression bombs before they are decoded.
+
+    With the model's ``spec``, a large JPEG is decoded at reduced size, as everywhere else.
+    """
+    from edge_runtime.preprocess import decode_flags  # here: preprocess imports header_size from this module
+
     if not data:
         raise BadImage("empty body: send a JPEG or PNG (multipart field 'file', or the raw bytes)")
     size = header_size(data)
     if size and size[0] * size[1] > max_pixels:
         raise BadImage(f"image is {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels; the limit is {max_pixels:,}", 413)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    buf = np.frombuffer(data, np.uint8)
+    image = cv2.imdecode(buf, decode_flags(buf, spec))
     if image is None:
         raise BadImage("not a decodable image (JPEG, PNG, WebP or BMP expected)", 415)
     if image.shape[0] * image.shape[1] > max_pixels:
