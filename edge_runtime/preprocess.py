@@ -38,9 +38,10 @@ def read_file_bytes(path: str | Path) -> np.ndarray:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO with no writer would block a plain open()
     except OSError as exc:
         raise ImageReadError(f"{path}: cannot open ({exc.strerror})") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ImageReadError(f"{path}: not a regular file (a FIFO, device or folder)")
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ImageReadError(f"{path}: not a regular file (a FIFO, device or folder); skipped")
         return np.frombuffer(f.read(), np.uint8)
 
 
