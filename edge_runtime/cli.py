@@ -11,7 +11,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 BACKEND_CHOICES = ("auto", "onnxruntime", "litert", "opencv")
 
 
-def add_model_arguments(p: argparse.ArgumentParser, threads_help: str = "inference threads (default: the runtime's)") -> None:
+def add_model_arguments(
+    p: argparse.ArgumentParser, threads_help: str = "inference threads (default: the runtime's)"
+) -> None:
     p.add_argument("--model", required=True, type=Path, help=".onnx or .tflite file (labels + spec inside)")
     p.add_argument(
         "--backend",

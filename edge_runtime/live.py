@@ -194,7 +194,7 @@ class LoopStats:
 
     def summary(self, reconnects: int, threads_left: int) -> dict:
         elapsed = time.time() - self.started
-        pct = (lambda xs, q: round(float(np.percentile(xs, q)), 3) if xs else None)
+        pct = lambda xs, q: round(float(np.percentile(xs, q)), 3) if xs else None
         return {
             "frames": self.frames,
             "skipped": self.skipped,
@@ -238,7 +238,10 @@ def run_live(classifier: Classifier, config: LiveConfig, emit=print) -> dict:
     """
     if config.pipeline_threads:
         cv2.setNumThreads(config.pipeline_threads)
-    pipeline, smoother = open_pipeline(config, classifier), Smoother(config.smoothing, alpha=config.alpha, window=config.window)
+    pipeline, smoother = (
+        open_pipeline(config, classifier),
+        Smoother(config.smoothing, alpha=config.alpha, window=config.window),
+    )
     sinks, stats = Sinks(config, emit), LoopStats()
     with StopFlag() as stop:
         try:

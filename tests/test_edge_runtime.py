@@ -236,7 +236,10 @@ def test_large_jpegs_decode_at_reduced_size_and_preprocess_the_same():
     full, reduced = decode_bgr(data), decode_bgr(data, spec)
     assert full.shape == (1200, 1700, 3) and reduced.shape == (300, 425, 3)  # 1/4: 300 >= 256, 1/8 would not be
     diff = np.abs(preprocess(full, spec) - preprocess(reduced, spec))
-    assert diff.mean() < 0.01 and diff.max() < 0.15, (diff.mean(), diff.max())  # normalized units: 0.01 = 1.3 grey levels
+    assert diff.mean() < 0.01 and diff.max() < 0.15, (
+        diff.mean(),
+        diff.max(),
+    )  # normalized units: 0.01 = 1.3 grey levels
     small = cv2.imencode(".jpg", smooth_photo(500, 700))[1].tobytes()
     assert decode_bgr(small, spec).shape == (500, 700, 3)  # under 2x what the spec needs: decoded in full
     png = cv2.imencode(".png", smooth_photo(1200, 1700))[1].tobytes()
