@@ -177,6 +177,10 @@ class Sinks:
             cv2.destroyAllWindows()
 
 
+def percentile(values, q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if values else None
+
+
 class LoopStats:
     """Frame counts, the FPS shown on the overlay, and recent capture-to-result latencies."""
 
@@ -194,7 +198,6 @@ class LoopStats:
 
     def summary(self, reconnects: int, threads_left: int) -> dict:
         elapsed = time.time() - self.started
-        pct = lambda xs, q: round(float(np.percentile(xs, q)), 3) if xs else None
         return {
             "frames": self.frames,
             "skipped": self.skipped,
@@ -202,10 +205,10 @@ class LoopStats:
             "reconnects": reconnects,
             "elapsed_s": round(elapsed, 3),
             "fps": round(self.frames / max(elapsed, 1e-9), 2),
-            "latency_p50_ms": pct(self.latency_ms, 50),
-            "latency_p99_ms": pct(self.latency_ms, 99),
-            "model_p50_ms": pct(self.model_ms, 50),
-            "model_p99_ms": pct(self.model_ms, 99),
+            "latency_p50_ms": percentile(self.latency_ms, 50),
+            "latency_p99_ms": percentile(self.latency_ms, 99),
+            "model_p50_ms": percentile(self.model_ms, 50),
+            "model_p99_ms": percentile(self.model_ms, 99),
             "threads_left": threads_left,
         }
 
