@@ -92,7 +92,9 @@ def test_preprocess_matches_the_torchvision_eval_transform_on_real_images():
     ours = np.concatenate([preprocess(read_image_bgr(REAL_DATA / "jpg" / n), spec) for n in names])
     theirs = torch.stack([reference(Image.open(REAL_DATA / "jpg" / n).convert("RGB")) for n in names])
     diff = np.abs(ours - theirs.numpy()).mean(axis=(1, 2, 3))
-    assert diff.max() < 0.05, diff  # OpenCV's area resize vs torchvision's antialiased bilinear: ~2 grey levels
+    # OpenCV's area resize of the crop window vs torchvision's antialiased bilinear of the whole image:
+    # measured 0.018 at most (0.014 when resizing the whole image), about 2 grey levels
+    assert diff.max() < 0.03, diff
     with torch.no_grad():
         ours_top, (theirs_p, theirs_top) = model(torch.from_numpy(ours)).argmax(1), model(theirs).softmax(1).max(1)
     confident = theirs_p > 0.3  # ImageNet classes of flower photos are often near-ties; compare clear calls
