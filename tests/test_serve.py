@@ -179,7 +179,9 @@ def test_camera_shows_what_floraedge_run_publishes(model, tmp_path):
     )
     with TestClient(create_app(ServeConfig(model=model, camera=camera))) as c:
         latest = c.get("/v1/camera").json()
-        assert 1 <= latest["frame"] <= 3 and latest["label"]  # which frame depends on the 10/s publish limit in ("unsure", "flower 0", "flower 1", "flower 2", "flower 3")
+        assert (
+            1 <= latest["frame"] <= 3 and latest["label"]
+        )  # which frame depends on the 10/s publish limit in ("unsure", "flower 0", "flower 1", "flower 2", "flower 3")
         assert c.get("/v1/model").json()["camera"] is True
 
     async def first_part():
