@@ -130,7 +130,7 @@ def test_live_pipeline_hands_over_only_the_newest_frame():
             break
         if frame is not None:
             seen.append(frame.batch)
-            time.sleep(0.01)  # a slow model: several frames arrive meanwhile
+            time.sleep(0.03)  # a slow model: several frames arrive meanwhile
     assert pipeline.stop() and not pipeline.thread.is_alive()
     assert seen == sorted(set(seen)), "a stale frame was handed over after a fresher one"
     assert 0 < len(seen) < 200 and seen[-1] == 200  # frames were dropped, and the last one is the newest
