@@ -136,7 +136,7 @@ class FramePipeline:
         self.opener, self.prepare, self.backoff, self.max_reconnects = opener, prepare, backoff, max_reconnects
         self.source = source if source is not None else opener()
         self.live, self.reconnects = bool(self.source.is_live), 0
-        self.slot, self.ended = None, False
+        self.slot, self.ended, self.error = None, False, None
         self.condition, self.stopped = threading.Condition(), threading.Event()
         self.thread = threading.Thread(target=self._run, name="frame-pipeline", daemon=True)
         self.thread.start()
@@ -158,6 +158,8 @@ class FramePipeline:
     def _run(self) -> None:
         try:
             (self._run_live if self.live else self._run_file)()
+        except Exception as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+            self.error = exc
         finally:
             self.source.release()  # here, not in stop(): never release a capture another thread reads
             with self.condition:
@@ -206,11 +208,15 @@ class FramePipeline:
         return True
 
     def get(self, timeout: float) -> Frame | None:
-        """The next ready frame, ``END`` when the source is over, or None if nothing came within ``timeout``."""
+        """The next ready frame, ``END`` when the source is over, or None if nothing came within ``timeout``.
+
+        An exception in the pipeline's thread is raised here, in the caller's."""
         with self.condition:
             self.condition.wait_for(lambda: self.slot is not None or self.ended, timeout)
             frame, self.slot = self.slot, None
             if frame is None and self.ended:
+                if self.error is not None:
+                    raise self.error
                 return END
             self.condition.notify_all()
             return frame

@@ -219,3 +219,15 @@ def test_a_signal_stops_the_cli_with_every_thread_joined(tmp_path, sig):
     assert first["frame"] == 1 and proc.returncode == 0
     summary = json.loads(err.strip().splitlines()[-1])["summary"]
     assert 1 <= summary["frames"] < 3000 and summary["threads_left"] == 0
+
+
+def test_an_error_in_the_pipeline_thread_reaches_the_caller():
+    def broken(image):
+        raise RuntimeError("preprocessing broke")
+
+    pipeline = FramePipeline(lambda: CountingCamera(5), broken, max_reconnects=0)
+    with pytest.raises(RuntimeError, match="preprocessing broke"):
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            pipeline.get(timeout=0.1)
+    assert pipeline.stop()
