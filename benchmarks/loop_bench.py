@@ -1,7 +1,9 @@
-"""The live loop's own benchmark: end-to-end FPS over a video vs model-only FPS (same model, same
-threads), and a memory soak over N frames that stops by itself.
+"""The live loop's own benchmark: end-to-end FPS over a 640x480 MJPEG clip vs model-only FPS (same
+model, same model threads), capture-to-result p99 latency vs the model's p99, and a memory soak
+over N frames that stops by itself. ``--rounds`` alternates model-only and loop runs, so that each
+ratio is measured in one run even on a busy machine.
 
-    python -m benchmarks.loop_bench --model exports/lite0/model_int8.onnx --threads 2 --soak-frames 10000
+    python -m benchmarks.loop_bench --model exports/lite0/model_int8.tflite --threads 1 --soak-frames 10000
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
@@ -56,33 +57,52 @@ def soak(classifier: Classifier, video: Path, frames: int, every: int) -> dict:
     return {"frames": done, "rss_samples_mb": samples, "rss_growth_after_warmup_mb": round(growth, 1)}
 
 
+def one_round(classifier: Classifier, backend, sample: np.ndarray, video: Path, pipeline_threads: int) -> dict:
+    model_only = latency(backend, sample, warmup=20, runs=300)
+    loop = run_live(
+        classifier,
+        LiveConfig(source=str(video), headless=True, pipeline_threads=pipeline_threads),
+        emit=lambda line: None,
+    )
+    return {
+        "model_only_fps": model_only["throughput_ips"],
+        "model_p99_ms": model_only["p99_ms"],
+        "loop_fps": loop["fps"],
+        "loop_latency_p50_ms": loop["latency_p50_ms"],
+        "loop_latency_p99_ms": loop["latency_p99_ms"],
+        "loop_over_model": round(loop["fps"] / model_only["throughput_ips"], 3),
+        "latency_p99_over_model_p99": round(loop["latency_p99_ms"] / model_only["p99_ms"], 3),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
     p.add_argument("--backend", default="auto")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="model threads (default: %(default)s)")
+    p.add_argument("--pipeline-threads", type=int, default=1, help="OpenCV threads in the frame pipeline")
     p.add_argument("--video-frames", type=int, default=300)
-    p.add_argument("--soak-frames", type=int, default=10000)
+    p.add_argument("--rounds", type=int, default=3, help="model-only + loop pairs (default: %(default)s)")
+    p.add_argument("--soak-frames", type=int, default=10000, help="0 skips the soak")
     p.add_argument("--out", type=Path, default=None, help="write the JSON result here too")
     args = p.parse_args(argv)
     backend = load(args.model, args.backend, threads=args.threads)
     classifier = Classifier(backend)
     with tempfile.TemporaryDirectory() as tmp:
         video = synthetic_video(Path(tmp) / "clip.avi", args.video_frames)
-        first = cv2.VideoCapture(str(video)).read()[1]
-        model_only = latency(backend, preprocess(first, backend.info.spec), warmup=20, runs=200)
-        start = time.perf_counter()
-        loop = run_live(classifier, LiveConfig(source=str(video), headless=True), emit=lambda line: None)
+        sample = preprocess(cv2.VideoCapture(str(video)).read()[1], backend.info.spec)
+        rounds = [one_round(classifier, backend, sample, video, args.pipeline_threads) for _ in range(args.rounds)]
         result = {
             "model": str(args.model),
             "backend": backend.name,
             "threads": args.threads,
-            "model_only_fps": model_only["throughput_ips"],
-            "loop_fps": loop["fps"],
-            "loop_over_model": round(loop["fps"] / model_only["throughput_ips"], 3),
-            "loop_wall_s": round(time.perf_counter() - start, 2),
-            "soak": soak(classifier, video, args.soak_frames, every=max(1, args.soak_frames // 20)),
+            "pipeline_threads": args.pipeline_threads,
+            "rounds": rounds,
+            "median_loop_over_model": float(np.median([r["loop_over_model"] for r in rounds])),
+            "median_latency_p99_over_model_p99": float(np.median([r["latency_p99_over_model_p99"] for r in rounds])),
         }
+        if args.soak_frames:
+            result["soak"] = soak(classifier, video, args.soak_frames, every=max(1, args.soak_frames // 20))
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

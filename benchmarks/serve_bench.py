@@ -1,18 +1,19 @@
 """`floraedge serve` under load over loopback: requests/s and p50/p99 for 1, 4 and 16 concurrent
-clients with a real JPEG, next to the model-only latency of the same file and threads.
+clients with a real JPEG, next to the model-only latency of the same file and threads. Each client
+keeps its connection alive, as a browser or an HTTP client library does.
 
-    python -m benchmarks.serve_bench --model exports/lite0/model_int8.onnx --image some.jpg --threads 2
+    python -m benchmarks.serve_bench --model exports/lite0/model_int8.tflite --image some.jpg --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import socket
 import sys
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from edge_runtime.preprocess import preprocess, read_image_bgr
 from edge_runtime.serve.app import ServeConfig, create_app
 
 
-def start_server(model: Path, threads: int, workers: int) -> tuple[str, uvicorn.Server]:
+def start_server(model: Path, threads: int, workers: int) -> tuple[int, uvicorn.Server]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -34,25 +35,39 @@ def start_server(model: Path, threads: int, workers: int) -> tuple[str, uvicorn.
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)
-    return f"http://127.0.0.1:{port}/v1/classify", server
+    return port, server
 
 
-def post(url: str, body: bytes) -> tuple[float, dict]:
-    request = urllib.request.Request(url, data=body, headers={"content-type": "image/jpeg"})
-    start = time.perf_counter()
-    with urllib.request.urlopen(request, timeout=30) as response:
-        result = json.loads(response.read())
-    return (time.perf_counter() - start) * 1e3, result
+class Client:
+    """One keep-alive connection; ``post`` returns (client-side ms, JSON answer)."""
+
+    def __init__(self, port: int):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def post(self, body: bytes) -> tuple[float, dict]:
+        start = time.perf_counter()
+        self.conn.request("POST", "/v1/classify", body=body, headers={"content-type": "image/jpeg"})
+        result = json.loads(self.conn.getresponse().read())
+        return (time.perf_counter() - start) * 1e3, result
 
 
-def load_test(url: str, body: bytes, clients: int, requests: int) -> dict:
-    """``requests`` requests (bounded) from ``clients`` concurrent clients."""
-    start = time.perf_counter()
+def load_test(port: int, body: bytes, clients: int, requests: int) -> dict:
+    """``requests`` requests (bounded) from ``clients`` concurrent keep-alive clients."""
+    local = threading.local()
+
+    def post(_):
+        if not hasattr(local, "client"):
+            local.client = Client(port)
+        return local.client.post(body)
+
     with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(lambda _: post(url, body), range(requests)))
-    wall = time.perf_counter() - start
+        list(pool.map(post, range(clients)))  # connect and warm up each client
+        start = time.perf_counter()
+        results = list(pool.map(post, range(requests)))
+        wall = time.perf_counter() - start
     client_ms = np.array([r[0] for r in results])
     server_ms = np.array([r[1]["total_ms"] for r in results])
+    stage = {k: round(float(np.median([r[1][k] for r in results])), 2) for k in STAGES if k in results[0][1]}
     return {
         "clients": clients,
         "requests": requests,
@@ -60,34 +75,37 @@ def load_test(url: str, body: bytes, clients: int, requests: int) -> dict:
         "p50_ms": round(float(np.percentile(client_ms, 50)), 2),
         "p99_ms": round(float(np.percentile(client_ms, 99)), 2),
         "server_total_p50_ms": round(float(np.median(server_ms)), 2),
-        "model_p50_ms": round(float(np.median([r[1]["model_ms"] for r in results])), 2),
+        "stages_p50_ms": stage,
     }
+
+
+STAGES = ("decode_ms", "preprocess_ms", "queue_ms", "model_ms", "total_ms")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--image", required=True, type=Path)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="model threads (default: %(default)s)")
     p.add_argument("--requests", type=int, default=200)
+    p.add_argument("--clients", default="1,4,16", help="comma-separated (default: %(default)s)")
     args = p.parse_args(argv)
     backend = load(args.model, threads=args.threads)
-    model_only = latency(backend, preprocess(read_image_bgr(args.image), backend.info.spec), warmup=20, runs=200)
-    url, server = start_server(args.model, args.threads, workers=1)
+    sample = preprocess(read_image_bgr(args.image, backend.info.spec), backend.info.spec)
+    port, server = start_server(args.model, args.threads, workers=1)
     body = args.image.read_bytes()
     for _ in range(20):
-        post(url, body)  # warm-up
-    rows = [load_test(url, body, clients, args.requests) for clients in (1, 4, 16)]
+        Client(port).post(body)  # warm-up
+    rows = []
+    for clients in (int(c) for c in args.clients.split(",")):
+        model_only = latency(backend, sample, warmup=10, runs=200)  # next to each row: a ratio in one run
+        row = load_test(port, body, clients, args.requests)
+        row["model_only_p50_ms"], row["model_only_ips"] = model_only["median_ms"], model_only["throughput_ips"]
+        row["p50_over_model_p50"] = round(row["p50_ms"] / model_only["median_ms"], 3)
+        row["rps_over_model_ips"] = round(row["rps"] / model_only["throughput_ips"], 3)
+        rows.append(row)
     server.should_exit = True
-    one = rows[0]
-    result = {
-        "model": str(args.model),
-        "threads": args.threads,
-        "model_only_p50_ms": model_only["median_ms"],
-        "rows": rows,
-        "overhead_vs_model_at_1": round((one["p50_ms"] - model_only["median_ms"]) / model_only["median_ms"], 3),
-        "http_overhead_at_1_ms": round(one["p50_ms"] - one["server_total_p50_ms"], 2),
-    }
+    result = {"model": str(args.model), "image": str(args.image), "threads": args.threads, "rows": rows}
     print(json.dumps(result, indent=1))
     return 0
 

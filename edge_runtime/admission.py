@@ -57,18 +57,28 @@ def admit(data: bytes | memoryview, limits: ImageLimits = DEFAULT_LIMITS) -> tup
     """(width, height) of an encoded image, after checking them against ``limits``; nothing is decoded."""
     if len(data) > limits.max_bytes:
         raise ImageRejected(f"image file of {len(data):,} bytes is over the {limits.max_bytes:,}-byte limit", 413)
-    head = bytes(data[:32])
-    reader = next((read for magic, read in _READERS if head.startswith(magic)), None)
-    if reader is None:
+    if header_reader(data) is None:
         raise ImageRejected(f"not an image format FloraEdge reads (accepted: {ACCEPTED})", 415)
-    try:
-        size = reader(data)
-    except (struct.error, IndexError, ValueError):
-        size = None
+    size = header_size(data)
     if size is None:
         raise ImageRejected("image header is truncated or malformed (its size cannot be read)", 400)
     limits.check(*size)
     return size
+
+
+def header_reader(data: bytes | memoryview):
+    """The header parser for ``data``'s format (from its magic bytes), or None for a format we do not read."""
+    head = bytes(data[:32])
+    return next((read for magic, read in _READERS if head.startswith(magic)), None)
+
+
+def header_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """(width, height) as the header declares them, unchecked; None when it cannot be read."""
+    reader = header_reader(data)
+    try:
+        return reader(data) if reader else None
+    except (struct.error, IndexError, ValueError):
+        return None
 
 
 def _png(data) -> tuple[int, int] | None:

@@ -53,8 +53,12 @@ class Classifier:
     def __call__(self, frame_bgr: np.ndarray) -> Prediction:
         t0 = time.perf_counter()
         batch = preprocess(frame_bgr, self.spec)
-        t1 = time.perf_counter()
+        return self.predict_batch(batch, preprocess_ms=(time.perf_counter() - t0) * 1e3)
+
+    def predict_batch(self, batch: np.ndarray, *, preprocess_ms: float = 0.0) -> Prediction:
+        """Classify an input that ``preprocess()`` already made (in another thread, say)."""
+        t0 = time.perf_counter()
         outputs = self.backend.predict(batch)[0]
-        t2 = time.perf_counter()
+        model_ms = (time.perf_counter() - t0) * 1e3
         probs = to_probabilities(outputs, self.backend.info)
-        return Prediction(top_k(probs, self.labels, self.k), probs, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+        return Prediction(top_k(probs, self.labels, self.k), probs, preprocess_ms, model_ms)

@@ -31,7 +31,9 @@ def number(kind=int, *, low=None, high=None, low_open: bool = False):
     return parse
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
+def add_model_arguments(
+    p: argparse.ArgumentParser, threads_help: str = "inference threads (default: the runtime's)"
+) -> None:
     p.add_argument("--model", required=True, type=Path, help=".onnx or .tflite file (labels + spec inside)")
     p.add_argument(
         "--backend",
@@ -39,7 +41,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="runtime; auto picks by file type (default: %(default)s)",
     )
-    p.add_argument("--threads", type=number(low=1), default=None, help="inference threads (default: the runtime's)")
+    p.add_argument("--threads", type=number(low=1), default=None, help=threads_help)
     p.add_argument(
         "--providers",
         default=None,
@@ -126,7 +128,14 @@ def add_run_parser(subparsers) -> None:
         "  floraedge run --model model.onnx --source clip.mp4 --headless --max-frames 100",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_arguments(p)
+    add_model_arguments(
+        p,
+        threads_help="threads for the model and the frame pipeline together (default: the CPU count); "
+        "split as 2 -> model 1 + pipeline 1, 4 -> 3 + 1, 8 -> 6 + 2",
+    )
+    p.add_argument(
+        "--model-threads", type=number(low=1), default=None, help="the model's share of --threads (default: as above)"
+    )
     p.add_argument("--source", default="0", help="camera index, video file, folder, URL or GStreamer pipeline")
     p.add_argument("--headless", action="store_true", help="no window: one JSON line per classified frame on stdout")
     p.add_argument("--record", type=Path, default=None, help="write the annotated frames to this .mp4")
@@ -179,10 +188,15 @@ def check_live_paths(args: argparse.Namespace) -> None:
 
 
 def run_live_command(args: argparse.Namespace) -> int:
-    from edge_runtime.live import LiveConfig, run_live
+    import os
+
+    from edge_runtime.live import LiveConfig, run_live, split_threads
 
     check_live_paths(args)
-
+    model_threads, pipeline_threads = split_threads(args.threads or os.cpu_count() or 1)
+    if args.model_threads:
+        model_threads, pipeline_threads = args.model_threads, max(1, (args.threads or 0) - args.model_threads)
+    args.threads = model_threads
     config = LiveConfig(
         source=args.source,
         headless=args.headless,
@@ -196,6 +210,7 @@ def run_live_command(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         width=args.width,
         height=args.height,
+        pipeline_threads=None if args.backend == "opencv" else pipeline_threads,  # OpenCV DNN shares cv2's threads
     )
     stats = run_live(open_classifier(args), config, emit=lambda line: print(line, flush=True))
     print(json.dumps({"summary": stats}), file=sys.stderr)

@@ -1,13 +1,15 @@
 """The live loop: capture, classify, smooth, overlay or JSON, FPS, exit, release.
 
 Short enough to read at a glance; each concern (sources, smoothing, drawing) is a small piece.
+Capture, decoding and ``preprocess()`` run in the source's thread (``FramePipeline``); the main
+thread runs only the model, the smoothing and the sinks, and never waits without a timeout, so
+Ctrl-C and SIGTERM stop it promptly whatever the source is doing.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import threading
 import time
@@ -19,9 +21,19 @@ import cv2
 import numpy as np
 
 from edge_runtime.classify import Classifier, top_k
-from edge_runtime.sources import LatestFrameReader, open_source
+from edge_runtime.preprocess import preprocess
+from edge_runtime.sources import END, FramePipeline, open_source
 
 SMOOTHING = ("none", "ema", "window")
+POLL_S = 0.1  # the longest the main thread waits for a frame before it looks at the stop flag again
+LATENCY_WINDOW = 4096  # frames kept for the latency percentiles in the summary
+
+
+def split_threads(total: int) -> tuple[int, int]:
+    """(model, pipeline) threads for a budget of ``total``: the pipeline (capture, decode, resize) gets
+    one thread up to 7 cores and two from 8, the model the rest: 2 -> (1, 1), 4 -> (3, 1), 8 -> (6, 2)."""
+    pipeline = 1 if total < 8 else 2
+    return max(1, total - pipeline), pipeline
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +52,7 @@ class LiveConfig:
     max_reconnects: int | None = None  # None: keep trying forever
     backoff: tuple[float, float] = (0.5, 8.0)  # first and longest wait between reopen attempts, seconds
     publish: Path | None = None  # write latest.jpg + latest.json here for `floraedge serve --camera`
+    pipeline_threads: int | None = None  # OpenCV threads for decode/resize in the source's thread; None: leave as is
 
 
 class Smoother:
@@ -101,71 +114,16 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-class Prefetcher:
-    """Decodes the next frames of a file or folder in a thread (bounded queue: nothing is dropped),
-    so decoding overlaps inference; OpenCV and the runtimes release the GIL while they work."""
+def open_pipeline(config: LiveConfig, classifier: Classifier) -> FramePipeline:
+    def opener():
+        return open_source(config.source, width=config.width, height=config.height, spec=classifier.spec)
 
-    END = object()
-
-    def __init__(self, source, depth: int = 4):
-        self.source, self.queue, self.stopped = source, queue.Queue(maxsize=depth), threading.Event()
-        self.thread = threading.Thread(target=self._run, name="frame-prefetch", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stopped.is_set():
-            ok, frame = self.source.read()
-            item = (ok and frame is not None, frame) if ok else self.END
-            while not self.stopped.is_set():
-                try:
-                    self.queue.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if item is self.END:
-                return
-
-    def read(self) -> tuple[bool, np.ndarray | None]:
-        item = self.queue.get()
-        return (False, None) if item is self.END else (True, item[1])
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join(timeout=2)
-        self.source.release()
-
-
-class FrameFeed:
-    """Newest-frame reads for live sources (via a reader thread), every frame for files and folders."""
-
-    def __init__(self, config: LiveConfig):
-        def opener():
-            return open_source(config.source, width=config.width, height=config.height)
-
-        first = opener()
-        self.reader = (
-            LatestFrameReader(opener, source=first, backoff=config.backoff, max_reconnects=config.max_reconnects)
-            if first.is_live
-            else None
-        )
-        self.prefetch = None if first.is_live else Prefetcher(first)
-        self.source, self.last_id = first, 0
-
-    def next(self) -> tuple[bool, np.ndarray | None]:
-        """(False, None) at the end of the source; (True, None) for a frame to skip."""
-        if self.reader is None:
-            return self.prefetch.read()
-        self.last_id, frame = self.reader.latest(self.last_id)
-        if frame is None and self.reader.failed:
-            return False, None
-        return True, frame
-
-    @property
-    def reconnects(self) -> int:
-        return self.reader.reconnects if self.reader else 0
-
-    def close(self) -> None:
-        (self.reader or self.prefetch).stop()
+    return FramePipeline(
+        opener,
+        lambda image: preprocess(image, classifier.spec),
+        backoff=config.backoff,
+        max_reconnects=config.max_reconnects,
+    )
 
 
 def open_recorder(path: Path, frame: np.ndarray, fps: float = 15.0):
@@ -219,48 +177,90 @@ class Sinks:
             cv2.destroyAllWindows()
 
 
+def percentile(values, q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if values else None
+
+
+class LoopStats:
+    """Frame counts, the FPS shown on the overlay, and recent capture-to-result latencies."""
+
+    def __init__(self):
+        self.frames, self.skipped, self.started, self.fps, self.last = 0, 0, time.time(), 0.0, time.perf_counter()
+        self.latency_ms, self.model_ms = deque(maxlen=LATENCY_WINDOW), deque(maxlen=LATENCY_WINDOW)
+
+    def tick(self, latency_ms: float, model_ms: float) -> None:
+        now = time.perf_counter()
+        rate = 1.0 / max(now - self.last, 1e-9)
+        self.fps, self.last = (rate if self.fps == 0 else 0.9 * self.fps + 0.1 * rate), now
+        self.frames += 1
+        self.latency_ms.append(latency_ms)
+        self.model_ms.append(model_ms)
+
+    def summary(self, reconnects: int, threads_left: int) -> dict:
+        elapsed = time.time() - self.started
+        return {
+            "frames": self.frames,
+            "skipped": self.skipped,
+            "started": self.started,
+            "reconnects": reconnects,
+            "elapsed_s": round(elapsed, 3),
+            "fps": round(self.frames / max(elapsed, 1e-9), 2),
+            "latency_p50_ms": percentile(self.latency_ms, 50),
+            "latency_p99_ms": percentile(self.latency_ms, 99),
+            "model_p50_ms": percentile(self.model_ms, 50),
+            "model_p99_ms": percentile(self.model_ms, 99),
+            "threads_left": threads_left,
+        }
+
+
+def classify_frame(classifier: Classifier, smoother: Smoother, frame, config: LiveConfig, stats: LoopStats):
+    """The model, the smoothing and the decision for one prepared frame: (record, prediction)."""
+    prediction = classifier.predict_batch(frame.batch, preprocess_ms=frame.preprocess_ms)
+    result = decide(
+        smoother.update(prediction.probabilities), classifier.labels, threshold=config.threshold, k=config.top_k
+    )
+    latency_ms = (time.perf_counter() - frame.captured) * 1e3
+    stats.tick(latency_ms, prediction.model_ms)
+    record = {
+        "ts": round(time.time(), 3),
+        "frame": stats.frames,
+        **result,
+        "preprocess_ms": round(prediction.preprocess_ms, 3),
+        "model_ms": round(prediction.model_ms, 3),
+        "latency_ms": round(latency_ms, 3),
+        "fps": round(stats.fps, 2),
+    }
+    return record, prediction
+
+
 def run_live(classifier: Classifier, config: LiveConfig, emit=print) -> dict:
-    """Classify frames from ``config.source`` until it ends, ``max_frames``, 'q', Ctrl-C or SIGTERM."""
-    feed, smoother = FrameFeed(config), Smoother(config.smoothing, alpha=config.alpha, window=config.window)
-    sinks, stats = Sinks(config, emit), {"frames": 0, "skipped": 0, "started": time.time()}
-    fps, last = 0.0, time.perf_counter()
+    """Classify frames from ``config.source`` until it ends, ``max_frames``, 'q', Ctrl-C or SIGTERM.
+
+    The summary's latencies run from the moment the source returned a frame to its result
+    (``latency_*``) and over the model alone (``model_*``), over the last 4096 frames.
+    """
+    if config.pipeline_threads:
+        cv2.setNumThreads(config.pipeline_threads)
+    pipeline, smoother = (
+        open_pipeline(config, classifier),
+        Smoother(config.smoothing, alpha=config.alpha, window=config.window),
+    )
+    sinks, stats = Sinks(config, emit), LoopStats()
     with StopFlag() as stop:
         try:
-            while not stop.is_set() and (config.max_frames is None or stats["frames"] < config.max_frames):
-                ok, frame = feed.next()
-                if not ok:
+            while not stop.is_set() and (config.max_frames is None or stats.frames < config.max_frames):
+                frame = pipeline.get(timeout=POLL_S)
+                if frame is END:
                     break
-                if frame is None or frame.size == 0 or frame.ndim != 3:
-                    stats["skipped"] += 1
+                if frame is None:  # nothing yet: look at the stop flag again
                     continue
-                prediction = classifier(frame)
-                result = decide(
-                    smoother.update(prediction.probabilities),
-                    classifier.labels,
-                    threshold=config.threshold,
-                    k=config.top_k,
-                )
-                now = time.perf_counter()
-                fps = 1.0 / max(now - last, 1e-9) if fps == 0 else 0.9 * fps + 0.1 / max(now - last, 1e-9)
-                last = now
-                stats["frames"] += 1
-                record = {
-                    "ts": round(time.time(), 3),
-                    "frame": stats["frames"],
-                    **result,
-                    "preprocess_ms": round(prediction.preprocess_ms, 3),
-                    "model_ms": round(prediction.model_ms, 3),
-                    "fps": round(fps, 2),
-                }
-                if not sinks.send(record, frame, prediction):
+                if frame.batch is None:
+                    stats.skipped += 1
+                    continue
+                record, prediction = classify_frame(classifier, smoother, frame, config, stats)
+                if not sinks.send(record, frame.image, prediction):
                     break
         finally:
-            feed.close()
+            joined = pipeline.stop()
             sinks.close()
-    elapsed = time.time() - stats["started"]
-    return {
-        **stats,
-        "reconnects": feed.reconnects,
-        "elapsed_s": round(elapsed, 3),
-        "fps": round(stats["frames"] / max(elapsed, 1e-9), 2),
-    }
+    return stats.summary(pipeline.reconnects, threads_left=0 if joined else 1)

@@ -3,10 +3,18 @@
 The camera loop, int8 calibration, export verification, the benchmarks and the training
 evaluation all call this function, so they cannot disagree. BGR (OpenCV's order) becomes
 the spec's colour order here and only here.
+
+Two savings keep the output equal to torchvision's resize + centre-crop within the tolerance
+the parity test states: only the source window that the crop keeps is resized (one resize, of
+the pixels that reach the model), and ``decode_bgr`` with a spec lets libjpeg decode a JPEG at
+1/2, 1/4 or 1/8 size (DCT scaling) when even that is at least ``resize_size`` on its shorter
+side, so nothing is ever upsampled that the old path would have shrunk.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import cv2
@@ -17,38 +25,89 @@ from edge_runtime.errors import FloraEdgeError
 from edge_runtime.spec import PreprocessSpec
 
 _UPSCALE = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
+_REDUCED = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
 
 
 class ImageReadError(FloraEdgeError, ValueError):
-    """An image file that is missing, empty or cannot be decoded."""
+    """An image file that is missing, empty, not a regular file or cannot be decoded."""
 
 
-def read_image_bgr(path: str | Path, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """Decode an image file into a uint8 HxWx3 BGR array (EXIF orientation applied).
-
-    Its header is checked against ``limits`` first: nothing over them is ever decoded."""
-    path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        raise ImageReadError(f"{path}: no such image file, or it is empty")
-    if path.stat().st_size > limits.max_bytes:
-        raise ImageReadError(f"{path}: {path.stat().st_size:,} bytes, over the {limits.max_bytes:,}-byte limit")
+def read_file_bytes(path: str | Path, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """The bytes of a regular file. A FIFO, device or folder is refused without blocking on it."""
     try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-        admit(data.data, limits)
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    except (OSError, cv2.error, ImageRejected) as exc:
-        raise ImageReadError(f"{path}: {exc}") from exc
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO with no writer would block a plain open()
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot open ({exc.strerror})") from exc
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageReadError(f"{path}: not a regular file (a FIFO, device or folder)")
+        if info.st_size > limits.max_bytes:
+            raise ImageReadError(f"{path}: {info.st_size:,} bytes, over the {limits.max_bytes:,}-byte limit")
+        return np.frombuffer(f.read(), np.uint8)
+
+
+def decode_factor(size: tuple[int, int], data: np.ndarray, spec: PreprocessSpec | None) -> int:
+    """The largest JPEG DCT scale-down 1/f (f = 8, 4, 2) whose shorter side is still >= ``resize_size``."""
+    if spec is None or data[:2].tobytes() != b"\xff\xd8":
+        return 1
+    return next((f for f in (8, 4, 2) if min(size) >= f * spec.resize_size), 1)
+
+
+def decode_flags(size: tuple[int, int], data: np.ndarray, spec: PreprocessSpec | None) -> int:
+    """``cv2.imdecode`` flags for ``data`` of ``size``: colour, at the reduced size ``decode_factor`` allows."""
+    return _REDUCED[decode_factor(size, data, spec)]
+
+
+def decode_bgr(
+    data: bytes | np.ndarray,
+    spec: PreprocessSpec | None = None,
+    *,
+    name: str = "image",
+    limits: ImageLimits = DEFAULT_LIMITS,
+) -> np.ndarray:
+    """Decode image bytes into a uint8 HxWx3 BGR array (EXIF orientation applied).
+
+    The header is checked against ``limits`` first: nothing over them is ever decoded. With
+    ``spec``, a large JPEG is decoded at reduced size (see ``decode_factor``); ``preprocess`` of
+    the result matches ``preprocess`` of the full decode within the parity test's tolerance.
+    """
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes | bytearray) else data
+    if buf.size == 0:
+        raise ImageReadError(f"{name}: empty, not an image")
+    try:
+        size = admit(buf.data, limits)
+        image = cv2.imdecode(buf, decode_flags(size, buf, spec))
+    except (cv2.error, ImageRejected) as exc:
+        raise ImageReadError(f"{name}: {exc}") from exc
     if image is None:
-        raise ImageReadError(f"{path}: not a decodable image (corrupt or unsupported format)")
+        raise ImageReadError(f"{name}: not a decodable image (corrupt or unsupported format)")
     return image
 
 
-def read_image_or_none(path: str | Path) -> np.ndarray | None:
+def read_image_bgr(
+    path: str | Path, spec: PreprocessSpec | None = None, limits: ImageLimits = DEFAULT_LIMITS
+) -> np.ndarray:
+    """Decode an image file (see ``decode_bgr``; ``spec`` allows reduced-size JPEG decoding)."""
+    return decode_bgr(read_file_bytes(path, limits), spec, name=str(path), limits=limits)
+
+
+def read_image_or_none(path: str | Path, spec: PreprocessSpec | None = None) -> np.ndarray | None:
     """``read_image_bgr``, or None for a file that is refused or cannot be decoded (a frame to skip)."""
     try:
-        return read_image_bgr(path)
+        return read_image_bgr(path, spec)
     except ImageReadError:
         return None
+
+
+def resized_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """(height, width) with the shorter side ``size``; torchvision's rule: the longer side is truncated."""
+    return (int(size * h / w), size) if w <= h else (size, int(size * w / h))
 
 
 def resize_shorter_side(image: np.ndarray, size: int, interpolation: str = "bilinear") -> np.ndarray:
@@ -56,8 +115,7 @@ def resize_shorter_side(image: np.ndarray, size: int, interpolation: str = "bili
     h, w = image.shape[:2]
     if min(h, w) == size:
         return image
-    # torchvision's rule: the longer side is truncated, not rounded (keeps crops pixel-aligned with training)
-    new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    new_h, new_w = resized_size(h, w, size)
     flag = cv2.INTER_AREA if size < min(h, w) else _UPSCALE[interpolation]
     return cv2.resize(image, (new_w, new_h), interpolation=flag)
 
@@ -69,18 +127,41 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     return image[top : top + size, left : left + size]
 
 
+def resize_and_crop(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """``center_crop(resize_shorter_side(image))``; when shrinking, only the window the crop keeps is resized.
+
+    The window's edges are rounded to whole source pixels (at most half a source pixel off
+    torchvision's), which the parity test's tolerance covers. Enlarging keeps the exact path:
+    a small image costs little, and bilinear sampling would shift with the window.
+    """
+    h, w = image.shape[:2]
+    size, crop = spec.resize_size, spec.crop_size
+    if size >= min(h, w):
+        return center_crop(resize_shorter_side(image, size, spec.interpolation), crop)
+    new_h, new_w = resized_size(h, w, size)
+    sy, sx = h / new_h, w / new_w
+    top, left = round((new_h - crop) / 2), round((new_w - crop) / 2)
+    y0, y1 = round(top * sy), round((top + crop) * sy)
+    x0, x1 = round(left * sx), round((left + crop) * sx)
+    return cv2.resize(image[y0:y1, x0:x1], (crop, crop), interpolation=cv2.INTER_AREA)
+
+
 def preprocess(frame_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """One BGR uint8 frame -> a float32 batch of one, laid out as ``spec.layout``."""
     if frame_bgr is None or frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
         shape = None if frame_bgr is None else (frame_bgr.shape, str(frame_bgr.dtype))
         raise ImageRejected(f"preprocess expects an HxWx3 uint8 BGR image, got {shape}")
     DEFAULT_LIMITS.check(frame_bgr.shape[1], frame_bgr.shape[0])  # a camera or video frame has no header to check
-    image = center_crop(resize_shorter_side(frame_bgr, spec.resize_size, spec.interpolation), spec.crop_size)
+    image = resize_and_crop(frame_bgr, spec)
     if spec.color_order == "RGB":
-        image = image[:, :, ::-1]
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     mean = np.asarray(spec.mean, np.float32) * 255.0
     inv_std = 1.0 / (np.asarray(spec.std, np.float32) * 255.0)
-    x = (image.astype(np.float32) - mean) * inv_std
-    if spec.layout == "NCHW":
-        x = x.transpose(2, 0, 1)
-    return np.ascontiguousarray(x[None])
+    if spec.layout == "NCHW":  # convert while transposing: one pass, then normalize in place
+        x = np.array(image.transpose(2, 0, 1), dtype=np.float32, order="C")
+        mean, inv_std = mean[:, None, None], inv_std[:, None, None]
+    else:
+        x = image.astype(np.float32)
+    x -= mean
+    x *= inv_std
+    return x[None]

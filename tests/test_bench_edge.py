@@ -68,5 +68,7 @@ def test_bench_runs_torch_free_and_reports_every_backend_of_the_file(tmp_path):
     assert set(rows) == {"onnxruntime", "opencv"}
     assert all("error" not in r for r in rows.values()), rows
     assert rows["opencv"]["agreement"] == 1.0 and rows["onnxruntime"]["accuracy"]["n"] == 8
+    loop = rows["onnxruntime"]["loop"]
+    assert loop["frames"] == 5 and loop["latency_p99_ms"] >= loop["latency_p50_ms"] > 0  # capture to result
     assert (tmp_path / "bench" / "report.md").is_file() and (tmp_path / "bench" / "results.csv").is_file()
     assert snapshot(data, models) == before  # nothing outside --out is changed

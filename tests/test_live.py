@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -15,12 +18,12 @@ import pytest
 from edge_runtime import live
 from edge_runtime.backends import load
 from edge_runtime.classify import Classifier
-from edge_runtime.live import LiveConfig, Smoother, decide, run_live
-from edge_runtime.sources import SourceError
+from edge_runtime.live import LiveConfig, Smoother, decide, run_live, split_threads
+from edge_runtime.sources import END, FramePipeline, SourceError
 from tests.conftest import REPO
 from tests.tiny_models import tiny_onnx
 
-FRAME_KEYS = {"ts", "frame", "label", "score", "unsure", "top", "preprocess_ms", "model_ms", "fps"}
+FRAME_KEYS = {"ts", "frame", "label", "score", "unsure", "top", "preprocess_ms", "model_ms", "latency_ms", "fps"}
 
 
 def make_video(path: Path, frames: int, size=(48, 64)) -> Path:
@@ -40,9 +43,14 @@ def classifier(tmp_path):
     return Classifier(load(tiny_onnx(tmp_path / "tiny.onnx"), threads=1), k=3)
 
 
+def pipeline_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "frame-pipeline" and t.is_alive()]
+
+
 def run_collect(classifier, **kwargs) -> tuple[list[dict], dict]:
     lines = []
     stats = run_live(classifier, LiveConfig(headless=True, **kwargs), emit=lines.append)
+    assert stats["threads_left"] == 0 and not pipeline_threads()  # every thread joined
     return [json.loads(line) for line in lines], stats
 
 
@@ -53,6 +61,8 @@ def test_video_file_is_classified_frame_by_frame_and_ends_cleanly(classifier, tm
     assert all(set(r) == FRAME_KEYS for r in records)
     assert [r["frame"] for r in records] == list(range(1, 21))
     assert records[0]["top"][0]["label"].startswith("flower ") and len(records[0]["top"]) == 3
+    assert all(r["latency_ms"] >= r["model_ms"] > 0 for r in records)  # capture to result includes the model
+    assert stats["latency_p99_ms"] >= stats["latency_p50_ms"] > 0 and stats["model_p99_ms"] > 0
 
 
 def test_max_frames_and_recording(classifier, tmp_path):
@@ -73,6 +83,61 @@ def test_image_folder_skips_and_counts_corrupt_frames(classifier, tmp_path):
     (folder / "2b.png").write_bytes(b"corrupt")
     records, stats = run_collect(classifier, source=str(folder))
     assert stats["frames"] == 4 and stats["skipped"] == 1
+
+
+def test_a_fifo_in_an_image_folder_is_skipped_not_waited_on(classifier, tmp_path):
+    """A FIFO named like an image used to block the reader in open() forever, and the loop with it."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((40, 40, 3), 60 * i, np.uint8))
+    os.mkfifo(folder / "1b.jpg")  # no writer ever opens it
+    done = {}
+    worker = threading.Thread(target=lambda: done.update(result=run_collect(classifier, source=str(folder))))
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "the loop hung on the FIFO"
+    _, stats = done["result"]
+    assert stats["frames"] == 3 and stats["skipped"] == 1
+
+
+class CountingCamera:
+    """A fast live source whose frame i is filled with i (mod 256)."""
+
+    is_live = True
+
+    def __init__(self, frames: int):
+        self.i, self.frames = 0, frames
+
+    def read(self):
+        if self.i >= self.frames:
+            return False, None
+        self.i += 1
+        time.sleep(0.001)
+        return True, np.full((8, 8, 3), self.i % 256, np.uint8)
+
+    def release(self):
+        pass
+
+
+def test_live_pipeline_hands_over_only_the_newest_frame():
+    pipeline = FramePipeline(lambda: CountingCamera(200), lambda image: int(image[0, 0, 0]), max_reconnects=0)
+    seen = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        frame = pipeline.get(timeout=0.1)
+        if frame is END:
+            break
+        if frame is not None:
+            seen.append(frame.batch)
+            time.sleep(0.03)  # a slow model: several frames arrive meanwhile
+    assert pipeline.stop() and not pipeline.thread.is_alive()
+    assert seen == sorted(set(seen)), "a stale frame was handed over after a fresher one"
+    assert 0 < len(seen) < 200 and seen[-1] == 200  # frames were dropped, and the last one is the newest
+
+
+def test_thread_budget_split():
+    assert [split_threads(n) for n in (1, 2, 4, 8, 16)] == [(1, 1), (1, 1), (3, 1), (6, 2), (14, 2)]
 
 
 class FlakyCamera:
@@ -134,31 +199,35 @@ def test_missing_source_is_a_clear_error(classifier, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_stops_the_cli_cleanly(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_cli_with_every_thread_joined(tmp_path, sig):
+    """An image folder with a FIFO in it (which used to hang the loop for good), stopped by a signal."""
     model = tiny_onnx(tmp_path / "tiny.onnx")
-    video = make_video(tmp_path / "long.avi", 3000, size=(32, 32))
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    image = cv2.imencode(".png", np.full((32, 32, 3), 90, np.uint8))[1].tobytes()
+    for i in range(3000):
+        (folder / f"{i:05d}.png").write_bytes(image)
+    os.mkfifo(folder / "00001b.png")
+    command = [sys.executable, "-m", "floraedge", "run", "--model", str(model), "--source", str(folder)]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "floraedge",
-            "run",
-            "--model",
-            str(model),
-            "--source",
-            str(video),
-            "--headless",
-            "--threads",
-            "1",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        [*command, "--headless", "--threads", "2"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     first = json.loads(proc.stdout.readline())
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)  # the old loop never returned here; no tighter bound: the CPU may be busy
     assert first["frame"] == 1 and proc.returncode == 0
     summary = json.loads(err.strip().splitlines()[-1])["summary"]
-    assert 1 <= summary["frames"] < 3000
+    assert 1 <= summary["frames"] < 3000 and summary["threads_left"] == 0
+
+
+def test_an_error_in_the_pipeline_thread_reaches_the_caller():
+    def broken(image):
+        raise RuntimeError("preprocessing broke")
+
+    pipeline = FramePipeline(lambda: CountingCamera(5), broken, max_reconnects=0)
+    with pytest.raises(RuntimeError, match="preprocessing broke"):
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            pipeline.get(timeout=0.1)
+    assert pipeline.stop()

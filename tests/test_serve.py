@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import socket
 import struct
 import subprocess
 import sys
+import threading
+import time
 import zlib
 
 import cv2
@@ -198,7 +202,9 @@ def test_camera_shows_what_floraedge_run_publishes(model, tmp_path):
     )
     with TestClient(create_app(ServeConfig(model=model, camera=camera))) as c:
         latest = c.get("/v1/camera").json()
-        assert latest["frame"] == 1 and latest["label"] in ("unsure", "flower 0", "flower 1", "flower 2", "flower 3")
+        assert (
+            1 <= latest["frame"] <= 3 and latest["label"]
+        )  # which frame depends on the 10/s publish limit in ("unsure", "flower 0", "flower 1", "flower 2", "flower 3")
         assert c.get("/v1/model").json()["camera"] is True
 
     async def first_part():
@@ -208,3 +214,52 @@ def test_camera_shows_what_floraedge_run_publishes(model, tmp_path):
     assert part.startswith(b"--frame\r\nContent-Type: image/jpeg") and b"\xff\xd8" in part
     with TestClient(create_app(ServeConfig(model=model))) as c:
         assert c.get("/v1/camera").status_code == 404 and "--camera" in c.get("/camera.mjpg").json()["error"]
+
+
+def test_decoding_runs_off_the_event_loop_and_large_jpegs_report_their_full_size(model, monkeypatch):
+    from edge_runtime.serve import app as app_module
+
+    threads = []
+    real = app_module.decode_upload
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "decode_upload", spy)
+    big = cv2.imencode(".jpg", cv2.resize(np.arange(48, dtype=np.uint8).reshape(6, 8), (1600, 1200)))[1].tobytes()
+    with TestClient(create_app(ServeConfig(model=model))) as c:
+        r = c.post("/v1/classify", content=big, headers={"content-type": "image/jpeg"}).json()
+    assert threads and all(name.startswith("decode-infer") for name in threads)
+    assert (r["width"], r["height"]) == (1600, 1200)  # decoded at 1/8 (the model needs 36 px), reported as sent
+    assert {"decode_ms", "preprocess_ms", "queue_ms", "model_ms", "total_ms"} <= set(r)
+
+
+def test_the_server_keeps_connections_alive(model, jpeg):
+    import http.client
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(model=model)), host="127.0.0.1", port=port))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        sockets = []
+        for _ in range(3):
+            conn.request("POST", "/v1/classify", body=jpeg, headers={"content-type": "image/jpeg"})
+            response = conn.getresponse()
+            assert response.status == 200 and json.loads(response.read())["top"]
+            assert response.getheader("connection", "").lower() != "close"
+            sockets.append(conn.sock)
+        assert sockets[0] is not None and sockets.count(sockets[0]) == 3  # one TCP connection for all three
+        conn.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

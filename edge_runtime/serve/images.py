@@ -12,13 +12,19 @@ from edge_runtime.admission import DEFAULT_LIMITS, ImageRejected, admit
 BadImage = ImageRejected  # an upload we refuse; ``.status`` is the HTTP status to answer with
 
 
-def decode_upload(data: bytes, *, max_pixels: int) -> np.ndarray:
-    """A BGR image from uploaded bytes, refusing decompression bombs (in every format) before they are decoded."""
+def decode_upload(data: bytes, *, max_pixels: int, spec=None) -> np.ndarray:
+    """A BGR image from uploaded bytes, refusing decompression bombs (in every format) before they are decoded.
+
+    With the model's ``spec``, a large JPEG is decoded at reduced size, as everywhere else.
+    """
+    from edge_runtime.preprocess import decode_flags
+
     if not data:
         raise BadImage("empty body: send a JPEG or PNG (multipart field 'file', or the raw bytes)")
-    admit(data, dataclasses.replace(DEFAULT_LIMITS, max_pixels=max_pixels))
+    size = admit(data, dataclasses.replace(DEFAULT_LIMITS, max_pixels=max_pixels))
+    buf = np.frombuffer(data, np.uint8)
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        image = cv2.imdecode(buf, decode_flags(size, buf, spec))
     except cv2.error:
         image = None
     if image is None:

@@ -33,6 +33,7 @@ def openapi_spec(config) -> dict:
             "decode_ms": {"type": "number"},
             "preprocess_ms": {"type": "number"},
             "model_ms": {"type": "number"},
+            "queue_ms": {"type": "number", "description": "waiting for a model worker"},
             "total_ms": {"type": "number"},
             "width": {"type": "integer"},
             "height": {"type": "integer"},
