@@ -9,7 +9,7 @@
 # however it ends (checked at the end by interrupting a run).
 #
 #   tests/arm64/run.sh                    everything (what `make test-arm64` runs)
-#   tests/arm64/run.sh shell pi5 CMD...   one command in the rootfs, e.g. `shell pi5 python3 -V`
+#   tests/arm64/run.sh shell pi5 CMD...   one command in the rootfs, e.g. `shell pi5 python3 -V` (WORK=DIR: at /work)
 # Environment: RELEASE (bookworm, or trixie: Raspberry Pi OS 13, Python 3.13), HOST_PYTHON (the main
 # environment, with torch, which exports the test model), EDGE_TESTS (the Makefile's test list),
 # FLORAEDGE_CACHE (default ~/.cache/floraedge).
@@ -28,7 +28,7 @@ ROOTFS_VERSION=1 # bump when build_rootfs changes
 KEY=$(echo "$RELEASE $PACKAGES $CAMERA_PACKAGES $ROOTFS_VERSION" | sha256sum | cut -c1-12)
 ROOTFS=$CACHE/rootfs-$RELEASE-$KEY
 OUT=$REPO/build/arm64-$RELEASE # results and logs of the last run
-WORK=""
+WORK=${WORK:-} # `shell` mounts it at /work when set
 TMP_ROOTFS=""
 
 die() {
@@ -95,6 +95,18 @@ debian_mirror() {
     echo "${uri:-http://deb.debian.org/debian}"
 }
 
+# pip inside reaches the index through the host's TLS proxy, if any: trust the host's local CA certificates.
+# Appended to the bundle directly (update-ca-certificates under emulation takes minutes); kept in
+# /usr/local/share/ca-certificates too, so a later update-ca-certificates keeps them.
+trust_host_certificates() {
+    local crt
+    for crt in /usr/local/share/ca-certificates/*.crt; do
+        [ -f "$crt" ] || continue
+        cp "$crt" "$1/usr/local/share/ca-certificates/"
+        cat "$crt" >> "$1/etc/ssl/certs/ca-certificates.crt"
+    done
+}
+
 build_rootfs() {
     mkdir -p "$CACHE"
     rm -rf "$CACHE"/.tmp-rootfs-* # a build that was killed (the lock is ours)
@@ -105,9 +117,7 @@ build_rootfs() {
     unshare --mount --pid --fork --kill-child --propagation private -- \
         debootstrap --arch=arm64 --variant=minbase --include="$PACKAGES" "$RELEASE" "$tmp" "$mirror" > "$TMP_ROOTFS/debootstrap.log" ||
         die "debootstrap failed; see the end of its log: $(tail -3 "$TMP_ROOTFS/debootstrap.log" "$tmp/debootstrap/debootstrap.log" 2> /dev/null)"
-    # pip and apt inside reach the network through the host's TLS proxy, if any: trust its CA certificates
-    cp /usr/local/share/ca-certificates/*.crt "$tmp/usr/local/share/ca-certificates/" 2> /dev/null || true
-    in_root "$tmp" none update-ca-certificates > /dev/null
+    trust_host_certificates "$tmp"
     step "apt-get install $CAMERA_PACKAGES (the Camera Module route)"
     in_root "$tmp" none sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends $CAMERA_PACKAGES > /dev/null && apt-get clean"
     echo "$KEY" > "$tmp/.floraedge-rootfs"
@@ -132,6 +142,7 @@ ensure_rootfs() {
 
 prepare_work() {
     WORK=$(mktemp -d /tmp/floraedge-arm64.XXXXXX)
+    chmod 755 "$WORK"
     step "host: the test model exported to every format ($HOST_PYTHON)"
     (cd "$REPO" && "$HOST_PYTHON" -m tests.arm64.host_models "$WORK/host" > "$WORK/host-export.log" 2>&1) ||
         die "the host export failed (log: $OUT/host-export.log): $(tail -1 "$WORK/host-export.log")"
