@@ -21,6 +21,7 @@ RELEASE=${RELEASE:-bookworm}
 HOST_PYTHON=${HOST_PYTHON:-$REPO/.venv/bin/python}
 EDGE_TESTS=${EDGE_TESTS:-tests/test_edge_runtime.py tests/test_live.py tests/test_bench_edge.py tests/test_serve.py}
 CACHE=${FLORAEDGE_CACHE:-$HOME/.cache/floraedge}/arm64
+BINFMT=${BINFMT_MISC:-/proc/sys/fs/binfmt_misc} # another path only to test the refusal
 PACKAGES=python3,python3-venv,python3-pip,ca-certificates
 # The Camera Module route (README): Debian's OpenCV, built with GStreamer, and libcamera's GStreamer element
 CAMERA_PACKAGES="python3-opencv gstreamer1.0-libcamera gstreamer1.0-plugins-base gstreamer1.0-tools"
@@ -61,14 +62,15 @@ require_emulation() {
             die "cannot install$missing with apt-get: install them, then rerun"
     fi
     [ "$(uname -m)" = aarch64 ] && return 0
-    if ! mountpoint -q /proc/sys/fs/binfmt_misc; then
-        mount binfmt_misc -t binfmt_misc /proc/sys/fs/binfmt_misc 2> /dev/null ||
-            die "no binfmt_misc: the kernel cannot run arm64 binaries through qemu here (a container needs --privileged, or mount binfmt_misc on its host)"
+    # the one host-wide change: what systemd's proc-sys-fs-binfmt_misc.automount does on a desktop
+    if ! mountpoint -q "$BINFMT"; then
+        mount binfmt_misc -t binfmt_misc "$BINFMT" 2> /dev/null ||
+            die "no binfmt_misc at $BINFMT: the kernel cannot run arm64 binaries through qemu here (a container needs --privileged, or binfmt_misc mounted by its host)"
     fi
     update-binfmts --enable qemu-aarch64 > /dev/null 2>&1 || true
-    grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 2> /dev/null ||
+    grep -q '^enabled' "$BINFMT/qemu-aarch64" 2> /dev/null ||
         die "binfmt_misc has no enabled qemu-aarch64 entry (update-binfmts --enable qemu-aarch64 failed)"
-    grep -q '^flags: .*F' /proc/sys/fs/binfmt_misc/qemu-aarch64 ||
+    grep -q '^flags: .*F' "$BINFMT/qemu-aarch64" ||
         die "the qemu-aarch64 binfmt entry lacks the F flag: a chroot cannot find qemu (reinstall qemu-user-static)"
 }
 
@@ -167,9 +169,20 @@ arm64_edge_tests() {
     echo "${list[@]}"
 }
 
+# Where emulation cannot work the run stops with one line naming what is missing, never a skip.
+check_refusals() {
+    local out
+    out=$(setpriv --reuid=65534 --regid=65534 --clear-groups "$0" 2>&1) && die "refusal check: a non-root run did not fail"
+    [ "$(echo "$out" | wc -l)" = 1 ] && [[ $out == *"needs root"* ]] || die "refusal check: not root gave: $out"
+    out=$(BINFMT_MISC=/nonexistent "$0" 2>&1) && die "refusal check: a run without binfmt_misc did not fail"
+    [ "$(echo "$out" | wc -l)" = 1 ] && [[ $out == *"no binfmt_misc"* ]] || die "refusal check: no binfmt_misc gave: $out"
+    echo "ok: not root and no binfmt_misc each stop the run with one line"
+}
+
 main() {
     local start=$SECONDS
     require_emulation
+    check_refusals
     ensure_rootfs
     local rootfs_s=$((SECONDS - start))
     prepare_work
