@@ -125,7 +125,9 @@ def gates(work: Path) -> list[dict]:
     """Every exported file's own export gate, re-run here against the PyTorch reference made on x86."""
     saved = np.load(work / "gate.npz")
     ref = Reference(saved["batch"], saved["targets"], saved["logits"])
-    cards = {folder: json.loads((work / folder / "model_card.json").read_text()) for folder in ("exports", "exports-arm")}
+    cards = {
+        folder: json.loads((work / folder / "model_card.json").read_text()) for folder in ("exports", "exports-arm")
+    }
     results = []
     for key, path, row, backend in runs(work):
         if backend == row.runtime:
@@ -146,16 +148,20 @@ def check(work: Path, cpu: str) -> int:
     report["x86_versions"] = json.loads((work / "x86-versions.json").read_text())
     (work / f"agreement-{cpu}.json").write_text(json.dumps(report, indent=1))
     for r in results:
-        print(f"{'ok  ' if r['passed'] else 'FAIL'} {r['file']}: max |x86 - arm64| {r['max_abs_diff']:.3g} "
-              f"(limit {r['limit']}), top-1 agreement {r['top1_agreement']:.2%}")
+        print(
+            f"{'ok  ' if r['passed'] else 'FAIL'} {r['file']}: max |x86 - arm64| {r['max_abs_diff']:.3g} "
+            f"(limit {r['limit']}), top-1 agreement {r['top1_agreement']:.2%}"
+        )
     for g in gate_results:
         print(f"{'ok  ' if g['passed'] else 'FAIL'} gate on arm64, {g['file']}: {g['gate']}")
     # a gate fails here when it passed on x86; the --ort-preset arm file must pass outright
     failed = [r for r in results if not r["passed"]] + [
         g for g in gate_results if not g["passed"] and (g["x86_passed"] or g["file"].startswith("exports-arm/"))
     ]
-    print(f"{cpu}: {len(results)} file/backend pairs x {len(names)} images, {len(gate_results)} gates; "
-          f"{len(failed)} failed")
+    print(
+        f"{cpu}: {len(results)} file/backend pairs x {len(names)} images, {len(gate_results)} gates; "
+        f"{len(failed)} failed"
+    )
     return 1 if failed else 0
 
 

@@ -31,8 +31,17 @@ def train_tiny(root: Path) -> tuple[Path, Path]:
     prepared = root / "prepared"
     prepare_dataset(PrepareConfig(source=release, out=prepared, cache_size=40, workers=1))
     config = TrainConfig(
-        data=str(prepared), out=str(root / "run"), arch="efficientnet_lite0", img_size=32, epochs=2,
-        head_epochs=0, batch_size=8, workers=0, progress=False, tta_flip=False, patience=0,
+        data=str(prepared),
+        out=str(root / "run"),
+        arch="efficientnet_lite0",
+        img_size=32,
+        epochs=2,
+        head_epochs=0,
+        batch_size=8,
+        workers=0,
+        progress=False,
+        tta_flip=False,
+        patience=0,
     )
     train(config)
     return root / "run" / "best.pt", prepared
@@ -47,8 +56,13 @@ def export(checkpoint: Path, prepared: Path, out: Path) -> None:
     export_all(ExportConfig(checkpoint=str(checkpoint), data=str(prepared), out=str(out / "exports"), **fast))
     export_all(
         ExportConfig(
-            checkpoint=str(checkpoint), data=str(prepared), out=str(out / "exports-arm"),
-            formats=("onnx",), precisions=("int8",), ort_preset="arm", **fast,
+            checkpoint=str(checkpoint),
+            data=str(prepared),
+            out=str(out / "exports-arm"),
+            formats=("onnx",),
+            precisions=("int8",),
+            ort_preset="arm",
+            **fast,
         )
     )
     model, spec = model_from_bundle(load_bundle(checkpoint))
