@@ -10,6 +10,7 @@
 #
 #   tests/arm64/run.sh                    everything (what `make test-arm64` runs)
 #   tests/arm64/run.sh shell pi5 CMD...   one command in the rootfs, e.g. `shell pi5 python3 -V` (WORK=DIR: at /work)
+#   tests/arm64/run.sh check-interrupt    interrupt a run in the rootfs; no mount may remain (also part of the run)
 # Environment: RELEASE (bookworm, or trixie: Raspberry Pi OS 13, Python 3.13), HOST_PYTHON (the main
 # environment, with torch, which exports the test model), EDGE_TESTS (the Makefile's test list),
 # FLORAEDGE_CACHE (default ~/.cache/floraedge).
@@ -30,6 +31,7 @@ KEY=$(echo "$RELEASE $PACKAGES $CAMERA_PACKAGES $ROOTFS_VERSION" | sha256sum | c
 ROOTFS=$CACHE/rootfs-$RELEASE-$KEY
 OUT=$REPO/build/arm64-$RELEASE # results and logs of the last run
 WORK=${WORK:-} # `shell` mounts it at /work when set
+OWN_WORK=""    # set when this run made WORK (and so removes it)
 TMP_ROOTFS=""
 
 die() {
@@ -40,7 +42,7 @@ step() { echo "== arm64 [$(date +%T)] $*"; }
 
 cleanup() {
     if [ -n "$TMP_ROOTFS" ]; then rm -rf "$TMP_ROOTFS"; fi
-    if [ -n "$WORK" ] && [ -d "$WORK" ]; then # keep the results and logs, drop the venvs and models
+    if [ -n "$OWN_WORK" ] && [ -d "$WORK" ]; then # keep the results and logs, drop the venvs and models
         rm -rf "$OUT" && mkdir -p "$OUT"
         (cd "$WORK" && cp -r -t "$OUT" ./*.json ./*.jsonl ./*.log ./*.txt bench-* host/host-export.log 2> /dev/null || true)
         rm -rf "$WORK"
@@ -144,6 +146,7 @@ ensure_rootfs() {
 
 prepare_work() {
     WORK=$(mktemp -d /tmp/floraedge-arm64.XXXXXX)
+    OWN_WORK=1
     chmod 755 "$WORK"
     step "host: the test model exported to every format ($HOST_PYTHON)"
     (cd "$REPO" && "$HOST_PYTHON" -m tests.arm64.host_models "$WORK/host" > "$WORK/host-export.log" 2>&1) ||
@@ -207,21 +210,35 @@ main() {
     summary "$start" "$rootfs_s" "$host_s"
 }
 
-# An interrupted run leaves no mount anywhere, and a running one shows none in the host's mount table.
+# Processes whose mount table holds a mount of the folder named $1 (any namespace).
+mounts_of() { grep -ls -- "$1" /proc/[0-9]*/mountinfo 2> /dev/null || true; }
+
+# An interrupted run (Ctrl-C, or killed outright) leaves no mount anywhere, and a running one shows
+# none in the host's mount table. The marker folder, mounted at /work, names this run's mounts.
 check_interrupt() {
-    setsid "$0" shell pi4 sleep 300 &
-    local pid=$! i
-    for i in $(seq 100); do
-        grep -qs " $ROOTFS/proc " /proc/[0-9]*/mountinfo && break
-        sleep 0.2
+    local sig marker name pid i
+    for sig in INT KILL; do
+        marker=$(mktemp -d /tmp/floraedge-arm64-interrupt.XXXXXX)
+        name=$(basename "$marker")
+        # a background job of a script ignores SIGINT; a user's Ctrl-C reaches a foreground one
+        WORK=$marker setsid env --default-signal=INT "$0" shell pi4 sleep 600 &
+        pid=$!
+        for i in $(seq 300); do
+            [ -z "$(mounts_of "$name")" ] || break
+            sleep 0.2
+        done
+        [ -n "$(mounts_of "$name")" ] || die "interrupt check: the rootfs was never entered"
+        if grep -q -- "$name" /proc/self/mountinfo; then die "the rootfs mounts leaked into the host's mount table"; fi
+        kill "-$sig" -- "-$pid"
+        wait "$pid" 2> /dev/null || true
+        for i in $(seq 50); do
+            [ -n "$(mounts_of "$name")" ] || break
+            sleep 0.2
+        done
+        [ -z "$(mounts_of "$name")" ] || die "SIG$sig left mounts behind in: $(mounts_of "$name")"
+        rmdir "$marker"
+        echo "ok: SIG$sig to a run in the rootfs left no mount in any namespace"
     done
-    grep -qs " $ROOTFS/proc " /proc/[0-9]*/mountinfo || die "interrupt check: the rootfs was never entered"
-    if grep -q " $ROOTFS" /proc/self/mountinfo; then die "the rootfs mounts leaked into the host's mount table"; fi
-    kill -INT -- "-$pid"
-    wait "$pid" || true
-    sleep 0.5
-    if grep -ls " $ROOTFS" /proc/[0-9]*/mountinfo; then die "an interrupted run left mounts behind (above)"; fi
-    echo "ok: interrupted with SIGINT, no mount left in any namespace"
 }
 
 summary() {
@@ -229,14 +246,24 @@ summary() {
     echo "$total $2 $3 $((total - $2 - $3))" > "$WORK/times.txt"
     echo "== arm64 done in ${total}s (rootfs ${2}s, host side ${3}s, arm64 side $((total - $2 - $3))s);" \
         "edge venv $(cat "$WORK/venv-edge-mb.txt") MB; results in $OUT"
+    echo "   CPU time of this run's children (user, system; on a busy machine wall time is longer):" $(times | tail -1)
 }
 
-if [ "${1:-}" = shell ]; then
-    shift
-    require_emulation
-    cpu=$1
-    shift
-    in_root "$ROOTFS" "$cpu" "$@"
-else
-    main
-fi
+{ # one block, read whole before it runs: editing this file cannot derail a run in progress
+    case "${1:-}" in
+    "") main ;;
+    shell)
+        shift
+        require_emulation
+        cpu=$1
+        shift
+        in_root "$ROOTFS" "$cpu" "$@"
+        ;;
+    check-interrupt | check-refusals)
+        require_emulation
+        "${1//-/_}"
+        ;;
+    *) die "usage: $0 [shell pi4|pi5|none CMD... | check-interrupt | check-refusals]" ;;
+    esac
+    exit
+}
