@@ -9,8 +9,16 @@ STAMP := $(VENV)/.installed
 EDGE_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) python3.10)
 EDGE_VENV := .venv-edge
 EDGE_STAMP := $(EDGE_VENV)/.installed
+# The torch-free runtime's tests: in that environment (test-edge) and on arm64 under qemu (test-arm64).
+EDGE_TESTS := tests/test_edge_runtime.py tests/test_live.py tests/test_bench_edge.py tests/test_serve.py \
+	tests/test_serve_browser.py
+# The threat-model suites (hypothesis, server abuse, signals, CLI errors) also run torch-free, on the host only:
+# their timing bounds measure this machine, which emulation would make meaningless.
+EDGE_HOST_TESTS := tests/test_adversarial.py tests/test_serve_abuse.py tests/test_cli_errors.py tests/test_signals.py
+# Debian release of the arm64 rootfs (Raspberry Pi OS Bookworm = Debian 12; trixie = 13, Python 3.13)
+RELEASE ?= bookworm
 
-.PHONY: demo release test test-main test-edge test-fast lint clean browser
+.PHONY: demo release test test-main test-edge test-arm64 test-fast lint clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +34,7 @@ demo: $(STAMP)
 release: $(STAMP)
 	$(VENV)/bin/floraedge release
 
-test: test-main test-edge
+test: test-main test-edge test-arm64
 
 test-main: $(STAMP) browser
 	$(PY) -m pytest -q
@@ -39,14 +47,18 @@ browser:
 # The runtime's own tests with only `.[edge]` installed: proves it needs no torch and runs on 3.10.
 $(EDGE_STAMP): pyproject.toml
 	test -x $(EDGE_VENV)/bin/python || $(EDGE_PYTHON) -m venv $(EDGE_VENV)
-	$(EDGE_VENV)/bin/python -m pip install --quiet ".[edge,serve]" pytest onnx httpx selenium hypothesis
+	$(EDGE_VENV)/bin/python -m pip install --quiet ".[edge,edge-test]"
 	touch $(EDGE_STAMP)
 
 test-edge: $(EDGE_STAMP) browser
 	$(EDGE_VENV)/bin/python -c 'import sys; assert "torch" not in sys.modules; import importlib.util as u; assert u.find_spec("torch") is None, "torch leaked into the edge environment"'
-	$(EDGE_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not torch" tests/test_edge_runtime.py tests/test_live.py tests/test_bench_edge.py \
-		tests/test_serve.py tests/test_serve_browser.py tests/test_adversarial.py tests/test_serve_abuse.py \
-		tests/test_cli_errors.py tests/test_signals.py
+	$(EDGE_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not torch" $(EDGE_TESTS) $(EDGE_HOST_TESTS)
+
+# The same runtime on a Debian arm64 userland (Raspberry Pi OS) under qemu, installed as the README says,
+# under a Pi 4 and a Pi 5 CPU; plus cross-architecture agreement of every exported file (tests/arm64/run.sh).
+# Needs root. Cold: builds a cached rootfs in ~/.cache/floraedge/arm64 (minutes); `RELEASE=trixie` for Debian 13.
+test-arm64: $(STAMP)
+	RELEASE=$(RELEASE) HOST_PYTHON=$(abspath $(PY)) EDGE_TESTS="$(EDGE_TESTS)" tests/arm64/run.sh
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

@@ -1,0 +1,170 @@
+"""Cross-architecture agreement: the same images through every exported file, on x86 and on arm64.
+
+Torch-free (it runs in the arm64 device venv) and Python 3.10 compatible. Everything goes through the
+project's own runtime (``edge_runtime.backends.load``, ``preprocess``), so a file's I/O types are the
+ones its tensors declare, never assumed here.
+
+    python -m tests.arm64.agreement reference WORK      # on x86: WORK/x86.npz
+    python -m tests.arm64.agreement check WORK pi5      # on arm64: compare, re-run every gate; exit 1 on failure
+
+WORK is what ``tests/arm64/host_models.py`` wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.backends import load
+from edge_runtime.preprocess import preprocess, read_image_bgr
+from export.formats import FORMATS, Format
+from export.verify import Reference, verify
+
+FP32_ATOL = 1e-4
+FP16_MIN_AGREEMENT = 0.99
+# dynamic-int8 quantizes activations at run time with float scales: tolerate float rounding of those scales
+DYNAMIC_RTOL = 1e-2
+
+
+def runs(work: Path) -> list[tuple[str, Path, Format, str]]:
+    """(key, file, format row, backend) for every exported file and each backend that runs it."""
+    found = []
+    for folder in ("exports", "exports-arm"):
+        for row in FORMATS:
+            path = work / folder / row.filename
+            if path.is_file():
+                found += [(f"{folder}/{row.filename}:{b}", path, row, b) for b in (row.runtime, *row.also_runs_on)]
+    return found
+
+
+def outputs(path: Path, backend_name: str, images: list[np.ndarray]) -> np.ndarray:
+    backend = load(path, backend_name, threads=1)
+    return np.concatenate([backend.predict(preprocess(image, backend.info.spec)) for image in images])
+
+
+def read_images(work: Path) -> tuple[list[str], list[np.ndarray]]:
+    paths = sorted((work / "images").glob("*.jpg"))
+    if not paths:
+        raise SystemExit(f"no images in {work / 'images'}: run tests/arm64/host_models.py first")
+    return [p.name for p in paths], [read_image_bgr(p) for p in paths]
+
+
+def versions() -> dict:
+    import cv2
+    import onnxruntime
+
+    from edge_runtime.backends import _tflite_interpreter
+
+    return {
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "opencv": cv2.__version__,
+        "litert": _tflite_interpreter().__module__,
+    }
+
+
+def reference(work: Path) -> None:
+    names, images = read_images(work)
+    arrays = {key: outputs(path, b, images) for key, path, _, b in runs(work)}
+    np.savez(work / "x86.npz", names=np.array(names), **arrays)
+    (work / "x86-versions.json").write_text(json.dumps(versions()))
+    print(f"x86 reference: {len(arrays)} file/backend pairs x {len(names)} images")
+
+
+def quant_step(path: Path, backend_name: str) -> float:
+    """One quantization step of the file's output: the scale of the last quantized tensor before it."""
+    if backend_name == "litert":
+        interpreter = load(path, "litert").interpreter
+        details = {d["index"]: d for d in interpreter.get_tensor_details()}
+        producers = {o: op for op in interpreter._get_ops_details() for o in op["outputs"]}
+        tensor = interpreter.get_output_details()[0]["index"]
+        for _ in range(4):  # output, or a dequantize/softmax after the last quantized tensor
+            scale = details[tensor]["quantization"][0]
+            if scale:
+                return float(scale)
+            tensor = producers[tensor]["inputs"][0]
+    else:
+        import onnx
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+        consts = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+        producers = {o: node for node in graph.node for o in node.output}
+        tensor = graph.output[0].name
+        for _ in range(4):
+            node = producers[tensor]
+            if node.op_type == "DequantizeLinear":
+                return float(np.max(consts[node.input[1]]))
+            tensor = node.input[0]
+    raise SystemExit(f"{path}: no quantized tensor near the output; the int8 check cannot name its step")
+
+
+def compare(key: str, path: Path, row: Format, backend: str, x86: np.ndarray, arm: np.ndarray) -> dict:
+    diff = float(np.abs(x86 - arm).max())
+    agreement = float((x86.argmax(1) == arm.argmax(1)).mean())
+    result = {"file": key, "max_abs_diff": diff, "top1_agreement": agreement}
+    if row.precision == "fp32":
+        result |= {"limit": FP32_ATOL, "passed": diff <= FP32_ATOL}
+    elif row.precision == "fp16":
+        result |= {"limit": f"agreement >= {FP16_MIN_AGREEMENT}", "passed": agreement >= FP16_MIN_AGREEMENT}
+    elif row.precision == "int8":
+        step = quant_step(path, backend)
+        result |= {"limit": step, "passed": agreement == 1.0 and diff <= step + 1e-7}
+    else:
+        limit = DYNAMIC_RTOL * float(np.abs(x86).max())
+        result |= {"limit": limit, "passed": agreement == 1.0 and diff <= limit}
+    return result
+
+
+def gates(work: Path) -> list[dict]:
+    """Every exported file's own export gate, re-run here against the PyTorch reference made on x86."""
+    saved = np.load(work / "gate.npz")
+    ref = Reference(saved["batch"], saved["targets"], saved["logits"])
+    cards = {
+        folder: json.loads((work / folder / "model_card.json").read_text()) for folder in ("exports", "exports-arm")
+    }
+    results = []
+    for key, path, row, backend in runs(work):
+        if backend == row.runtime:
+            card = cards[path.parent.name]
+            x86_passed = next(f["passed"] for f in card["files"] if f["file"] == row.filename)
+            here = verify(path, row, ref, max_drop=card["config"]["max_drop"])
+            results.append({"file": key, "gate": here["gate"], "passed": here["passed"], "x86_passed": x86_passed})
+    return results
+
+
+def check(work: Path, cpu: str) -> int:
+    names, images = read_images(work)
+    saved = np.load(work / "x86.npz")
+    assert list(saved["names"]) == names, "the x86 reference was made on other images"
+    results = [compare(k, p, r, b, saved[k], outputs(p, b, images)) for k, p, r, b in runs(work)]
+    gate_results = gates(work)
+    report = {"cpu": cpu, "images": len(names), "versions": versions(), "agreement": results, "gates": gate_results}
+    report["x86_versions"] = json.loads((work / "x86-versions.json").read_text())
+    (work / f"agreement-{cpu}.json").write_text(json.dumps(report, indent=1))
+    for r in results:
+        print(
+            f"{'ok  ' if r['passed'] else 'FAIL'} {r['file']}: max |x86 - arm64| {r['max_abs_diff']:.3g} "
+            f"(limit {r['limit']}), top-1 agreement {r['top1_agreement']:.2%}"
+        )
+    for g in gate_results:
+        print(f"{'ok  ' if g['passed'] else 'FAIL'} gate on arm64, {g['file']}: {g['gate']}")
+    # a gate fails here when it passed on x86; the --ort-preset arm file must pass outright
+    failed = [r for r in results if not r["passed"]] + [
+        g for g in gate_results if not g["passed"] and (g["x86_passed"] or g["file"].startswith("exports-arm/"))
+    ]
+    print(
+        f"{cpu}: {len(results)} file/backend pairs x {len(names)} images, {len(gate_results)} gates; "
+        f"{len(failed)} failed"
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    mode, work = sys.argv[1], Path(sys.argv[2])
+    sys.exit(reference(work) if mode == "reference" else check(work, sys.argv[3]))

@@ -1,0 +1,107 @@
+#!/bin/bash
+# The device side of `make test-arm64`: runs INSIDE the arm64 rootfs (chroot, qemu), from /work.
+# /work/floraedge is a copy of the repository, /work/suite holds tests/ + pyproject.toml (so pytest
+# imports the installed project, not a source tree), /work/host is what the x86 side exported.
+#   device.sh install            the README's Raspberry Pi lines, verbatim, into /work/venv
+#   device.sh tests CPU FILES... the torch-free tests; zero skips allowed
+#   device.sh agreement CPU      every exported file against its x86 outputs, every gate re-run
+#   device.sh commands           classify, run --headless over a video, bench, serve one request
+#   device.sh camera             the Camera Module route: Debian's OpenCV + a --system-site-packages venv
+set -euo pipefail
+cd /work
+venv=/work/venv
+say() { echo "[arm64 $(uname -m)] $*"; }
+
+install() {
+    say "python3 -m venv + pip install \"./floraedge[edge]\" (Python $(python3 -c 'import platform; print(platform.python_version())'))"
+    python3 -m venv "$venv"
+    . "$venv/bin/activate"
+    pip install --quiet "./floraedge[edge]"
+    du -sm "$venv" | cut -f1 > /work/venv-edge-mb.txt
+    say "edge venv: $(cat /work/venv-edge-mb.txt) MB ($(pip list --format=freeze | grep -iE '^(numpy|onnxruntime|ai-edge-litert|opencv-python-headless)=' | tr '\n' ' '))"
+    pip install --quiet "./floraedge[edge-test]"  # the test dependencies: one list, pyproject's extra
+    pip check
+}
+
+tests() {
+    local cpu=$1
+    shift
+    . "$venv/bin/activate"
+    cd /work/suite
+    python -c 'import edge_runtime, sys; assert edge_runtime.__file__.startswith(sys.prefix), edge_runtime.__file__'
+    # -rs lists skips; a skip fails the run below: every test of the list must run on arm64
+    python -m pytest -q -p no:cacheprovider -m "not torch" -rs "$@" | tee "/work/pytest-$cpu.log"
+    if grep -qE '[0-9]+ skipped' "/work/pytest-$cpu.log"; then
+        say "tests were skipped on arm64 ($cpu); every test of the list must run here" && return 1
+    fi
+}
+
+agreement() {
+    . "$venv/bin/activate"
+    cd /work/suite
+    python -m tests.arm64.agreement check /work/host "$1"
+}
+
+commands() {
+    . "$venv/bin/activate"
+    local models=/work/host/exports
+    say "floraedge classify"
+    floraedge classify --model "$models/model_int8.tflite" /work/host/images --json > /work/classify-arm64.json
+    say "floraedge run --headless over a video file"
+    floraedge run --model "$models/model_int8.onnx" --source /work/host/clip.mp4 --headless --max-frames 8 \
+        > /work/run-arm64.jsonl
+    test "$(grep -c '"top"' /work/run-arm64.jsonl)" -eq 8 || { say "run gave no 8 frames"; return 1; }
+    say "floraedge bench (torch-free; emulated latency)"
+    floraedge bench --models "$models" --data /work/host/flowers --out /work/bench-arm64-emulated \
+        --threads 1 --runs 3 --warmup 1 --loop-frames 8
+    serve_one_request
+}
+
+serve_one_request() {
+    say "floraedge serve: one request"
+    floraedge serve --model /work/host/exports/model_int8.tflite --port 8765 > /work/serve-arm64.log 2>&1 &
+    local server=$!
+    python - <<'EOF'
+import json, pathlib, time, urllib.request
+image = sorted(pathlib.Path("/work/host/images").glob("*.jpg"))[0]
+for _ in range(600):  # the server starts slowly under emulation
+    try:
+        urllib.request.urlopen("http://127.0.0.1:8765/healthz", timeout=2)
+        break
+    except OSError:
+        time.sleep(0.5)
+request = urllib.request.Request("http://127.0.0.1:8765/v1/classify", data=image.read_bytes(),
+                                 headers={"Content-Type": "image/jpeg"})
+answer = json.load(urllib.request.urlopen(request, timeout=120))
+pathlib.Path("/work/serve-arm64.json").write_text(json.dumps(answer | {"image": image.name}))
+print("serve answered:", answer["top"][0])
+EOF
+    kill "$server" && wait "$server" || true
+}
+
+camera() {
+    # The README's Camera Module route: Debian's python3-opencv (built with GStreamer) is in the rootfs
+    local cam=/work/venv-camera
+    python3 -m venv --system-site-packages "$cam"
+    . "$cam/bin/activate"
+    pip install --quiet --no-deps ./floraedge
+    pip install --quiet onnxruntime ai-edge-litert
+    pip check || true  # reported, not fatal: the import checks below are what matters
+    python - <<'EOF'
+import re, cv2, numpy
+gst = re.search(r"GStreamer:\s*(\S+)", cv2.getBuildInformation())
+print(f"camera venv: cv2 {cv2.__version__} from {cv2.__file__}, numpy {numpy.__version__}, GStreamer: {gst and gst.group(1)}")
+assert cv2.__file__.startswith("/usr/lib/python3/dist-packages"), "not Debian's OpenCV"
+assert gst and gst.group(1) == "YES", "this OpenCV has no GStreamer"
+import onnxruntime, edge_runtime.backends  # noqa: F401  the runtime imports beside Debian's numpy
+EOF
+    floraedge classify --model /work/host/exports/model_int8.tflite /work/host/images --json > /work/classify-camera.json
+    # a GStreamer source through OpenCV's GStreamer backend, as libcamerasrc would be on a Pi
+    floraedge run --model /work/host/exports/model_int8.onnx --headless --max-frames 3 --source \
+        'videotestsrc num-buffers=30 ! video/x-raw,width=320,height=240 ! videoconvert ! video/x-raw,format=BGR ! appsink' \
+        > /work/run-gstreamer.jsonl
+    test "$(grep -c '"top"' /work/run-gstreamer.jsonl)" -eq 3
+    gst-inspect-1.0 libcamerasrc > /dev/null && say "libcamerasrc: present (gstreamer1.0-libcamera)"
+}
+
+"$@"

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs as pid 1 of the private mount + pid namespace that run.sh's `in_rootfs` makes (unshare -m -p):
+# mounts what the arm64 rootfs needs, an ARM /proc/cpuinfo over its /proc, then chroots with `env -i`.
+# None of these mounts is visible outside the namespace; the kernel drops them when it ends, and the
+# trap unmounts them in order when it ends normally or on INT/TERM.
+set -euo pipefail
+root=$1 cpuinfo=$2 work=$3
+shift 3
+
+cleanup() {
+    for m in work dev sys proc; do
+        if mountpoint -q "$root/$m"; then umount -R "$root/$m" || echo "enter.sh: cannot unmount $root/$m" >&2; fi
+    done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mount -t proc proc "$root/proc"
+if [ "$cpuinfo" != none ]; then mount --bind "$cpuinfo" "$root/proc/cpuinfo"; fi
+mount -t sysfs sysfs "$root/sys"
+mount --rbind /dev "$root/dev"
+mkdir -p "$root/work"
+if [ -n "$work" ]; then mount --bind "$work" "$root/work"; fi
+cp /etc/resolv.conf "$root/etc/resolv.conf"
+
+# env -i: none of the host's pip settings (x86 wheel folders, extra indexes) reaches the arm64 pip
+env -i HOME=/root LANG=C.UTF-8 TERM=dumb PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=120 \
+    DEBIAN_FRONTEND=noninteractive chroot "$root" "$@"

@@ -1,0 +1,102 @@
+"""Host (x86) side of the arm64 check: a small trained model, exported to every format, and the images.
+
+Run with the main environment (torch): ``python -m tests.arm64.host_models OUT``. Writes into OUT:
+``exports/`` (every row of the format table), ``exports-arm/`` (``--ort-preset arm`` int8 ONNX),
+``gate.npz`` (the verification batch, its targets and the PyTorch logits: the gate's reference),
+``images/`` (the images both architectures classify) and ``clip.mp4`` (a short video for ``run``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REAL_JPG = Path(__file__).resolve().parents[3] / "shared" / "data" / "oxford102-trainval" / "jpg"
+N_IMAGES = 200  # fp16 agreement >= 99% must allow at most 2 flips
+
+
+def train_tiny(root: Path) -> tuple[Path, Path]:
+    """The suite's tiny Lite0 (tests/conftest.py: 4 synthetic classes, 32 px, 2 epochs)."""
+    from prepare.build import PrepareConfig, prepare_dataset
+    from prepare.synthetic import make_synthetic_release
+    from train.trainer import TrainConfig, train
+
+    release = make_synthetic_release(
+        root / "release", num_classes=4, train_per_class=8, val_per_class=4, test_per_class=4, size=48, seed=0
+    )
+    prepared = root / "prepared"
+    prepare_dataset(PrepareConfig(source=release, out=prepared, cache_size=40, workers=1))
+    config = TrainConfig(
+        data=str(prepared),
+        out=str(root / "run"),
+        arch="efficientnet_lite0",
+        img_size=32,
+        epochs=2,
+        head_epochs=0,
+        batch_size=8,
+        workers=0,
+        progress=False,
+        tta_flip=False,
+        patience=0,
+    )
+    train(config)
+    return root / "run" / "best.pt", prepared
+
+
+def export(checkpoint: Path, prepared: Path, out: Path) -> None:
+    from export.calibration import verification_set
+    from export.exporter import ExportConfig, export_all, reference
+    from train.checkpoint import load_bundle, model_from_bundle
+
+    fast = dict(calib_min=8, calib_n=32, verify_n=16, allow_drop=True)
+    export_all(ExportConfig(checkpoint=str(checkpoint), data=str(prepared), out=str(out / "exports"), **fast))
+    export_all(
+        ExportConfig(
+            checkpoint=str(checkpoint),
+            data=str(prepared),
+            out=str(out / "exports-arm"),
+            formats=("onnx",),
+            precisions=("int8",),
+            ort_preset="arm",
+            **fast,
+        )
+    )
+    model, spec = model_from_bundle(load_bundle(checkpoint))
+    batch, targets, _ = verification_set(prepared, spec, split="val", limit=fast["verify_n"])
+    ref = reference(model, batch, targets)
+    np.savez(out / "gate.npz", batch=ref.batch, targets=ref.targets, logits=ref.logits)
+
+
+def copy_images(prepared: Path, out: Path) -> Path:
+    """Real Oxford-102 JPEGs where present, else the synthetic release's cached images."""
+    images = out / "images"
+    images.mkdir()
+    source = sorted(REAL_JPG.glob("*.jpg")) if REAL_JPG.is_dir() else sorted(prepared.rglob("*.jpg"))
+    for path in source[:N_IMAGES]:
+        shutil.copy(path, images / path.name)
+    return images
+
+
+def write_clip(images: Path, path: Path, frames: int = 12, size=(320, 240)) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, size)
+    for image in sorted(images.glob("*.jpg"))[:frames]:
+        writer.write(cv2.resize(cv2.imread(str(image)), size))
+    writer.release()
+
+
+def main(out: str) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint, prepared = train_tiny(out / "train")
+    export(checkpoint, prepared, out)
+    images = copy_images(prepared, out)
+    write_clip(images, out / "clip.mp4")
+    shutil.copytree(prepared, out / "flowers", ignore=shutil.ignore_patterns("*.tmp*"))  # bench's --data
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,269 @@
+#!/usr/bin/env bash
+# `make test-arm64`: the Raspberry Pi OS stack (Debian arm64) under qemu user-mode emulation.
+#
+# Builds or reuses a cached Debian arm64 rootfs, installs the project in it exactly as the README's
+# Raspberry Pi line says, and runs there, under a Raspberry Pi 4 (Cortex-A72) and a Pi 5 (Cortex-A76)
+# /proc/cpuinfo: the torch-free tests, the x86/arm64 agreement of every exported file, the device
+# commands and the Camera Module route (Debian's OpenCV). Every mount is made inside a private mount +
+# pid namespace (unshare), so the host's /proc is never touched and the mounts go when the run ends,
+# however it ends (checked at the end by interrupting a run).
+#
+#   tests/arm64/run.sh                    everything (what `make test-arm64` runs)
+#   tests/arm64/run.sh shell pi5 CMD...   one command in the rootfs, e.g. `shell pi5 python3 -V` (WORK=DIR: at /work)
+#   tests/arm64/run.sh check-interrupt    interrupt a run in the rootfs; no mount may remain (also part of the run)
+# Environment: RELEASE (bookworm, or trixie: Raspberry Pi OS 13, Python 3.13), HOST_PYTHON (the main
+# environment, with torch, which exports the test model), EDGE_TESTS (the Makefile's test list),
+# FLORAEDGE_CACHE (default ~/.cache/floraedge).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+RELEASE=${RELEASE:-bookworm}
+HOST_PYTHON=${HOST_PYTHON:-$REPO/.venv/bin/python}
+EDGE_TESTS=${EDGE_TESTS:-tests/test_edge_runtime.py tests/test_live.py tests/test_bench_edge.py tests/test_serve.py}
+CACHE=${FLORAEDGE_CACHE:-$HOME/.cache/floraedge}/arm64
+BINFMT=${BINFMT_MISC:-/proc/sys/fs/binfmt_misc} # another path only to test the refusal
+PACKAGES=python3,python3-venv,python3-pip,ca-certificates
+# The Camera Module route (README): Debian's OpenCV, built with GStreamer, and libcamera's GStreamer element
+CAMERA_PACKAGES="python3-opencv gstreamer1.0-libcamera gstreamer1.0-plugins-base gstreamer1.0-tools"
+ROOTFS_VERSION=1 # bump when build_rootfs changes
+KEY=$(echo "$RELEASE $PACKAGES $CAMERA_PACKAGES $ROOTFS_VERSION" | sha256sum | cut -c1-12)
+ROOTFS=$CACHE/rootfs-$RELEASE-$KEY
+OUT=$REPO/build/arm64-$RELEASE # results and logs of the last run
+WORK=${WORK:-} # `shell` mounts it at /work when set
+OWN_WORK=""    # set when this run made WORK (and so removes it)
+TMP_ROOTFS=""
+
+die() {
+    echo "test-arm64: $*" >&2
+    exit 1
+}
+step() { echo "== arm64 [$(date +%T)] $*"; }
+
+cleanup() {
+    if [ -n "$TMP_ROOTFS" ]; then rm -rf "$TMP_ROOTFS"; fi
+    if [ -n "$OWN_WORK" ] && [ -d "$WORK" ]; then # keep the results and logs, drop the venvs and models
+        rm -rf "$OUT" && mkdir -p "$OUT"
+        (cd "$WORK" && cp -r -t "$OUT" ./*.json ./*.jsonl ./*.log ./*.txt bench-* host/host-export.log 2> /dev/null || true)
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+require_emulation() {
+    [ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot and mount namespaces): run it as root, e.g. sudo make test-arm64"
+    [ "$(uname -m)" = x86_64 ] || [ "$(uname -m)" = aarch64 ] || die "runs on an x86_64 (or arm64) host, not $(uname -m)"
+    local missing=""
+    command -v qemu-aarch64-static > /dev/null || missing+=" qemu-user-static"
+    command -v update-binfmts > /dev/null || missing+=" binfmt-support"
+    command -v debootstrap > /dev/null || missing+=" debootstrap"
+    if [ -n "$missing" ]; then
+        step "installing$missing"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing > /dev/null; } ||
+            die "cannot install$missing with apt-get: install them, then rerun"
+    fi
+    [ "$(uname -m)" = aarch64 ] && return 0
+    # the one host-wide change: what systemd's proc-sys-fs-binfmt_misc.automount does on a desktop
+    if ! mountpoint -q "$BINFMT"; then
+        mount binfmt_misc -t binfmt_misc "$BINFMT" 2> /dev/null ||
+            die "no binfmt_misc at $BINFMT: the kernel cannot run arm64 binaries through qemu here (a container needs --privileged, or binfmt_misc mounted by its host)"
+    fi
+    update-binfmts --enable qemu-aarch64 > /dev/null 2>&1 || true
+    grep -q '^enabled' "$BINFMT/qemu-aarch64" 2> /dev/null ||
+        die "binfmt_misc has no enabled qemu-aarch64 entry (update-binfmts --enable qemu-aarch64 failed)"
+    grep -q '^flags: .*F' "$BINFMT/qemu-aarch64" ||
+        die "the qemu-aarch64 binfmt entry lacks the F flag: a chroot cannot find qemu (reinstall qemu-user-static)"
+}
+
+# Run "$@" in ROOT (a rootfs folder) under CPU's /proc/cpuinfo (pi4 | pi5 | none), with $WORK at /work.
+in_root() {
+    local root=$1 cpu=$2
+    shift 2
+    local cpuinfo=none
+    if [ "$cpu" != none ]; then cpuinfo=$HERE/cpuinfo-$cpu.txt; fi
+    unshare --mount --pid --fork --kill-child --propagation private -- \
+        "$HERE/enter.sh" "$root" "$cpuinfo" "$WORK" "$@"
+}
+
+rootfs_ok() {
+    [ -f "$1/.floraedge-rootfs" ] && [ "$(cat "$1/.floraedge-rootfs")" = "$KEY" ] &&
+        in_root "$1" none /usr/bin/python3 -c 'import venv, ensurepip, ssl, cv2' > /dev/null 2>&1 &&
+        [ -z "$(in_root "$1" none dpkg --audit 2>&1)" ]
+}
+
+debian_mirror() {
+    local uri
+    uri=$(grep -hoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2> /dev/null |
+        grep -oE 'https?://[^ ]+' | head -1)
+    echo "${uri:-http://deb.debian.org/debian}"
+}
+
+# pip inside reaches the index through the host's TLS proxy, if any: trust the host's local CA certificates.
+# Appended to the bundle directly (update-ca-certificates under emulation takes minutes); kept in
+# /usr/local/share/ca-certificates too, so a later update-ca-certificates keeps them.
+trust_host_certificates() {
+    local crt
+    for crt in /usr/local/share/ca-certificates/*.crt; do
+        [ -f "$crt" ] || continue
+        cp "$crt" "$1/usr/local/share/ca-certificates/"
+        cat "$crt" >> "$1/etc/ssl/certs/ca-certificates.crt"
+    done
+}
+
+build_rootfs() {
+    mkdir -p "$CACHE"
+    rm -rf "$CACHE"/.tmp-rootfs-* # a build that was killed (the lock is ours)
+    TMP_ROOTFS=$(mktemp -d "$CACHE/.tmp-rootfs-XXXXXX")
+    local tmp=$TMP_ROOTFS/rootfs mirror
+    mirror=$(debian_mirror)
+    step "debootstrap $RELEASE arm64 from $mirror (a few minutes, once)"
+    unshare --mount --pid --fork --kill-child --propagation private -- \
+        debootstrap --arch=arm64 --variant=minbase --include="$PACKAGES" "$RELEASE" "$tmp" "$mirror" > "$TMP_ROOTFS/debootstrap.log" ||
+        die "debootstrap failed; see the end of its log: $(tail -3 "$TMP_ROOTFS/debootstrap.log" "$tmp/debootstrap/debootstrap.log" 2> /dev/null)"
+    trust_host_certificates "$tmp"
+    step "apt-get install $CAMERA_PACKAGES (the Camera Module route)"
+    in_root "$tmp" none sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends $CAMERA_PACKAGES > /dev/null && apt-get clean"
+    echo "$KEY" > "$tmp/.floraedge-rootfs"
+    rm -rf "$ROOTFS"
+    mv "$tmp" "$ROOTFS"
+    rm -rf "$TMP_ROOTFS"
+    TMP_ROOTFS=""
+}
+
+ensure_rootfs() {
+    mkdir -p "$CACHE"
+    exec 9> "$CACHE/.lock"
+    flock 9
+    if [ -d "$ROOTFS" ] && rootfs_ok "$ROOTFS"; then
+        step "cached rootfs $ROOTFS"
+        return
+    fi
+    if [ -d "$ROOTFS" ]; then step "cached rootfs $ROOTFS is broken: rebuilding it"; fi
+    build_rootfs
+    rootfs_ok "$ROOTFS" || die "the new rootfs $ROOTFS fails its own check"
+}
+
+prepare_work() {
+    WORK=$(mktemp -d /tmp/floraedge-arm64.XXXXXX)
+    OWN_WORK=1
+    chmod 755 "$WORK"
+    step "host: the test model exported to every format ($HOST_PYTHON)"
+    (cd "$REPO" && "$HOST_PYTHON" -m tests.arm64.host_models "$WORK/host" > "$WORK/host-export.log" 2>&1) ||
+        die "the host export failed (log: $OUT/host-export.log): $(tail -1 "$WORK/host-export.log")"
+    step "host: the x86 reference outputs, classify and bench"
+    (cd "$REPO" && "$HOST_PYTHON" -m tests.arm64.agreement reference "$WORK/host")
+    (cd "$REPO" && "$HOST_PYTHON" -m floraedge classify --model "$WORK/host/exports/model_int8.tflite" "$WORK/host/images" --json) > "$WORK/classify-x86.json"
+    (cd "$REPO" && "$HOST_PYTHON" -m floraedge bench --models "$WORK/host/exports" --data "$WORK/host/flowers" \
+        --out "$WORK/bench-x86" --threads 1 --runs 3 --warmup 1 --loop-frames 8 > /dev/null)
+    # a copy of the repository, as a user would have on the Pi, and the tests alone (no source tree beside them)
+    mkdir -p "$WORK/floraedge" "$WORK/suite"
+    git -C "$REPO" ls-files -z --cached --others --exclude-standard |
+        tar -C "$REPO" --null -T - --ignore-failed-read -cf - 2> /dev/null | tar -C "$WORK/floraedge" -xf -
+    cp -r "$WORK/floraedge/tests" "$WORK/floraedge/pyproject.toml" "$WORK/suite/"
+}
+
+arm64_edge_tests() {
+    local list=()
+    for t in $EDGE_TESTS; do
+        # the browser test drives Chromium: not part of a Pi's runtime, and hours under emulation
+        [ "$t" = tests/test_serve_browser.py ] || list+=("$t")
+    done
+    echo "${list[@]}"
+}
+
+# Where emulation cannot work the run stops with one line naming what is missing, never a skip.
+check_refusals() {
+    local out
+    out=$(setpriv --reuid=65534 --regid=65534 --clear-groups "$0" 2>&1) && die "refusal check: a non-root run did not fail"
+    [ "$(echo "$out" | wc -l)" = 1 ] && [[ $out == *"needs root"* ]] || die "refusal check: not root gave: $out"
+    out=$(BINFMT_MISC=/nonexistent "$0" 2>&1) && die "refusal check: a run without binfmt_misc did not fail"
+    [ "$(echo "$out" | wc -l)" = 1 ] && [[ $out == *"no binfmt_misc"* ]] || die "refusal check: no binfmt_misc gave: $out"
+    echo "ok: not root and no binfmt_misc each stop the run with one line"
+}
+
+main() {
+    local start=$SECONDS
+    require_emulation
+    check_refusals
+    ensure_rootfs
+    local rootfs_s=$((SECONDS - start))
+    prepare_work
+    local host_s=$((SECONDS - start - rootfs_s))
+    step "arm64: install (README's Raspberry Pi line)"
+    in_root "$ROOTFS" pi5 /work/suite/tests/arm64/device.sh install
+    local tests
+    tests=$(arm64_edge_tests)
+    for cpu in pi4 pi5; do
+        step "arm64 $cpu: tests ($tests)"
+        in_root "$ROOTFS" "$cpu" /work/suite/tests/arm64/device.sh tests "$cpu" $tests
+        step "arm64 $cpu: x86/arm64 agreement of every exported file"
+        in_root "$ROOTFS" "$cpu" /work/suite/tests/arm64/device.sh agreement "$cpu"
+    done
+    step "arm64 pi4: the device commands"
+    in_root "$ROOTFS" pi4 /work/suite/tests/arm64/device.sh commands
+    "$HOST_PYTHON" "$HERE/compare_commands.py" "$WORK"
+    step "arm64 pi5: the Camera Module route"
+    in_root "$ROOTFS" pi5 /work/suite/tests/arm64/device.sh camera
+    step "interrupting a run leaves no mount behind"
+    check_interrupt
+    summary "$start" "$rootfs_s" "$host_s"
+}
+
+# Processes whose mount table holds a mount of the folder named $1 (any namespace).
+mounts_of() { grep -ls -- "$1" /proc/[0-9]*/mountinfo 2> /dev/null || true; }
+
+# An interrupted run (Ctrl-C, or killed outright) leaves no mount anywhere, and a running one shows
+# none in the host's mount table. The marker folder, mounted at /work, names this run's mounts.
+check_interrupt() {
+    local sig marker name pid i
+    for sig in INT KILL; do
+        marker=$(mktemp -d /tmp/floraedge-arm64-interrupt.XXXXXX)
+        name=$(basename "$marker")
+        # a background job of a script ignores SIGINT; a user's Ctrl-C reaches a foreground one
+        WORK=$marker setsid env --default-signal=INT "$0" shell pi4 sleep 600 &
+        pid=$!
+        for i in $(seq 300); do
+            [ -z "$(mounts_of "$name")" ] || break
+            sleep 0.2
+        done
+        [ -n "$(mounts_of "$name")" ] || die "interrupt check: the rootfs was never entered"
+        if grep -q -- "$name" /proc/self/mountinfo; then die "the rootfs mounts leaked into the host's mount table"; fi
+        kill "-$sig" -- "-$pid"
+        wait "$pid" 2> /dev/null || true
+        for i in $(seq 50); do
+            [ -n "$(mounts_of "$name")" ] || break
+            sleep 0.2
+        done
+        [ -z "$(mounts_of "$name")" ] || die "SIG$sig left mounts behind in: $(mounts_of "$name")"
+        rmdir "$marker"
+        echo "ok: SIG$sig to a run in the rootfs left no mount in any namespace"
+    done
+}
+
+summary() {
+    local total=$((SECONDS - $1))
+    echo "$total $2 $3 $((total - $2 - $3))" > "$WORK/times.txt"
+    echo "== arm64 done in ${total}s (rootfs ${2}s, host side ${3}s, arm64 side $((total - $2 - $3))s);" \
+        "edge venv $(cat "$WORK/venv-edge-mb.txt") MB; results in $OUT"
+    echo "   CPU time of this run's children (user, system; on a busy machine wall time is longer):" $(times | tail -1)
+}
+
+{ # one block, read whole before it runs: editing this file cannot derail a run in progress
+    case "${1:-}" in
+    "") main ;;
+    shell)
+        shift
+        require_emulation
+        cpu=$1
+        shift
+        in_root "$ROOTFS" "$cpu" "$@"
+        ;;
+    check-interrupt | check-refusals)
+        require_emulation
+        "${1//-/_}"
+        ;;
+    *) die "usage: $0 [shell pi4|pi5|none CMD... | check-interrupt | check-refusals]" ;;
+    esac
+    exit
+}
