@@ -91,7 +91,7 @@ def decode_bgr(
 
 
 def read_image_bgr(
-    path: str | Path, spec: PreprocessSpec | None = None, limits: ImageLimits = DEFAULT_LIMITS
+    path: str | Path, spec: PreprocessSpec | None = None, *, limits: ImageLimits = DEFAULT_LIMITS
 ) -> np.ndarray:
     """Decode an image file (see ``decode_bgr``; ``spec`` allows reduced-size JPEG decoding)."""
     return decode_bgr(read_file_bytes(path, limits), spec, name=str(path), limits=limits)

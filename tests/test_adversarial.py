@@ -272,7 +272,7 @@ def test_a_corrupted_file_gives_an_image_or_our_error(fmt, image, edits, cut, tm
     corrupt = bytes(corrupt[: max(1, int(cut * len(corrupt)))] if cut is not None else corrupt)
     path = tmp_path_factory.mktemp("fuzz") / f"image{FORMATS[fmt][0]}"
     path.write_bytes(corrupt)
-    out, peak = peak_allocation(lambda: preprocess(read_image_bgr(path, LIMITS), IMAGENET_SPEC))
+    out, peak = peak_allocation(lambda: preprocess(read_image_bgr(path, limits=LIMITS), IMAGENET_SPEC))
     if isinstance(out, Exception):
         assert isinstance(out, FloraEdgeError), repr(out)
     else:
@@ -296,9 +296,9 @@ def test_every_accepted_image_reads_as_bgr_uint8_and_preprocesses(fmt, image, tm
     h, w = image.shape[:2]
     if max(h, w) / min(h, w) > LIMITS.max_aspect:
         with pytest.raises(FloraEdgeError, match="aspect ratio"):
-            read_image_bgr(path, LIMITS)
+            read_image_bgr(path, limits=LIMITS)
         return
-    bgr = read_image_bgr(path, LIMITS)
+    bgr = read_image_bgr(path, limits=LIMITS)
     assert bgr.shape == (h, w, 3) and bgr.dtype == np.uint8
     assert preprocess(bgr, IMAGENET_SPEC).shape == IMAGENET_SPEC.input_shape
 
