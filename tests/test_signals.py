@@ -6,6 +6,7 @@ half-written (no temporary folder, no truncated cache or recording) and prints n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -37,6 +38,7 @@ class Command:
             stderr=subprocess.STDOUT,
             cwd=REPO,
             env=env,
+            start_new_session=True,  # its own process group: a failed test kills every child too
         )
         self.output = bytearray()
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -50,9 +52,14 @@ class Command:
         deadline = time.monotonic() + timeout
         while text not in self.output:
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
+                self.kill()
                 raise AssertionError(f"never printed {text!r}: {bytes(self.output[-3000:])!r}")
             time.sleep(0.05)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
     def descendants(self) -> set[int]:
         found, todo = set(), [self.proc.pid]
@@ -74,7 +81,7 @@ class Command:
         try:
             code = self.proc.wait(timeout=PROMPT_S)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self.kill()
             raise AssertionError(f"still running {PROMPT_S} s after {signal.Signals(sig).name}") from None
         elapsed = time.monotonic() - start
         self.reader.join(timeout=5)
