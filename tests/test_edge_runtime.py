@@ -259,26 +259,26 @@ def test_cropping_before_resizing_matches_resizing_then_cropping(shape):
 
 
 def test_large_jpegs_decode_at_reduced_size_and_preprocess_the_same():
-    spec = INCEPTION_SPEC.replace(crop_size=224, resize_size=256)
+    spec = INCEPTION_SPEC.replace(crop_size=56, resize_size=64)
     data = cv2.imencode(".jpg", smooth_photo(1200, 1700), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
     full, reduced = decode_bgr(data), decode_bgr(data, spec)
-    assert full.shape == (1200, 1700, 3) and reduced.shape == (300, 425, 3)  # 1/4: 300 >= 256, 1/8 would not be
+    assert full.shape == (1200, 1700, 3) and reduced.shape == (300, 425, 3)  # 1/4: 300 >= 4 x 64, 1/8 would not be
     diff = np.abs(preprocess(full, spec) - preprocess(reduced, spec))
     assert diff.mean() < 0.01 and diff.max() < 0.15, (
         diff.mean(),
         diff.max(),
     )  # normalized units: 0.01 = 1.3 grey levels
     small = cv2.imencode(".jpg", smooth_photo(500, 700))[1].tobytes()
-    assert decode_bgr(small, spec).shape == (500, 700, 3)  # under 2x what the spec needs: decoded in full
+    assert decode_bgr(small, spec).shape == (500, 700, 3)  # under 2 x 4 x 64: decoded in full
     png = cv2.imencode(".png", smooth_photo(1200, 1700))[1].tobytes()
     assert decode_bgr(png, spec).shape == (1200, 1700, 3)  # DCT scaling is a JPEG feature only
 
 
 def test_reduced_decoding_keeps_the_exif_orientation():
-    spec = INCEPTION_SPEC.replace(crop_size=100, resize_size=120)
+    spec = INCEPTION_SPEC.replace(crop_size=28, resize_size=30)
     data = with_exif_orientation(cv2.imencode(".jpg", smooth_photo(600, 1000))[1].tobytes(), 6)  # 90 degrees
     assert decode_bgr(data).shape == (1000, 600, 3)
-    assert decode_bgr(data, spec).shape == (250, 150, 3)  # 1/4 and rotated
+    assert decode_bgr(data, spec).shape == (250, 150, 3)  # 1/4 (600 >= 4 x 4 x 30) and rotated
 
 
 def test_reading_a_fifo_or_a_folder_is_refused_without_blocking(tmp_path):
