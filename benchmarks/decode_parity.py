@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_runtime.admission import header_size
 from edge_runtime.backends import load
 from edge_runtime.preprocess import center_crop, decode_bgr, decode_factor, preprocess, resize_shorter_side
 from edge_runtime.spec import PreprocessSpec
@@ -44,7 +45,7 @@ def compare(backend, rows: list[dict], data: Path, upscale: float) -> dict:
         raw = jpeg_bytes(data / r["path"], upscale)
         a = plain_preprocess(decode_bgr(raw), spec)
         b = preprocess(decode_bgr(raw, spec), spec)
-        factors.append(decode_factor(np.frombuffer(raw, np.uint8), spec))
+        factors.append(decode_factor(header_size(raw), np.frombuffer(raw, np.uint8), spec))
         diffs.append((float(np.abs(a - b).max()), float(np.abs(a - b).mean())))
         plain.append(int(backend.predict(a).argmax()))
         runtime.append(int(backend.predict(b).argmax()))
