@@ -57,7 +57,7 @@ def test_a_client_that_never_finishes_its_body_gets_408_and_is_closed(model, tmp
             answer += chunk
         s.close()
     assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in answer
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 20  # cut off by the 1 s deadline, not by the 30 s default or never
 
 
 @pytest.fixture
