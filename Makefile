@@ -35,7 +35,7 @@ demo: $(STAMP)
 release: $(STAMP)
 	$(VENV)/bin/floraedge release
 
-test: test-main test-edge test-arm64
+test: test-main test-edge
 
 test-main: $(STAMP) browser
 	$(PY) -m pytest -q
