@@ -30,7 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.cli import number
 from edge_runtime.errors import FloraEdgeError
+from edge_runtime.options import Option, add_config_options, config_from_args
+from train.models import ARCH_NAMES
 
 RELEASE_FILES = ("model_int8.tflite", "model_int8.onnx")
 MEASUREMENTS = Path(__file__).resolve().parent.parent / "docs" / "independent_test_measurements.json"
@@ -38,7 +41,7 @@ MEASUREMENTS = Path(__file__).resolve().parent.parent / "docs" / "independent_te
 
 @dataclass(frozen=True, kw_only=True)
 class ReleaseConfig:
-    source: str | None = "../shared/data/oxford102-trainval"
+    source: str = "../shared/data/oxford102-trainval"
     download: bool = False
     work: str = "runs/release"
     out: str = "models/oxford102-lite0"
@@ -56,8 +59,23 @@ class ReleaseConfig:
         return round(self.img_size / 0.875)  # the registry's rule for a crop of img_size
 
 
+RELEASE_OPTIONS = {
+    "source": Option("folder holding the raw Oxford-102 release"),
+    "download": Option("fetch the raw release first instead of reading --source (needs internet)"),
+    "work": Option("intermediate runs and exports"),
+    "out": Option("the release folder"),
+    "arch": Option(choices=ARCH_NAMES),
+    "img_size": Option("training and input resolution", parse=number(low=16)),
+    "epochs": Option(parse=number(low=1)),
+    "seed": Option("training and calibration seed"),
+    "threads": Option("torch threads per training (the two trainings run side by side)", parse=number(low=1)),
+    "max_drop": Option("int8 export gate: most accuracy drop, in points", parse=number(float, low=0)),
+    "example": Option("val image shown in the example picture"),
+    "example_png": Option("where the example picture goes"),
+}
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    d = ReleaseConfig()
     p = subparsers.add_parser(
         "release",
         help="train, export and package the released Oxford-102 model (models/oxford102-lite0/)",
@@ -67,32 +85,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog="example:\n  floraedge release --source ../shared/data/oxford102-trainval",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--source", default=d.source, help="folder holding the raw release (default: %(default)s)")
-    src.add_argument("--download", action="store_true", help="fetch the raw release first (needs internet)")
-    p.add_argument("--work", default=d.work, help="intermediate runs and exports (default: %(default)s)")
-    p.add_argument("--out", default=d.out, help="the release folder (default: %(default)s)")
-    p.add_argument("--arch", default=d.arch, help="(default: %(default)s)")
-    p.add_argument(
-        "--img-size", type=int, default=d.img_size, help="training and input resolution (default: %(default)s)"
-    )
-    p.add_argument("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, help="training seed (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch threads per training (default: %(default)s)")
-    p.add_argument(
-        "--max-drop", type=float, default=d.max_drop, help="int8 export gate, accuracy points (default: %(default)s)"
-    )
-    p.add_argument("--example", default=d.example, help="val image shown in the example picture (default: %(default)s)")
-    p.add_argument("--example-png", default=d.example_png, help="where the example picture goes (default: %(default)s)")
+    add_config_options(p, ReleaseConfig, RELEASE_OPTIONS)
     p.set_defaults(func=run)
     return p
-
-
-def config_from_args(args: argparse.Namespace) -> ReleaseConfig:
-    fields = {k: v for k, v in vars(args).items() if k in ReleaseConfig.__dataclass_fields__}
-    if fields["download"]:
-        fields["source"] = None
-    return ReleaseConfig(**fields)
 
 
 def run(args: argparse.Namespace) -> int:

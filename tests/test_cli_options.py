@@ -29,7 +29,7 @@ NOT_YET_BOUND = {
     "demo": "issue #15: no config dataclass",
 }
 
-CANDIDATES = ("7", "0.25", "custom", "3,5")  # values to try, in order, for an option that takes one
+CANDIDATES = ("7", "0.25", "custom", "3,5", "64")  # values to try, in order, for an option that takes one
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
