@@ -43,12 +43,13 @@ def read_file_bytes(path: str | Path, limits: ImageLimits = DEFAULT_LIMITS) -> n
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO with no writer would block a plain open()
     except OSError as exc:
         raise ImageReadError(f"{path}: cannot open ({exc.strerror})") from exc
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > limits.max_bytes:
+        os.close(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ImageReadError(f"{path}: not a regular file (a FIFO, device or folder)")
-        if info.st_size > limits.max_bytes:
-            raise ImageReadError(f"{path}: {info.st_size:,} bytes, over the {limits.max_bytes:,}-byte limit")
+        raise ImageReadError(f"{path}: {info.st_size:,} bytes, over the {limits.max_bytes:,}-byte limit")
+    with os.fdopen(fd, "rb") as f:
         return np.frombuffer(f.read(), np.uint8)
 
 

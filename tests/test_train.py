@@ -150,7 +150,7 @@ def test_existing_run_dir_is_refused(tiny_prepared, tmp_path):
 
 def test_unprepared_data_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FloraEdgeError, match="not a prepared dataset"):
-        train(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), epochs=1, **TINY))
+        train(TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "run"), epochs=1, **TINY))
 
 
 def test_weights_with_another_class_count_are_refused(tmp_path):
