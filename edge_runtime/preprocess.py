@@ -44,11 +44,14 @@ def read_file_bytes(path: str | Path, limits: ImageLimits = DEFAULT_LIMITS) -> n
     except OSError as exc:
         raise ImageReadError(f"{path}: cannot open ({exc.strerror})") from exc
     info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_size > limits.max_bytes:
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = "not a regular file (a FIFO, device or folder)"
+    elif info.st_size > limits.max_bytes:
+        problem = f"{info.st_size:,} bytes, over the {limits.max_bytes:,}-byte limit"
+    if problem:
         os.close(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ImageReadError(f"{path}: not a regular file (a FIFO, device or folder)")
-        raise ImageReadError(f"{path}: {info.st_size:,} bytes, over the {limits.max_bytes:,}-byte limit")
+        raise ImageReadError(f"{path}: {problem}")
     with os.fdopen(fd, "rb") as f:
         return np.frombuffer(f.read(), np.uint8)
 

@@ -33,7 +33,7 @@ import numpy as np
 from edge_runtime.cli import number
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.options import Option, add_config_options, config_from_args
-from train.models import ARCH_NAMES
+from train.models import ARCH_NAMES, input_spec
 
 RELEASE_FILES = ("model_int8.tflite", "model_int8.onnx")
 MEASUREMENTS = Path(__file__).resolve().parent.parent / "docs" / "independent_test_measurements.json"
@@ -56,7 +56,7 @@ class ReleaseConfig:
 
     @property
     def resize_size(self) -> int:
-        return round(self.img_size / 0.875)  # the registry's rule for a crop of img_size
+        return input_spec(self.arch, self.img_size).resize_size
 
 
 RELEASE_OPTIONS = {
@@ -240,18 +240,16 @@ def git_commit() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
 def data_info(config: ReleaseConfig) -> dict:
+    from prepare.download import md5sum  # the prepare extra (tqdm): not on a device
+
     summary = json.loads((Path(config.work) / "flowers/summary.json").read_text())
     source = Path(summary["config"]["source"])
     return {
         "dataset": "Oxford 102 Flowers (Nilsback & Zisserman 2008), official splits",
         "source": str(source),
         "counts": summary["counts"],
-        "md5": {n: md5(source / n) for n in ("imagelabels.mat", "setid.mat") if (source / n).is_file()},
+        "md5": {n: md5sum(source / n) for n in ("imagelabels.mat", "setid.mat") if (source / n).is_file()},
     }
 
 

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from edge_runtime.admission import DEFAULT_LIMITS, ImageRejected, admit
+from edge_runtime.preprocess import decode_flags
 
 BadImage = ImageRejected  # an upload we refuse; ``.status`` is the HTTP status to answer with
 
@@ -17,8 +18,6 @@ def decode_upload(data: bytes, *, max_pixels: int, spec=None) -> np.ndarray:
 
     With the model's ``spec``, a large JPEG is decoded at reduced size, as everywhere else.
     """
-    from edge_runtime.preprocess import decode_flags
-
     if not data:
         raise BadImage("empty body: send a JPEG or PNG (multipart field 'file', or the raw bytes)")
     size = admit(data, dataclasses.replace(DEFAULT_LIMITS, max_pixels=max_pixels))
