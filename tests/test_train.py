@@ -85,8 +85,9 @@ def test_checkpoint_round_trip_gives_the_same_outputs(tiny_prepared, tmp_path):
         assert model(x).std() > 1e-3  # a trained head, not an all-zero output
 
 
-def test_resume_matches_an_uninterrupted_run(tiny_prepared, tmp_path, monkeypatch):
-    config = dict(data=str(tiny_prepared), epochs=3, **TINY)
+@pytest.mark.parametrize("ema_epochs", [0.0, 1.0])
+def test_resume_matches_an_uninterrupted_run(tiny_prepared, tmp_path, monkeypatch, ema_epochs):
+    config = dict(data=str(tiny_prepared), epochs=3, ema_epochs=ema_epochs, **TINY)
     train(TrainConfig(out=str(tmp_path / "straight"), **config))
 
     real_epoch = trainer.train_one_epoch
@@ -108,6 +109,19 @@ def test_resume_matches_an_uninterrupted_run(tiny_prepared, tmp_path, monkeypatc
     assert [h["train_loss"] for h in history(tmp_path / "straight")] == [
         h["train_loss"] for h in history(tmp_path / "resumed")
     ]
+
+
+def test_ema_checkpoints_hold_the_average_and_last_keeps_the_raw_weights(tiny_prepared, tmp_path):
+    run = tmp_path / "run"
+    summary = train(TrainConfig(data=str(tiny_prepared), out=str(run), epochs=2, ema_epochs=0.5, **TINY))
+    last = load_bundle(run / "last.pt")
+    train_rows = [r for r in read_manifest(tiny_prepared) if r["split"] == "train"]
+    steps = 2 * (len(train_rows) // TINY["batch_size"])
+    assert int(last["ema"]["n_averaged"]) == steps  # updated after every optimizer step
+    averaged = {k.removeprefix("module."): v for k, v in last["ema"].items() if k != "n_averaged"}
+    assert all(torch.equal(last["model"][k], averaged[k]) for k in last["model"])  # the bundle ships the average
+    assert not torch.equal(last["model"]["_fc.weight"], last["raw_model"]["_fc.weight"])  # ... and is not the raw weights
+    assert load_bundle(run / "best.pt")["metrics"]["val"]["top1"] == summary["val"]["top1"]  # validated = shipped
 
 
 def test_final_protocol_without_val_trains_every_epoch_and_keeps_the_last(tiny_prepared, tmp_path):

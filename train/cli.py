@@ -33,6 +33,11 @@ TRAIN_OPTIONS = {
         "also fine-tune the backbone's high-resolution early layers (default: frozen; ~2x slower on CPU)",
         flag="--train-early-layers",
     ),
+    "ema_epochs": Option(
+        "keep an exponential moving average of the weights over about this many epochs (0: off); "
+        "validation and the checkpoints use the averaged weights",
+        parse=number(float, low=0),
+    ),
     "img_size": Option("input resolution (default: the backbone's own)", parse=number(low=16)),
     "train_splits": Option("comma-separated splits to train on"),
     "val_split": Option(

@@ -29,6 +29,7 @@ class TrainConfig:
     trivial_augment: bool = True
     freeze_bn: bool = True
     freeze_early: bool = True  # keep the backbone's high-resolution early layers frozen (registry: early_layers)
+    ema_epochs: float = 0.0  # horizon of an exponential moving average of the weights, in epochs; 0 = off
     img_size: int | None = None  # None: the backbone's own input size
     train_splits: tuple[str, ...] = ("train",)
     val_split: str | None = "val"  # None when training on train+val (the final protocol)

@@ -69,9 +69,11 @@ def train_one_epoch(
     epoch: int,
     amp: bool = False,
     scaler=None,
+    ema=None,
     progress: bool = True,
 ) -> dict:
-    """One pass over ``loader``; returns mean loss, accuracy and images/s."""
+    """One pass over ``loader``; returns mean loss, accuracy and images/s. ``ema`` (an ``AveragedModel``)
+    is updated after every optimizer step."""
     total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
     for step, (images, targets) in enumerate(bar):
@@ -92,6 +94,8 @@ def train_one_epoch(
             loss.backward()
             optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         total_loss += loss.item() * targets.size(0)
         correct += (logits.argmax(1) == targets).sum().item()
         seen += targets.size(0)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from edge_runtime.atomic import write_json_atomic
 from edge_runtime.errors import FloraEdgeError
@@ -56,7 +57,23 @@ class Run:
     train_set: CachedImages
     val_set: CachedImages | None
     bundle_args: dict  # what every checkpoint of the run says about itself
+    ema: AveragedModel | None = None  # the weights that are validated and saved, when --ema-epochs is set
     state: RunState = field(default_factory=RunState)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights the run validates and ships: the moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+def make_ema(model: nn.Module, config: TrainConfig, steps_per_epoch: int) -> AveragedModel | None:
+    """An exponential moving average of ``model`` whose horizon (1 / (1 - decay)) is ``ema_epochs`` epochs.
+
+    BatchNorm is frozen in the default recipe, so averaging the buffers (use_buffers) copies constants."""
+    if not config.ema_epochs:
+        return None
+    decay = 1 - 1 / max(1.0, config.ema_epochs * steps_per_epoch)
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def start_run(config: TrainConfig) -> Run:
@@ -84,10 +101,15 @@ def start_run(config: TrainConfig) -> Run:
         config=asdict(config),
         dataset=dataset_info(config),
     )
-    run = Run(config, out, device, model, optimizer, scheduler, train_set, val_set, bundle_args)
+    ema = make_ema(model, config, steps)
+    run = Run(config, out, device, model, optimizer, scheduler, train_set, val_set, bundle_args, ema)
     if config.resume:
         last = load_bundle(out / "last.pt")
-        model.load_state_dict(last["model"])
+        model.load_state_dict(last.get("raw_model", last["model"]))
+        if ema is not None:
+            if "ema" not in last:
+                raise FloraEdgeError(f"--resume: {out}/last.pt was trained without --ema-epochs; resume without it")
+            ema.load_state_dict(last["ema"])
         optimizer.load_state_dict(last["optimizer"])
         scheduler.load_state_dict(last["scheduler"])
         run.state = RunState(**last["train_state"])
@@ -112,13 +134,14 @@ def run_epoch(run: Run, epoch: int, scaler) -> dict:
             epoch=epoch,
             amp=scaler is not None,
             scaler=scaler,
+            ema=run.ema,
             progress=config.progress and dist.is_main(),
         )
 
 
 def validate(run: Run) -> dict:
     loader = eval_loader(run.val_set, run.config.workers)
-    logits, targets = predict(run.model, loader, run.device, tta_flip=run.config.tta_flip)
+    logits, targets = predict(run.eval_model, loader, run.device, tta_flip=run.config.tta_flip)
     return classification_metrics(logits.numpy(), targets.numpy(), len(class_names()))
 
 
@@ -134,7 +157,7 @@ def end_epoch(run: Run, epoch: int, stats: dict, started: float) -> bool:
     # trains its fixed number of epochs and best.pt is the latest one.
     score = val["top1"] if val else float(epoch)
     bundle = make_bundle(
-        run.model, metrics={"val": val, "train": stats, "epoch": epoch}, epoch=epoch, **run.bundle_args
+        run.eval_model, metrics={"val": val, "train": stats, "epoch": epoch}, epoch=epoch, **run.bundle_args
     )
     if score > state.best:
         state.best, state.best_epoch, state.stale = score, epoch, 0
@@ -143,6 +166,8 @@ def end_epoch(run: Run, epoch: int, stats: dict, started: float) -> bool:
         state.stale += 1
     state.epoch = epoch
     resumable = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict()}
+    if run.ema is not None:  # the bundle's "model" is the average; training goes on from the raw weights
+        resumable |= {"raw_model": run.model.state_dict(), "ema": run.ema.state_dict()}
     save_atomic({**bundle, **resumable, "train_state": asdict(state)}, run.out / "last.pt")
     stop = run.config.patience > 0 and state.stale >= run.config.patience
     if stop:
