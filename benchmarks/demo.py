@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import time
 from pathlib import Path
 
 DEMO_OUT = Path("demo_out")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -147,13 +149,50 @@ def live_loop(out: Path, timings: dict) -> dict:
     return live
 
 
+def real_val_images(source: Path, count: int) -> list[tuple[Path, int]]:
+    """``count`` official val images of a real release, spread over the split, with their class index."""
+    from prepare.release import image_name, load_labels, load_official_splits
+
+    labels = load_labels(source / "imagelabels.mat")
+    val = load_official_splits(source / "setid.mat", len(labels))["val"]
+    ids = val[:: max(1, len(val) // count)][:count]
+    return [(source / "jpg" / image_name(i), int(labels[i - 1])) for i in ids]
+
+
+def released_model(out: Path, timings: dict, count: int = 8) -> list[dict]:
+    """The committed release (models/) on a few real val images, when the real data is on this machine."""
+    from edge_runtime.backends import load
+    from edge_runtime.classify import Classifier
+    from edge_runtime.preprocess import read_image_bgr
+    from export.release import RELEASE_FILES, ReleaseConfig
+
+    config = ReleaseConfig()
+    model, source = REPO / config.out / RELEASE_FILES[0], (REPO / config.source).resolve()
+    if not (model.is_file() and (source / "setid.mat").is_file()):
+        print(f"\n(the released model on real images: skipped, {source} is not on this machine)")
+        return []
+    rows = []
+    with stage("released model", f"the released model ({model.relative_to(REPO)}) on {count} real val images", timings):
+        classifier = Classifier(load(model))
+        for path, label in real_val_images(source, count):
+            _, predicted, probability = classifier(read_image_bgr(path)).top[0]
+            truth = classifier.labels[label]
+            rows.append(
+                {"image": path.name, "true": truth, "predicted": predicted, "probability": round(probability, 3)}
+            )
+            print(f"{path.name}: {predicted} ({probability:.2f}){'' if predicted == truth else f'  WRONG: {truth}'}")
+    (out / "released_model.json").write_text(json.dumps(rows, indent=2))
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
     source = args.source or synthetic_release(args, timings)
     summary, result = prepare_and_train(args, source, timings)
     exports = export_and_bench(args, timings)
     live = live_loop(args.out, timings)
-    report = write_report(args.out, summary, result, exports, live, timings, args)
+    released = released_model(args.out, timings)
+    report = write_report(args.out, summary, result, exports, live, timings, args, released)
     print(f"\nreport: {report.resolve()}")
     return 0
 
@@ -165,10 +204,13 @@ OUTPUTS = {
     "export": "exports/MODEL_CARD.md",
     "bench": "bench/report.md",
     "run --headless": "run_headless.jsonl",
+    "released model": "released_model.json",
 }
 
 
-def write_report(out: Path, data: dict, result: dict, exports: list[dict], live: dict, timings: dict, args) -> Path:
+def write_report(
+    out: Path, data: dict, result: dict, exports: list[dict], live: dict, timings: dict, args, released: list[dict]
+) -> Path:
     lines = [
         "# FloraEdge demo report",
         "",
@@ -207,6 +249,13 @@ def write_report(out: Path, data: dict, result: dict, exports: list[dict], live:
         f"{live['frames']} frames, {live['fps']} FPS end to end, {live['skipped']} skipped.",
         "",
     ]
+    if released:
+        lines += ["## The released model on real val images", "", "| image | true | predicted | probability |"]
+        lines += [
+            "|---|---|---|---|",
+            *[f"| {r['image']} | {r['true']} | {r['predicted']} | {r['probability']} |" for r in released],
+        ]
+        lines.append("")
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
