@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -190,3 +191,32 @@ def square_photo(path: Path, size: int) -> Path:
         image = np.stack([xx / 320 * 255, yy / 240 * 255, (xx + yy) / 560 * 255], axis=-1).astype(np.uint8)
         cv2.circle(image, (160, 120), 60, (40, 200, 230), -1)
     return square_png(image, size, path)
+
+
+def mediapipe_vs_runtime(model: Path, images_bgr: list[np.ndarray], tmp_path: Path) -> dict:
+    """MediaPipe's ImageClassifier and the runtime's classify path on the same pixels: each image as a
+    crop-size square PNG (MediaPipe stretches a whole image where the runtime resizes and crops), run
+    through the runtime with resize = crop. Top-1 agreement, MediaPipe's top-1 scores and the largest
+    difference between the two top-1 scores."""
+    from edge_runtime.backends import load
+    from edge_runtime.classify import to_probabilities
+    from edge_runtime.preprocess import preprocess
+
+    backend = load(model)
+    size = backend.info.spec.crop_size
+    same_pixels = backend.info.spec.replace(resize_size=size)
+    (tmp_path / "mp").mkdir(exist_ok=True)
+    pngs = [square_png(image, size, tmp_path / "mp" / f"{i:05d}.png") for i, image in enumerate(images_bgr)]
+    ours = [
+        to_probabilities(backend.predict(preprocess(read_image_bgr(p), same_pixels))[0], backend.info) for p in pngs
+    ]
+    done = run_mediapipe(model, pngs, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    theirs = json.loads(done.stdout.strip().splitlines()[-1])["results"]
+    names = [backend.info.labels[int(p.argmax())] for p in ours]
+    scores = np.array([t[0][2] for t in theirs])
+    return {
+        "agreement": float(np.mean([t[0][1] == n for t, n in zip(theirs, names, strict=True)])),
+        "scores": scores,
+        "max_score_diff": float(np.abs(scores - [p.max() for p in ours]).max()),
+    }

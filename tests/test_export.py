@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from edge_runtime.backends import load
-from edge_runtime.classify import Classifier, to_probabilities
+from edge_runtime.classify import Classifier
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.outdir import MARKER
 from edge_runtime.preprocess import preprocess, read_image_bgr
@@ -20,6 +19,7 @@ from export.exporter import ExportConfig, export_all
 from export.formats import FORMATS, select
 from prepare.categories import class_names
 from prepare.manifest import read_manifest
+from tests.conftest import mediapipe_vs_runtime
 from train.checkpoint import CheckpointError, load_bundle, model_from_bundle
 
 FAST = dict(calib_min=8, calib_n=32, verify_n=16)
@@ -219,33 +219,6 @@ def test_existing_output_and_foreign_checkpoint_are_refused(tiny_checkpoint, tin
         export_all(
             ExportConfig(checkpoint=str(tmp_path / "foreign.pt"), data=str(tiny_prepared), out=str(tmp_path / "y"))
         )
-
-
-def mediapipe_vs_runtime(model: Path, images_bgr: list[np.ndarray], tmp_path: Path) -> dict:
-    """MediaPipe's ImageClassifier and the runtime's classify path on the same pixels: each image as a
-    crop-size square PNG (MediaPipe stretches a whole image where the runtime resizes and crops), run
-    through the runtime with resize = crop. Top-1 agreement, MediaPipe's top-1 scores and the largest
-    difference between the two top-1 scores."""
-    from tests.conftest import run_mediapipe, square_png
-
-    backend = load(model)
-    size = backend.info.spec.crop_size
-    same_pixels = backend.info.spec.replace(resize_size=size)
-    (tmp_path / "mp").mkdir(exist_ok=True)
-    pngs = [square_png(image, size, tmp_path / "mp" / f"{i:05d}.png") for i, image in enumerate(images_bgr)]
-    ours = [
-        to_probabilities(backend.predict(preprocess(read_image_bgr(p), same_pixels))[0], backend.info) for p in pngs
-    ]
-    done = run_mediapipe(model, pngs, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    theirs = json.loads(done.stdout.strip().splitlines()[-1])["results"]
-    names = [backend.info.labels[int(p.argmax())] for p in ours]
-    scores = np.array([t[0][2] for t in theirs])
-    return {
-        "agreement": float(np.mean([t[0][1] == n for t, n in zip(theirs, names, strict=True)])),
-        "scores": scores,
-        "max_score_diff": float(np.abs(scores - [p.max() for p in ours]).max()),
-    }
 
 
 @pytest.mark.slow
