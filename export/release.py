@@ -53,6 +53,7 @@ class ReleaseConfig:
     max_drop: float = 1.0  # export gate: most int8 accuracy drop (points) a file may have
     example: str = "image_01147.jpg"
     example_png: str = "docs/release_example.png"
+    note: str = ""  # how this cut departs from the recorded commands (a resumed run, another thread count)
 
     @property
     def resize_size(self) -> int:
@@ -72,6 +73,7 @@ RELEASE_OPTIONS = {
     "max_drop": Option("int8 export gate: most accuracy drop, in points", parse=number(float, low=0)),
     "example": Option("val image shown in the example picture"),
     "example_png": Option("where the example picture goes"),
+    "note": Option("a sentence for the card: how this cut departs from the recorded commands, if it does"),
 }
 
 
@@ -223,6 +225,8 @@ def reproducibility(old: Path, new: Path, config: ReleaseConfig) -> dict | None:
     old_file, new_file = old / "model_int8.tflite", new / "model_int8.tflite"
     if not old_file.is_file():
         return None
+    if old_file.read_bytes() == new_file.read_bytes():  # every step was reused: nothing was reproduced
+        return {"identical_files": True}
     paths, _ = split_images(Path(config.work) / "flowers", ("train", "val"))
     a, b = predict_files(old_file, paths).argmax(1), predict_files(new_file, paths).argmax(1)
     differ = [p.name for p, x, y in zip(paths, a, b, strict=True) if x != y]
@@ -284,6 +288,7 @@ def build_card(config: ReleaseConfig, staging: Path, val: dict, repro: dict | No
         "val": val,
         "independent_test_measurements": json.loads(MEASUREMENTS.read_text()) if MEASUREMENTS.is_file() else [],
         "reproducibility": repro,
+        "note": config.note,
     }  # fmt: skip
 
 
@@ -347,8 +352,10 @@ def card_markdown(card: dict) -> str:
         f"seeds {card['recipe']['seeds']}; data md5 {card['data']['md5']}.",
         "Tool versions: " + ", ".join(f"{k} {v}" for k, v in card["tool_versions"].items()) + ".",
     ]
+    if card.get("note"):
+        lines += ["", f"This cut: {card['note']}"]
     repro = card.get("reproducibility")
-    if repro:
+    if repro and not repro.get("identical_files"):
         lines += [
             "",
             f"Compared with the release this one replaced: the same top-1 on {repro['same_top1']:.2%} of "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import cv2
 import pytest
@@ -46,4 +47,12 @@ def test_release_builds_a_folder_a_device_loads_and_reuses_finished_steps(tmp_pa
     printed = capsys.readouterr().out
     assert "train-split: already done, reused" in printed and "export-trainval: already done, reused" in printed
     again = json.loads((out / "model_card.json").read_text())
-    assert again["reproducibility"]["images"] == 140 and again["reproducibility"]["same_top1"] == 1.0
+    assert again["reproducibility"] == {"identical_files": True}  # nothing re-ran: not called a reproduction
+
+    # A re-cut whose int8 file differs (here: calibrated with another seed) is compared image by image.
+    shutil.rmtree(work / "exports-trainval")
+    assert cli_main([*args, "--seed", "1", "--note", "calibration seed 1"]) == 0
+    third = json.loads((out / "model_card.json").read_text())
+    assert third["reproducibility"]["images"] == 140 and 0.5 <= third["reproducibility"]["same_top1"] <= 1
+    assert len(third["reproducibility"]["differing"]) == round(140 * (1 - third["reproducibility"]["same_top1"]))
+    assert "This cut: calibration seed 1" in (out / "MODEL_CARD.md").read_text()
