@@ -241,7 +241,13 @@ def git_commit() -> dict:
         result = subprocess.run(["git", *args], capture_output=True, text=True, cwd=MEASUREMENTS.parent)
         return result.stdout.strip() if result.returncode == 0 else "unknown"
 
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    # uncommitted changes to what makes the model (the code, its pins, the tests); docs and the release's own
+    # outputs (models/, the example picture) change with every cut
+    code = ["--", ".", ":!docs", ":!models", ":!*.md"]
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no", *code)),
+    }
 
 
 def data_info(config: ReleaseConfig) -> dict:
