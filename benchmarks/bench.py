@@ -22,7 +22,7 @@ import numpy as np
 
 from benchmarks.measure import latency, metrics_from_logits
 from edge_runtime.atomic import atomic_path
-from edge_runtime.backends import load
+from edge_runtime.backends import BACKENDS, load
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.outdir import check_disjoint
 from edge_runtime.preprocess import preprocess, read_image_bgr
@@ -47,7 +47,7 @@ class BenchConfig:
 
 def machine_info(threads: tuple[int, ...]) -> dict:
     versions = {}
-    for name in ("numpy", "opencv-python-headless", "onnxruntime", "ai-edge-litert", "torch"):
+    for name in ("numpy", *dict.fromkeys(entry.package for entry in BACKENDS.values()), "torch"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

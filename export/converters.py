@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from export.config import ExportConfig
 from export.formats import CALIB_METHODS, ORT_PRESETS
 
 ONNX_OPSET = 17
@@ -42,10 +43,11 @@ class ExportContext:
     model: torch.nn.Module  # a WithSoftmax
     sample: torch.Tensor  # one NCHW input
     calibration: np.ndarray | None  # NCHW float32 batch
-    calib_method: str = "minmax"
-    per_channel: bool = True
-    ort_preset: str = "x86"
-    nhwc: bool = True  # TFLite input layout
+    # the export options the converters read, defaulted as `floraedge export` defaults them
+    calib_method: str = ExportConfig.calib_method
+    per_channel: bool = ExportConfig.per_channel
+    ort_preset: str = ExportConfig.ort_preset
+    nhwc: bool = ExportConfig.nhwc  # TFLite input layout
 
 
 def export_onnx_base(ctx: ExportContext, dest: Path) -> None:

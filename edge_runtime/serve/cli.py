@@ -128,6 +128,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_space(args: argparse.Namespace) -> int:
+    from edge_runtime.atomic import atomic_dir
     from edge_runtime.backends import BACKENDS, load
     from edge_runtime.errors import FloraEdgeError
 
@@ -135,18 +136,15 @@ def run_space(args: argparse.Namespace) -> int:
     if config.out.exists():
         raise FloraEdgeError(f"{config.out} exists; choose another --out")
     backend = load(config.model)  # refuses a file without labels and spec before anything is written
-    tmp = config.out.with_name(f".{config.out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copy2(config.model, tmp / config.model.name)
-    package = Path(__file__).resolve().parents[1]
-    shutil.copytree(package, tmp / "edge_runtime", ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp / "app.py").write_text(SPACE_APP.format(model=config.model.name))
-    runtime = BACKENDS[backend.name].package
-    (tmp / "requirements.txt").write_text(SPACE_REQUIREMENTS.format(runtime=runtime))
-    (tmp / "labels.txt").write_text("\n".join(backend.info.labels) + "\n")
-    (tmp / "README.md").write_text(space_readme(config.model, backend))
-    tmp.rename(config.out)
+    with atomic_dir(config.out) as tmp:
+        shutil.copy2(config.model, tmp / config.model.name)
+        package = Path(__file__).resolve().parents[1]
+        shutil.copytree(package, tmp / "edge_runtime", ignore=shutil.ignore_patterns("__pycache__"))
+        (tmp / "app.py").write_text(SPACE_APP.format(model=config.model.name))
+        runtime = BACKENDS[backend.name].package
+        (tmp / "requirements.txt").write_text(SPACE_REQUIREMENTS.format(runtime=runtime))
+        (tmp / "labels.txt").write_text("\n".join(backend.info.labels) + "\n")
+        (tmp / "README.md").write_text(space_readme(config.model, backend))
     print(f"wrote {config.out}/ (app.py, requirements.txt without torch, {config.model.name}, labels.txt, README.md)")
     return 0
 
