@@ -110,14 +110,15 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from edge_runtime.serve.app import create_app
 
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
+    config = config_from_args(args)  # host, port and max_connections stay in args: they are uvicorn's
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not config.token:
         print(
             f"WARNING: serving on {args.host} without authentication: anyone on the network can use the API "
             "(pass --token to require a bearer token)",
             file=sys.stderr,
         )
     uvicorn.run(
-        create_app(config_from_args(args)),
+        create_app(config),
         host=args.host,
         port=args.port,
         log_level="info",
