@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 
 from benchmarks.measure import latency, metrics_from_logits
-from edge_runtime.backends import load
+from edge_runtime.atomic import atomic_path
+from edge_runtime.backends import BACKENDS, load
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.outdir import check_disjoint
 from edge_runtime.preprocess import preprocess, read_image_bgr
@@ -46,7 +47,7 @@ class BenchConfig:
 
 def machine_info(threads: tuple[int, ...]) -> dict:
     versions = {}
-    for name in ("numpy", "opencv-python-headless", "onnxruntime", "ai-edge-litert", "torch"):
+    for name in ("numpy", *dict.fromkeys(entry.package for entry in BACKENDS.values()), "torch"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -103,10 +104,8 @@ def cached_batch(cache: Path, data: Path, rows: list[dict], spec) -> Path:
     path = cache / f"eval-{key}.npz"
     if not path.exists():
         batch = np.concatenate([preprocess(read_image_bgr(data / r["path"]), spec) for r in rows])
-        tmp = path.with_name(f".{path.name}.tmp")  # renamed when complete: an interrupted run leaves no bad cache
-        with tmp.open("wb") as f:
+        with atomic_path(path) as tmp, tmp.open("wb") as f:  # an interrupted run leaves no bad cache
             np.savez(f, batch=batch, targets=np.array([r["class_index"] for r in rows]))
-        os.replace(tmp, path)
     return path
 
 

@@ -4,8 +4,23 @@ from __future__ import annotations
 
 import argparse
 
+from benchmarks.bench import BenchConfig
 from edge_runtime.cli import number
 from edge_runtime.errors import FloraEdgeError
+from edge_runtime.options import Option, add_config_options, config_from_args
+
+BENCH_OPTIONS = {
+    "models": Option("folder written by `floraedge export`"),
+    "data": Option("prepared dataset"),
+    "out": Option("report folder"),
+    "split": Option(),
+    "checkpoint": Option("add the PyTorch model as the reference row (needs torch)"),
+    "threads": Option("thread counts, capped at the cores present"),
+    "limit": Option("at most this many evaluation images", parse=number(low=1)),
+    "runs": Option("timed runs per latency", parse=number(low=1)),
+    "warmup": Option(parse=number(low=0)),
+    "loop_frames": Option("frames of the camera-loop FPS clip", parse=number(low=1)),
+}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -18,38 +33,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--out bench/lite0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--models", required=True, help="folder written by `floraedge export`")
-    p.add_argument("--data", required=True, help="prepared dataset")
-    p.add_argument("--out", required=True, help="report folder")
-    p.add_argument("--split", default="val", help="(default: %(default)s)")
-    p.add_argument("--checkpoint", default=None, help="add the PyTorch model as the reference row (needs torch)")
-    p.add_argument(
-        "--threads",
-        type=lambda s: tuple(int(x) for x in s.split(",")),
-        default=(1, 2, 4),
-        help="thread counts, capped at the cores present (default: 1,2,4)",
-    )
-    p.add_argument("--limit", type=number(low=1), default=None, help="at most this many evaluation images")
-    p.add_argument("--runs", type=number(low=1), default=50, help="timed runs per latency (default: %(default)s)")
-    p.add_argument("--warmup", type=number(low=0), default=10, help="(default: %(default)s)")
-    p.add_argument(
-        "--loop-frames",
-        type=number(low=1),
-        default=120,
-        help="frames of the camera-loop FPS clip (default: %(default)s)",
-    )
+    add_config_options(p, BenchConfig, BENCH_OPTIONS)
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmarks.bench import BenchConfig, bench
+    from benchmarks.bench import bench
 
-    fields = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
-    report = bench(BenchConfig(**fields))
+    config = config_from_args(args)
+    report = bench(config)
     failed = [r["name"] for r in report["rows"] if "error" in r]
-    print(f"wrote {args.out}/report.md, results.csv, results.json" + (f"; failed rows: {failed}" if failed else ""))
+    print(f"wrote {config.out}/report.md, results.csv, results.json" + (f"; failed rows: {failed}" if failed else ""))
     if len(failed) == len(report["rows"]):
         first = next(r["error"] for r in report["rows"])
-        raise FloraEdgeError(f"every row failed (the first: {first}); see {args.out}/report.md")
+        raise FloraEdgeError(f"every row failed (the first: {first}); see {config.out}/report.md")
     return 0

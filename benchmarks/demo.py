@@ -11,9 +11,37 @@ import argparse
 import contextlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-DEMO_OUT = Path("demo_out")
+from edge_runtime.cli import number
+from edge_runtime.options import Option, add_config_options, config_from_args
+from export.formats import FORMATS
+from train.models import ARCH_NAMES, input_spec
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig:
+    source: Path | None = None  # a real release instead of the synthetic one
+    out: Path = Path("demo_out")
+    classes: int = 20
+    epochs: int = 8
+    img_size: int = 96
+    arch: str = "efficientnet_lite0"
+    calib_min: int = 100
+    runs: int = 30
+
+
+DEMO_OPTIONS = {
+    "source": Option("a real release folder instead of the synthetic one"),
+    "out": Option(),
+    "classes": Option("synthetic classes", parse=number(low=2)),
+    "epochs": Option(parse=number(low=1)),
+    "img_size": Option("training resolution", parse=number(low=16)),
+    "arch": Option(choices=ARCH_NAMES),
+    "calib_min": Option("fewest calibration images accepted", parse=number(low=1)),
+    "runs": Option("timed runs per latency figure", parse=number(low=1)),
+}
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -23,17 +51,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="run the whole pipeline on the built-in synthetic release (or --source DIR)",
         description="prepare -> train -> export -> bench -> run --headless on a synthetic Oxford-102-format release, offline, in a few "
         "minutes on 2 CPU cores; writes a Markdown report. --source DIR runs the same on real data.",
+        epilog="examples:\n  floraedge demo\n  floraedge demo --source ../shared/data/oxford102-trainval --epochs 3",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--source", type=Path, default=None, help="a real release folder instead of the synthetic one")
-    p.add_argument("--out", type=Path, default=DEMO_OUT, help="(default: %(default)s)")
-    p.add_argument("--classes", type=int, default=20, help="synthetic classes (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=8, help="(default: %(default)s)")
-    p.add_argument("--img-size", type=int, default=96, help="training resolution (default: %(default)s)")
-    p.add_argument("--arch", default="efficientnet_lite0", help="(default: %(default)s)")
-    p.add_argument(
-        "--calib-min", type=int, default=100, help="fewest calibration images accepted (default: %(default)s)"
-    )
-    p.add_argument("--runs", type=int, default=30, help="timed runs per latency figure (default: %(default)s)")
+    add_config_options(p, DemoConfig, DEMO_OPTIONS)
     p.set_defaults(func=run)
     return p
 
@@ -47,7 +68,7 @@ def stage(name: str, title: str, timings: dict):
     timings[name] = time.perf_counter() - start
 
 
-def synthetic_release(args: argparse.Namespace, timings: dict) -> Path:
+def synthetic_release(args: DemoConfig, timings: dict) -> Path:
     from prepare.synthetic import make_synthetic_release
 
     title = f"synthetic release: {args.classes} classes of procedurally drawn flowers (NOT real data)"
@@ -65,7 +86,7 @@ def synthetic_release(args: argparse.Namespace, timings: dict) -> Path:
     return source
 
 
-def prepare_and_train(args: argparse.Namespace, source: Path, timings: dict) -> tuple[dict, dict]:
+def prepare_and_train(args: DemoConfig, source: Path, timings: dict) -> tuple[dict, dict]:
     from prepare.build import PrepareConfig, prepare_dataset
     from prepare.report import print_summary
     from train.config import TrainConfig
@@ -73,7 +94,7 @@ def prepare_and_train(args: argparse.Namespace, source: Path, timings: dict) -> 
 
     out = args.out
     with stage("prepare", "prepare: label, split, validate, cache", timings):
-        cache = max(round(args.img_size / 0.875), 32)  # the spec resizes to img_size / 0.875
+        cache = max(input_spec(args.arch, args.img_size).resize_size, 32)  # prepare caches at least 32 px
         config = PrepareConfig(source=source, out=out / "prepared", cache_size=cache, overwrite=True)
         summary = prepare_dataset(config)
         print_summary(summary, out / "prepared")
@@ -95,7 +116,7 @@ def prepare_and_train(args: argparse.Namespace, source: Path, timings: dict) -> 
     return summary, result
 
 
-def export_and_bench(args: argparse.Namespace, timings: dict) -> list[dict]:
+def export_and_bench(args: DemoConfig, timings: dict) -> list[dict]:
     from benchmarks.bench import BenchConfig, bench
     from export.exporter import ExportConfig, export_all
 
@@ -121,6 +142,10 @@ def export_and_bench(args: argparse.Namespace, timings: dict) -> list[dict]:
     return exports
 
 
+# the file the live loop runs: int8 before float, TFLite (what a Pi runs) before ONNX
+LIVE_PREFERENCE = sorted(FORMATS, key=lambda f: (f.precision != "int8", f.format != "tflite"))
+
+
 def live_loop(out: Path, timings: dict) -> dict:
     from benchmarks.bench import make_loop_video
     from edge_runtime.backends import load
@@ -132,11 +157,7 @@ def live_loop(out: Path, timings: dict) -> dict:
         "run --headless", "run --headless: the live loop over a generated video with the int8 TFLite model", timings
     ):
         video = make_loop_video(out / "camera.avi", out / "prepared", read_manifest(out / "prepared")[:40], 60)
-        model = next(
-            out / "exports" / n
-            for n in ("model_int8.tflite", "model_int8.onnx", "model_fp32.onnx")
-            if (out / "exports" / n).exists()
-        )
+        model = next(out / "exports" / f.filename for f in LIVE_PREFERENCE if (out / "exports" / f.filename).exists())
         with (out / "run_headless.jsonl").open("w") as f:
             live = run_live(
                 Classifier(load(model)),
@@ -186,6 +207,7 @@ def released_model(out: Path, timings: dict, count: int = 8) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    args = config_from_args(args)  # a DemoConfig
     timings: dict[str, float] = {}
     source = args.source or synthetic_release(args, timings)
     summary, result = prepare_and_train(args, source, timings)

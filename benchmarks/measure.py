@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from edge_runtime.metrics import classification_metrics
+from edge_runtime.options import comma_separated
 
 
 def _status_mb(field: str) -> float:
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="auto")
     p.add_argument("--data", required=True, help=".npz with 'batch' and 'targets'")
     p.add_argument("--predictions", required=True, help=".npy to write the top-1 predictions to")
-    p.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=[1])
+    p.add_argument("--threads", type=comma_separated(int), default=(1,))
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--video", default=None)

@@ -22,6 +22,7 @@ import uvicorn
 
 from benchmarks.measure import latency
 from edge_runtime.backends import load
+from edge_runtime.options import comma_separated
 from edge_runtime.preprocess import preprocess, read_image_bgr
 from edge_runtime.serve.app import ServeConfig, create_app
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image", required=True, type=Path)
     p.add_argument("--threads", type=int, default=1, help="model threads (default: %(default)s)")
     p.add_argument("--requests", type=int, default=200)
-    p.add_argument("--clients", default="1,4,16", help="comma-separated (default: %(default)s)")
+    p.add_argument("--clients", type=comma_separated(int), default=(1, 4, 16), help="comma-separated (default: 1,4,16)")
     args = p.parse_args(argv)
     backend = load(args.model, threads=args.threads)
     sample = preprocess(read_image_bgr(args.image, backend.info.spec), backend.info.spec)
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(20):
         Client(port).post(body)  # warm-up
     rows = []
-    for clients in (int(c) for c in args.clients.split(",")):
+    for clients in args.clients:
         model_only = latency(backend, sample, warmup=10, runs=200)  # next to each row: a ratio in one run
         row = load_test(port, body, clients, args.requests)
         row["model_only_p50_ms"], row["model_only_ips"] = model_only["median_ms"], model_only["throughput_ips"]

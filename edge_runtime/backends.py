@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +23,12 @@ class BackendError(FloraEdgeError):
     """A model file that no backend can run, or a runtime that is not installed."""
 
 
-def import_runtime(module: str, package: str):
+def import_runtime(module: str, backend: str):
+    """``module``, or an error naming the package (from ``BACKENDS``) that installs it."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
+        package = BACKENDS[backend].package
         raise BackendError(
             f"this backend needs {module}: pip install {package}  (or `pip install floraedge[edge]`)"
         ) from exc
@@ -50,7 +51,7 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, path: Path, *, threads: int | None = None, providers: list[str] | None = None):
-        ort = import_runtime("onnxruntime", "onnxruntime")
+        ort = import_runtime("onnxruntime", self.name)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -112,7 +113,8 @@ def _tflite_interpreter():
             return importlib.import_module(module).Interpreter
         except ImportError:
             continue
-    raise BackendError("this backend needs a TFLite interpreter: pip install ai-edge-litert (or tflite-runtime)")
+    package = BACKENDS[LiteRTBackend.name].package
+    raise BackendError(f"this backend needs a TFLite interpreter: pip install {package} (or tflite-runtime)")
 
 
 class LiteRTBackend:
@@ -161,14 +163,18 @@ def dequantize(q: np.ndarray, details: dict) -> np.ndarray:
 @dataclass(frozen=True)
 class BackendEntry:
     suffixes: tuple[str, ...]
-    load: Callable[..., object]
+    load: type  # the backend class: its ``name`` is the key in BACKENDS
     package: str
 
 
+# name (the backend's own ``.name``) -> the files it runs, its class and the pip package it needs
 BACKENDS: dict[str, BackendEntry] = {
-    "onnxruntime": BackendEntry((".onnx",), OnnxRuntimeBackend, "onnxruntime"),
-    "litert": BackendEntry((".tflite",), LiteRTBackend, "ai-edge-litert"),
-    "opencv": BackendEntry((".onnx",), OpenCVBackend, "opencv-python-headless"),
+    entry.load.name: entry
+    for entry in (
+        BackendEntry((".onnx",), OnnxRuntimeBackend, "onnxruntime"),
+        BackendEntry((".tflite",), LiteRTBackend, "ai-edge-litert"),
+        BackendEntry((".onnx",), OpenCVBackend, "opencv-python-headless"),
+    )
 }
 
 

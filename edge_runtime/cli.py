@@ -1,16 +1,22 @@
-"""``floraedge classify``: top-k for image files and folders (torch-free)."""
+"""``floraedge classify`` and ``floraedge run``: options generated from ``ClassifyConfig`` and
+``RunConfig`` (torch-free)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+from edge_runtime.backends import BACKENDS
+from edge_runtime.live import SMOOTHING, LiveConfig
+from edge_runtime.options import Option, add_config_options, config_from_args
 from edge_runtime.sources import IMAGE_SUFFIXES
 
-BACKEND_CHOICES = ("auto", "onnxruntime", "litert", "opencv")
+BACKEND_CHOICES = ("auto", *BACKENDS)
 
 
 def number(kind=int, *, low=None, high=None, low_open: bool = False):
@@ -31,23 +37,47 @@ def number(kind=int, *, low=None, high=None, low_open: bool = False):
     return parse
 
 
-def add_model_arguments(
-    p: argparse.ArgumentParser, threads_help: str = "inference threads (default: the runtime's)"
-) -> None:
-    p.add_argument("--model", required=True, type=Path, help=".onnx or .tflite file (labels + spec inside)")
-    p.add_argument(
-        "--backend",
-        choices=BACKEND_CHOICES,
-        default="auto",
-        help="runtime; auto picks by file type (default: %(default)s)",
-    )
-    p.add_argument("--threads", type=number(low=1), default=None, help=threads_help)
-    p.add_argument(
-        "--providers",
-        default=None,
-        help="onnxruntime execution providers, comma-separated, e.g. TensorrtExecutionProvider,CUDAExecutionProvider",
-    )
-    p.add_argument("--top-k", type=number(low=1), default=5, help="(default: %(default)s)")
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The exported file to run and how (the options ``classify`` and ``run`` share)."""
+
+    model: Path
+    backend: str = "auto"
+    threads: int | None = None
+    providers: tuple[str, ...] | None = None  # onnxruntime execution providers, in order of preference
+    top_k: int = 5
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassifyConfig(ModelConfig):
+    images: tuple[Path, ...]
+    json: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(ModelConfig, LiveConfig):
+    """``floraedge run``: the model, and the live loop's config (``threads`` is the budget of both)."""
+
+    source: str = "0"  # the first camera
+    top_k: int = 3
+    model_threads: int | None = None  # the model's share of ``threads``; None: split_threads decides
+
+
+MODEL_OPTIONS = {
+    "model": Option(".onnx or .tflite file (labels + spec inside)"),
+    "backend": Option("runtime; auto picks by file type", choices=BACKEND_CHOICES),
+    "threads": Option("inference threads (default: the runtime's)", parse=number(low=1)),
+    "providers": Option(
+        "onnxruntime execution providers, comma-separated, e.g. TensorrtExecutionProvider,CUDAExecutionProvider"
+    ),
+    "top_k": Option(parse=number(low=1)),
+}
+
+CLASSIFY_OPTIONS = {
+    **MODEL_OPTIONS,
+    "json": Option("one JSON object per image instead of a table"),
+    "images": Option("image files or folders", positional=True),
+}
 
 
 def add_parser(subparsers) -> None:
@@ -64,9 +94,7 @@ def add_classify_parser(subparsers) -> None:
         epilog="example:\n  floraedge classify --model export/model_int8.onnx photos/ rose.jpg --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_arguments(p)
-    p.add_argument("--json", action="store_true", help="one JSON object per image instead of a table")
-    p.add_argument("images", nargs="+", type=Path, help="image files or folders")
+    add_config_options(p, ClassifyConfig, CLASSIFY_OPTIONS)
     p.set_defaults(func=run_classify)
 
 
@@ -78,22 +106,25 @@ def iter_images(paths: list[Path]):
             yield path
 
 
-def open_classifier(args):
+def open_classifier(config: ModelConfig, threads: int | None = None):
+    """The classifier ``config`` names, on ``threads`` (default: ``config.threads``)."""
     from edge_runtime.backends import load
     from edge_runtime.classify import Classifier
 
-    providers = args.providers.split(",") if args.providers else None
-    return Classifier(load(args.model, args.backend, threads=args.threads, providers=providers), k=args.top_k)
+    providers = list(config.providers) if config.providers else None
+    backend = load(config.model, config.backend, threads=threads or config.threads, providers=providers)
+    return Classifier(backend, k=config.top_k)
 
 
 def run_classify(args: argparse.Namespace) -> int:
     from edge_runtime.errors import FloraEdgeError
     from edge_runtime.preprocess import ImageReadError, read_image_bgr
 
-    paths = list(iter_images(args.images))
+    config = config_from_args(args)
+    paths = list(iter_images(config.images))
     if not paths:
-        raise FloraEdgeError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {' '.join(map(str, args.images))}")
-    classifier, failures = open_classifier(args), 0
+        raise FloraEdgeError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {' '.join(map(str, config.images))}")
+    classifier, failures = open_classifier(config), 0
     for path in paths:
         try:
             prediction = classifier(read_image_bgr(path))
@@ -101,7 +132,7 @@ def run_classify(args: argparse.Namespace) -> int:
             print(f"skipped: {exc}", file=sys.stderr)
             failures += 1
             continue
-        if args.json:
+        if config.json:
             print(json.dumps({"image": str(path), **prediction.to_dict()}))
         else:
             best = ", ".join(f"{name} {p:.3f}" for _, name, p in prediction.top)
@@ -117,9 +148,29 @@ SOURCE_HELP = """where frames come from:
   'libcamerasrc ! ... ! appsink' a GStreamer pipeline (Raspberry Pi camera, Jetson CSI camera; see README)"""
 
 
-def add_run_parser(subparsers) -> None:
-    from edge_runtime.live import SMOOTHING
+RUN_OPTIONS = {
+    **MODEL_OPTIONS,
+    "threads": Option(
+        "threads for the model and the frame pipeline together (default: the CPU count); "
+        "split as 2 -> model 1 + pipeline 1, 4 -> 3 + 1, 8 -> 6 + 2",
+        parse=number(low=1),
+    ),
+    "model_threads": Option("the model's share of --threads (default: as above)", parse=number(low=1)),
+    "source": Option("camera index, video file, folder, URL or GStreamer pipeline"),
+    "headless": Option("no window: one JSON line per classified frame on stdout"),
+    "record": Option("write the annotated frames to this .mp4"),
+    "publish": Option("keep the newest annotated frame + result in this folder for `floraedge serve --camera`"),
+    "max_frames": Option("stop after this many classified frames", parse=number(low=1)),
+    "threshold": Option("below this smoothed score say 'unsure'", parse=number(float, low=0, high=1)),
+    "smoothing": Option(choices=SMOOTHING),
+    "alpha": Option("EMA weight of the newest frame", parse=number(float, low=0, high=1, low_open=True)),
+    "window": Option("frames averaged by --smoothing window", parse=number(low=1)),
+    "width": Option("ask the camera for this frame width", parse=number(low=1)),
+    "height": Option("ask the camera for this frame height", parse=number(low=1)),
+}
 
+
+def add_run_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "run",
         help="the live camera loop (torch-free): classify frames, overlay or JSON lines",
@@ -128,53 +179,18 @@ def add_run_parser(subparsers) -> None:
         "  floraedge run --model model.onnx --source clip.mp4 --headless --max-frames 100",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_arguments(
-        p,
-        threads_help="threads for the model and the frame pipeline together (default: the CPU count); "
-        "split as 2 -> model 1 + pipeline 1, 4 -> 3 + 1, 8 -> 6 + 2",
-    )
-    p.add_argument(
-        "--model-threads", type=number(low=1), default=None, help="the model's share of --threads (default: as above)"
-    )
-    p.add_argument("--source", default="0", help="camera index, video file, folder, URL or GStreamer pipeline")
-    p.add_argument("--headless", action="store_true", help="no window: one JSON line per classified frame on stdout")
-    p.add_argument("--record", type=Path, default=None, help="write the annotated frames to this .mp4")
-    p.add_argument(
-        "--publish",
-        type=Path,
-        default=None,
-        help="keep the newest annotated frame + result in this folder for `floraedge serve --camera`",
-    )
-    p.add_argument("--max-frames", type=number(low=1), default=None, help="stop after this many classified frames")
-    p.add_argument(
-        "--threshold",
-        type=number(float, low=0, high=1),
-        default=0.5,
-        help="below this smoothed score say 'unsure' (default: %(default)s)",
-    )
-    p.add_argument("--smoothing", choices=SMOOTHING, default="ema", help="(default: %(default)s)")
-    p.add_argument(
-        "--alpha",
-        type=number(float, low=0, high=1, low_open=True),
-        default=0.3,
-        help="EMA weight of the newest frame (default: %(default)s)",
-    )
-    p.add_argument(
-        "--window", type=number(low=1), default=5, help="frames averaged by --smoothing window (default: %(default)s)"
-    )
-    p.add_argument("--width", type=number(low=1), default=None, help="ask the camera for this frame width")
-    p.add_argument("--height", type=number(low=1), default=None, help="ask the camera for this frame height")
-    p.set_defaults(func=run_live_command, top_k=3)
+    add_config_options(p, RunConfig, RUN_OPTIONS)
+    p.set_defaults(func=run_live_command)
 
 
-def check_live_paths(args: argparse.Namespace) -> None:
+def check_live_paths(config: LiveConfig) -> None:
     """Refuse, before the model loads, a source folder without images and outputs that cannot be written."""
     from edge_runtime.errors import FloraEdgeError
 
-    source = Path(args.source)
+    source = Path(config.source)
     if source.is_dir() and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in source.iterdir()):
         raise FloraEdgeError(f"--source {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    for flag, folder in (("--record", args.record and args.record.parent), ("--publish", args.publish)):
+    for flag, folder in (("--record", config.record and config.record.parent), ("--publish", config.publish)):
         if folder is None:
             continue
         try:
@@ -187,31 +203,27 @@ def check_live_paths(args: argparse.Namespace) -> None:
             ) from exc
 
 
-def run_live_command(args: argparse.Namespace) -> int:
+def thread_split(config: RunConfig) -> tuple[int, int]:
+    """(model, pipeline) threads: ``--model-threads`` of ``--threads``, or split_threads' split of it."""
     import os
 
-    from edge_runtime.live import LiveConfig, run_live, split_threads
+    from edge_runtime.live import split_threads
 
-    check_live_paths(args)
-    model_threads, pipeline_threads = split_threads(args.threads or os.cpu_count() or 1)
-    if args.model_threads:
-        model_threads, pipeline_threads = args.model_threads, max(1, (args.threads or 0) - args.model_threads)
-    args.threads = model_threads
-    config = LiveConfig(
-        source=args.source,
-        headless=args.headless,
-        record=args.record,
-        publish=args.publish,
-        max_frames=args.max_frames,
-        threshold=args.threshold,
-        smoothing=args.smoothing,
-        alpha=args.alpha,
-        window=args.window,
-        top_k=args.top_k,
-        width=args.width,
-        height=args.height,
-        pipeline_threads=None if args.backend == "opencv" else pipeline_threads,  # OpenCV DNN shares cv2's threads
-    )
-    stats = run_live(open_classifier(args), config, emit=lambda line: print(line, flush=True))
+    if config.model_threads:
+        return config.model_threads, max(1, (config.threads or 0) - config.model_threads)
+    return split_threads(config.threads or os.cpu_count() or 1)
+
+
+def run_live_command(args: argparse.Namespace) -> int:
+    from edge_runtime.live import run_live
+
+    config = config_from_args(args)
+    check_live_paths(config)
+    model_threads, pipeline_threads = thread_split(config)
+    if config.backend == "opencv":  # OpenCV DNN shares cv2's threads
+        pipeline_threads = None
+    classifier = open_classifier(config, threads=model_threads)
+    config = dataclasses.replace(config, pipeline_threads=pipeline_threads)
+    stats = run_live(classifier, config, emit=lambda line: print(line, flush=True))
     print(json.dumps({"summary": stats}), file=sys.stderr)
     return 0

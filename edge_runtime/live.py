@@ -9,7 +9,6 @@ Ctrl-C and SIGTERM stop it promptly whatever the source is doing.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_runtime.atomic import write_bytes_atomic
 from edge_runtime.classify import Classifier, top_k
 from edge_runtime.preprocess import preprocess
 from edge_runtime.sources import END, FramePipeline, open_source
@@ -134,12 +134,6 @@ def open_recorder(path: Path, frame: np.ndarray, fps: float = 15.0):
     return writer
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 class Sinks:
     """Where each classified frame goes: JSON lines, a window, a recording, a folder `serve --camera` reads."""
 
@@ -163,8 +157,8 @@ class Sinks:
             self.writer.write(annotated)
         if self.config.publish and time.perf_counter() - self.last_publish >= 0.1:  # at most 10 updates/s
             self.last_publish = time.perf_counter()
-            write_atomic(self.config.publish / "latest.jpg", cv2.imencode(".jpg", annotated)[1].tobytes())
-            write_atomic(self.config.publish / "latest.json", json.dumps(record).encode())
+            write_bytes_atomic(self.config.publish / "latest.jpg", cv2.imencode(".jpg", annotated)[1].tobytes())
+            write_bytes_atomic(self.config.publish / "latest.json", json.dumps(record).encode())
         if not self.config.headless:
             cv2.imshow("FloraEdge", annotated)
             return cv2.waitKey(1) & 0xFF not in (ord("q"), 27)

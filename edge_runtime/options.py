@@ -27,6 +27,7 @@ class Option:
     parse: Callable[[str], Any] | None = (
         None  # an argparse ``type`` that also checks the range; default: the field's type
     )
+    positional: bool = False  # an argument without a flag (a ``tuple[X, ...]`` field takes one or more)
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Binding:
 
     def config(self, args: argparse.Namespace):
         names = {f.name for f in dataclasses.fields(self.config_type)}
-        values = {k: v for k, v in vars(args).items() if k in names}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k in names}
         values |= {name: convert(getattr(args, dest)) for dest, (name, convert) in self.converted.items()}
         return self.config_type(**values)
 
@@ -76,7 +77,16 @@ def shown(default: Any) -> str:
     return text.replace("%", "%%")
 
 
+def add_positional(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any, option: Option) -> None:
+    many = typing.get_origin(hint) is tuple
+    item = typing.get_args(hint)[0] if many else hint
+    parser.add_argument(f.name, nargs="+" if many else None, type=option.parse or item, help=option.help)
+
+
 def add_argument(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any, option: Option) -> None:
+    if option.positional:
+        add_positional(parser, f, hint, option)
+        return
     default = field_default(f)
     flag = option.flag or "--" + f.name.replace("_", "-")
     if option.none_flag:  # the value or None, not both

@@ -7,7 +7,18 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-TOOLS = ("torch", "onnx", "onnxruntime", "onnxconverter-common", "litert-torch", "ai-edge-litert", "ai-edge-quantizer")
+from edge_runtime.backends import BACKENDS
+from export.formats import FORMATS
+
+# the converters' packages, then the runtimes that verify the files
+TOOLS = (
+    "torch",
+    "onnx",
+    "onnxconverter-common",
+    "litert-torch",
+    "ai-edge-quantizer",
+    *dict.fromkeys(BACKENDS[f.runtime].package for f in FORMATS),
+)
 
 
 def tool_versions() -> dict[str, str]:

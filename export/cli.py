@@ -1,15 +1,36 @@
-"""``floraedge export``: the format table's rows, exported and verified (needs the .[export] extra)."""
+"""``floraedge export``: the format table's rows, exported and verified (needs the .[export] extra).
+
+Options are generated from ``ExportConfig``; their choices come from the format table."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from export.formats import FORMAT_NAMES, PRECISIONS
+from edge_runtime.cli import number
+from edge_runtime.options import Option, add_config_options, config_from_args
+from export.config import ExportConfig
+from export.formats import CALIB_METHODS, FORMAT_NAMES, ORT_PRESETS, PRECISIONS
 
-
-def csv_list(text: str) -> tuple[str, ...]:
-    return tuple(s.strip() for s in text.split(",") if s.strip())
+EXPORT_OPTIONS = {
+    "checkpoint": Option("best.pt from `floraedge train`"),
+    "data": Option("prepared dataset: calibration (train) and verification (val) images"),
+    "out": Option("output folder"),
+    "formats": Option(f"comma-separated of {', '.join(FORMAT_NAMES)} (default: all)"),
+    "precisions": Option(f"comma-separated of {', '.join(PRECISIONS)} (default: all)"),
+    "calib_n": Option("class-balanced calibration images", parse=number(low=1)),
+    "calib_min": Option("refuse to calibrate on fewer", parse=number(low=1)),
+    "calib_seed": Option(),
+    "calib_method": Option("ONNX Runtime calibration", choices=tuple(CALIB_METHODS)),
+    "per_channel": Option("ONNX int8 weights per tensor (default: per channel)", flag="--per-tensor"),
+    "ort_preset": Option("ONNX int8 type preset", choices=tuple(ORT_PRESETS)),
+    "verify_split": Option(),
+    "verify_n": Option("verify on at most this many images (default: all)", parse=number(low=1)),
+    "max_drop": Option("max accuracy drop in points for fp16/int8", parse=number(float, low=0)),
+    "allow_drop": Option("keep a file that fails the gate, with a warning in its card"),
+    "nhwc": Option("TFLite input NCHW (default: NHWC, what mobile apps use)", flag="--nchw"),
+    "overwrite": Option("replace an existing export folder"),
+}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -22,65 +43,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog="example:\n  floraedge export --checkpoint runs/lite0/best.pt --data data/flowers --out exports/lite0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, help="best.pt from `floraedge train`")
-    p.add_argument("--data", required=True, help="prepared dataset: calibration (train) and verification (val) images")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument(
-        "--formats",
-        type=csv_list,
-        default=FORMAT_NAMES,
-        help=f"comma-separated of {', '.join(FORMAT_NAMES)} (default: all)",
-    )
-    p.add_argument(
-        "--precisions",
-        type=csv_list,
-        default=PRECISIONS,
-        help=f"comma-separated of {', '.join(PRECISIONS)} (default: all)",
-    )
-    p.add_argument("--calib-n", type=int, default=300, help="class-balanced calibration images (default: %(default)s)")
-    p.add_argument("--calib-min", type=int, default=100, help="refuse to calibrate on fewer (default: %(default)s)")
-    p.add_argument("--calib-seed", type=int, default=0)
-    p.add_argument(
-        "--calib-method",
-        choices=("minmax", "entropy", "percentile"),
-        default="minmax",
-        help="ONNX Runtime calibration (default: %(default)s)",
-    )
-    p.add_argument(
-        "--per-tensor",
-        dest="per_channel",
-        action="store_false",
-        help="ONNX int8 weights per tensor (default: per channel)",
-    )
-    p.add_argument(
-        "--ort-preset", choices=("x86", "arm"), default="x86", help="ONNX int8 type preset (default: %(default)s)"
-    )
-    p.add_argument("--verify-split", default="val", help="(default: %(default)s)")
-    p.add_argument("--verify-n", type=int, default=None, help="verify on at most this many images (default: all)")
-    p.add_argument(
-        "--max-drop", type=float, default=1.0, help="max accuracy drop in points for fp16/int8 (default: %(default)s)"
-    )
-    p.add_argument(
-        "--allow-drop", action="store_true", help="keep a file that fails the gate, with a warning in its card"
-    )
-    p.add_argument(
-        "--nchw", dest="nhwc", action="store_false", help="TFLite input NCHW (default: NHWC, what mobile apps use)"
-    )
-    p.add_argument("--overwrite", action="store_true")
+    add_config_options(p, ExportConfig, EXPORT_OPTIONS)
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.exporter import ExportConfig, export_all
+    from export.exporter import export_all
 
-    fields = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
-    results = export_all(ExportConfig(**fields))
+    config = config_from_args(args)
+    results = export_all(config)
     print(
         json.dumps(
             [{k: r.get(k) for k in ("file", "passed", "kept", "bytes", "accuracy", "gate", "error")} for r in results],
             indent=1,
         )
     )
-    print(f"wrote {args.out}/ (MODEL_CARD.md, model_card.json, labels.txt)")
+    print(f"wrote {config.out}/ (MODEL_CARD.md, model_card.json, labels.txt)")
     return 0 if all(r.get("kept") for r in results) else 1

@@ -1,7 +1,8 @@
 """The converters behind the format table: PyTorch -> ONNX / TFLite, and their quantized variants.
 
-Base files (fp32, no metadata) are made once per format; every precision derives from them. Every
-file ends in a float32 softmax: its output is probabilities (see ``WithSoftmax``).
+Base files (fp32, no metadata) are made once per format; every precision derives from them. The
+rows of ``export.formats.FORMATS`` name which function makes each file. Every file ends in a
+float32 softmax: its output is probabilities (see ``WithSoftmax``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from export.config import ExportConfig
+from export.formats import CALIB_METHODS, ORT_PRESETS
 
 ONNX_OPSET = 17
 
@@ -39,10 +43,11 @@ class ExportContext:
     model: torch.nn.Module  # a WithSoftmax
     sample: torch.Tensor  # one NCHW input
     calibration: np.ndarray | None  # NCHW float32 batch
-    calib_method: str = "minmax"
-    per_channel: bool = True
-    ort_preset: str = "x86"
-    nhwc: bool = True  # TFLite input layout
+    # the export options the converters read, defaulted as `floraedge export` defaults them
+    calib_method: str = ExportConfig.calib_method
+    per_channel: bool = ExportConfig.per_channel
+    ort_preset: str = ExportConfig.ort_preset
+    nhwc: bool = ExportConfig.nhwc  # TFLite input layout
 
 
 def export_onnx_base(ctx: ExportContext, dest: Path) -> None:
@@ -84,15 +89,6 @@ class _Reader:
         raise NotImplementedError
 
 
-CALIB_METHODS = ("minmax", "entropy", "percentile")
-ORT_PRESETS = {
-    # x86 (AVX2/AVX512/VNNI): uint8 activations x int8 weights is the fast kernel path.
-    "x86": {"activation_type": "QUInt8", "weight_type": "QInt8"},
-    # ARM64: int8 x int8 (symmetric activations) maps onto the SDOT/I8MM kernels; not measured on a device here.
-    "arm": {"activation_type": "QInt8", "weight_type": "QInt8"},
-}
-
-
 def softmax_nodes(model_path: Path) -> list[str]:
     import onnx
 
@@ -107,11 +103,7 @@ def onnx_int8(base: Path, dest: Path, ctx: ExportContext) -> None:
     try:
         quant_pre_process(str(base), str(prepped), skip_symbolic_shape=True)
         preset = ORT_PRESETS[ctx.ort_preset]
-        method = {
-            "minmax": CalibrationMethod.MinMax,
-            "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile,
-        }[ctx.calib_method]
+        method = getattr(CalibrationMethod, CALIB_METHODS[ctx.calib_method])
         quantize_static(
             str(prepped),
             str(dest),
@@ -205,18 +197,6 @@ def tflite_int8(base: Path, dest: Path, ctx: ExportContext) -> None:
 
 def copy_base(base: Path, dest: Path, ctx: ExportContext) -> None:
     dest.write_bytes(base.read_bytes())
-
-
-BASE_EXPORTERS = {"onnx": export_onnx_base, "tflite": export_tflite_base}
-DERIVE = {
-    ("onnx", "fp32"): copy_base,
-    ("onnx", "fp16"): onnx_fp16,
-    ("onnx", "int8"): onnx_int8,
-    ("tflite", "fp32"): copy_base,
-    ("tflite", "fp16"): tflite_fp16,
-    ("tflite", "dynamic-int8"): tflite_dynamic_int8,
-    ("tflite", "int8"): tflite_int8,
-}
 
 
 def embed_onnx_metadata(path: Path, props: dict[str, str]) -> None:

@@ -10,7 +10,7 @@ import json
 import shutil
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -19,41 +19,20 @@ import torch
 from edge_runtime.metadata import INFO_KEY, LABELS_KEY, PROBABILITIES, SPEC_KEY
 from edge_runtime.outdir import check_output, write_marker
 from edge_runtime.spec import PreprocessSpec
+from export import converters
 from export.calibration import calibration_set, verification_set
 from export.card import tool_versions, write_cards
+from export.config import ExportConfig
 from export.converters import (
-    BASE_EXPORTERS,
-    DERIVE,
     ONNX_OPSET,
     ExportContext,
     WithSoftmax,
     embed_onnx_metadata,
     embed_tflite_metadata,
 )
-from export.formats import PRECISIONS, Format, select
+from export.formats import Format, select
 from export.verify import Reference, verify
 from train.checkpoint import load_bundle, model_from_bundle
-
-
-@dataclass(frozen=True, kw_only=True)
-class ExportConfig:
-    checkpoint: str
-    data: str  # prepared dataset: calibration (train split) and verification (val split) images
-    out: str
-    formats: tuple[str, ...] = ("onnx", "tflite")
-    precisions: tuple[str, ...] = PRECISIONS
-    calib_n: int = 300
-    calib_min: int = 100
-    calib_seed: int = 0
-    calib_method: str = "minmax"
-    per_channel: bool = True
-    ort_preset: str = "x86"
-    verify_split: str = "val"
-    verify_n: int | None = None
-    max_drop: float = 1.0
-    allow_drop: bool = False
-    nhwc: bool = True
-    overwrite: bool = False
 
 
 def reference(model: torch.nn.Module, batch: np.ndarray, targets: np.ndarray) -> Reference:
@@ -105,7 +84,7 @@ def export_row(
     info = file_info(row, bundle, config, calib_info)
     tmp = out / f".tmp-{row.filename}"
     try:
-        DERIVE[(row.format, row.precision)](base, tmp, ctx)
+        getattr(converters, row.converter)(base, tmp, ctx)
         tmp = embed(tmp, row, bundle["class_names"], spec, info)
         result = verify(tmp, row, ref, max_drop=config.max_drop)
         keep = result["passed"] or config.allow_drop
@@ -160,40 +139,8 @@ def export_all(config: ExportConfig) -> list[dict]:
         calib, calib_info = calibration_set(
             data, spec, n=config.calib_n, minimum=config.calib_min, seed=config.calib_seed
         )
-    ctx = ExportContext(
-        model=WithSoftmax(model).eval(),
-        sample=torch.from_numpy(batch[:1]),
-        calibration=calib,
-        calib_method=config.calib_method,
-        per_channel=config.per_channel,
-        ort_preset=config.ort_preset,
-        nhwc=config.nhwc,
-    )
-    work = out / ".work"
-    work.mkdir()
-    results, bases = [], {}
-    try:
-        for row in rows:
-            print(f"== {row.name}: {row.filename}", flush=True)
-            try:
-                if row.format not in bases:
-                    bases[row.format] = work / f"base.{row.format}"
-                    BASE_EXPORTERS[row.format](ctx, bases[row.format])
-                results.append(export_row(row, bases[row.format], out, ctx, ref, bundle, config, calib_info))
-            except Exception as exc:  # one row failing must not lose the others
-                results.append(
-                    {
-                        "name": row.name,
-                        "file": row.filename,
-                        "passed": False,
-                        "kept": False,
-                        "error": f"{type(exc).__name__}: {exc}",
-                        "traceback": traceback.format_exc(limit=3),
-                    }
-                )
-            print(f"   {summary_line(results[-1])}", flush=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    ctx = export_context(model, batch, calib, config)
+    results = export_rows(rows, out, ctx, ref, bundle, config, calib_info)
     write_cards(
         out,
         bundle,
@@ -205,6 +152,50 @@ def export_all(config: ExportConfig) -> list[dict]:
         versions=tool_versions(),
     )
     return results
+
+
+def export_context(model: torch.nn.Module, batch: np.ndarray, calib, config: ExportConfig) -> ExportContext:
+    return ExportContext(
+        model=WithSoftmax(model).eval(),
+        sample=torch.from_numpy(batch[:1]),
+        calibration=calib,
+        calib_method=config.calib_method,
+        per_channel=config.per_channel,
+        ort_preset=config.ort_preset,
+        nhwc=config.nhwc,
+    )
+
+
+def export_rows(rows: list[Format], out: Path, ctx: ExportContext, ref, bundle, config, calib_info) -> list[dict]:
+    """Each row's file, derived from its format's base file (made once, in a work folder removed after)."""
+    work = out / ".work"
+    work.mkdir()
+    results, bases = [], {}
+    try:
+        for row in rows:
+            print(f"== {row.name}: {row.filename}", flush=True)
+            try:
+                if row.base not in bases:
+                    bases[row.base] = work / f"base.{row.format}"
+                    getattr(converters, row.base)(ctx, bases[row.base])
+                results.append(export_row(row, bases[row.base], out, ctx, ref, bundle, config, calib_info))
+            except Exception as exc:  # one row failing must not lose the others
+                results.append(failure(row, exc))
+            print(f"   {summary_line(results[-1])}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def failure(row: Format, exc: Exception) -> dict:
+    return {
+        "name": row.name,
+        "file": row.filename,
+        "passed": False,
+        "kept": False,
+        "error": f"{type(exc).__name__}: {exc}",
+        "traceback": traceback.format_exc(limit=3),
+    }
 
 
 def summary_line(r: dict) -> str:

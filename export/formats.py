@@ -1,7 +1,8 @@
 """THE format table: one named row per format x precision.
 
 Export, verification, the benchmarks and the tests all iterate ``FORMATS``; nothing else
-lists file names, runtimes or tolerances.
+lists file names, runtimes, converters, tolerances or quantization choices. A row names its
+converters (functions of ``export.converters``) by name, so this module stays torch-free.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ class Format:
     format: str  # "onnx" | "tflite"
     precision: str  # "fp32" | "fp16" | "dynamic-int8" | "int8"
     filename: str
-    runtime: str  # edge_runtime.backends name used to verify and bench it
+    runtime: str  # edge_runtime.backends name used to verify and bench it (BACKENDS[runtime].package installs it)
+    base: str  # export.converters function that writes the format's fp32 file (made once per format)
+    converter: str  # export.converters function that derives this row's file from that base file
     needs_calibration: bool = False
     # fp32 rows: max |probability - PyTorch probability| (export/verify.py); the others are gated on accuracy drop
     prob_atol: float | None = None
@@ -30,59 +33,72 @@ class Format:
 
 PROB_ATOL = 5e-4  # half the former 1e-3 logit tolerance: a softmax output moves at most half as much as a logit
 
+ONNX = dict(format="onnx", runtime="onnxruntime", base="export_onnx_base")
+TFLITE = dict(format="tflite", runtime="litert", base="export_tflite_base")
+
 FORMATS: tuple[Format, ...] = (
     Format(
-        format="onnx",
+        **ONNX,
         precision="fp32",
         filename="model_fp32.onnx",
-        runtime="onnxruntime",
+        converter="copy_base",
         prob_atol=PROB_ATOL,
         also_runs_on=("opencv",),
     ),
     Format(
-        format="onnx",
+        **ONNX,
         precision="fp16",
         filename="model_fp16.onnx",
-        runtime="onnxruntime",
+        converter="onnx_fp16",
         note="fp16 weights, float32 inputs/outputs; saves size, not CPU time",
     ),
     Format(
-        format="onnx",
+        **ONNX,
         precision="int8",
         filename="model_int8.onnx",
-        runtime="onnxruntime",
+        converter="onnx_int8",
         needs_calibration=True,
         note="ONNX Runtime static QDQ, per-channel weights",
     ),
-    Format(format="tflite", precision="fp32", filename="model_fp32.tflite", runtime="litert", prob_atol=PROB_ATOL),
+    Format(**TFLITE, precision="fp32", filename="model_fp32.tflite", converter="copy_base", prob_atol=PROB_ATOL),
     Format(
-        format="tflite",
+        **TFLITE,
         precision="fp16",
         filename="model_fp16.tflite",
-        runtime="litert",
+        converter="tflite_fp16",
         note="fp16 weights (ai-edge-quantizer float casting), float compute",
     ),
     Format(
-        format="tflite",
+        **TFLITE,
         precision="dynamic-int8",
         filename="model_dynamic-int8.tflite",
-        runtime="litert",
+        converter="tflite_dynamic_int8",
         note="int8 weights, float activations (ai-edge-quantizer dynamic_wi8_afp32)",
     ),
     Format(
-        format="tflite",
+        **TFLITE,
         precision="int8",
         filename="model_int8.tflite",
-        runtime="litert",
+        converter="tflite_int8",
         needs_calibration=True,
         note="int8 weights and activations inside; float32 input, logits and probabilities "
         "(ai-edge-quantizer static_wi8_ai8 with float edges)",
     ),
 )
 FORMAT_NAMES = tuple(sorted({f.format for f in FORMATS}))
-PRECISIONS = ("fp32", "fp16", "dynamic-int8", "int8")
+PRECISIONS = tuple(dict.fromkeys(f.precision for f in FORMATS))
 # ONNX dynamic-int8 is left out on purpose: ORT's dynamic quantization turns Conv into ConvInteger,
 # which is slower than fp32 on CPU for these CNNs; static QDQ is the int8 path that pays off.
+
+# Choices of the calibrated rows: calibration method -> onnxruntime's CalibrationMethod member,
+# and ONNX Runtime int8 type preset -> the quantized types
+CALIB_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+ORT_PRESETS = {
+    # x86 (AVX2/AVX512/VNNI): uint8 activations x int8 weights is the fast kernel path.
+    "x86": {"activation_type": "QUInt8", "weight_type": "QInt8"},
+    # ARM64: int8 x int8 (symmetric activations) maps onto the SDOT/I8MM kernels; not measured on a device here.
+    "arm": {"activation_type": "QInt8", "weight_type": "QInt8"},
+}
 
 
 def select(formats: list[str], precisions: list[str]) -> list[Format]:

@@ -18,8 +18,6 @@ position in the table; a union takes two slots, its type then its value).
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +26,8 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as tfl
 from flatbuffers.table import Table
+
+from edge_runtime.atomic import write_bytes_atomic
 
 METADATA_NAME = "TFLITE_METADATA"
 MODEL_IDENTIFIER = b"TFL3"
@@ -313,18 +313,6 @@ def _with_zip(flatbuffer: bytes, files: dict[str, bytes]) -> bytes:
     return out.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _check_labels(labels: list[str], num_classes: int) -> None:
     if len(labels) != num_classes:
         raise ValueError(f"{len(labels)} labels but the model has {num_classes} outputs; they must be equal")
@@ -340,6 +328,35 @@ def _check_normalization(mean, std) -> tuple[tuple[float, ...], tuple[float, ...
     if any(not s > 0 for s in std):
         raise ValueError(f"std values must be positive, got {std}")
     return mean, std
+
+
+def _zip_files(labels: list[str], extra_files: dict[str, bytes]) -> dict[str, bytes]:
+    """labels.txt and the extra files, the zip appended to the model."""
+    files = {LABELS_FILE: ("\n".join(labels) + "\n").encode()}
+    for file_name, data in extra_files.items():
+        if file_name in files:
+            raise ValueError(f"extra file {file_name!r} would replace the generated one")
+        files[file_name] = bytes(data)
+    return files
+
+
+def _classifier_input(model_path: Path, model, labels: list[str]):
+    """The model's one input tensor, refused unless the model is an image classifier with ``len(labels)`` outputs."""
+    if not model.subgraphs:
+        raise ValueError(f"{model_path}: the model has no subgraph")
+    graph = model.subgraphs[0]
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise ValueError(
+            f"{model_path}: an image classifier has one input and one output, got {len(graph.inputs)} and {len(graph.outputs)}"
+        )
+    image, scores = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
+    shape = [int(d) for d in image.shape]
+    if len(shape) != 4 or shape[3] != 3:
+        raise ValueError(f"{model_path}: image metadata needs an NHWC input with 3 channels, got shape {shape}")
+    if image.type not in _TFLITE_DTYPES:
+        raise ValueError(f"{model_path}: input type {image.type} is not float32, uint8 or int8")
+    _check_labels(labels, int(scores.shape[-1]))
+    return image
 
 
 def add_metadata(
@@ -367,29 +384,11 @@ def add_metadata(
     """
     model_path, out_path = Path(model_path), Path(out_path)
     mean, std = _check_normalization(mean, std)
-    files = {LABELS_FILE: ("\n".join(labels) + "\n").encode()}
-    for file_name, data in (extra_files or {}).items():
-        if file_name in files:
-            raise ValueError(f"extra file {file_name!r} would replace the generated one")
-        files[file_name] = bytes(data)
-
+    files = _zip_files(labels, extra_files or {})
     raw = model_path.read_bytes()
     model = _read_model(raw)
-    if not model.subgraphs:
-        raise ValueError(f"{model_path}: the model has no subgraph")
-    graph = model.subgraphs[0]
-    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
-        raise ValueError(
-            f"{model_path}: an image classifier has one input and one output, got {len(graph.inputs)} and {len(graph.outputs)}"
-        )
-    image, scores = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
+    image = _classifier_input(model_path, model, labels)
     shape = [int(d) for d in image.shape]
-    if len(shape) != 4 or shape[3] != 3:
-        raise ValueError(f"{model_path}: image metadata needs an NHWC input with 3 channels, got shape {shape}")
-    if image.type not in _TFLITE_DTYPES:
-        raise ValueError(f"{model_path}: input type {image.type} is not float32, uint8 or int8")
-    _check_labels(labels, int(scores.shape[-1]))
-
     _inline_all_data(model, raw)
     metadata = build_metadata(
         name=name,
@@ -403,7 +402,8 @@ def add_metadata(
         output_description=output_description,
     )
     _set_metadata_buffer(model, metadata)
-    _write_atomic(out_path, _with_zip(_pack(model, len(raw)), files))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out_path, _with_zip(_pack(model, len(raw)), files))
     return out_path
 
 

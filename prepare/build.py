@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from edge_runtime.outdir import OutputError, check_output, shareable, write_mark
 from edge_runtime.preprocess import resize_shorter_side
 from edge_runtime.spec import IMAGENET_SPEC
 from prepare.categories import NUM_CLASSES, class_names, folder_name
+from prepare.config import PrepareConfig
 from prepare.manifest import write_manifest
 from prepare.release import (
     ARCHIVE,
@@ -61,21 +62,6 @@ EXIF_TRANSPOSE = {
 
 OutputExistsError = OutputError  # the output exists and may not be replaced (the old name)
 DATASET = "prepare"  # the marker kind of a prepared dataset: only such a folder is replaced by --overwrite
-
-
-@dataclass(frozen=True, kw_only=True)
-class PrepareConfig:
-    """What ``floraedge prepare`` does; saved as ``config.json`` in the output."""
-
-    source: Path
-    out: Path
-    split: str = "official"
-    val_frac: float = 0.1
-    test_frac: float = 0.1
-    seed: int = 0
-    cache_size: int = 256
-    overwrite: bool = False
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,30 @@
-"""``floraedge prepare``: command-line front end (imports nothing heavy until it runs)."""
+"""``floraedge prepare``: options generated from ``PrepareConfig`` (imports nothing heavy until it runs)."""
 
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
+import dataclasses
 
 from edge_runtime.cli import number
+from edge_runtime.errors import FloraEdgeError
+from edge_runtime.options import Option, add_config_options, config_from_args
+from prepare.config import PrepareConfig
 from prepare.splits import SPLIT_MODES
 
-DEFAULT_DOWNLOAD_DIR = Path("data/oxford102-raw")
+PREPARE_OPTIONS = {
+    "source": Option("folder holding the release files (or --download)"),
+    "download": Option("fetch the release (md5-checked, resumable) into --download-dir first"),
+    "download_dir": Option("where --download keeps the raw files"),
+    "mirror": Option("base URL to download from instead of the dataset's home page"),
+    "out": Option("output folder for the prepared dataset"),
+    "split": Option("official setid.mat splits, or a class-stratified random split", choices=SPLIT_MODES),
+    "val_frac": Option("stratified: share of each class for val"),
+    "test_frac": Option("stratified: share of each class for test"),
+    "seed": Option("stratified: random seed"),
+    "cache_size": Option("shorter side of the cached copies in px"),
+    "workers": Option("processes (default: all cores, %(default)s)", parse=number(low=1)),
+    "overwrite": Option("replace --out if it exists"),
+}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -29,62 +44,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--source", type=Path, help="folder holding the release files")
-    src.add_argument(
-        "--download", action="store_true", help="fetch the release (md5-checked, resumable) into --download-dir first"
-    )
-    parser.add_argument(
-        "--download-dir",
-        type=Path,
-        default=DEFAULT_DOWNLOAD_DIR,
-        help="where --download keeps the raw files (default: %(default)s)",
-    )
-    parser.add_argument("--mirror", default=None, help="base URL to download from instead of the dataset's home page")
-    parser.add_argument("--out", type=Path, required=True, help="output folder for the prepared dataset")
-    parser.add_argument(
-        "--split",
-        choices=SPLIT_MODES,
-        default="official",
-        help="official setid.mat splits, or a class-stratified random split (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--val-frac", type=float, default=0.1, help="stratified: share of each class for val (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--test-frac", type=float, default=0.1, help="stratified: share of each class for test (default: %(default)s)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="stratified: random seed (default: %(default)s)")
-    parser.add_argument(
-        "--cache-size", type=int, default=256, help="shorter side of the cached copies in px (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--workers", type=number(low=1), default=os.cpu_count() or 1, help="processes (default: all cores, %(default)s)"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_config_options(parser, PrepareConfig, PREPARE_OPTIONS)
     parser.set_defaults(func=run)
     return parser
 
 
+def with_source(config: PrepareConfig) -> PrepareConfig:
+    """The config with its release folder: ``--source`` as given, or where ``--download`` put the release."""
+    if (config.source is None) == (not config.download):
+        raise FloraEdgeError("give the release folder with --source DIR, or --download to fetch it (one of the two)")
+    if not config.download:
+        return config
+    from prepare.download import BASE_URL, download_release
+
+    source = download_release(config.download_dir, base_url=config.mirror or BASE_URL)
+    return dataclasses.replace(config, source=source)
+
+
 def run(args: argparse.Namespace) -> int:
-    from prepare.build import PrepareConfig, prepare_dataset
+    from prepare.build import prepare_dataset
     from prepare.report import print_summary
 
-    source = args.source
-    if args.download:
-        from prepare.download import BASE_URL, download_release
-
-        source = download_release(args.download_dir, base_url=args.mirror or BASE_URL)
-    config = PrepareConfig(
-        source=source,
-        out=args.out,
-        split=args.split,
-        val_frac=args.val_frac,
-        test_frac=args.test_frac,
-        seed=args.seed,
-        cache_size=args.cache_size,
-        overwrite=args.overwrite,
-        workers=args.workers,
-    )
-    print_summary(prepare_dataset(config), args.out)
+    config = with_source(config_from_args(args))
+    print_summary(prepare_dataset(config), config.out)
     return 0

@@ -174,6 +174,22 @@ def _finish(part: Path, dest: Path, url: str, expected_md5: str | None) -> Path:
     return dest
 
 
+def already_there(dest: Path, expected_md5: str | None) -> bool:
+    """True when ``dest`` exists and its md5 matches (or none is given); a mismatching one is moved to ``.bad``."""
+    if not dest.exists():
+        return False
+    if expected_md5 is None:
+        log.info("%s already present; kept (no md5 to check)", dest)
+        return True
+    got = md5sum(dest)
+    if got == expected_md5.lower():
+        log.info("%s already present, md5 ok", dest)
+        return True
+    log.warning("%s has md5 %s, expected %s: moved to %s, downloading again", dest, got, expected_md5, bad_path(dest))
+    os.replace(dest, bad_path(dest))
+    return False
+
+
 def download_file(
     url: str,
     dest: Path,
@@ -193,23 +209,8 @@ def download_file(
     - ``timeout`` (seconds) bounds the connect and every read; no network raises DownloadError fast.
     """
     dest = Path(dest)
-    if dest.exists():
-        if expected_md5 is None:
-            log.info("%s already present; kept (no md5 to check)", dest)
-            return dest
-        got = md5sum(dest)
-        if got == expected_md5.lower():
-            log.info("%s already present, md5 ok", dest)
-            return dest
-        log.warning(
-            "%s has md5 %s, expected %s: moved to %s, downloading again",
-            dest,
-            got,
-            expected_md5,
-            bad_path(dest),
-        )
-        os.replace(dest, bad_path(dest))
-
+    if already_there(dest, expected_md5):
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
     for _attempt in range(2):

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from edge_runtime.atomic import atomic_path, write_json_atomic, write_text_atomic
+from edge_runtime.atomic import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
 
 
 def test_writes_land_whole_and_readable_by_others(tmp_path):
@@ -28,3 +28,14 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_nothing_behind(tmp_path, e
         raise error
     assert target.read_bytes() == b"the old, complete file"
     assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+
+
+def test_a_folder_appears_whole_or_not_at_all(tmp_path):
+    with atomic_dir(tmp_path / "space") as tmp:
+        (tmp / "app.py").write_text("app")
+    assert [p.name for p in (tmp_path / "space").iterdir()] == ["app.py"]
+    assert stat.S_IMODE((tmp_path / "space").stat().st_mode) == 0o755  # not mkdtemp's 0700
+    with pytest.raises(KeyboardInterrupt), atomic_dir(tmp_path / "other") as tmp:
+        (tmp / "half").write_text("x")
+        raise KeyboardInterrupt
+    assert [p.name for p in tmp_path.iterdir()] == ["space"]

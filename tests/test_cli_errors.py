@@ -109,6 +109,8 @@ EDGE_CASES = {
 }
 TRAINING_CASES = {
     "prepare-no-source": ("prepare --source {w}/missing --out {w}/p1", "not a directory"),
+    "prepare-neither-source-nor-download": ("prepare --out {w}/p4", "--source DIR, or --download"),
+    "prepare-source-and-download": ("prepare --source {w}/empty --download --out {w}/p5", "one of the two"),
     "prepare-out-in-source": ("prepare --source {w}/foreign --out {w}/foreign/prepared", "overlaps"),
     "prepare-out-is-source": ("prepare --source {w}/foreign --out {w}/foreign --overwrite", "overlaps"),
     "prepare-overwrite-foreign": ("prepare --source {w}/empty --out {w}/foreign --overwrite", "--overwrite refused"),

@@ -13,21 +13,7 @@ import dataclasses
 import pytest
 
 import floraedge
-from edge_runtime.options import Binding, Option, add_config_options, field_default
-
-# Subcommands that still declare their options by hand instead of with `add_config_options`
-# (issue #15, "Options are declared twice"). Each one fails the test below (strict xfail) until it
-# is converted, and must then leave this list.
-NOT_YET_BOUND = {
-    "prepare": "issue #15: PrepareConfig by hand; --download, --download-dir, --mirror are no PrepareConfig fields",
-    "export": "issue #15: ExportConfig(**vars(args)) with an exclusion list; --calib-method choices not from FORMATS",
-    "classify": "issue #15: no config dataclass (model options, --json, images)",
-    "run": "issue #15: LiveConfig field by field, plus the model options shared with classify",
-    "serve": "issue #15: ServeConfig field by field; --max-body-mb is max_body in MB; --camera never reached it",
-    "space": "issue #15: no config dataclass",
-    "bench": "issue #15: BenchConfig(**vars(args)) with an exclusion list",
-    "demo": "issue #15: no config dataclass",
-}
+from edge_runtime.options import Binding, Option, add_config_options, config_from_args, field_default
 
 CANDIDATES = ("7", "0.25", "custom", "3,5", "64")  # values to try, in order, for an option that takes one
 
@@ -89,6 +75,10 @@ def problems(parser: argparse.ArgumentParser) -> list[str]:
             found.append(f"{action.option_strings}: {action.dest!r} is no field of {binding.config_type.__name__}")
         elif action.dest in fields and not action.required and action.default != field_default(fields[action.dest]):
             found.append(f"{action.option_strings}: default {action.default!r} is not the dataclass's")
+        elif action.dest in binding.converted:
+            name, convert = binding.converted[action.dest]
+            if convert(action.default) != field_default(fields[name]):
+                found.append(f"{action.option_strings}: default {action.default!r} converts to another {name}")
     base_argv = required_argv(parser)
     base = binding.config(parser.parse_args(base_argv))
     given = {a.dest for a in options(parser) if a.required} | {b[0] for b in binding.converted.values()}
@@ -112,14 +102,8 @@ def problems(parser: argparse.ArgumentParser) -> list[str]:
 
 
 @pytest.mark.parametrize("name", sorted(SUBCOMMANDS), ids=str)
-def test_every_option_reaches_the_config_and_every_default_is_the_configs(name, request):
-    if name in NOT_YET_BOUND:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=NOT_YET_BOUND[name]))
+def test_every_option_reaches_the_config_and_every_default_is_the_configs(name):
     assert problems(SUBCOMMANDS[name]) == []
-
-
-def test_the_allowlist_names_only_real_subcommands():
-    assert set(NOT_YET_BOUND) <= set(SUBCOMMANDS)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -141,3 +125,24 @@ def test_the_check_catches_a_drifted_default_a_stray_option_and_a_dead_one():
     found = problems(parser)
     assert any("default 4" in p for p in found) and any("'camera' is no field" in p for p in found), found
     assert not any("--host" in p or "--limit" in p for p in found), found
+
+
+def test_the_check_catches_a_converted_option_whose_default_disagrees():
+    """--max-body-mb is max_body in MiB: its default must convert to the field's default."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads-x2", type=int, default=2)  # would give threads=1, the field says 2
+    add_config_options(parser, Toy, {"model": Option("m")}, converted={"threads_x2": ("threads", lambda v: v // 2)})
+    assert any("--threads-x2" in p and "converts" in p for p in problems(parser)), problems(parser)
+
+
+def test_a_positional_tuple_field_takes_one_or_more_values():
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Images:
+        images: tuple[str, ...]
+        json: bool = False
+
+    parser = argparse.ArgumentParser()
+    add_config_options(parser, Images, {"images": Option("files", positional=True), "json": Option()})
+    assert problems(parser) == []
+    config = config_from_args(parser.parse_args(["a.jpg", "b.jpg", "--json"]))
+    assert config == Images(images=("a.jpg", "b.jpg"), json=True)

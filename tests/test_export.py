@@ -115,7 +115,7 @@ def scrambled_fp16(base, dest, ctx):
 
 
 def test_the_gate_refuses_a_broken_model(tiny_checkpoint, tiny_prepared, tmp_path, monkeypatch):
-    monkeypatch.setitem(converters.DERIVE, ("onnx", "fp16"), scrambled_fp16)
+    monkeypatch.setattr(converters, "onnx_fp16", scrambled_fp16)
     results = export_all(
         ExportConfig(
             checkpoint=str(tiny_checkpoint),
@@ -150,7 +150,7 @@ def shifted_fp32(base, dest, ctx):
 
 
 def test_the_probability_gate_refuses_a_logit_off_by_002(tiny_checkpoint, tiny_prepared, tmp_path, monkeypatch):
-    monkeypatch.setitem(converters.DERIVE, ("onnx", "fp32"), shifted_fp32)
+    monkeypatch.setattr(converters, "copy_base", shifted_fp32)
     (result,) = export_all(
         ExportConfig(
             checkpoint=str(tiny_checkpoint),
@@ -169,7 +169,7 @@ def test_a_failing_format_does_not_lose_the_others(tiny_checkpoint, tiny_prepare
     def broken(ctx, dest):
         raise RuntimeError("converter exploded")
 
-    monkeypatch.setitem(converters.BASE_EXPORTERS, "tflite", broken)
+    monkeypatch.setattr(converters, "export_tflite_base", broken)
     results = export_all(
         ExportConfig(
             checkpoint=str(tiny_checkpoint),
@@ -204,9 +204,17 @@ def test_calibration_sample_is_class_balanced():
 
 
 def test_unknown_format_or_precision_lists_the_valid_ones():
-    with pytest.raises(FloraEdgeError, match="formats: onnx, tflite; precisions: fp32, fp16, dynamic-int8, int8"):
+    with pytest.raises(FloraEdgeError, match="formats: onnx, tflite; precisions: fp32, fp16, int8, dynamic-int8"):
         select(["coreml"], ["fp32"])
     assert [f.filename for f in select(["tflite"], ["dynamic-int8"])] == ["model_dynamic-int8.tflite"]
+
+
+def test_every_row_names_converters_that_exist_and_take_the_exporters_arguments():
+    import inspect
+
+    for row in FORMATS:
+        assert list(inspect.signature(getattr(converters, row.base)).parameters) == ["ctx", "dest"], row.name
+        assert list(inspect.signature(getattr(converters, row.converter)).parameters) == ["base", "dest", "ctx"]
 
 
 def test_existing_output_and_foreign_checkpoint_are_refused(tiny_checkpoint, tiny_prepared, tmp_path):

@@ -19,8 +19,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from benchmarks.serve_abuse import SlowBodies, legitimate_client, sample_jpeg, serve_process, summarize
+from edge_runtime.options import config_from_args
 from edge_runtime.serve.app import ServeConfig, create_app
-from edge_runtime.serve.cli import serve_config
 from floraedge import build_parser
 from tests.test_adversarial import BOMB_FORMATS, BOMB_SIZE, bomb
 from tests.tiny_models import tiny_onnx
@@ -99,7 +99,7 @@ def test_every_serving_flag_reaches_the_server_config(tmp_path):
         ["serve", "--model", "m.onnx", "--camera", str(tmp_path), "--token", "t", "--max-body-mb", "2",
          "--max-pixels", "1000", "--workers", "3", "--queue", "7", "--threads", "2", "--body-timeout", "4.5"]
     )  # fmt: skip
-    config = serve_config(args)
+    config = config_from_args(args)
     assert config.camera == tmp_path and config.token == "t" and config.max_body == 2 * 1024 * 1024
     assert (config.max_pixels, config.workers, config.queue, config.threads) == (1000, 3, 7, 2)
     assert config.body_timeout == 4.5

@@ -17,7 +17,6 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
@@ -31,23 +30,9 @@ from edge_runtime.admission import header_size
 from edge_runtime.backends import load
 from edge_runtime.classify import Classifier
 from edge_runtime.preprocess import preprocess
+from edge_runtime.serve.config import ServeConfig
 from edge_runtime.serve.images import BadImage, decode_upload
 from edge_runtime.serve.openapi import openapi_spec
-
-
-@dataclass(frozen=True, kw_only=True)
-class ServeConfig:
-    model: Path
-    backend: str = "auto"
-    threads: int | None = None
-    top_k: int = 5
-    max_body: int = 10 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    workers: int = 1  # concurrent inferences
-    queue: int = 16  # requests allowed to wait for a worker
-    token: str | None = None
-    camera: Path | None = None  # the --publish folder of a `floraedge run` on this device
-    body_timeout: float = 30.0  # seconds to receive a whole upload; a client trickling its body is cut off
 
 
 def mjpeg_frames(folder: Path, interval: float = 0.1):
@@ -145,33 +130,36 @@ def original_size(data: bytes, image) -> tuple[int, int]:
     return size if (size[0] >= size[1]) == (w >= h) else (size[1], size[0])  # EXIF rotation swaps the sides
 
 
-def create_app(config: ServeConfig) -> Starlette:
-    backend = load(config.model, config.backend, threads=config.threads)
-    classifier = Classifier(backend, k=config.top_k)
-    description = model_description(Path(config.model), backend) | {"camera": config.camera is not None}
-    pool, gate = (
-        ThreadPoolExecutor(max_workers=config.workers + 1, thread_name_prefix="decode-infer"),
-        Gate(config.workers, config.queue),
-    )
-    model_slots = threading.BoundedSemaphore(config.workers)  # concurrent inferences
-    page = files("edge_runtime.serve").joinpath("index.html").read_text(encoding="utf-8")
+class Service:
+    """The model behind the routes: one classifier, a decode/inference pool and the admission gate."""
 
-    def check_token(request: Request) -> None:
-        if config.token is None:
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        backend = load(config.model, config.backend, threads=config.threads)
+        self.classifier = Classifier(backend, k=config.top_k)
+        self.description = model_description(Path(config.model), backend) | {"camera": config.camera is not None}
+        self.pool = ThreadPoolExecutor(max_workers=config.workers + 1, thread_name_prefix="decode-infer")
+        self.gate = Gate(config.workers, config.queue)
+        self.model_slots = threading.BoundedSemaphore(config.workers)  # concurrent inferences
+        self.page = files("edge_runtime.serve").joinpath("index.html").read_text(encoding="utf-8")
+
+    def check_token(self, request: Request) -> None:
+        if self.config.token is None:
             return
         given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {config.token}".encode()):
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.config.token}".encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    def infer(data: bytes) -> dict:
+    def infer(self, data: bytes) -> dict:
+        spec = self.classifier.spec
         t0 = time.perf_counter()
-        image = decode_upload(data, max_pixels=config.max_pixels, spec=classifier.spec)
+        image = decode_upload(data, max_pixels=self.config.max_pixels, spec=spec)
         t1 = time.perf_counter()
-        batch = preprocess(image, classifier.spec)
+        batch = preprocess(image, spec)
         t2 = time.perf_counter()
-        with model_slots:
+        with self.model_slots:
             queue_ms = (time.perf_counter() - t2) * 1e3
-            prediction = classifier.predict_batch(batch, preprocess_ms=(t2 - t1) * 1e3)
+            prediction = self.classifier.predict_batch(batch, preprocess_ms=(t2 - t1) * 1e3)
         width, height = original_size(data, image)
         return prediction.to_dict() | {
             "decode_ms": round((t1 - t0) * 1e3, 3),
@@ -180,64 +168,73 @@ def create_app(config: ServeConfig) -> Starlette:
             "height": height,
         }
 
-    async def classify(request: Request) -> JSONResponse:
-        check_token(request)
+    async def classify(self, request: Request) -> JSONResponse:
+        self.check_token(request)
         start = time.perf_counter()
-        data = await receive_image(request, config)  # before the gate: a slow upload holds no inference slot
-        with gate:
+        data = await receive_image(request, self.config)  # before the gate: a slow upload holds no inference slot
+        with self.gate:
             try:
-                result = await asyncio.get_running_loop().run_in_executor(pool, infer, data)
+                result = await asyncio.get_running_loop().run_in_executor(self.pool, self.infer, data)
             except BadImage as exc:
                 raise HTTPException(exc.status, str(exc)) from exc
         result["total_ms"] = round((time.perf_counter() - start) * 1e3, 3)
-        return JSONResponse({"model": description["file"], "precision": description["precision"], **result})
+        described = {"model": self.description["file"], "precision": self.description["precision"]}
+        return JSONResponse(described | result)
 
-    async def model(request: Request) -> JSONResponse:
-        check_token(request)
-        return JSONResponse(description)
+    async def model(self, request: Request) -> JSONResponse:
+        self.check_token(request)
+        return JSONResponse(self.description)
 
-    async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "model": description["file"]})
+    async def health(self, request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "model": self.description["file"]})
 
-    async def index(request: Request) -> HTMLResponse:
-        return HTMLResponse(page)
+    async def index(self, request: Request) -> HTMLResponse:
+        return HTMLResponse(self.page)
 
-    async def openapi(request: Request) -> JSONResponse:
-        return JSONResponse(openapi_spec(config))
+    async def openapi(self, request: Request) -> JSONResponse:
+        return JSONResponse(openapi_spec(self.config))
 
-    async def camera_frame(request: Request) -> StreamingResponse:
-        check_token(request)
-        if config.camera is None:
+    async def camera_frame(self, request: Request) -> StreamingResponse:
+        self.check_token(request)
+        camera = self.config.camera
+        if camera is None:
             raise HTTPException(
                 404, "no camera: start the server with --camera DIR (the --publish folder of `floraedge run`)"
             )
-        return StreamingResponse(mjpeg_frames(config.camera), media_type="multipart/x-mixed-replace; boundary=frame")
+        return StreamingResponse(mjpeg_frames(camera), media_type="multipart/x-mixed-replace; boundary=frame")
 
-    async def camera_result(request: Request) -> JSONResponse:
-        check_token(request)
-        latest = config.camera / "latest.json" if config.camera else None
+    async def camera_result(self, request: Request) -> JSONResponse:
+        self.check_token(request)
+        latest = self.config.camera / "latest.json" if self.config.camera else None
         if latest is None or not latest.exists():
             raise HTTPException(404, "no camera result yet: is `floraedge run --publish DIR` running?")
         return JSONResponse(json.loads(latest.read_text()))
 
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": exc.detail, "status": exc.status_code}, exc.status_code, headers=exc.headers)
+    def routes(self) -> list[Route]:
+        return [
+            Route("/", self.index),
+            Route("/healthz", self.health),
+            Route("/v1/model", self.model),
+            Route("/v1/classify", self.classify, methods=["POST"]),
+            Route("/openapi.json", self.openapi),
+            Route("/camera.mjpg", self.camera_frame),
+            Route("/v1/camera", self.camera_result),
+        ]
 
-    routes = [
-        Route("/", index),
-        Route("/healthz", health),
-        Route("/v1/model", model),
-        Route("/v1/classify", classify, methods=["POST"]),
-        Route("/openapi.json", openapi),
-        Route("/camera.mjpg", camera_frame),
-        Route("/v1/camera", camera_result),
-    ]
+
+async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    return JSONResponse({"error": exc.detail, "status": exc.status_code}, exc.status_code, headers=exc.headers)
+
+
+def create_app(config: ServeConfig) -> Starlette:
+    """The web page and the JSON API for the model ``config`` names."""
+    service = Service(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
-        pool.shutdown(wait=False)
+        service.pool.shutdown(wait=False)
 
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
-    app.state.gate = gate
+    app = Starlette(routes=service.routes(), exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    app.state.gate = service.gate
     return app

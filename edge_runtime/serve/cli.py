@@ -6,9 +6,12 @@ import argparse
 import json
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from edge_runtime.cli import number
+from edge_runtime.cli import BACKEND_CHOICES, number
+from edge_runtime.options import Option, add_config_options, config_from_args
+from edge_runtime.serve.config import ServeConfig
 
 SPACE_APP = '''"""FloraEdge demo: `uvicorn app:app --host 0.0.0.0 --port 7860` (a hosted Space runs this file)."""
 from pathlib import Path
@@ -26,7 +29,43 @@ python-multipart
 """
 
 
+MIB = 1024 * 1024
+
+SERVE_OPTIONS = {
+    "model": Option(".onnx or .tflite file"),
+    "backend": Option(choices=BACKEND_CHOICES),
+    "threads": Option("inference threads", parse=number(low=1)),
+    "token": Option("require 'Authorization: Bearer TOKEN' on /v1/*"),
+    "max_pixels": Option(parse=number(low=1)),
+    "workers": Option("concurrent inferences", parse=number(low=1)),
+    "camera": Option("show the live camera: the --publish folder of a `floraedge run` on this device"),
+    "queue": Option("requests that may wait; more get 503", parse=number(low=0)),
+    "body_timeout": Option(
+        "seconds a client has to send its whole upload; slower ones get 408", parse=number(float, low=0, low_open=True)
+    ),
+}
+# the server's own options: where it listens and how many connections it holds (uvicorn's, not the app's)
+SERVE_OWN = {
+    "host": "the address uvicorn listens on",
+    "port": "the port uvicorn listens on",
+    "max_connections": "uvicorn's limit_concurrency",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpaceConfig:
+    model: Path
+    out: Path
+
+
 def add_parser(subparsers) -> None:
+    add_serve_parser(subparsers)
+    s = subparsers.add_parser("space", help="write a folder that runs as a hosted demo as-is (app.py, model, README)")
+    add_config_options(s, SpaceConfig, {"model": Option(".onnx or .tflite file"), "out": Option("the new folder")})
+    s.set_defaults(func=run_space)
+
+
+def add_serve_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "serve",
         help="the classifier as a web page and an HTTP API (torch-free)",
@@ -36,31 +75,15 @@ def add_parser(subparsers) -> None:
         "  curl -s --data-binary @rose.jpg -H 'content-type: image/jpeg' localhost:8000/v1/classify",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, type=Path, help=".onnx or .tflite file")
-    p.add_argument("--backend", default="auto", help="(default: %(default)s)")
-    p.add_argument("--threads", type=number(low=1), default=None, help="inference threads")
+    converted = {"max_body_mb": ("max_body", lambda mb: int(mb * MIB))}
+    add_config_options(p, ServeConfig, SERVE_OPTIONS, converted=converted, own=SERVE_OWN)
     p.add_argument("--host", default="127.0.0.1", help="(default: %(default)s; 0.0.0.0 exposes the API to the network)")
     p.add_argument("--port", type=number(low=0, high=65535), default=8000, help="(default: %(default)s)")
-    p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on /v1/*")
     p.add_argument(
-        "--max-body-mb", type=number(float, low=0, low_open=True), default=10.0, help="(default: %(default)s)"
-    )
-    p.add_argument("--max-pixels", type=number(low=1), default=40_000_000, help="(default: %(default)s)")
-    p.add_argument("--workers", type=number(low=1), default=1, help="concurrent inferences (default: %(default)s)")
-    p.add_argument(
-        "--camera",
-        type=Path,
-        default=None,
-        help="show the live camera: the --publish folder of a `floraedge run` on this device",
-    )
-    p.add_argument(
-        "--queue", type=number(low=0), default=16, help="requests that may wait; more get 503 (default: %(default)s)"
-    )
-    p.add_argument(
-        "--body-timeout",
+        "--max-body-mb",
         type=number(float, low=0, low_open=True),
-        default=30.0,
-        help="seconds a client has to send its whole upload; slower ones get 408 (default: %(default)s)",
+        default=ServeConfig.max_body / MIB,
+        help="largest upload, in MiB (default: %(default)s)",
     )
     p.add_argument(
         "--max-connections",
@@ -70,28 +93,6 @@ def add_parser(subparsers) -> None:
         "(default: %(default)s)",
     )
     p.set_defaults(func=run_serve)
-    s = subparsers.add_parser("space", help="write a folder that runs as a hosted demo as-is (app.py, model, README)")
-    s.add_argument("--model", required=True, type=Path)
-    s.add_argument("--out", required=True, type=Path)
-    s.set_defaults(func=run_space)
-
-
-def serve_config(args: argparse.Namespace):
-    """The server's config from its command line (every serving flag lands here)."""
-    from edge_runtime.serve.app import ServeConfig
-
-    return ServeConfig(
-        model=args.model,
-        backend=args.backend,
-        threads=args.threads,
-        token=args.token,
-        max_body=int(args.max_body_mb * 1024 * 1024),
-        max_pixels=args.max_pixels,
-        workers=args.workers,
-        queue=args.queue,
-        camera=args.camera,
-        body_timeout=args.body_timeout,
-    )
 
 
 # Connection-level limits (uvicorn + h11): they bound what a client can hold without sending a request.
@@ -109,14 +110,15 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from edge_runtime.serve.app import create_app
 
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
+    config = config_from_args(args)  # host, port and max_connections stay in args: they are uvicorn's
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not config.token:
         print(
             f"WARNING: serving on {args.host} without authentication: anyone on the network can use the API "
             "(pass --token to require a bearer token)",
             file=sys.stderr,
         )
     uvicorn.run(
-        create_app(serve_config(args)),
+        create_app(config),
         host=args.host,
         port=args.port,
         log_level="info",
@@ -127,25 +129,24 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_space(args: argparse.Namespace) -> int:
-    from edge_runtime.backends import load
+    from edge_runtime.atomic import atomic_dir
+    from edge_runtime.backends import BACKENDS, load
     from edge_runtime.errors import FloraEdgeError
 
-    if args.out.exists():
-        raise FloraEdgeError(f"{args.out} exists; choose another --out")
-    backend = load(args.model)  # refuses a file without labels and spec before anything is written
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copy2(args.model, tmp / args.model.name)
-    package = Path(__file__).resolve().parents[1]
-    shutil.copytree(package, tmp / "edge_runtime", ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp / "app.py").write_text(SPACE_APP.format(model=args.model.name))
-    runtime = "ai-edge-litert" if args.model.suffix == ".tflite" else "onnxruntime"
-    (tmp / "requirements.txt").write_text(SPACE_REQUIREMENTS.format(runtime=runtime))
-    (tmp / "labels.txt").write_text("\n".join(backend.info.labels) + "\n")
-    (tmp / "README.md").write_text(space_readme(args.model, backend))
-    tmp.rename(args.out)
-    print(f"wrote {args.out}/ (app.py, requirements.txt without torch, {args.model.name}, labels.txt, README.md)")
+    config = config_from_args(args)
+    if config.out.exists():
+        raise FloraEdgeError(f"{config.out} exists; choose another --out")
+    backend = load(config.model)  # refuses a file without labels and spec before anything is written
+    with atomic_dir(config.out) as tmp:
+        shutil.copy2(config.model, tmp / config.model.name)
+        package = Path(__file__).resolve().parents[1]
+        shutil.copytree(package, tmp / "edge_runtime", ignore=shutil.ignore_patterns("__pycache__"))
+        (tmp / "app.py").write_text(SPACE_APP.format(model=config.model.name))
+        runtime = BACKENDS[backend.name].package
+        (tmp / "requirements.txt").write_text(SPACE_REQUIREMENTS.format(runtime=runtime))
+        (tmp / "labels.txt").write_text("\n".join(backend.info.labels) + "\n")
+        (tmp / "README.md").write_text(space_readme(config.model, backend))
+    print(f"wrote {config.out}/ (app.py, requirements.txt without torch, {config.model.name}, labels.txt, README.md)")
     return 0
 
 
