@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slow", type=int, default=50, help="attacker connections (default: %(default)s)")
     p.add_argument("--requests", type=int, default=200, help="legitimate requests per phase (default: %(default)s)")
     p.add_argument("--interval", type=float, default=0.05, help="seconds between them (default: %(default)s)")
-    p.add_argument("--body-timeout", type=float, default=10.0, help="the server's --body-timeout (default: %(default)s)")
+    p.add_argument(
+        "--body-timeout", type=float, default=10.0, help="the server's --body-timeout (default: %(default)s)"
+    )
     args = p.parse_args(argv)
     body = args.image.read_bytes() if args.image else sample_jpeg()
     with tempfile.TemporaryDirectory() as tmp:

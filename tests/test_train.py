@@ -120,7 +120,9 @@ def test_ema_checkpoints_hold_the_average_and_last_keeps_the_raw_weights(tiny_pr
     assert int(last["ema"]["n_averaged"]) == steps  # updated after every optimizer step
     averaged = {k.removeprefix("module."): v for k, v in last["ema"].items() if k != "n_averaged"}
     assert all(torch.equal(last["model"][k], averaged[k]) for k in last["model"])  # the bundle ships the average
-    assert not torch.equal(last["model"]["_fc.weight"], last["raw_model"]["_fc.weight"])  # ... and is not the raw weights
+    assert not torch.equal(
+        last["model"]["_fc.weight"], last["raw_model"]["_fc.weight"]
+    )  # ... and is not the raw weights
     assert load_bundle(run / "best.pt")["metrics"]["val"]["top1"] == summary["val"]["top1"]  # validated = shipped
 
 
