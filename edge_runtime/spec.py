@@ -73,6 +73,10 @@ class PreprocessSpec:
         c, s = 3, self.crop_size
         return (1, c, s, s) if self.layout == "NCHW" else (1, s, s, c)
 
+    def at_size(self, crop_size: int) -> PreprocessSpec:
+        """This spec at another input size, keeping the standard crop fraction (resize = crop / 0.875)."""
+        return self.replace(crop_size=crop_size, resize_size=round(crop_size / CROP_FRACTION))
+
     def replace(self, **changes) -> PreprocessSpec:
         """A copy with some fields changed (validated like a new spec)."""
         return dataclasses.replace(self, **changes)
@@ -104,6 +108,7 @@ class PreprocessSpec:
         return cls.from_dict(data)
 
 
+CROP_FRACTION = 0.875  # the centre crop keeps 87.5% of the resized shorter side (224 of 256)
 IMAGENET_SPEC = PreprocessSpec()
 # EfficientNet-Lite scales its input as (x - 127.5) / 127.5.
 INCEPTION_SPEC = PreprocessSpec(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

@@ -33,9 +33,14 @@ import numpy as np
 from edge_runtime.cli import number
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.options import Option, add_config_options, config_from_args
+from export.formats import FORMATS
 from train.models import ARCH_NAMES, input_spec
 
-RELEASE_FILES = ("model_int8.tflite", "model_int8.onnx")
+# The released files: the int8 rows of the format table, the TFLite file first (what a device or app runs)
+RELEASE_FILES = tuple(
+    sorted((f.filename for f in FORMATS if f.precision == "int8"), key=lambda n: not n.endswith(".tflite"))
+)
+RELEASE_TFLITE = RELEASE_FILES[0]
 MEASUREMENTS = Path(__file__).resolve().parent.parent / "docs" / "independent_test_measurements.json"
 
 
@@ -205,7 +210,7 @@ def val_figures(config: ReleaseConfig, labels: list[str]) -> dict:
         if r.get("kept")
     }
     paths, targets = split_images(w / "flowers", ("val",))
-    predicted = predict_files(w / "exports-train-split/model_int8.tflite", paths).argmax(1)
+    predicted = predict_files(w / "exports-train-split" / RELEASE_TFLITE, paths).argmax(1)
     return {
         "n": len(targets),
         "standard_error_points": round(100 * float(np.sqrt(torch_top1 * (1 - torch_top1) / len(targets))), 2),
@@ -222,7 +227,7 @@ def val_figures(config: ReleaseConfig, labels: list[str]) -> dict:
 
 def reproducibility(old: Path, new: Path, config: ReleaseConfig) -> dict | None:
     """Top-1 agreement of a previous release's int8 TFLite with the new one on every train + val image."""
-    old_file, new_file = old / "model_int8.tflite", new / "model_int8.tflite"
+    old_file, new_file = old / RELEASE_TFLITE, new / RELEASE_TFLITE
     if not old_file.is_file():
         return None
     if old_file.read_bytes() == new_file.read_bytes():  # every step was reused: nothing was reproduced
@@ -299,7 +304,10 @@ def build_card(config: ReleaseConfig, staging: Path, val: dict, repro: dict | No
 
 
 def card_markdown(card: dict) -> str:
-    val, pt = card["val"], card["val"]["pytorch_fp32"]
+    files = [
+        f"| `{f}` | {v['bytes']:,} | {'LiteRT / MediaPipe' if f.endswith('.tflite') else 'ONNX Runtime'} |"
+        for f, v in card["files"].items()
+    ]
     lines = [
         f"# {card['name']}: Oxford-102 flower classifier ({card['arch']}, int8)",
         "",
@@ -308,10 +316,17 @@ def card_markdown(card: dict) -> str:
         "",
         "| file | bytes | runs on |",
         "|---|---|---|",
-        *[
-            f"| `{f}` | {v['bytes']:,} | {'LiteRT / MediaPipe' if f.endswith('.tflite') else 'ONNX Runtime'} |"
-            for f, v in card["files"].items()
-        ],
+        *files,
+        *accuracy_section(card),
+        *weakness_section(card["val"]),
+        *reproduce_section(card),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_section(card: dict) -> list[str]:
+    val, pt = card["val"], card["val"]["pytorch_fp32"]
+    return [
         "",
         "## Accuracy",
         "",
@@ -330,6 +345,11 @@ def card_markdown(card: dict) -> str:
         "Independent measurements on the 6149 withheld official test images (not run in this repository):",
         "",
         *[f"- {m['date']}, {m['model']}: {m['result']}" for m in card["independent_test_measurements"]],
+    ]
+
+
+def weakness_section(val: dict) -> list[str]:
+    return [
         "",
         "## What it is not good at",
         "",
@@ -345,6 +365,11 @@ def card_markdown(card: dict) -> str:
         "It knows only these 102 species: anything else (other flowers, leaves, people) gets one of "
         "them, often with a high score. Photos are from the web (Oxford-102); camera images in poor "
         "light, at odd scales or with several flowers are out of its distribution.",
+    ]
+
+
+def reproduce_section(card: dict) -> list[str]:
+    lines = [
         "",
         "## Reproduce",
         "",
@@ -367,7 +392,7 @@ def card_markdown(card: dict) -> str:
             f"Compared with the release this one replaced: the same top-1 on {repro['same_top1']:.2%} of "
             f"{repro['images']} train + val images.",
         ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # --- putting it together --------------------------------------------------------------------------
@@ -415,7 +440,7 @@ def release(config: ReleaseConfig) -> dict:
     card = assemble(config)
     example = Path(config.work) / "flowers" / "jpg" / config.example
     if config.example_png and example.is_file():
-        example_picture(Path(config.out) / "model_int8.tflite", example, Path(config.example_png))
+        example_picture(Path(config.out) / RELEASE_TFLITE, example, Path(config.example_png))
     (Path(config.work) / "release_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     print(f"wrote {config.out}/ ({', '.join(RELEASE_FILES)}, labels.txt, MODEL_CARD.md, model_card.json)")
     return card

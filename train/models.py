@@ -76,7 +76,7 @@ def _lite_entry(variant: int, crop: int) -> ModelEntry:
         build=_efficientnet_lite(variant),
         head="_fc",
         offline_imagenet=True,
-        spec=INCEPTION_SPEC.replace(crop_size=crop, resize_size=round(crop / 0.875)),
+        spec=INCEPTION_SPEC.at_size(crop),
         early_layers=("_conv_stem", "_bn0", "_blocks.0", "_blocks.1", "_blocks.2"),  # stride 2 and 4
     )
 
@@ -105,10 +105,10 @@ ARCH_NAMES = tuple(MODELS)
 
 
 def input_spec(name: str, img_size: int | None = None) -> PreprocessSpec:
-    """The backbone's preprocessing spec; at ``img_size`` when given (resized to keep the 0.875 crop ratio)."""
+    """The backbone's preprocessing spec; at ``img_size`` when given (keeping the crop fraction)."""
     spec = get_entry(name).spec
     if img_size:
-        spec = spec.replace(crop_size=img_size, resize_size=round(img_size / 0.875))
+        spec = spec.at_size(img_size)
     return spec
 
 
