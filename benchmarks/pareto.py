@@ -66,12 +66,13 @@ def plot(results: list[dict], path: Path, threads: int) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for r in results:
-        ax.scatter(r["median_ms"], 100 * r["top1"], s=30)
+    for r in results:  # the bar: one standard error of the top-1 on n images
+        se = 100 * np.sqrt(r["top1"] * (1 - r["top1"]) / r["n"])
+        ax.errorbar(r["median_ms"], 100 * r["top1"], yerr=se, fmt="o", capsize=3)
         ax.annotate(r["name"], (r["median_ms"], 100 * r["top1"]), textcoords="offset points", xytext=(5, 3), fontsize=8)
     ax.set_xlabel(f"int8 latency, median ms ({threads} thread{'s' * (threads > 1)})")
     ax.set_ylabel("val top-1 (%)")
-    ax.set_title("accuracy vs latency, measured side by side")
+    ax.set_title("accuracy (± 1 standard error) vs latency, side by side")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
