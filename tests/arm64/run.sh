@@ -38,7 +38,19 @@ die() {
     echo "test-arm64: $*" >&2
     exit 1
 }
-step() { echo "== arm64 [$(date +%T)] $*"; }
+# A step that failed, in one line: its last error line (apt's E:, pip's ERROR:, a connection failure) and its log.
+die_with_log() { # WHAT LOG [LOG'S PATH TO SHOW]
+    local line
+    line=$(grep -E '^(E: |ERROR: |W: Failure|error: )|Could not|Failed to|Temporary failure|Connection (refused|timed out)|Unable to' "$2" | tail -1)
+    die "$1 failed: ${line:-$(tail -1 "$2")} (log: ${3:-$2})"
+}
+# Each step is announced, and the previous one's wall time goes to $TIMES (summed up in times.txt)
+TIMES="" STEP_NAME="" STEP_START=0
+step() {
+    if [ -n "$TIMES" ] && [ -n "$STEP_NAME" ]; then echo "$((SECONDS - STEP_START)) $STEP_NAME" >> "$TIMES"; fi
+    STEP_NAME=$* STEP_START=$SECONDS
+    echo "== arm64 [$(date +%T)] $*"
+}
 
 cleanup() {
     if [ -n "$TMP_ROOTFS" ]; then rm -rf "$TMP_ROOTFS"; fi
@@ -86,17 +98,31 @@ in_root() {
         "$HERE/enter.sh" "$root" "$cpuinfo" "$WORK" "$@"
 }
 
+# A cached rootfs is used only when it is whole: its marker (written last, before the atomic rename), every
+# packaged file against dpkg's own md5sums (on the host, natively: a few seconds), a clean dpkg, and the
+# emulated Python importing what the run needs.
 rootfs_ok() {
     [ -f "$1/.floraedge-rootfs" ] && [ "$(cat "$1/.floraedge-rootfs")" = "$KEY" ] &&
+        (cd "$1" && cat var/lib/dpkg/info/*.md5sums | md5sum --check --quiet > /dev/null 2>&1) &&
         in_root "$1" none /usr/bin/python3 -c 'import venv, ensurepip, ssl, cv2' > /dev/null 2>&1 &&
         [ -z "$(in_root "$1" none dpkg --audit 2>&1)" ]
 }
 
 debian_mirror() {
-    local uri
-    uri=$(grep -hoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2> /dev/null |
+    local uri=${DEBIAN_MIRROR:-}
+    [ -n "$uri" ] || uri=$(grep -hoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2> /dev/null |
         grep -oE 'https?://[^ ]+' | head -1)
     echo "${uri:-http://deb.debian.org/debian}"
+}
+
+# Both fetches the run needs, probed first so that an unreachable one costs seconds and reads as one line.
+check_network() {
+    local mirror err
+    mirror=$(debian_mirror)
+    err=$(curl -fsS -o /dev/null --max-time 30 "$mirror/dists/$RELEASE/InRelease" 2>&1) ||
+        die "cannot reach the Debian mirror $mirror (${err:-no answer}): the arm64 rootfs is built from it; set DEBIAN_MIRROR=URL for another"
+    err=$(curl -fsS -o /dev/null --max-time 30 "${PYPI_PROBE:-https://pypi.org/simple/onnxruntime/}" 2>&1) ||
+        die "cannot reach PyPI (${err:-no answer}): the arm64 install takes PyPI's aarch64 wheels"
 }
 
 # pip inside reaches the index through the host's TLS proxy, if any: trust the host's local CA certificates.
@@ -115,15 +141,18 @@ build_rootfs() {
     mkdir -p "$CACHE"
     rm -rf "$CACHE"/.tmp-rootfs-* # a build that was killed (the lock is ours)
     TMP_ROOTFS=$(mktemp -d "$CACHE/.tmp-rootfs-XXXXXX")
-    local tmp=$TMP_ROOTFS/rootfs mirror
+    local tmp=$TMP_ROOTFS/rootfs mirror log=$CACHE/build-$RELEASE.log
     mirror=$(debian_mirror)
     step "debootstrap $RELEASE arm64 from $mirror (a few minutes, once)"
     unshare --mount --pid --fork --kill-child --propagation private -- \
-        debootstrap --arch=arm64 --variant=minbase --include="$PACKAGES" "$RELEASE" "$tmp" "$mirror" > "$TMP_ROOTFS/debootstrap.log" ||
-        die "debootstrap failed; see the end of its log: $(tail -3 "$TMP_ROOTFS/debootstrap.log" "$tmp/debootstrap/debootstrap.log" 2> /dev/null)"
+        debootstrap --arch=arm64 --variant=minbase --include="$PACKAGES" "$RELEASE" "$tmp" "$mirror" > "$log" 2>&1 || {
+        cat "$tmp/debootstrap/debootstrap.log" >> "$log" 2> /dev/null || true
+        die_with_log "debootstrap of $RELEASE arm64 from $mirror" "$log"
+    }
     trust_host_certificates "$tmp"
     step "apt-get install $CAMERA_PACKAGES (the Camera Module route)"
-    in_root "$tmp" none sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends $CAMERA_PACKAGES > /dev/null && apt-get clean"
+    in_root "$tmp" none sh -c "apt-get update && apt-get install -y --no-install-recommends $CAMERA_PACKAGES && apt-get clean" >> "$log" 2>&1 ||
+        die_with_log "apt-get install of the Camera Module packages in the arm64 rootfs" "$log"
     echo "$KEY" > "$tmp/.floraedge-rootfs"
     rm -rf "$ROOTFS"
     mv "$tmp" "$ROOTFS"
@@ -144,10 +173,14 @@ ensure_rootfs() {
     rootfs_ok "$ROOTFS" || die "the new rootfs $ROOTFS fails its own check"
 }
 
-prepare_work() {
+make_work() {
     WORK=$(mktemp -d /tmp/floraedge-arm64.XXXXXX)
     OWN_WORK=1
     chmod 755 "$WORK"
+    TIMES=$WORK/times.txt
+}
+
+prepare_work() {
     step "host: the test model exported to every format ($HOST_PYTHON)"
     (cd "$REPO" && "$HOST_PYTHON" -m tests.arm64.host_models "$WORK/host" > "$WORK/host-export.log" 2>&1) ||
         die "the host export failed (log: $OUT/host-export.log): $(tail -1 "$WORK/host-export.log")"
@@ -179,35 +212,66 @@ check_refusals() {
     [ "$(echo "$out" | wc -l)" = 1 ] && [[ $out == *"needs root"* ]] || die "refusal check: not root gave: $out"
     out=$(BINFMT_MISC=/nonexistent "$0" 2>&1) && die "refusal check: a run without binfmt_misc did not fail"
     [ "$(echo "$out" | wc -l)" = 1 ] && [[ $out == *"no binfmt_misc"* ]] || die "refusal check: no binfmt_misc gave: $out"
-    echo "ok: not root and no binfmt_misc each stop the run with one line"
+    out=$(DEBIAN_MIRROR=http://127.0.0.1:9/debian "$0" check-network 2>&1) && die "refusal check: an unreachable mirror passed"
+    [ "$(echo "$out" | wc -l)" = 1 ] && [[ $out == *"cannot reach the Debian mirror"* ]] || die "refusal check: no mirror gave: $out"
+    echo "ok: not root, no binfmt_misc and an unreachable mirror each stop the run with one line"
+}
+
+# One step of device.sh in the rootfs under CPU: shown, kept in $WORK/STEP-CPU.log, one line when it fails.
+device() { # STEP CPU ARGS...
+    local name=$1 cpu=$2 log=$WORK/$1-$2.log
+    shift 2
+    if ! in_root "$ROOTFS" "$cpu" /work/suite/tests/arm64/device.sh "$name" "$@" 2>&1 | tee "$log"; then
+        [ "$name" != tests ] || die "arm64 tests ($cpu) failed: $(tail -1 "$log") (log: $OUT/$name-$cpu.log)"
+        die_with_log "arm64 $name ($cpu)" "$log" "$OUT/$name-$cpu.log"
+    fi
 }
 
 main() {
     local start=$SECONDS
     require_emulation
     check_refusals
+    make_work
+    check_network
     ensure_rootfs
-    local rootfs_s=$((SECONDS - start))
     prepare_work
-    local host_s=$((SECONDS - start - rootfs_s))
-    step "arm64: install (README's Raspberry Pi line)"
-    in_root "$ROOTFS" pi5 /work/suite/tests/arm64/device.sh install
-    local tests
-    tests=$(arm64_edge_tests)
-    for cpu in pi4 pi5; do
-        step "arm64 $cpu: tests ($tests)"
-        in_root "$ROOTFS" "$cpu" /work/suite/tests/arm64/device.sh tests "$cpu" $tests
+    step "arm64 pi5: install (README's Raspberry Pi line)"
+    device install pi5
+    step "arm64 pi5: tests ($(arm64_edge_tests))"
+    device tests pi5 $(arm64_edge_tests)
+    for cpu in pi5 pi4; do
         step "arm64 $cpu: x86/arm64 agreement of every exported file"
-        in_root "$ROOTFS" "$cpu" /work/suite/tests/arm64/device.sh agreement "$cpu"
+        device agreement "$cpu" "$cpu"
     done
-    step "arm64 pi4: the device commands"
-    in_root "$ROOTFS" pi4 /work/suite/tests/arm64/device.sh commands
+    step "arm64 pi5: the device commands"
+    device commands pi5
     "$HOST_PYTHON" "$HERE/compare_commands.py" "$WORK"
     step "arm64 pi5: the Camera Module route"
-    in_root "$ROOTFS" pi5 /work/suite/tests/arm64/device.sh camera
-    step "interrupting a run leaves no mount behind"
+    device camera pi5
+    step "robustness: interrupted runs leave no mount; a corrupted rootfs is refused"
     check_interrupt
-    summary "$start" "$rootfs_s" "$host_s"
+    check_corrupt
+    step "done"
+    summary "$start"
+}
+
+# A cached rootfs with one packaged file changed (a byte of Debian's OpenCV module, in an overlay over the
+# cache, in a private mount namespace: the cache itself is untouched) fails rootfs_ok, so it would be rebuilt.
+check_corrupt() {
+    local tmp so
+    so=$(grep -m1 -oE 'usr/lib/python3/dist-packages/cv2[^ ]*\.so' "$ROOTFS/var/lib/dpkg/info/python3-opencv.md5sums")
+    tmp=$(mktemp -d /tmp/floraedge-arm64-corrupt.XXXXXX)
+    mkdir "$tmp/upper" "$tmp/work" "$tmp/merged"
+    # shellcheck disable=SC2016
+    if unshare --mount --propagation private -- sh -c '
+        mount -t overlay overlay -o "lowerdir=$1,upperdir=$2/upper,workdir=$2/work" "$2/merged" &&
+        printf x | dd of="$2/merged/$3" bs=1 seek=4096 conv=notrunc status=none && "$4" verify-rootfs "$2/merged"' \
+        sh "$ROOTFS" "$tmp" "$so" "$0"; then
+        rm -rf "$tmp"
+        die "corruption check: a rootfs with a changed $so passed its check"
+    fi
+    rm -rf "$tmp"
+    echo "ok: a cached rootfs with one changed byte in $so is refused (and so rebuilt)"
 }
 
 # Processes whose mount table holds a mount of the folder named $1 (any namespace).
@@ -243,9 +307,9 @@ check_interrupt() {
 
 summary() {
     local total=$((SECONDS - $1))
-    echo "$total $2 $3 $((total - $2 - $3))" > "$WORK/times.txt"
-    echo "== arm64 done in ${total}s (rootfs ${2}s, host side ${3}s, arm64 side $((total - $2 - $3))s);" \
-        "edge venv $(cat "$WORK/venv-edge-mb.txt") MB; results in $OUT"
+    echo "$total total" >> "$TIMES"
+    echo "== arm64 done in ${total}s; edge venv $(cat "$WORK/venv-edge-mb.txt") MB; results in $OUT; wall time per step:"
+    sed 's/^/   /' "$TIMES"
     echo "   CPU time of this run's children (user, system; on a busy machine wall time is longer):" $(times | tail -1)
 }
 
@@ -259,11 +323,13 @@ summary() {
         shift
         in_root "$ROOTFS" "$cpu" "$@"
         ;;
-    check-interrupt | check-refusals)
+    check-interrupt | check-refusals | check-corrupt)
         require_emulation
         "${1//-/_}"
         ;;
-    *) die "usage: $0 [shell pi4|pi5|none CMD... | check-interrupt | check-refusals]" ;;
+    check-network) check_network ;;
+    verify-rootfs) rootfs_ok "$2" ;;
+    *) die "usage: $0 [shell pi4|pi5|none CMD... | check-interrupt | check-refusals | check-corrupt | check-network]" ;;
     esac
     exit
 }
