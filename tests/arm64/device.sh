@@ -18,7 +18,9 @@ install() {
     . "$venv/bin/activate"
     pip install --quiet "./floraedge[edge]"
     du -sm "$venv" | cut -f1 > /work/venv-edge-mb.txt
-    say "edge venv: $(cat /work/venv-edge-mb.txt) MB ($(pip list --format=freeze | grep -iE '^(numpy|onnxruntime|ai-edge-litert|opencv-python-headless)=' | tr '\n' ' '))"
+    (cd /work/suite && python -m tests.arm64.venv_size "$venv") > /work/venv-size.json
+    say "edge venv: $(cat /work/venv-edge-mb.txt) MB by du -sm; $(cat /work/venv-size.json)"
+    say "$(pip list --format=freeze | grep -iE '^(numpy|onnxruntime|ai-edge-litert|opencv-python-headless)=' | tr '\n' ' ')"
     pip install --quiet "./floraedge[edge-test]"  # the test dependencies: one list, pyproject's extra
     pip check
 }

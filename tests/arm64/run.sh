@@ -24,11 +24,17 @@ EDGE_TESTS=${EDGE_TESTS:-tests/test_edge_runtime.py tests/test_live.py tests/tes
 CACHE=${FLORAEDGE_CACHE:-$HOME/.cache/floraedge}/arm64
 BINFMT=${BINFMT_MISC:-/proc/sys/fs/binfmt_misc} # another path only to test the refusal
 PACKAGES=python3,python3-venv,python3-pip,ca-certificates
-# The Camera Module route (README): Debian's OpenCV, built with GStreamer, and libcamera's GStreamer element
-CAMERA_PACKAGES="python3-opencv gstreamer1.0-libcamera gstreamer1.0-plugins-base gstreamer1.0-tools"
-ROOTFS_VERSION=1 # bump when build_rootfs changes
-KEY=$(echo "$RELEASE $PACKAGES $CAMERA_PACKAGES $ROOTFS_VERSION" | sha256sum | cut -c1-12)
+ROOTFS_VERSION=2 # bump when build_rootfs changes
+KEY=$(echo "$RELEASE $PACKAGES $ROOTFS_VERSION" | sha256sum | cut -c1-12)
 ROOTFS=$CACHE/rootfs-$RELEASE-$KEY
+# The Camera Module route (README): Debian's OpenCV, built with GStreamer, and libcamera's GStreamer element.
+# 431 packages (216 MB of .debs, most of them python3-opencv's libraries), so more dpkg work under emulation
+# than the base rootfs: they are an overlay layer over it (CAMERA_LAYER/upper), cached apart and, when cold,
+# installed in the background while the device install and tests run on the base rootfs.
+CAMERA_PACKAGES="python3-opencv gstreamer1.0-libcamera gstreamer1.0-plugins-base gstreamer1.0-tools"
+CAMERA_KEY=$(echo "$KEY $CAMERA_PACKAGES" | sha256sum | cut -c1-12)
+CAMERA_LAYER=$CACHE/camera-$RELEASE-$CAMERA_KEY
+LAYER=${LAYER:-} # an overlay layer (upper/ work/ merged/) that in_root mounts over the rootfs
 OUT=$REPO/build/arm64-$RELEASE # results and logs of the last run
 WORK=${WORK:-} # `shell` mounts it at /work when set
 OWN_WORK=""    # set when this run made WORK (and so removes it)
@@ -44,15 +50,44 @@ die_with_log() { # WHAT LOG [LOG'S PATH TO SHOW]
     line=$(grep -E '^(E: |ERROR: |W: Failure|error: )|Could not|Failed to|Temporary failure|Connection (refused|timed out)|Unable to' "$2" | tail -1)
     die "$1 failed: ${line:-$(tail -1 "$2")} (log: ${3:-$2})"
 }
-# Each step is announced, and the previous one's wall time goes to $TIMES (summed up in times.txt)
-TIMES="" STEP_NAME="" STEP_START=0
+# Each step is announced; the previous one's wall time and its children's CPU time (user + system: what an
+# idle machine's wall time would be, near enough, as emulation runs one thread) go to $TIMES (times.txt).
+TIMES="" STEP_NAME="" STEP_START=0 STEP_CPU=0 STEP_PREFIX=""
+child_cpu() { times | tail -1 | awk '{ for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } } END { printf "%d", t }'; }
 step() {
-    if [ -n "$TIMES" ] && [ -n "$STEP_NAME" ]; then echo "$((SECONDS - STEP_START)) $STEP_NAME" >> "$TIMES"; fi
-    STEP_NAME=$* STEP_START=$SECONDS
+    local cpu
+    cpu=$(child_cpu)
+    if [ -n "$TIMES" ] && [ -n "$STEP_NAME" ]; then
+        echo "wall $((SECONDS - STEP_START))s cpu $((cpu - STEP_CPU))s load $(cut -d' ' -f1 /proc/loadavg): $STEP_PREFIX$STEP_NAME" >> "$TIMES"
+    fi
+    STEP_NAME=$* STEP_START=$SECONDS STEP_CPU=$cpu
     echo "== arm64 [$(date +%T)] $*"
 }
 
+BACKGROUND="" # pids of this run's background jobs
+# Runs "$@" in the background, its output in $WORK/NAME.log and its times in $TIMES; waited for by `join`.
+in_background() { # NAME CMD...
+    local name=$1
+    shift
+    (
+        STEP_NAME="" STEP_PREFIX="(in the background) "
+        step "$name"
+        "$@"
+        step "$name: done"
+    ) > "$WORK/$name.log" 2>&1 &
+    BACKGROUND+=" $!"
+}
+join() { # PID NAME: its failure, in its log's last line (its own die), fails the run
+    wait "$1" || die "$2 failed: $(tail -1 "$WORK/$2.log") (log: $OUT/$2.log)"
+    cat "$WORK/$2.log"
+}
+
 cleanup() {
+    local pid
+    for pid in $BACKGROUND; do # a job and its children (unshare, whose --kill-child ends its namespace)
+        pkill -TERM -P "$pid" 2> /dev/null || true
+        kill "$pid" 2> /dev/null || true
+    done
     if [ -n "$TMP_ROOTFS" ]; then rm -rf "$TMP_ROOTFS"; fi
     if [ -n "$OWN_WORK" ] && [ -d "$WORK" ]; then # keep the results and logs, drop the venvs and models
         rm -rf "$OUT" && mkdir -p "$OUT"
@@ -95,16 +130,19 @@ in_root() {
     local cpuinfo=none
     if [ "$cpu" != none ]; then cpuinfo=$HERE/cpuinfo-$cpu.txt; fi
     unshare --mount --pid --fork --kill-child --propagation private -- \
-        "$HERE/enter.sh" "$root" "$cpuinfo" "$WORK" "$@"
+        "$HERE/enter.sh" "$root" "$cpuinfo" "$WORK" "$LAYER" "$@"
 }
+
+# Packaged files of the dpkg database under $1 (a rootfs, or a layer's upper dir: its own packages) unchanged.
+md5sums_ok() { (cd "$1" && cat var/lib/dpkg/info/*.md5sums | md5sum --check --quiet > /dev/null 2>&1); }
 
 # A cached rootfs is used only when it is whole: its marker (written last, before the atomic rename), every
 # packaged file against dpkg's own md5sums (on the host, natively: a few seconds), a clean dpkg, and the
 # emulated Python importing what the run needs.
 rootfs_ok() {
     [ -f "$1/.floraedge-rootfs" ] && [ "$(cat "$1/.floraedge-rootfs")" = "$KEY" ] &&
-        (cd "$1" && cat var/lib/dpkg/info/*.md5sums | md5sum --check --quiet > /dev/null 2>&1) &&
-        in_root "$1" none /usr/bin/python3 -c 'import venv, ensurepip, ssl, cv2' > /dev/null 2>&1 &&
+        md5sums_ok "$1" &&
+        in_root "$1" none /usr/bin/python3 -c 'import venv, ensurepip, ssl' > /dev/null 2>&1 &&
         [ -z "$(in_root "$1" none dpkg --audit 2>&1)" ]
 }
 
@@ -150,9 +188,6 @@ build_rootfs() {
         die_with_log "debootstrap of $RELEASE arm64 from $mirror" "$log"
     }
     trust_host_certificates "$tmp"
-    step "apt-get install $CAMERA_PACKAGES (the Camera Module route)"
-    in_root "$tmp" none sh -c "apt-get update && apt-get install -y --no-install-recommends $CAMERA_PACKAGES && apt-get clean" >> "$log" 2>&1 ||
-        die_with_log "apt-get install of the Camera Module packages in the arm64 rootfs" "$log"
     echo "$KEY" > "$tmp/.floraedge-rootfs"
     rm -rf "$ROOTFS"
     mv "$tmp" "$ROOTFS"
@@ -160,12 +195,38 @@ build_rootfs() {
     TMP_ROOTFS=""
 }
 
+camera_layer_ok() {
+    [ -f "$CAMERA_LAYER/upper/.floraedge-camera" ] && [ "$(cat "$CAMERA_LAYER/upper/.floraedge-camera")" = "$CAMERA_KEY" ] &&
+        md5sums_ok "$CAMERA_LAYER/upper"
+}
+
+# The camera packages into a new layer over the (checked) rootfs, renamed into place when whole.
+# dpkg's --force-unsafe-io: no fsync per file (a layer cut short is never marked, so never used).
+build_camera_layer() {
+    local tmp log=$CACHE/build-camera-$RELEASE.log
+    rm -rf "$CACHE"/.tmp-camera-*
+    tmp=$(mktemp -d "$CACHE/.tmp-camera-XXXXXX")
+    mkdir "$tmp/upper" "$tmp/work" "$tmp/merged"
+    echo "apt-get install $CAMERA_PACKAGES (the Camera Module route) in a layer over $ROOTFS"
+    LAYER=$tmp in_root "$ROOTFS" none sh -c "apt-get update && apt-get install -y --no-install-recommends \
+        -o Dpkg::Options::=--force-unsafe-io $CAMERA_PACKAGES && apt-get clean" > "$log" 2>&1 ||
+        die_with_log "apt-get install of the Camera Module packages in the arm64 rootfs" "$log"
+    echo "$CAMERA_KEY" > "$tmp/upper/.floraedge-camera"
+    rm -rf "$CAMERA_LAYER"
+    mv "$tmp" "$CAMERA_LAYER"
+    camera_layer_ok || die "the new camera layer $CAMERA_LAYER fails its own check"
+}
+
+ensure_camera_layer() {
+    if camera_layer_ok; then echo "cached camera layer $CAMERA_LAYER"; else build_camera_layer; fi
+}
+
 ensure_rootfs() {
     mkdir -p "$CACHE"
     exec 9> "$CACHE/.lock"
     flock 9
+    step "rootfs: checking the cached $ROOTFS"
     if [ -d "$ROOTFS" ] && rootfs_ok "$ROOTFS"; then
-        step "cached rootfs $ROOTFS"
         return
     fi
     if [ -d "$ROOTFS" ]; then step "cached rootfs $ROOTFS is broken: rebuilding it"; fi
@@ -233,8 +294,15 @@ main() {
     check_refusals
     make_work
     check_network
+    # the host side (native) runs while the rootfs is checked or built (emulated, mostly one thread)
+    in_background host prepare_work
+    local host=$!
     ensure_rootfs
-    prepare_work
+    step "host side: waiting for it"
+    join "$host" host
+    # the camera layer is installed (when not cached) while the device install and tests run
+    in_background camera-layer ensure_camera_layer
+    local camera=$!
     step "arm64 pi5: install (README's Raspberry Pi line)"
     device install pi5
     step "arm64 pi5: tests ($(arm64_edge_tests))"
@@ -246,8 +314,10 @@ main() {
     step "arm64 pi5: the device commands"
     device commands pi5
     "$HOST_PYTHON" "$HERE/compare_commands.py" "$WORK"
+    step "camera layer: waiting for it"
+    join "$camera" camera-layer
     step "arm64 pi5: the Camera Module route"
-    device camera pi5
+    LAYER=$CAMERA_LAYER device camera pi5
     step "robustness: interrupted runs leave no mount; a corrupted rootfs is refused"
     check_interrupt
     check_corrupt
@@ -307,7 +377,7 @@ check_interrupt() {
 
 summary() {
     local total=$((SECONDS - $1))
-    echo "$total total" >> "$TIMES"
+    echo "wall ${total}s cpu $(child_cpu)s: total (load average then: $(cut -d' ' -f1-3 /proc/loadavg))" >> "$TIMES"
     echo "== arm64 done in ${total}s; edge venv $(cat "$WORK/venv-edge-mb.txt") MB; results in $OUT; wall time per step:"
     sed 's/^/   /' "$TIMES"
     echo "   CPU time of this run's children (user, system; on a busy machine wall time is longer):" $(times | tail -1)
