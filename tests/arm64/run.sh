@@ -82,12 +82,17 @@ join() { # PID NAME: its failure, in its log's last line (its own die), fails th
     cat "$WORK/$2.log"
 }
 
+# A background job and everything under it. SIGKILL: unshare blocks INT and TERM while it waits, and its
+# --kill-child then ends the namespace with everything in it.
+kill_tree() {
+    local child
+    for child in $(pgrep -P "$1"); do kill_tree "$child"; done
+    kill -KILL "$1" 2> /dev/null || true
+}
+
 cleanup() {
     local pid
-    for pid in $BACKGROUND; do # a job and its children (unshare, whose --kill-child ends its namespace)
-        pkill -TERM -P "$pid" 2> /dev/null || true
-        kill "$pid" 2> /dev/null || true
-    done
+    for pid in $BACKGROUND; do kill_tree "$pid"; done
     if [ -n "$TMP_ROOTFS" ]; then rm -rf "$TMP_ROOTFS"; fi
     if [ -n "$OWN_WORK" ] && [ -d "$WORK" ]; then # keep the results and logs, drop the venvs and models
         rm -rf "$OUT" && mkdir -p "$OUT"
