@@ -53,10 +53,14 @@ die_with_log() { # WHAT LOG [LOG'S PATH TO SHOW]
 # Each step is announced; the previous one's wall time and its children's CPU time (user + system: what an
 # idle machine's wall time would be, near enough, as emulation runs one thread) go to $TIMES (times.txt).
 TIMES="" STEP_NAME="" STEP_START=0 STEP_CPU=0 STEP_PREFIX=""
-child_cpu() { times | tail -1 | awk '{ for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } } END { printf "%d", t }'; }
+CPU=0 # set by child_cpu: `times` in this shell (in a $(...) subshell it would count that subshell's children)
+child_cpu() {
+    times > "$WORK/.times"
+    CPU=$(tail -1 "$WORK/.times" | awk '{ for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } } END { printf "%d", t }')
+}
 step() {
-    local cpu
-    cpu=$(child_cpu)
+    local cpu=0
+    if [ -n "$TIMES" ]; then child_cpu && cpu=$CPU; fi
     if [ -n "$TIMES" ] && [ -n "$STEP_NAME" ]; then
         echo "wall $((SECONDS - STEP_START))s cpu $((cpu - STEP_CPU))s load $(cut -d' ' -f1 /proc/loadavg): $STEP_PREFIX$STEP_NAME" >> "$TIMES"
     fi
@@ -382,10 +386,10 @@ check_interrupt() {
 
 summary() {
     local total=$((SECONDS - $1))
-    echo "wall ${total}s cpu $(child_cpu)s: total (load average then: $(cut -d' ' -f1-3 /proc/loadavg))" >> "$TIMES"
+    child_cpu
+    echo "wall ${total}s cpu ${CPU}s: total (load average then: $(cut -d' ' -f1-3 /proc/loadavg))" >> "$TIMES"
     echo "== arm64 done in ${total}s; edge venv $(cat "$WORK/venv-edge-mb.txt") MB; results in $OUT; wall time per step:"
     sed 's/^/   /' "$TIMES"
-    echo "   CPU time of this run's children (user, system; on a busy machine wall time is longer):" $(times | tail -1)
 }
 
 { # one block, read whole before it runs: editing this file cannot derail a run in progress
