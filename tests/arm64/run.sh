@@ -254,7 +254,16 @@ make_work() {
     TIMES=$WORK/times.txt
 }
 
-prepare_work() {
+# A copy of the repository, as a user would have on the Pi, and the tests alone (no source tree beside them)
+copy_repo() {
+    mkdir -p "$WORK/floraedge" "$WORK/suite"
+    git -C "$REPO" ls-files -z --cached --others --exclude-standard |
+        tar -C "$REPO" --null -T - --ignore-failed-read -cf - 2> /dev/null | tar -C "$WORK/floraedge" -xf -
+    cp -r "$WORK/floraedge/tests" "$WORK/floraedge/pyproject.toml" "$WORK/suite/"
+}
+
+# The x86 side: the test model exported to every format, and what x86 answers with it
+host_side() {
     step "host: the test model exported to every format ($HOST_PYTHON)"
     (cd "$REPO" && "$HOST_PYTHON" -m tests.arm64.host_models "$WORK/host" > "$WORK/host-export.log" 2>&1) ||
         die "the host export failed (log: $OUT/host-export.log): $(tail -1 "$WORK/host-export.log")"
@@ -263,11 +272,6 @@ prepare_work() {
     (cd "$REPO" && "$HOST_PYTHON" -m floraedge classify --model "$WORK/host/exports/model_int8.tflite" "$WORK/host/images" --json) > "$WORK/classify-x86.json"
     (cd "$REPO" && "$HOST_PYTHON" -m floraedge bench --models "$WORK/host/exports" --data "$WORK/host/flowers" \
         --out "$WORK/bench-x86" --threads 1 --runs 3 --warmup 1 --loop-frames 8 > /dev/null)
-    # a copy of the repository, as a user would have on the Pi, and the tests alone (no source tree beside them)
-    mkdir -p "$WORK/floraedge" "$WORK/suite"
-    git -C "$REPO" ls-files -z --cached --others --exclude-standard |
-        tar -C "$REPO" --null -T - --ignore-failed-read -cf - 2> /dev/null | tar -C "$WORK/floraedge" -xf -
-    cp -r "$WORK/floraedge/tests" "$WORK/floraedge/pyproject.toml" "$WORK/suite/"
 }
 
 arm64_edge_tests() {
@@ -307,19 +311,21 @@ main() {
     check_refusals
     make_work
     check_network
-    # the host side (native) runs while the rootfs is checked or built (emulated, mostly one thread)
-    in_background host prepare_work
+    copy_repo
+    # Three lines of work, so that a 2-core machine is kept busy: the host side (native: torch trains and
+    # exports the test model) and, when not cached, the camera layer (emulated dpkg) run in the background
+    # while the device install and the tests (emulated) run here; only what needs their results waits.
+    in_background host host_side
     local host=$!
     ensure_rootfs
-    step "host side: waiting for it"
-    join "$host" host
-    # the camera layer is installed (when not cached) while the device install and tests run
     in_background camera-layer ensure_camera_layer
     local camera=$!
     step "arm64 pi5: install (README's Raspberry Pi line)"
     device install pi5
     step "arm64 pi5: tests ($(arm64_edge_tests))"
     device tests pi5 pi5 $(arm64_edge_tests)
+    step "host side: waiting for it"
+    join "$host" host
     for cpu in pi5 pi4; do
         step "arm64 $cpu: x86/arm64 agreement of every exported file"
         device agreement "$cpu" "$cpu"
