@@ -10,6 +10,10 @@
 set -euo pipefail
 cd /work
 venv=/work/venv
+# pip (and ensurepip, in `python3 -m venv`) byte-compiles every module it installs: minutes of emulated
+# CPU for numpy, OpenCV, onnxruntime and pip itself. What a module compiles to is the same at its first
+# import, so the emulated run skips it; the files installed are the same.
+export PIP_NO_COMPILE=1
 say() { echo "[arm64 $(uname -m)] $*"; }
 
 install() {
