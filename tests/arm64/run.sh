@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # `make test-arm64`: the Raspberry Pi OS stack (Debian arm64) under qemu user-mode emulation.
 #
-# Builds or reuses a cached Debian arm64 rootfs, installs the project in it exactly as the README's
-# Raspberry Pi line says, and runs there, under a Raspberry Pi 4 (Cortex-A72) and a Pi 5 (Cortex-A76)
-# /proc/cpuinfo: the torch-free tests, the x86/arm64 agreement of every exported file, the device
-# commands and the Camera Module route (Debian's OpenCV). Every mount is made inside a private mount +
-# pid namespace (unshare), so the host's /proc is never touched and the mounts go when the run ends,
-# however it ends (checked at the end by interrupting a run).
+# Builds or reuses a cached Debian arm64 rootfs, installs the project in it as the README's Raspberry Pi
+# lines say, and runs there the torch-free tests, the x86/arm64 agreement of every exported file, the
+# device commands and the Camera Module route (Debian's OpenCV). Every mount is made inside a private
+# mount + pid namespace (unshare), so the host's /proc is never touched and the mounts go when the run
+# ends, however it ends (checked at the end by interrupting a run).
 #
+# What runs under which CPU model, chosen for CI time (every emulated minute counts; see README):
+#   Pi 5 (Cortex-A76): the install, the torch-free tests, the agreement, the device commands, the camera route.
+#   Pi 4 (Cortex-A72): the agreement only. The CPU model changes which kernels onnxruntime and XNNPACK
+#     pick (the A76 has fp16 arithmetic and dot product), so it changes numbers: the agreement is what
+#     can differ between the two. The tests and commands exercise Python, OpenCV and the CLI, which do not.
+# Cold, the work runs on three lines (host export, camera layer, device install + tests): see main().
 #   tests/arm64/run.sh                    everything (what `make test-arm64` runs)
 #   tests/arm64/run.sh shell pi5 CMD...   one command in the rootfs, e.g. `shell pi5 python3 -V` (WORK=DIR: at /work)
 #   tests/arm64/run.sh check-interrupt    interrupt a run in the rootfs; no mount may remain (also part of the run)
