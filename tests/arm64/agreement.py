@@ -41,9 +41,20 @@ def runs(work: Path) -> list[tuple[str, Path, Format, str]]:
     return found
 
 
+_PREPROCESSED: dict[str, list[np.ndarray]] = {}
+
+
+def preprocessed(images: list[np.ndarray], spec) -> list[np.ndarray]:
+    """The images as the spec wants them, once per distinct spec (resizing is most of the emulated time)."""
+    key = repr(spec)
+    if key not in _PREPROCESSED:
+        _PREPROCESSED[key] = [preprocess(image, spec) for image in images]
+    return _PREPROCESSED[key]
+
+
 def outputs(path: Path, backend_name: str, images: list[np.ndarray]) -> np.ndarray:
     backend = load(path, backend_name, threads=1)
-    return np.concatenate([backend.predict(preprocess(image, backend.info.spec)) for image in images])
+    return np.concatenate([backend.predict(x) for x in preprocessed(images, backend.info.spec)])
 
 
 def read_images(work: Path) -> tuple[list[str], list[np.ndarray]]:
