@@ -349,22 +349,24 @@ main() {
     summary "$start"
 }
 
-# A cached rootfs with one packaged file changed (a byte of Debian's OpenCV module, in an overlay over the
+# A cached rootfs with one packaged file changed (a byte of Python's _ssl module, in an overlay over the
 # cache, in a private mount namespace: the cache itself is untouched) fails rootfs_ok, so it would be rebuilt.
 check_corrupt() {
     local tmp so
-    so=$(grep -m1 -oE 'usr/lib/python3/dist-packages/cv2[^ ]*\.so' "$ROOTFS/var/lib/dpkg/info/python3-opencv.md5sums")
+    so=$(grep -hoE 'usr/lib/python3[.0-9]*/lib-dynload/_ssl[^ ]*\.so' "$ROOTFS"/var/lib/dpkg/info/*.md5sums) ||
+        die "corruption check: no _ssl module in the rootfs's md5sums"
+    so=${so%%$'\n'*}
     tmp=$(mktemp -d /tmp/floraedge-arm64-corrupt.XXXXXX)
     mkdir "$tmp/upper" "$tmp/work" "$tmp/merged"
+    local rc=0
     # shellcheck disable=SC2016
-    if unshare --mount --propagation private -- sh -c '
+    unshare --mount --propagation private -- sh -c '
         mount -t overlay overlay -o "lowerdir=$1,upperdir=$2/upper,workdir=$2/work" "$2/merged" &&
-        printf x | dd of="$2/merged/$3" bs=1 seek=4096 conv=notrunc status=none && "$4" verify-rootfs "$2/merged"' \
-        sh "$ROOTFS" "$tmp" "$so" "$0"; then
-        rm -rf "$tmp"
-        die "corruption check: a rootfs with a changed $so passed its check"
-    fi
+            printf x | dd of="$2/merged/$3" bs=1 seek=4096 conv=notrunc status=none || exit 99
+        exec "$4" verify-rootfs "$2/merged"' sh "$ROOTFS" "$tmp" "$so" "$0" || rc=$?
     rm -rf "$tmp"
+    [ "$rc" != 99 ] || die "corruption check: could not make the corrupted overlay"
+    [ "$rc" != 0 ] || die "corruption check: a rootfs with a changed $so passed its check"
     echo "ok: a cached rootfs with one changed byte in $so is refused (and so rebuilt)"
 }
 
