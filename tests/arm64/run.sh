@@ -9,13 +9,16 @@
 #
 # What runs under which CPU model, chosen for CI time (every emulated minute counts; see README):
 #   Pi 5 (Cortex-A76): the install, the torch-free tests, the agreement, the device commands, the camera route.
-#   Pi 4 (Cortex-A72): the agreement only. The CPU model changes which kernels onnxruntime and XNNPACK
-#     pick (the A76 has fp16 arithmetic and dot product), so it changes numbers: the agreement is what
-#     can differ between the two. The tests and commands exercise Python, OpenCV and the CLI, which do not.
+#   Pi 4 (Cortex-A72): the agreement only. onnxruntime and XNNPACK read the CPU model (cpuinfo) to pick
+#     their kernels, so it can change numbers: the agreement is what can differ between the two. The
+#     tests and commands exercise Python, OpenCV and the CLI, which do not read it.
 # Cold, the work runs on three lines (host export, camera layer, device install + tests): see main().
+# pip runs with --no-compile in the rootfs (device.sh says why).
 #   tests/arm64/run.sh                    everything (what `make test-arm64` runs)
 #   tests/arm64/run.sh shell pi5 CMD...   one command in the rootfs, e.g. `shell pi5 python3 -V` (WORK=DIR: at /work)
 #   tests/arm64/run.sh check-interrupt    interrupt a run in the rootfs; no mount may remain (also part of the run)
+#   tests/arm64/run.sh check-corrupt      a cached rootfs with one changed byte is refused (also part of the run)
+#   tests/arm64/run.sh check-network      the Debian mirror (DEBIAN_MIRROR) and PyPI answer
 # Environment: RELEASE (bookworm, or trixie: Raspberry Pi OS 13, Python 3.13), HOST_PYTHON (the main
 # environment, with torch, which exports the test model), EDGE_TESTS (the Makefile's test list),
 # FLORAEDGE_CACHE (default ~/.cache/floraedge).
