@@ -59,8 +59,8 @@ test-edge: $(EDGE_STAMP) browser
 # its tests under a Pi 5 CPU model, the cross-architecture agreement of every exported file under a Pi 5 and
 # a Pi 4, the device commands and the Camera Module route (tests/arm64/run.sh says what runs where, and why).
 # Needs root. Cold, it builds a cached rootfs in ~/.cache/floraedge/arm64 (debootstrap, then Debian's OpenCV
-# as a layer). Not in `test`: measured cold on this 2-core machine it does not fit CI's 30 minutes beside
-# test-main and test-edge (docs/results.md, "arm64 under emulation"). `RELEASE=trixie` for Debian 13.
+# as a layer). Not in `test` yet: no cold run has been measured to fit in CI's 30 minutes beside test-main
+# and test-edge (docs/results.md, "arm64 under emulation"). `RELEASE=trixie` for Debian 13 (not yet run).
 test-arm64: $(STAMP)
 	RELEASE=$(RELEASE) HOST_PYTHON=$(abspath $(PY)) EDGE_TESTS="$(EDGE_TESTS)" tests/arm64/run.sh
 
