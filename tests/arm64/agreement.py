@@ -145,6 +145,7 @@ def gates(work: Path) -> list[dict]:
     """Every exported file's own export gate, re-run here against the PyTorch reference made on x86."""
     saved = np.load(work / "gate.npz")
     ref = Reference(saved["batch"], saved["targets"], saved["logits"])
+    ref.__dict__["probabilities"] = saved["probabilities"]  # PyTorch's softmax, made on x86 (no torch here)
     cards = {
         folder: json.loads((work / folder / "model_card.json").read_text()) for folder in ("exports", "exports-arm")
     }
