@@ -55,9 +55,12 @@ test-edge: $(EDGE_STAMP) browser
 	$(EDGE_VENV)/bin/python -c 'import sys; assert "torch" not in sys.modules; import importlib.util as u; assert u.find_spec("torch") is None, "torch leaked into the edge environment"'
 	$(EDGE_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not torch" $(EDGE_TESTS) $(EDGE_HOST_TESTS)
 
-# The same runtime on a Debian arm64 userland (Raspberry Pi OS) under qemu, installed as the README says,
-# under a Pi 4 and a Pi 5 CPU; plus cross-architecture agreement of every exported file (tests/arm64/run.sh).
-# Needs root. Cold: builds a cached rootfs in ~/.cache/floraedge/arm64 (minutes); `RELEASE=trixie` for Debian 13.
+# The same runtime on a Debian arm64 userland (Raspberry Pi OS) under qemu, installed as the README says;
+# its tests under a Pi 5 CPU model, the cross-architecture agreement of every exported file under a Pi 5 and
+# a Pi 4, the device commands and the Camera Module route (tests/arm64/run.sh says what runs where, and why).
+# Needs root. Cold, it builds a cached rootfs in ~/.cache/floraedge/arm64 (debootstrap, then Debian's OpenCV
+# as a layer). Not in `test` yet: no cold run has been measured to fit in CI's 30 minutes beside test-main
+# and test-edge (docs/results.md, "arm64 under emulation"). `RELEASE=trixie` for Debian 13 (not yet run).
 test-arm64: $(STAMP)
 	RELEASE=$(RELEASE) HOST_PYTHON=$(abspath $(PY)) EDGE_TESTS="$(EDGE_TESTS)" tests/arm64/run.sh
 

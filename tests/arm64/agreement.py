@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.backends import load
+from edge_runtime.backends import _tflite_interpreter, load
 from edge_runtime.preprocess import preprocess, read_image_bgr
 from export.formats import FORMATS, Format
 from export.verify import Reference, verify
@@ -41,9 +41,20 @@ def runs(work: Path) -> list[tuple[str, Path, Format, str]]:
     return found
 
 
+_PREPROCESSED: dict[str, list[np.ndarray]] = {}
+
+
+def preprocessed(images: list[np.ndarray], spec) -> list[np.ndarray]:
+    """The images as the spec wants them, once per distinct spec (resizing is most of the emulated time)."""
+    key = repr(spec)
+    if key not in _PREPROCESSED:
+        _PREPROCESSED[key] = [preprocess(image, spec) for image in images]
+    return _PREPROCESSED[key]
+
+
 def outputs(path: Path, backend_name: str, images: list[np.ndarray]) -> np.ndarray:
     backend = load(path, backend_name, threads=1)
-    return np.concatenate([backend.predict(preprocess(image, backend.info.spec)) for image in images])
+    return np.concatenate([backend.predict(x) for x in preprocessed(images, backend.info.spec)])
 
 
 def read_images(work: Path) -> tuple[list[str], list[np.ndarray]]:
@@ -56,8 +67,6 @@ def read_images(work: Path) -> tuple[list[str], list[np.ndarray]]:
 def versions() -> dict:
     import cv2
     import onnxruntime
-
-    from edge_runtime.backends import _tflite_interpreter
 
     return {
         "machine": platform.machine(),
@@ -77,17 +86,28 @@ def reference(work: Path) -> None:
     print(f"x86 reference: {len(arrays)} file/backend pairs x {len(names)} images")
 
 
+def _undelegated(path: Path):
+    """The file's own ops: with the default XNNPACK delegate the whole graph is one DELEGATE op."""
+    interpreter_class = _tflite_interpreter()
+    resolver = sys.modules[interpreter_class.__module__].OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interpreter = interpreter_class(model_path=str(path), experimental_op_resolver_type=resolver)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
 def quant_step(path: Path, backend_name: str) -> float:
     """One quantization step of the file's output: the scale of the last quantized tensor before it."""
     if backend_name == "litert":
-        interpreter = load(path, "litert").interpreter
+        interpreter = _undelegated(path)
         details = {d["index"]: d for d in interpreter.get_tensor_details()}
         producers = {o: op for op in interpreter._get_ops_details() for o in op["outputs"]}
         tensor = interpreter.get_output_details()[0]["index"]
-        for _ in range(4):  # output, or a dequantize/softmax after the last quantized tensor
+        for _ in range(8):  # output, or softmax / float classifier / dequantize after the last quantized tensor
             scale = details[tensor]["quantization"][0]
             if scale:
                 return float(scale)
+            if tensor not in producers:
+                break
             tensor = producers[tensor]["inputs"][0]
     else:
         import onnx
@@ -125,6 +145,7 @@ def gates(work: Path) -> list[dict]:
     """Every exported file's own export gate, re-run here against the PyTorch reference made on x86."""
     saved = np.load(work / "gate.npz")
     ref = Reference(saved["batch"], saved["targets"], saved["logits"])
+    ref.__dict__["probabilities"] = saved["probabilities"]  # PyTorch's softmax, made on x86 (no torch here)
     cards = {
         folder: json.loads((work / folder / "model_card.json").read_text()) for folder in ("exports", "exports-arm")
     }

@@ -10,16 +10,23 @@
 set -euo pipefail
 cd /work
 venv=/work/venv
+# pip byte-compiles every module it installs: minutes of emulated CPU for numpy, OpenCV and onnxruntime.
+# A module compiles to the same at its first import, so the emulated run passes --no-compile (the only
+# change to the README's lines; the files installed are the same). Not PIP_NO_COMPILE=1: pip reads that
+# as "compile" (its boolean environment variables of --no-* options are inverted).
+nc=--no-compile
 say() { echo "[arm64 $(uname -m)] $*"; }
 
 install() {
     say "python3 -m venv + pip install \"./floraedge[edge]\" (Python $(python3 -c 'import platform; print(platform.python_version())'))"
     python3 -m venv "$venv"
     . "$venv/bin/activate"
-    pip install --quiet "./floraedge[edge]"
+    pip install --quiet $nc "./floraedge[edge]"
     du -sm "$venv" | cut -f1 > /work/venv-edge-mb.txt
-    say "edge venv: $(cat /work/venv-edge-mb.txt) MB ($(pip list --format=freeze | grep -iE '^(numpy|onnxruntime|ai-edge-litert|opencv-python-headless)=' | tr '\n' ' '))"
-    pip install --quiet "./floraedge[edge-test]"  # the test dependencies: one list, pyproject's extra
+    (cd /work/suite && python -m tests.arm64.venv_size "$venv") > /work/venv-size.json
+    say "edge venv: $(cat /work/venv-edge-mb.txt) MB by du -sm; $(cat /work/venv-size.json)"
+    say "$(pip list --format=freeze | grep -iE '^(numpy|onnxruntime|ai-edge-litert|opencv-python-headless)=' | tr '\n' ' ')"
+    pip install --quiet $nc "./floraedge[edge-test]"  # the test dependencies: one list, pyproject's extra
     pip check
 }
 
@@ -84,8 +91,8 @@ camera() {
     local cam=/work/venv-camera
     python3 -m venv --system-site-packages "$cam"
     . "$cam/bin/activate"
-    pip install --quiet --no-deps ./floraedge
-    pip install --quiet onnxruntime ai-edge-litert
+    pip install --quiet $nc --no-deps ./floraedge
+    pip install --quiet $nc onnxruntime ai-edge-litert
     pip check || true  # reported, not fatal: the import checks below are what matters
     python - <<'EOF'
 import re, cv2, numpy

@@ -4,17 +4,22 @@
 # None of these mounts is visible outside the namespace; the kernel drops them when it ends, and the
 # trap unmounts them in order when it ends normally or on INT/TERM.
 set -euo pipefail
-root=$1 cpuinfo=$2 work=$3
-shift 3
+root=$1 cpuinfo=$2 work=$3 layer=$4 # layer: "" or a folder with upper/ work/ merged/, an overlay over root
+shift 4
 
 cleanup() {
     for m in work dev sys proc; do
         if mountpoint -q "$root/$m"; then umount -R "$root/$m" || echo "enter.sh: cannot unmount $root/$m" >&2; fi
     done
+    if [ -n "$layer" ] && mountpoint -q "$layer/merged"; then umount "$layer/merged"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+if [ -n "$layer" ]; then
+    mount -t overlay overlay -o "lowerdir=$root,upperdir=$layer/upper,workdir=$layer/work" "$layer/merged"
+    root=$layer/merged
+fi
 mount -t proc proc "$root/proc"
 if [ "$cpuinfo" != none ]; then mount --bind "$cpuinfo" "$root/proc/cpuinfo"; fi
 mount -t sysfs sysfs "$root/sys"

@@ -2,7 +2,7 @@
 
 Run with the main environment (torch): ``python -m tests.arm64.host_models OUT``. Writes into OUT:
 ``exports/`` (every row of the format table), ``exports-arm/`` (``--ort-preset arm`` int8 ONNX),
-``gate.npz`` (the verification batch, its targets and the PyTorch logits: the gate's reference),
+``gate.npz`` (the verification batch, its targets, the PyTorch logits and probabilities: the gate's reference),
 ``images/`` (the images both architectures classify) and ``clip.mp4`` (a short video for ``run``).
 """
 
@@ -68,7 +68,8 @@ def export(checkpoint: Path, prepared: Path, out: Path) -> None:
     model, spec = model_from_bundle(load_bundle(checkpoint))
     batch, targets, _ = verification_set(prepared, spec, split="val", limit=fast["verify_n"])
     ref = reference(model, batch, targets)
-    np.savez(out / "gate.npz", batch=ref.batch, targets=ref.targets, logits=ref.logits)
+    # the softmax is PyTorch's op (export.verify): computed here, as arm64 has no torch
+    np.savez(out / "gate.npz", batch=ref.batch, targets=ref.targets, logits=ref.logits, probabilities=ref.probabilities)
 
 
 def copy_images(prepared: Path, out: Path) -> Path:

@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # `make test-arm64`: the Raspberry Pi OS stack (Debian arm64) under qemu user-mode emulation.
 #
-# Builds or reuses a cached Debian arm64 rootfs, installs the project in it exactly as the README's
-# Raspberry Pi line says, and runs there, under a Raspberry Pi 4 (Cortex-A72) and a Pi 5 (Cortex-A76)
-# /proc/cpuinfo: the torch-free tests, the x86/arm64 agreement of every exported file, the device
-# commands and the Camera Module route (Debian's OpenCV). Every mount is made inside a private mount +
-# pid namespace (unshare), so the host's /proc is never touched and the mounts go when the run ends,
-# however it ends (checked at the end by interrupting a run).
+# Builds or reuses a cached Debian arm64 rootfs, installs the project in it as the README's Raspberry Pi
+# lines say, and runs there the torch-free tests, the x86/arm64 agreement of every exported file, the
+# device commands and the Camera Module route (Debian's OpenCV). Every mount is made inside a private
+# mount + pid namespace (unshare), so the host's /proc is never touched and the mounts go when the run
+# ends, however it ends (checked at the end by interrupting a run).
 #
+# What runs under which CPU model, chosen for CI time (every emulated minute counts; see README):
+#   Pi 5 (Cortex-A76): the install, the torch-free tests, the agreement, the device commands, the camera route.
+#   Pi 4 (Cortex-A72): the agreement only. onnxruntime and XNNPACK read the CPU model (cpuinfo) to pick
+#     their kernels, so it can change numbers: the agreement is what can differ between the two. The
+#     tests and commands exercise Python, OpenCV and the CLI, which do not read it.
+# Cold, the work runs on three lines (host export, camera layer, device install + tests): see main().
+# pip runs with --no-compile in the rootfs (device.sh says why).
 #   tests/arm64/run.sh                    everything (what `make test-arm64` runs)
 #   tests/arm64/run.sh shell pi5 CMD...   one command in the rootfs, e.g. `shell pi5 python3 -V` (WORK=DIR: at /work)
 #   tests/arm64/run.sh check-interrupt    interrupt a run in the rootfs; no mount may remain (also part of the run)
+#   tests/arm64/run.sh check-corrupt      a cached rootfs with one changed byte is refused (also part of the run)
+#   tests/arm64/run.sh check-network      the Debian mirror (DEBIAN_MIRROR) and PyPI answer
 # Environment: RELEASE (bookworm, or trixie: Raspberry Pi OS 13, Python 3.13), HOST_PYTHON (the main
 # environment, with torch, which exports the test model), EDGE_TESTS (the Makefile's test list),
 # FLORAEDGE_CACHE (default ~/.cache/floraedge).
@@ -24,11 +32,17 @@ EDGE_TESTS=${EDGE_TESTS:-tests/test_edge_runtime.py tests/test_live.py tests/tes
 CACHE=${FLORAEDGE_CACHE:-$HOME/.cache/floraedge}/arm64
 BINFMT=${BINFMT_MISC:-/proc/sys/fs/binfmt_misc} # another path only to test the refusal
 PACKAGES=python3,python3-venv,python3-pip,ca-certificates
-# The Camera Module route (README): Debian's OpenCV, built with GStreamer, and libcamera's GStreamer element
-CAMERA_PACKAGES="python3-opencv gstreamer1.0-libcamera gstreamer1.0-plugins-base gstreamer1.0-tools"
-ROOTFS_VERSION=1 # bump when build_rootfs changes
-KEY=$(echo "$RELEASE $PACKAGES $CAMERA_PACKAGES $ROOTFS_VERSION" | sha256sum | cut -c1-12)
+ROOTFS_VERSION=2 # bump when build_rootfs changes
+KEY=$(echo "$RELEASE $PACKAGES $ROOTFS_VERSION" | sha256sum | cut -c1-12)
 ROOTFS=$CACHE/rootfs-$RELEASE-$KEY
+# The Camera Module route (README): Debian's OpenCV, built with GStreamer, and libcamera's GStreamer element.
+# 431 packages (216 MB of .debs, most of them python3-opencv's libraries), so more dpkg work under emulation
+# than the base rootfs: they are an overlay layer over it (CAMERA_LAYER/upper), cached apart and, when cold,
+# installed in the background while the device install and tests run on the base rootfs.
+CAMERA_PACKAGES="python3-opencv gstreamer1.0-libcamera gstreamer1.0-plugins-base gstreamer1.0-tools"
+CAMERA_KEY=$(echo "$KEY $CAMERA_PACKAGES" | sha256sum | cut -c1-12)
+CAMERA_LAYER=$CACHE/camera-$RELEASE-$CAMERA_KEY
+LAYER=${LAYER:-} # an overlay layer (upper/ work/ merged/) that in_root mounts over the rootfs
 OUT=$REPO/build/arm64-$RELEASE # results and logs of the last run
 WORK=${WORK:-} # `shell` mounts it at /work when set
 OWN_WORK=""    # set when this run made WORK (and so removes it)
@@ -38,9 +52,59 @@ die() {
     echo "test-arm64: $*" >&2
     exit 1
 }
-step() { echo "== arm64 [$(date +%T)] $*"; }
+# A step that failed, in one line: its last error line (apt's E:, pip's ERROR:, a connection failure) and its log.
+die_with_log() { # WHAT LOG [LOG'S PATH TO SHOW]
+    local line
+    line=$(grep -E '^(E: |ERROR: |W: Failure|error: )|Could not|Failed to|Temporary failure|Connection (refused|timed out)|Unable to' "$2" | tail -1)
+    die "$1 failed: ${line:-$(tail -1 "$2")} (log: ${3:-$2})"
+}
+# Each step is announced; the previous one's wall time and its children's CPU time (user + system: what an
+# idle machine's wall time would be, near enough, as emulation runs one thread) go to $TIMES (times.txt).
+TIMES="" STEP_NAME="" STEP_START=0 STEP_CPU=0 STEP_PREFIX=""
+CPU=0 # set by child_cpu: `times` in this shell (in a $(...) subshell it would count that subshell's children)
+child_cpu() {
+    times > "$WORK/.times"
+    CPU=$(tail -1 "$WORK/.times" | awk '{ for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } } END { printf "%d", t }')
+}
+step() {
+    local cpu=0
+    if [ -n "$TIMES" ]; then child_cpu && cpu=$CPU; fi
+    if [ -n "$TIMES" ] && [ -n "$STEP_NAME" ]; then
+        echo "wall $((SECONDS - STEP_START))s cpu $((cpu - STEP_CPU))s load $(cut -d' ' -f1 /proc/loadavg): $STEP_PREFIX$STEP_NAME" >> "$TIMES"
+    fi
+    STEP_NAME=$* STEP_START=$SECONDS STEP_CPU=$cpu
+    echo "== arm64 [$(date +%T)] $*"
+}
+
+BACKGROUND="" # pids of this run's background jobs
+# Runs "$@" in the background, its output in $WORK/NAME.log and its times in $TIMES; waited for by `join`.
+in_background() { # NAME CMD...
+    local name=$1
+    shift
+    (
+        STEP_NAME="" STEP_PREFIX="(in the background) "
+        step "$name"
+        "$@"
+        step "$name: done"
+    ) > "$WORK/$name.log" 2>&1 &
+    BACKGROUND+=" $!"
+}
+join() { # PID NAME: its failure, in its log's last line (its own die), fails the run
+    wait "$1" || die "$2 failed: $(tail -1 "$WORK/$2.log") (log: $OUT/$2.log)"
+    cat "$WORK/$2.log"
+}
+
+# A background job and everything under it. SIGKILL: unshare blocks INT and TERM while it waits, and its
+# --kill-child then ends the namespace with everything in it.
+kill_tree() {
+    local child
+    for child in $(pgrep -P "$1"); do kill_tree "$child"; done
+    kill -KILL "$1" 2> /dev/null || true
+}
 
 cleanup() {
+    local pid
+    for pid in $BACKGROUND; do kill_tree "$pid"; done
     if [ -n "$TMP_ROOTFS" ]; then rm -rf "$TMP_ROOTFS"; fi
     if [ -n "$OWN_WORK" ] && [ -d "$WORK" ]; then # keep the results and logs, drop the venvs and models
         rm -rf "$OUT" && mkdir -p "$OUT"
@@ -83,20 +147,41 @@ in_root() {
     local cpuinfo=none
     if [ "$cpu" != none ]; then cpuinfo=$HERE/cpuinfo-$cpu.txt; fi
     unshare --mount --pid --fork --kill-child --propagation private -- \
-        "$HERE/enter.sh" "$root" "$cpuinfo" "$WORK" "$@"
+        "$HERE/enter.sh" "$root" "$cpuinfo" "$WORK" "$LAYER" "$@"
 }
 
+# Packaged files of the dpkg database under $1 (a rootfs, or a layer's upper dir: its own packages) unchanged.
+# Paths under bin/, sbin/, lib/ are read under usr/ (merged /usr: in a layer's upper dir those links are absent).
+md5sums_ok() {
+    (cd "$1" && cat var/lib/dpkg/info/*.md5sums | sed -E 's#^([0-9a-f]{32}  )(bin|sbin|lib)/#\1usr/\2/#' |
+        md5sum --check --quiet > /dev/null 2>&1)
+}
+
+# A cached rootfs is used only when it is whole: its marker (written last, before the atomic rename), every
+# packaged file against dpkg's own md5sums (on the host, natively: a few seconds), a clean dpkg, and the
+# emulated Python importing what the run needs.
 rootfs_ok() {
     [ -f "$1/.floraedge-rootfs" ] && [ "$(cat "$1/.floraedge-rootfs")" = "$KEY" ] &&
-        in_root "$1" none /usr/bin/python3 -c 'import venv, ensurepip, ssl, cv2' > /dev/null 2>&1 &&
+        md5sums_ok "$1" &&
+        in_root "$1" none /usr/bin/python3 -c 'import venv, ensurepip, ssl' > /dev/null 2>&1 &&
         [ -z "$(in_root "$1" none dpkg --audit 2>&1)" ]
 }
 
 debian_mirror() {
-    local uri
-    uri=$(grep -hoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2> /dev/null |
+    local uri=${DEBIAN_MIRROR:-}
+    [ -n "$uri" ] || uri=$(grep -hoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2> /dev/null |
         grep -oE 'https?://[^ ]+' | head -1)
     echo "${uri:-http://deb.debian.org/debian}"
+}
+
+# Both fetches the run needs, probed first so that an unreachable one costs seconds and reads as one line.
+check_network() {
+    local mirror err
+    mirror=$(debian_mirror)
+    err=$(curl -fsS -o /dev/null --max-time 30 "$mirror/dists/$RELEASE/InRelease" 2>&1) ||
+        die "cannot reach the Debian mirror $mirror (${err:-no answer}): the arm64 rootfs is built from it; set DEBIAN_MIRROR=URL for another"
+    err=$(curl -fsS -o /dev/null --max-time 30 "${PYPI_PROBE:-https://pypi.org/simple/onnxruntime/}" 2>&1) ||
+        die "cannot reach PyPI (${err:-no answer}): the arm64 install takes PyPI's aarch64 wheels"
 }
 
 # pip inside reaches the index through the host's TLS proxy, if any: trust the host's local CA certificates.
@@ -115,15 +200,15 @@ build_rootfs() {
     mkdir -p "$CACHE"
     rm -rf "$CACHE"/.tmp-rootfs-* # a build that was killed (the lock is ours)
     TMP_ROOTFS=$(mktemp -d "$CACHE/.tmp-rootfs-XXXXXX")
-    local tmp=$TMP_ROOTFS/rootfs mirror
+    local tmp=$TMP_ROOTFS/rootfs mirror log=$CACHE/build-$RELEASE.log
     mirror=$(debian_mirror)
     step "debootstrap $RELEASE arm64 from $mirror (a few minutes, once)"
     unshare --mount --pid --fork --kill-child --propagation private -- \
-        debootstrap --arch=arm64 --variant=minbase --include="$PACKAGES" "$RELEASE" "$tmp" "$mirror" > "$TMP_ROOTFS/debootstrap.log" ||
-        die "debootstrap failed; see the end of its log: $(tail -3 "$TMP_ROOTFS/debootstrap.log" "$tmp/debootstrap/debootstrap.log" 2> /dev/null)"
+        debootstrap --arch=arm64 --variant=minbase --include="$PACKAGES" "$RELEASE" "$tmp" "$mirror" > "$log" 2>&1 || {
+        cat "$tmp/debootstrap/debootstrap.log" >> "$log" 2> /dev/null || true
+        die_with_log "debootstrap of $RELEASE arm64 from $mirror" "$log"
+    }
     trust_host_certificates "$tmp"
-    step "apt-get install $CAMERA_PACKAGES (the Camera Module route)"
-    in_root "$tmp" none sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends $CAMERA_PACKAGES > /dev/null && apt-get clean"
     echo "$KEY" > "$tmp/.floraedge-rootfs"
     rm -rf "$ROOTFS"
     mv "$tmp" "$ROOTFS"
@@ -131,12 +216,38 @@ build_rootfs() {
     TMP_ROOTFS=""
 }
 
+camera_layer_ok() {
+    [ -f "$CAMERA_LAYER/upper/.floraedge-camera" ] && [ "$(cat "$CAMERA_LAYER/upper/.floraedge-camera")" = "$CAMERA_KEY" ] &&
+        md5sums_ok "$CAMERA_LAYER/upper"
+}
+
+# The camera packages into a new layer over the (checked) rootfs, renamed into place when whole.
+# dpkg's --force-unsafe-io: no fsync per file (a layer cut short is never marked, so never used).
+build_camera_layer() {
+    local tmp log=$CACHE/build-camera-$RELEASE.log
+    rm -rf "$CACHE"/.tmp-camera-*
+    tmp=$(mktemp -d "$CACHE/.tmp-camera-XXXXXX")
+    mkdir "$tmp/upper" "$tmp/work" "$tmp/merged"
+    echo "apt-get install $CAMERA_PACKAGES (the Camera Module route) in a layer over $ROOTFS"
+    LAYER=$tmp in_root "$ROOTFS" none sh -c "apt-get update && apt-get install -y --no-install-recommends \
+        -o Dpkg::Options::=--force-unsafe-io $CAMERA_PACKAGES && apt-get clean" > "$log" 2>&1 ||
+        die_with_log "apt-get install of the Camera Module packages in the arm64 rootfs" "$log"
+    echo "$CAMERA_KEY" > "$tmp/upper/.floraedge-camera"
+    rm -rf "$CAMERA_LAYER"
+    mv "$tmp" "$CAMERA_LAYER"
+    camera_layer_ok || die "the new camera layer $CAMERA_LAYER fails its own check"
+}
+
+ensure_camera_layer() {
+    if camera_layer_ok; then echo "cached camera layer $CAMERA_LAYER"; else build_camera_layer; fi
+}
+
 ensure_rootfs() {
     mkdir -p "$CACHE"
     exec 9> "$CACHE/.lock"
     flock 9
+    step "rootfs: checking the cached $ROOTFS"
     if [ -d "$ROOTFS" ] && rootfs_ok "$ROOTFS"; then
-        step "cached rootfs $ROOTFS"
         return
     fi
     if [ -d "$ROOTFS" ]; then step "cached rootfs $ROOTFS is broken: rebuilding it"; fi
@@ -144,10 +255,23 @@ ensure_rootfs() {
     rootfs_ok "$ROOTFS" || die "the new rootfs $ROOTFS fails its own check"
 }
 
-prepare_work() {
+make_work() {
     WORK=$(mktemp -d /tmp/floraedge-arm64.XXXXXX)
     OWN_WORK=1
     chmod 755 "$WORK"
+    TIMES=$WORK/times.txt
+}
+
+# A copy of the repository, as a user would have on the Pi, and the tests alone (no source tree beside them)
+copy_repo() {
+    mkdir -p "$WORK/floraedge" "$WORK/suite"
+    git -C "$REPO" ls-files -z --cached --others --exclude-standard |
+        tar -C "$REPO" --null -T - --ignore-failed-read -cf - 2> /dev/null | tar -C "$WORK/floraedge" -xf -
+    cp -r "$WORK/floraedge/tests" "$WORK/floraedge/pyproject.toml" "$WORK/suite/"
+}
+
+# The x86 side: the test model exported to every format, and what x86 answers with it
+host_side() {
     step "host: the test model exported to every format ($HOST_PYTHON)"
     (cd "$REPO" && "$HOST_PYTHON" -m tests.arm64.host_models "$WORK/host" > "$WORK/host-export.log" 2>&1) ||
         die "the host export failed (log: $OUT/host-export.log): $(tail -1 "$WORK/host-export.log")"
@@ -156,11 +280,6 @@ prepare_work() {
     (cd "$REPO" && "$HOST_PYTHON" -m floraedge classify --model "$WORK/host/exports/model_int8.tflite" "$WORK/host/images" --json) > "$WORK/classify-x86.json"
     (cd "$REPO" && "$HOST_PYTHON" -m floraedge bench --models "$WORK/host/exports" --data "$WORK/host/flowers" \
         --out "$WORK/bench-x86" --threads 1 --runs 3 --warmup 1 --loop-frames 8 > /dev/null)
-    # a copy of the repository, as a user would have on the Pi, and the tests alone (no source tree beside them)
-    mkdir -p "$WORK/floraedge" "$WORK/suite"
-    git -C "$REPO" ls-files -z --cached --others --exclude-standard |
-        tar -C "$REPO" --null -T - --ignore-failed-read -cf - 2> /dev/null | tar -C "$WORK/floraedge" -xf -
-    cp -r "$WORK/floraedge/tests" "$WORK/floraedge/pyproject.toml" "$WORK/suite/"
 }
 
 arm64_edge_tests() {
@@ -179,35 +298,79 @@ check_refusals() {
     [ "$(echo "$out" | wc -l)" = 1 ] && [[ $out == *"needs root"* ]] || die "refusal check: not root gave: $out"
     out=$(BINFMT_MISC=/nonexistent "$0" 2>&1) && die "refusal check: a run without binfmt_misc did not fail"
     [ "$(echo "$out" | wc -l)" = 1 ] && [[ $out == *"no binfmt_misc"* ]] || die "refusal check: no binfmt_misc gave: $out"
-    echo "ok: not root and no binfmt_misc each stop the run with one line"
+    out=$(DEBIAN_MIRROR=http://127.0.0.1:9/debian "$0" check-network 2>&1) && die "refusal check: an unreachable mirror passed"
+    [ "$(echo "$out" | wc -l)" = 1 ] && [[ $out == *"cannot reach the Debian mirror"* ]] || die "refusal check: no mirror gave: $out"
+    echo "ok: not root, no binfmt_misc and an unreachable mirror each stop the run with one line"
+}
+
+# One step of device.sh in the rootfs under CPU: shown, kept in $WORK/STEP-CPU.log, one line when it fails.
+device() { # STEP CPU ARGS...
+    local name=$1 cpu=$2 log=$WORK/$1-$2.log
+    shift 2
+    if ! in_root "$ROOTFS" "$cpu" /work/suite/tests/arm64/device.sh "$name" "$@" 2>&1 | tee "$log"; then
+        [ "$name" != tests ] || die "arm64 tests ($cpu) failed: $(tail -1 "$log") (log: $OUT/$name-$cpu.log)"
+        die_with_log "arm64 $name ($cpu)" "$log" "$OUT/$name-$cpu.log"
+    fi
 }
 
 main() {
     local start=$SECONDS
     require_emulation
     check_refusals
+    make_work
+    check_network
+    copy_repo
+    # Three lines of work, so that a 2-core machine is kept busy: the host side (native: torch trains and
+    # exports the test model) and, when not cached, the camera layer (emulated dpkg) run in the background
+    # while the device install and the tests (emulated) run here; only what needs their results waits.
+    in_background host host_side
+    local host=$!
     ensure_rootfs
-    local rootfs_s=$((SECONDS - start))
-    prepare_work
-    local host_s=$((SECONDS - start - rootfs_s))
-    step "arm64: install (README's Raspberry Pi line)"
-    in_root "$ROOTFS" pi5 /work/suite/tests/arm64/device.sh install
-    local tests
-    tests=$(arm64_edge_tests)
-    for cpu in pi4 pi5; do
-        step "arm64 $cpu: tests ($tests)"
-        in_root "$ROOTFS" "$cpu" /work/suite/tests/arm64/device.sh tests "$cpu" $tests
+    in_background camera-layer ensure_camera_layer
+    local camera=$!
+    step "arm64 pi5: install (README's Raspberry Pi line)"
+    device install pi5
+    step "arm64 pi5: tests ($(arm64_edge_tests))"
+    device tests pi5 pi5 $(arm64_edge_tests)
+    step "host side: waiting for it"
+    join "$host" host
+    for cpu in pi5 pi4; do
         step "arm64 $cpu: x86/arm64 agreement of every exported file"
-        in_root "$ROOTFS" "$cpu" /work/suite/tests/arm64/device.sh agreement "$cpu"
+        device agreement "$cpu" "$cpu"
     done
-    step "arm64 pi4: the device commands"
-    in_root "$ROOTFS" pi4 /work/suite/tests/arm64/device.sh commands
+    step "arm64 pi5: the device commands"
+    device commands pi5
     "$HOST_PYTHON" "$HERE/compare_commands.py" "$WORK"
+    step "camera layer: waiting for it"
+    join "$camera" camera-layer
     step "arm64 pi5: the Camera Module route"
-    in_root "$ROOTFS" pi5 /work/suite/tests/arm64/device.sh camera
-    step "interrupting a run leaves no mount behind"
+    LAYER=$CAMERA_LAYER device camera pi5
+    step "robustness: interrupted runs leave no mount; a corrupted rootfs is refused"
     check_interrupt
-    summary "$start" "$rootfs_s" "$host_s"
+    check_corrupt
+    step "done"
+    summary "$start"
+}
+
+# A cached rootfs with one packaged file changed (a byte of Python's _ssl module, in an overlay over the
+# cache, in a private mount namespace: the cache itself is untouched) fails rootfs_ok, so it would be rebuilt.
+check_corrupt() {
+    local tmp so
+    so=$(grep -hoE 'usr/lib/python3[.0-9]*/lib-dynload/_ssl[^ ]*\.so' "$ROOTFS"/var/lib/dpkg/info/*.md5sums) ||
+        die "corruption check: no _ssl module in the rootfs's md5sums"
+    so=${so%%$'\n'*}
+    tmp=$(mktemp -d /tmp/floraedge-arm64-corrupt.XXXXXX)
+    mkdir "$tmp/upper" "$tmp/work" "$tmp/merged"
+    local rc=0
+    # shellcheck disable=SC2016
+    unshare --mount --propagation private -- sh -c '
+        mount -t overlay overlay -o "lowerdir=$1,upperdir=$2/upper,workdir=$2/work" "$2/merged" &&
+            printf x | dd of="$2/merged/$3" bs=1 seek=4096 conv=notrunc status=none || exit 99
+        exec "$4" verify-rootfs "$2/merged"' sh "$ROOTFS" "$tmp" "$so" "$0" || rc=$?
+    rm -rf "$tmp"
+    [ "$rc" != 99 ] || die "corruption check: could not make the corrupted overlay"
+    [ "$rc" != 0 ] || die "corruption check: a rootfs with a changed $so passed its check"
+    echo "ok: a cached rootfs with one changed byte in $so is refused (and so rebuilt)"
 }
 
 # Processes whose mount table holds a mount of the folder named $1 (any namespace).
@@ -243,10 +406,10 @@ check_interrupt() {
 
 summary() {
     local total=$((SECONDS - $1))
-    echo "$total $2 $3 $((total - $2 - $3))" > "$WORK/times.txt"
-    echo "== arm64 done in ${total}s (rootfs ${2}s, host side ${3}s, arm64 side $((total - $2 - $3))s);" \
-        "edge venv $(cat "$WORK/venv-edge-mb.txt") MB; results in $OUT"
-    echo "   CPU time of this run's children (user, system; on a busy machine wall time is longer):" $(times | tail -1)
+    child_cpu
+    echo "wall ${total}s cpu ${CPU}s: total (load average then: $(cut -d' ' -f1-3 /proc/loadavg))" >> "$TIMES"
+    echo "== arm64 done in ${total}s; edge venv $(cat "$WORK/venv-edge-mb.txt") MB; results in $OUT; wall time per step:"
+    sed 's/^/   /' "$TIMES"
 }
 
 { # one block, read whole before it runs: editing this file cannot derail a run in progress
@@ -259,11 +422,13 @@ summary() {
         shift
         in_root "$ROOTFS" "$cpu" "$@"
         ;;
-    check-interrupt | check-refusals)
+    check-interrupt | check-refusals | check-corrupt)
         require_emulation
         "${1//-/_}"
         ;;
-    *) die "usage: $0 [shell pi4|pi5|none CMD... | check-interrupt | check-refusals]" ;;
+    check-network) check_network ;;
+    verify-rootfs) rootfs_ok "$2" ;;
+    *) die "usage: $0 [shell pi4|pi5|none CMD... | check-interrupt | check-refusals | check-corrupt | check-network]" ;;
     esac
     exit
 }
