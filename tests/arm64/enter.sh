@@ -4,8 +4,8 @@
 # None of these mounts is visible outside the namespace; the kernel drops them when it ends, and the
 # trap unmounts them in order when it ends normally or on INT/TERM.
 set -euo pipefail
-root=$1 cpuinfo=$2 work=$3 layer=$4 # layer: "" or a folder with upper/ work/ merged/, an overlay over root
-shift 4
+root=$1 cpuinfo=$2 work=$3 layer=$4 qemu_cpu=$5 # layer: "" or a folder with upper/ work/ merged/, an overlay over root
+shift 5
 
 cleanup() {
     for m in work dev sys proc; do
@@ -28,7 +28,9 @@ mkdir -p "$root/work"
 if [ -n "$work" ]; then mount --bind "$work" "$root/work"; fi
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 
-# env -i: none of the host's pip settings (x86 wheel folders, extra indexes) reaches the arm64 pip
-env -i HOME=/root LANG=C.UTF-8 TERM=dumb PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+# env -i: none of the host's pip settings (x86 wheel folders, extra indexes) reaches the arm64 pip.
+# QEMU_CPU: qemu-user reads it at every exec; it sets the CPU features the guest sees (AT_HWCAP), which is
+# what XNNPACK and onnxruntime choose their kernels by. /proc/cpuinfo alone does not change them.
+env -i QEMU_CPU="$qemu_cpu" HOME=/root LANG=C.UTF-8 TERM=dumb PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=120 \
     DEBIAN_FRONTEND=noninteractive chroot "$root" "$@"

@@ -144,10 +144,14 @@ require_emulation() {
 in_root() {
     local root=$1 cpu=$2
     shift 2
-    local cpuinfo=none
+    local cpuinfo=none qemu_cpu
     if [ "$cpu" != none ]; then cpuinfo=$HERE/cpuinfo-$cpu.txt; fi
+    # The Pi's own CPU model, not qemu's default "max": under "max" the guest is told it has SVE/I8MM
+    # and more, XNNPACK picks int8 kernels no Pi runs, and their emulated results are wrong (every
+    # int8 TFLite top-1 differed from x86; under cortex-a72/a76 they are bit-identical).
+    case $cpu in pi4) qemu_cpu=cortex-a72 ;; pi5) qemu_cpu=cortex-a76 ;; *) qemu_cpu=max ;; esac
     unshare --mount --pid --fork --kill-child --propagation private -- \
-        "$HERE/enter.sh" "$root" "$cpuinfo" "$WORK" "$LAYER" "$@"
+        "$HERE/enter.sh" "$root" "$cpuinfo" "$WORK" "$LAYER" "$qemu_cpu" "$@"
 }
 
 # Packaged files of the dpkg database under $1 (a rootfs, or a layer's upper dir: its own packages) unchanged.
