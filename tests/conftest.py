@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -109,6 +110,13 @@ def tiny_checkpoint(tiny_prepared, tmp_path_factory) -> Path:
         )
     )
     return run / "best.pt"
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that a test stops with SIGINT: a shell without job control starts its
+    background commands with SIGINT ignored, Python then installs no KeyboardInterrupt handler, and
+    the child would ignore the signal under test (CI launched as a background job did)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 # ---------------------------------------------------------------- MediaPipe, in an environment of its own

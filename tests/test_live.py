@@ -20,7 +20,7 @@ from edge_runtime.backends import load
 from edge_runtime.classify import Classifier
 from edge_runtime.live import LiveConfig, Smoother, decide, run_live, split_threads
 from edge_runtime.sources import END, FramePipeline, SourceError
-from tests.conftest import REPO
+from tests.conftest import REPO, default_sigint
 from tests.tiny_models import tiny_onnx
 
 FRAME_KEYS = {"ts", "frame", "label", "score", "unsure", "top", "preprocess_ms", "model_ms", "latency_ms", "fps"}
@@ -211,7 +211,12 @@ def test_a_signal_stops_the_cli_with_every_thread_joined(tmp_path, sig):
     os.mkfifo(folder / "00001b.png")
     command = [sys.executable, "-m", "floraedge", "run", "--model", str(model), "--source", str(folder)]
     proc = subprocess.Popen(
-        [*command, "--headless", "--threads", "2"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*command, "--headless", "--threads", "2"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
     )
     first = json.loads(proc.stdout.readline())
     proc.send_signal(sig)

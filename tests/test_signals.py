@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, default_sigint
 from tests.test_bench_edge import fake_prepared
 from tests.tiny_models import tiny_onnx
 
@@ -39,6 +39,7 @@ class Command:
             cwd=REPO,
             env=env,
             start_new_session=True,  # its own process group: a failed test kills every child too
+            preexec_fn=default_sigint,
         )
         self.output = bytearray()
         self.reader = threading.Thread(target=self._read, daemon=True)
