@@ -59,3 +59,15 @@ def test_mediapipe_runs_the_released_int8_file_with_the_runtimes_top1(tmp_path):
           f"largest top-1 score difference {found['max_score_diff']:.4f}")  # fmt: skip
     assert found["agreement"] >= 0.99, found
     assert found["max_score_diff"] <= 2e-2, found
+
+
+@pytest.mark.realdata
+def test_demo_ends_with_the_released_model_on_real_val_images(tmp_path):
+    if not (REAL_DATA / "setid.mat").is_file():
+        pytest.skip(f"real data not present at {REAL_DATA}")
+    from benchmarks.demo import released_model
+
+    rows = released_model(tmp_path, {})
+    assert len(rows) == 8 and all(0 < r["probability"] <= 1 for r in rows)
+    assert json.loads((tmp_path / "released_model.json").read_text()) == rows
+    assert sum(r["predicted"] == r["true"] for r in rows) >= 7  # val images the release was trained on
