@@ -74,13 +74,11 @@ def add_tar_member(archive: Path, info: tarfile.TarInfo, data: bytes = b"") -> N
         tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
 
 
-@pytest.fixture(scope="session")
-def tiny_prepared(tmp_path_factory) -> Path:
-    """A prepared synthetic dataset: 4 classes, 8 train + 4 val + 4 test images each, 40 px cache."""
+def make_tiny_prepared(root: Path) -> Path:
+    """A prepared synthetic dataset in ``root``: 4 classes, 8 train + 4 val + 4 test images each, 40 px cache."""
     from prepare.build import PrepareConfig, prepare_dataset
     from prepare.synthetic import make_synthetic_release
 
-    root = tmp_path_factory.mktemp("tiny")
     release = make_synthetic_release(
         root / "release", num_classes=4, train_per_class=8, val_per_class=4, test_per_class=4, size=48, seed=0
     )
@@ -88,15 +86,13 @@ def tiny_prepared(tmp_path_factory) -> Path:
     return root / "prepared"
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tiny_prepared, tmp_path_factory) -> Path:
-    """A Lite0 fine-tuned for 2 epochs at 32 px on the tiny dataset: non-trivial weights, fast to export."""
+def train_tiny(prepared: Path, run: Path) -> Path:
+    """A Lite0 fine-tuned for 2 epochs at 32 px on ``prepared``: non-trivial weights, fast to export."""
     from train.trainer import TrainConfig, train
 
-    run = tmp_path_factory.mktemp("tiny_run") / "run"
     train(
         TrainConfig(
-            data=str(tiny_prepared),
+            data=str(prepared),
             out=str(run),
             arch="efficientnet_lite0",
             img_size=32,
@@ -110,6 +106,16 @@ def tiny_checkpoint(tiny_prepared, tmp_path_factory) -> Path:
         )
     )
     return run / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory) -> Path:
+    return make_tiny_prepared(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_prepared, tmp_path_factory) -> Path:
+    return train_tiny(tiny_prepared, tmp_path_factory.mktemp("tiny_run") / "run")
 
 
 def default_sigint() -> None:

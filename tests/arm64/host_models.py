@@ -19,32 +19,12 @@ REAL_JPG = Path(__file__).resolve().parents[3] / "shared" / "data" / "oxford102-
 N_IMAGES = 200  # fp16 agreement >= 99% must allow at most 2 flips
 
 
-def train_tiny(root: Path) -> tuple[Path, Path]:
-    """The suite's tiny Lite0 (tests/conftest.py: 4 synthetic classes, 32 px, 2 epochs)."""
-    from prepare.build import PrepareConfig, prepare_dataset
-    from prepare.synthetic import make_synthetic_release
-    from train.trainer import TrainConfig, train
+def train_tiny_model(root: Path) -> tuple[Path, Path]:
+    """The suite's tiny Lite0 (the fixtures of tests/conftest.py): its checkpoint and prepared dataset."""
+    from tests.conftest import make_tiny_prepared, train_tiny
 
-    release = make_synthetic_release(
-        root / "release", num_classes=4, train_per_class=8, val_per_class=4, test_per_class=4, size=48, seed=0
-    )
-    prepared = root / "prepared"
-    prepare_dataset(PrepareConfig(source=release, out=prepared, cache_size=40, workers=1))
-    config = TrainConfig(
-        data=str(prepared),
-        out=str(root / "run"),
-        arch="efficientnet_lite0",
-        img_size=32,
-        epochs=2,
-        head_epochs=0,
-        batch_size=8,
-        workers=0,
-        progress=False,
-        tta_flip=False,
-        patience=0,
-    )
-    train(config)
-    return root / "run" / "best.pt", prepared
+    prepared = make_tiny_prepared(root)
+    return train_tiny(prepared, root / "run"), prepared
 
 
 def export(checkpoint: Path, prepared: Path, out: Path) -> None:
@@ -92,7 +72,7 @@ def write_clip(images: Path, path: Path, frames: int = 12, size=(320, 240)) -> N
 def main(out: str) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint, prepared = train_tiny(out / "train")
+    checkpoint, prepared = train_tiny_model(out / "train")
     export(checkpoint, prepared, out)
     images = copy_images(prepared, out)
     write_clip(images, out / "clip.mp4")
