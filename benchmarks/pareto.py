@@ -40,17 +40,17 @@ def candidate(text: str) -> tuple[str, Path]:
 
 def measure_candidates(candidates, data: Path, split: str, threads: int, rounds: int, runs: int) -> list[dict]:
     rows = eval_images(data, split, None)
-    backends = {name: load(path, threads=threads) for name, path in candidates}
+    backends = [load(path, threads=threads) for _, path in candidates]  # a list: two candidates may share a name
     results, samples = [], []
     with tempfile.TemporaryDirectory() as cache:
-        for (name, path), backend in zip(candidates, backends.values(), strict=True):
+        for (name, path), backend in zip(candidates, backends, strict=True):
             npz = np.load(cached_batch(Path(cache), data, rows, backend.info.spec))
             metrics, _ = accuracy(backend, npz["batch"], npz["targets"])
             results.append({"name": name, "file": str(path), "mb": round(path.stat().st_size / 2**20, 2),
                             "input": backend.info.spec.crop_size, **metrics, "median_ms": []})  # fmt: skip
             samples.append(np.ascontiguousarray(npz["batch"][:1]))
     for _ in range(rounds):  # alternate: each round sees every candidate under the same load
-        for r, backend, sample in zip(results, backends.values(), samples, strict=True):
+        for r, backend, sample in zip(results, backends, samples, strict=True):
             r["median_ms"].append(latency(backend, sample, 5, runs)["median_ms"])
     reference = float(np.median(results[0]["median_ms"]))
     for r in results:
