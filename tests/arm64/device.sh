@@ -4,7 +4,7 @@
 # imports the installed project, not a source tree), /work/host is what the x86 side exported.
 #   device.sh install            the README's Raspberry Pi lines, verbatim, into /work/venv
 #   device.sh tests CPU FILES... the torch-free tests; zero skips allowed
-#   device.sh agreement CPU      every exported file against its x86 outputs, every gate re-run
+#   device.sh agreement CPU [N]  every exported file against its x86 outputs (first N images), every gate re-run
 #   device.sh commands           classify, run --headless over a video, bench, serve one request
 #   device.sh camera             the Camera Module route: Debian's OpenCV + a --system-site-packages venv
 set -euo pipefail
@@ -46,7 +46,7 @@ tests() {
 agreement() {
     . "$venv/bin/activate"
     cd /work/suite
-    python -m tests.arm64.agreement check /work/host "$1"
+    python -m tests.arm64.agreement check /work/host "$@"
 }
 
 commands() {
@@ -92,7 +92,8 @@ camera() {
     python3 -m venv --system-site-packages "$cam"
     . "$cam/bin/activate"
     pip install --quiet $nc --no-deps ./floraedge
-    pip install --quiet $nc onnxruntime ai-edge-litert
+    # keep Debian's numpy: its cv2 is built against it (LiteRT's ml_dtypes would otherwise pull numpy 2)
+    pip install --quiet $nc onnxruntime ai-edge-litert "numpy==$(python3 -c 'import numpy; print(numpy.__version__)')"
     pip check || true  # reported, not fatal: the import checks below are what matters
     python - <<'EOF'
 import re, cv2, numpy
