@@ -1,0 +1,128 @@
+"""`floraedge train --teachers`: the distillation loss, consistent teaching, refusals, resume and records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+from edge_runtime.errors import FloraEdgeError
+from edge_runtime.spec import IMAGENET_SPEC
+from tests.test_train import TINY, history
+from train import trainer
+from train.checkpoint import PreprocessSpec, load_bundle, save_atomic
+from train.distill import distillation_loss, ensemble_probabilities, file_sha256, teacher_input
+from train.trainer import TrainConfig, train
+
+
+def variant(checkpoint: Path, out: Path, *, spec: dict | None = None, class_names: list[str] | None = None) -> Path:
+    """A copy of ``checkpoint`` with another preprocessing spec or class list (the same weights)."""
+    bundle = load_bundle(checkpoint)
+    bundle["spec"] |= spec or {}
+    if class_names is not None:
+        bundle |= {"class_names": class_names, "num_classes": len(class_names)}
+    save_atomic(bundle, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def teacher_40px_imagenet_norm(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny Lite0 teacher at another input size and normalization than the 32 px students."""
+    spec = IMAGENET_SPEC.at_size(40).to_dict()
+    return variant(tiny_checkpoint, tmp_path_factory.mktemp("teacher") / "t40.pt", spec=spec)
+
+
+# ---------------------------------------------------------------- the loss
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_the_distillation_term_is_zero_only_when_the_student_matches_its_teacher(temperature):
+    z = torch.randn(8, 102, generator=torch.Generator().manual_seed(0)) * 3
+    same = distillation_loss(z, (z / temperature).softmax(1), temperature)
+    assert same.abs() < 1e-5
+    assert distillation_loss(z.flip(1), (z / temperature).softmax(1), temperature) > 0.1
+
+
+def test_the_temperature_squared_keeps_the_gradient_at_the_logit_difference():
+    """Hinton et al.'s high-temperature limit: the gradient of T² KL is (z_s - z_t) / (classes x batch);
+    without the T² it would shrink as 1 / T²."""
+    g = torch.Generator().manual_seed(1)
+    student, teacher = torch.randn(4, 10, generator=g), torch.randn(4, 10, generator=g)
+    student, teacher = student - student.mean(1, keepdim=True), teacher - teacher.mean(1, keepdim=True)
+    for temperature in (100.0, 300.0):
+        z = student.clone().requires_grad_(True)
+        distillation_loss(z, (teacher / temperature).softmax(1), temperature).backward()
+        expected = (student - teacher) / (10 * 4)
+        assert (z.grad - expected).norm() < 0.01 * expected.norm()  # the gap shrinks as 1 / T (0.6% at T = 100)
+
+
+def test_an_ensemble_averages_probabilities_not_logits():
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(3, 5, generator=g) * 4, torch.randn(3, 5, generator=g) * 4
+    mixed = ensemble_probabilities([a, b], 2.0)
+    torch.testing.assert_close(mixed, ((a / 2).softmax(1) + (b / 2).softmax(1)) / 2)
+    assert not torch.allclose(mixed, ((a + b) / 4).softmax(1), atol=1e-3)
+
+
+def test_teacher_input_is_the_same_view_normalized_and_sized_for_the_teacher():
+    """Renormalizing and resizing the student's tensor equals preparing the same pixels for the teacher."""
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    student, teacher = PreprocessSpec(crop_size=32, resize_size=36, mean=(0.5,) * 3, std=(0.5,) * 3), IMAGENET_SPEC
+    as_float = v2.ToDtype(torch.float32, scale=True)(pixels)
+    for_student = v2.Normalize(list(student.mean), list(student.std))(as_float)
+    resized = F.interpolate(as_float, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+    for_teacher = v2.Normalize(list(teacher.mean), list(teacher.std))(resized)
+    torch.testing.assert_close(teacher_input(for_student, student, teacher), for_teacher, rtol=0, atol=2e-5)
+    assert teacher_input(for_student, student, student) is for_student  # nothing to change: the very tensor
+
+
+# ---------------------------------------------------------------- training with teachers
+
+
+def test_every_teacher_sees_the_students_augmented_batch(
+    tiny_prepared, tiny_checkpoint, teacher_40px_imagenet_norm, tmp_path, monkeypatch
+):
+    """Consistent teaching, held by forward hooks on a real run: the same-spec teacher gets the student's
+    very tensor, the other one that tensor renormalized and resized; one pass of each per training step;
+    the soft targets are the mean of the two teachers' probabilities."""
+    seen = {"inputs": [], "soft": []}
+    real_epoch = trainer.train_one_epoch
+
+    def spied(model, *args, distiller, **kwargs):
+        def record(who):
+            return lambda module, inputs: seen["inputs"].append((who, inputs[0].clone()))
+
+        hooks = [model.register_forward_pre_hook(record("student"))]
+        hooks += [t.model.register_forward_pre_hook(record(i)) for i, t in enumerate(distiller.teachers)]
+        seen["teachers"], soft_targets = distiller.teachers, distiller.soft_targets
+
+        def keep(images):
+            seen["soft"].append(soft_targets(images))
+            return seen["soft"][-1]
+
+        distiller.soft_targets = keep
+        try:
+            return real_epoch(model, *args, distiller=distiller, **kwargs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    monkeypatch.setattr(trainer, "train_one_epoch", spied)
+    teachers = (str(tiny_checkpoint), str(teacher_40px_imagenet_norm))
+    train(TrainConfig(data=str(tiny_prepared), out=str(tmp_path / "run"), epochs=1, teachers=teachers, **TINY))
+    steps = 32 // TINY["batch_size"]  # 4 classes x 8 train images
+    assert [who for who, _ in seen["inputs"]] == ["student", 0, 1] * steps
+    student = PreprocessSpec.from_dict(load_bundle(tmp_path / "run" / "best.pt")["spec"])
+    same, other = seen["teachers"]
+    inputs = [x for _, x in seen["inputs"]]
+    for x, a, b, probs in zip(inputs[0::3], inputs[1::3], inputs[2::3], seen["soft"], strict=True):
+        assert torch.equal(a, x)
+        assert b.shape[-2:] == (40, 40)
+        torch.testing.assert_close(b, teacher_input(x, student, other.spec))
+        with torch.no_grad():
+            expected = (same.model(a).softmax(1) + other.model(b).softmax(1)) / 2
+        torch.testing.assert_close(probs, expected)
