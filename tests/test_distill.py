@@ -126,3 +126,115 @@ def test_every_teacher_sees_the_students_augmented_batch(
         with torch.no_grad():
             expected = (same.model(a).softmax(1) + other.model(b).softmax(1)) / 2
         torch.testing.assert_close(probs, expected)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"class_names": ["a rose"] * 10}, "has 10 classes, this run has 102"),
+        ({"swap": (3, 7)}, "names 2 of its 102 classes differently (class 3: 'bird of paradise', here 'sweet pea')"),
+        ({"spec": {"color_order": "BGR"}}, "takes BGR input and the student RGB"),
+    ],
+    ids=["class-count", "class-names", "colour-order"],
+)
+def test_a_teacher_that_cannot_teach_is_refused_before_the_run_starts(
+    tiny_prepared, tiny_checkpoint, tmp_path, change, message
+):
+    names = list(load_bundle(tiny_checkpoint)["class_names"])
+    if "swap" in change:
+        i, j = change.pop("swap")
+        names[i], names[j] = names[j], names[i]
+        change["class_names"] = names
+    teacher = variant(tiny_checkpoint, tmp_path / "teacher.pt", **change)
+    out = tmp_path / "run"
+    with pytest.raises(FloraEdgeError) as caught:
+        train(TrainConfig(data=str(tiny_prepared), out=str(out), epochs=1, teachers=(str(teacher),), **TINY))
+    assert str(caught.value).startswith(f"teacher {teacher} ") and message in str(caught.value)
+    assert not out.exists()
+
+
+def test_a_teacher_inside_the_run_directory_is_refused(tiny_prepared, tiny_checkpoint):
+    """--overwrite would delete it."""
+    with pytest.raises(FloraEdgeError, match="overlap|inside|contains"):
+        train(
+            TrainConfig(
+                data=str(tiny_prepared),
+                out=str(tiny_checkpoint.parent),
+                overwrite=True,
+                epochs=1,
+                teachers=(str(tiny_checkpoint),),
+                **TINY,
+            )
+        )
+    assert tiny_checkpoint.is_file()
+
+
+def test_a_teacher_at_weight_zero_changes_nothing_and_at_weight_one_it_teaches(
+    tiny_prepared, tiny_checkpoint, tmp_path
+):
+    """The teachers' forward passes draw no randomness and touch no student state: with weight 0 the run
+    is bit-identical to a run without teachers (the same code path as today's training)."""
+    config = dict(data=str(tiny_prepared), epochs=2, **TINY)
+    teachers = (str(tiny_checkpoint),)
+    train(TrainConfig(out=str(tmp_path / "plain"), **config))
+    train(TrainConfig(out=str(tmp_path / "zero"), teachers=teachers, distill_weight=0.0, **config))
+    train(TrainConfig(out=str(tmp_path / "one"), teachers=teachers, **config))
+    plain, zero, one = (load_bundle(tmp_path / r / "last.pt")["model"] for r in ("plain", "zero", "one"))
+    assert all(torch.equal(plain[k], zero[k]) for k in plain)
+    assert [h["train_loss"] for h in history(tmp_path / "plain")] == [
+        h["train_loss"] for h in history(tmp_path / "zero")
+    ]
+    assert not torch.equal(plain["_fc.weight"], one["_fc.weight"])
+    assert "distill_loss" not in history(tmp_path / "plain")[0] and history(tmp_path / "zero")[0]["distill_loss"] > 0
+
+
+def test_a_distilled_run_with_ema_resumes_exactly_and_records_its_teachers(
+    tiny_prepared, tiny_checkpoint, teacher_40px_imagenet_norm, tmp_path, monkeypatch
+):
+    teachers = (str(tiny_checkpoint), str(teacher_40px_imagenet_norm))
+    config = dict(data=str(tiny_prepared), epochs=3, ema_epochs=1.0, teachers=teachers, distill_weight=0.7, **TINY)
+    config["distill_temperature"] = 2.0
+    train(TrainConfig(out=str(tmp_path / "straight"), **config))
+
+    real_epoch = trainer.train_one_epoch
+
+    def interrupted(*args, epoch, **kwargs):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(tmp_path / "resumed"), **config))
+    monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
+    for wrong in ((), teachers[:1], teachers[::-1]):
+        with pytest.raises(FloraEdgeError, match="resume with the run's own teachers"):
+            train(TrainConfig(out=str(tmp_path / "resumed"), resume=True, **config | {"teachers": wrong}))
+    train(TrainConfig(out=str(tmp_path / "resumed"), resume=True, **config))
+
+    a, b = (load_bundle(tmp_path / r / "last.pt") for r in ("straight", "resumed"))
+    for key in ("model", "raw_model"):
+        assert all(torch.allclose(a[key][k].float(), b[key][k].float(), atol=1e-6) for k in a[key])
+    logged = ("train_loss", "distill_loss")
+    assert [[h[k] for k in logged] for h in history(tmp_path / "straight")] == [
+        [h[k] for k in logged] for h in history(tmp_path / "resumed")
+    ]
+    expected = {
+        "teachers": [{"path": p, "sha256": file_sha256(p)} for p in teachers],
+        "weight": 0.7,
+        "temperature": 2.0,
+    }
+    summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    config_json = json.loads((tmp_path / "resumed" / "config.json").read_text())
+    for record in (
+        b["distillation"],
+        load_bundle(tmp_path / "resumed" / "best.pt")["distillation"],
+        summary["distillation"],
+        config_json["distillation"],
+    ):
+        assert [{k: t[k] for k in ("path", "sha256")} for t in record["teachers"]] == expected["teachers"]
+        assert (record["weight"], record["temperature"]) == (0.7, 2.0)
+        assert [t["crop_size"] for t in record["teachers"]] == [32, 40]
+    assert config_json["teachers"] == list(teachers)
+    for h in history(tmp_path / "resumed"):
+        assert h["distill_loss"] > 0 and h["teacher_s"] > 0 and h["teacher_images_per_s"] > 0
