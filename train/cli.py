@@ -40,7 +40,7 @@ TRAIN_OPTIONS = {
     ),
     "teachers": Option(
         "comma-separated checkpoints (best.pt of `floraedge train`, same class list) to distil from: every teacher "
-        "sees the student's augmented batch; several are an ensemble (probabilities averaged)"
+        "sees the student's augmented batch; several are an ensemble (probabilities averaged) (default: none)"
     ),
     "distill_weight": Option(
         "with --teachers: loss = w * T^2 * KL(teachers || student) + (1 - w) * label loss (1: the teachers alone)",
