@@ -12,10 +12,10 @@ from torchvision.transforms import v2
 
 import floraedge
 from edge_runtime.errors import FloraEdgeError
-from edge_runtime.spec import IMAGENET_SPEC
+from edge_runtime.spec import IMAGENET_SPEC, PreprocessSpec
 from tests.test_train import TINY, history
 from train import trainer
-from train.checkpoint import PreprocessSpec, load_bundle, save_atomic
+from train.checkpoint import load_bundle, save_atomic
 from train.distill import distillation_loss, ensemble_probabilities, file_sha256, teacher_input
 from train.trainer import TrainConfig, train
 
@@ -69,13 +69,15 @@ def test_an_ensemble_averages_probabilities_not_logits():
     assert not torch.allclose(mixed, ((a + b) / 4).softmax(1), atol=1e-3)
 
 
-def test_teacher_input_is_the_same_view_normalized_and_sized_for_the_teacher():
+@pytest.mark.parametrize("size", [20, 224], ids=["smaller", "larger"])
+def test_teacher_input_is_the_same_view_normalized_and_sized_for_the_teacher(size):
     """Renormalizing and resizing the student's tensor equals preparing the same pixels for the teacher."""
     pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
-    student, teacher = PreprocessSpec(crop_size=32, resize_size=36, mean=(0.5,) * 3, std=(0.5,) * 3), IMAGENET_SPEC
+    student = PreprocessSpec(crop_size=32, resize_size=36, mean=(0.5,) * 3, std=(0.5,) * 3)
+    teacher = IMAGENET_SPEC.at_size(size)
     as_float = v2.ToDtype(torch.float32, scale=True)(pixels)
     for_student = v2.Normalize(list(student.mean), list(student.std))(as_float)
-    resized = F.interpolate(as_float, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+    resized = F.interpolate(as_float, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     for_teacher = v2.Normalize(list(teacher.mean), list(teacher.std))(resized)
     torch.testing.assert_close(teacher_input(for_student, student, teacher), for_teacher, rtol=0, atol=2e-5)
     assert teacher_input(for_student, student, student) is for_student  # nothing to change: the very tensor

@@ -61,13 +61,13 @@ def load_teacher(path: str, class_names: list[str], student: PreprocessSpec, dev
     """A checkpoint written by ``floraedge train``, checked against the run and ready to teach on ``device``."""
     bundle = load_bundle(path)
     check_classes(path, list(bundle.get("class_names", [])), class_names)
-    model, spec = model_from_bundle(bundle)
+    spec = PreprocessSpec.from_dict(bundle["spec"])
     if spec.color_order != student.color_order:
         raise DistillError(
             f"teacher {path} takes {spec.color_order} input and the student {student.color_order}; "
             "training batches are built in one colour order, so use a teacher of the student's"
         )
-    model = model.requires_grad_(False).to(device)
+    model = model_from_bundle(bundle)[0].requires_grad_(False).to(device)
     if uses_channels_last(device):
         model = model.to(memory_format=torch.channels_last)
     record = {
