@@ -44,6 +44,7 @@ def make_bundle(
     metrics: dict,
     epoch: int,
     dataset: dict | None = None,
+    distillation: dict | None = None,
 ) -> dict:
     return {
         "format": FORMAT,
@@ -56,6 +57,7 @@ def make_bundle(
         "metrics": metrics,
         "epoch": epoch,
         "dataset": dataset or {},
+        "distillation": distillation or {},  # teachers (path, sha256), weight, temperature; {} when none
         "versions": library_versions(),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }

@@ -38,6 +38,15 @@ TRAIN_OPTIONS = {
         "validation and the checkpoints use the averaged weights",
         parse=number(float, low=0),
     ),
+    "teachers": Option(
+        "comma-separated checkpoints (best.pt of `floraedge train`, same class list) to distil from: every teacher "
+        "sees the student's augmented batch; several are an ensemble (probabilities averaged) (default: none)"
+    ),
+    "distill_weight": Option(
+        "with --teachers: loss = w * T^2 * KL(teachers || student) + (1 - w) * label loss (1: the teachers alone)",
+        parse=number(float, low=0, high=1),
+    ),
+    "distill_temperature": Option("with --teachers: softmax temperature T", parse=number(float, low=0, low_open=True)),
     "img_size": Option("input resolution (default: the backbone's own)", parse=number(low=16)),
     "train_splits": Option("comma-separated splits to train on"),
     "val_split": Option(
@@ -85,6 +94,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         "  floraedge train --data data/flowers --arch efficientnet_lite0 --train-splits train,val --no-val "
         "--out runs/lite0-final\n"
         "  floraedge train --data data/flowers --arch resnet50 --weights resnet50-imagenet.pth --out runs/r50\n"
+        "  floraedge train --data data/flowers --arch efficientnet_lite0 --teachers runs/r50/best.pt --out runs/lite0-kd\n"
         "  torchrun --nproc_per_node 2 -m train --data data/flowers --out runs/ddp   # data-parallel",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -30,6 +30,9 @@ class TrainConfig:
     freeze_bn: bool = True
     freeze_early: bool = True  # keep the backbone's high-resolution early layers frozen (registry: early_layers)
     ema_epochs: float = 0.0  # horizon of an exponential moving average of the weights, in epochs; 0 = off
+    teachers: tuple[str, ...] = ()  # checkpoints (best.pt) to distil from; several = their probabilities averaged
+    distill_weight: float = 1.0  # loss = w * T^2 * KL(teachers || student) + (1 - w) * label loss; only with teachers
+    distill_temperature: float = 1.0
     img_size: int | None = None  # None: the backbone's own input size
     train_splits: tuple[str, ...] = ("train",)
     val_split: str | None = "val"  # None when training on train+val (the final protocol)

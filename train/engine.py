@@ -70,10 +70,12 @@ def train_one_epoch(
     amp: bool = False,
     scaler=None,
     ema=None,
+    distiller=None,
     progress: bool = True,
 ) -> dict:
     """One pass over ``loader``; returns mean loss, accuracy and images/s. ``ema`` (an ``AveragedModel``)
-    is updated after every optimizer step."""
+    is updated after every optimizer step; a ``distill.Distiller`` blends its teachers' loss, on the very
+    batch the model sees, into the label loss."""
     total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
     for step, (images, targets) in enumerate(bar):
@@ -83,6 +85,8 @@ def train_one_epoch(
         with torch.autocast(device.type, enabled=amp):
             logits = model(images)
             loss = criterion(logits, targets)
+            if distiller is not None:
+                loss = distiller.loss(images, logits, loss)
         if not math.isfinite(loss.item()):
             raise TrainError(f"loss became {loss.item()} at epoch {epoch}, step {step}; lower --lr or check the data")
         optimizer.zero_grad(set_to_none=True)

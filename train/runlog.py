@@ -24,7 +24,7 @@ def check_run_dir(config: TrainConfig) -> bool:
         return False
     weights = config.weights if Path(config.weights).is_file() else None
     try:
-        return check_output(out, RUN, overwrite=config.overwrite, inputs=[config.data, weights])
+        return check_output(out, RUN, overwrite=config.overwrite, inputs=[config.data, weights, *config.teachers])
     except OutputError as exc:
         raise OutputError(f"{exc} (or --resume to continue a run)") from exc
 

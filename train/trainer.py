@@ -25,6 +25,7 @@ from train import distributed as dist
 from train.checkpoint import load_bundle, make_bundle, save_atomic
 from train.config import EvaluateConfig, TrainConfig
 from train.data import CachedImages, dataset_info, epoch_loader, eval_loader, training_sets
+from train.distill import Distiller, check_resumed_teachers, make_distiller
 from train.engine import TrainError, pick_device, predict, seeded, train_one_epoch, uses_channels_last
 from train.models import build_model, input_spec
 from train.runlog import check_run_dir, epoch_record, log_epoch, make_run_dir, plot_curves
@@ -58,6 +59,7 @@ class Run:
     val_set: CachedImages | None
     bundle_args: dict  # what every checkpoint of the run says about itself
     ema: AveragedModel | None = None  # the weights that are validated and saved, when --ema-epochs is set
+    distiller: Distiller | None = None  # the teachers, with --teachers
     state: RunState = field(default_factory=RunState)
 
     @property
@@ -84,6 +86,7 @@ def start_run(config: TrainConfig) -> Run:
     replace = check_run_dir(config)
     spec = input_spec(config.arch, config.img_size)
     train_set, val_set = training_sets(config, spec)  # bad --data fails here, before any folder is made
+    distiller = make_distiller(config, list(class_names()), spec, device)  # and so does a teacher that cannot teach
     out = make_run_dir(config, replace)
     dist.barrier()
     steps = len(train_set) // config.batch_size
@@ -100,22 +103,31 @@ def start_run(config: TrainConfig) -> Run:
         spec=spec,
         config=asdict(config),
         dataset=dataset_info(config),
+        distillation=distiller.record if distiller else None,
     )
     ema = make_ema(model, config, steps)
-    run = Run(config, out, device, model, optimizer, scheduler, train_set, val_set, bundle_args, ema)
+    run = Run(config, out, device, model, optimizer, scheduler, train_set, val_set, bundle_args, ema, distiller)
     if config.resume:
-        last = load_bundle(out / "last.pt")
-        model.load_state_dict(last.get("raw_model", last["model"]))
-        if ema is not None:
-            if "ema" not in last:
-                raise FloraEdgeError(f"--resume: {out}/last.pt was trained without --ema-epochs; resume without it")
-            ema.load_state_dict(last["ema"])
-        optimizer.load_state_dict(last["optimizer"])
-        scheduler.load_state_dict(last["scheduler"])
-        run.state = RunState(**last["train_state"])
+        restore(run)
     if dist.is_main():
-        write_json_atomic(out / "config.json", asdict(config))
+        teachers = {"distillation": distiller.record} if distiller else {}  # their sha256 beside their paths
+        write_json_atomic(out / "config.json", asdict(config) | teachers)
     return run
+
+
+def restore(run: Run) -> None:
+    """--resume: where last.pt stood (weights, the average, optimizer, schedule, best and patience)."""
+    path = run.out / "last.pt"
+    last = load_bundle(path)
+    check_resumed_teachers(run.distiller, last, path)
+    run.model.load_state_dict(last.get("raw_model", last["model"]))
+    if run.ema is not None:
+        if "ema" not in last:
+            raise FloraEdgeError(f"--resume: {path} was trained without --ema-epochs; resume without it")
+        run.ema.load_state_dict(last["ema"])
+    run.optimizer.load_state_dict(last["optimizer"])
+    run.scheduler.load_state_dict(last["scheduler"])
+    run.state = RunState(**last["train_state"])
 
 
 def run_epoch(run: Run, epoch: int, scaler) -> dict:
@@ -124,7 +136,7 @@ def run_epoch(run: Run, epoch: int, scaler) -> dict:
     ddp = dist.wrap(run.model)  # after the requires_grad changes: DDP syncs only what trains
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     with seeded(config.seed * 1000 + epoch, run.device):  # augmentation in this process, dropout
-        return train_one_epoch(
+        stats = train_one_epoch(
             ddp,
             epoch_loader(run.train_set, config, epoch),
             run.optimizer,
@@ -135,8 +147,10 @@ def run_epoch(run: Run, epoch: int, scaler) -> dict:
             amp=scaler is not None,
             scaler=scaler,
             ema=run.ema,
+            distiller=run.distiller,
             progress=config.progress and dist.is_main(),
         )
+    return stats | (run.distiller.epoch_stats() if run.distiller else {})
 
 
 def validate(run: Run) -> dict:
@@ -203,6 +217,8 @@ def finish(run: Run) -> dict:
     config, out, state = run.config, run.out, run.state
     plot_curves(out)
     summary = {"best_epoch": state.best_epoch, "epochs_run": state.epoch, "train_wall_s": round(state.elapsed_s, 1)}
+    if run.distiller:
+        summary["distillation"] = run.distiller.record
     if config.val_split:
         for tta in (False, True):
             report = evaluate_checkpoint(
