@@ -13,7 +13,7 @@ from torchvision.transforms import v2
 import floraedge
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.spec import IMAGENET_SPEC, PreprocessSpec
-from tests.test_train import TINY, history
+from tests.test_train import TINY, history, train_interrupted
 from train import trainer
 from train.checkpoint import load_bundle, save_atomic
 from train.distill import distillation_loss, ensemble_probabilities, file_sha256, teacher_input
@@ -209,18 +209,7 @@ def test_a_distilled_run_with_ema_resumes_exactly_and_records_its_teachers(
     config = dict(data=str(tiny_prepared), epochs=3, ema_epochs=1.0, teachers=teachers, distill_weight=0.7, **TINY)
     config["distill_temperature"] = 2.0
     train(TrainConfig(out=str(tmp_path / "straight"), **config))
-
-    real_epoch = trainer.train_one_epoch
-
-    def interrupted(*args, epoch, **kwargs):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, epoch=epoch, **kwargs)
-
-    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(out=str(tmp_path / "resumed"), **config))
-    monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
+    train_interrupted(TrainConfig(out=str(tmp_path / "resumed"), **config), monkeypatch)
     for wrong in ((), teachers[:1], teachers[::-1]):
         with pytest.raises(FloraEdgeError, match="resume with the run's own teachers"):
             train(TrainConfig(out=str(tmp_path / "resumed"), resume=True, **config | {"teachers": wrong}))

@@ -85,23 +85,27 @@ def test_checkpoint_round_trip_gives_the_same_outputs(tiny_prepared, tmp_path):
         assert model(x).std() > 1e-3  # a trained head, not an all-zero output
 
 
+def train_interrupted(config: TrainConfig, monkeypatch, at_epoch: int = 2) -> None:
+    """``train(config)`` stopped by a Ctrl-C as epoch ``at_epoch`` starts (last.pt holds the one before)."""
+    real_epoch = trainer.train_one_epoch
+
+    def interrupted(*args, epoch, **kwargs):
+        if epoch == at_epoch:
+            raise KeyboardInterrupt
+        return real_epoch(*args, epoch=epoch, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "train_one_epoch", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(config)
+
+
 @pytest.mark.parametrize("ema_epochs", [0.0, 1.0])
 def test_resume_matches_an_uninterrupted_run(tiny_prepared, tmp_path, monkeypatch, ema_epochs):
     config = dict(data=str(tiny_prepared), epochs=3, ema_epochs=ema_epochs, **TINY)
     train(TrainConfig(out=str(tmp_path / "straight"), **config))
-
-    real_epoch = trainer.train_one_epoch
-
-    def interrupted(*args, epoch, **kwargs):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, epoch=epoch, **kwargs)
-
-    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(out=str(tmp_path / "resumed"), **config))
+    train_interrupted(TrainConfig(out=str(tmp_path / "resumed"), **config), monkeypatch)
     assert load_bundle(tmp_path / "resumed" / "last.pt")["epoch"] == 1
-    monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
     train(TrainConfig(out=str(tmp_path / "resumed"), resume=True, **config))
     a = load_bundle(tmp_path / "straight" / "last.pt")["model"]
     b = load_bundle(tmp_path / "resumed" / "last.pt")["model"]
