@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 REAL_JPG = Path(__file__).resolve().parents[3] / "shared" / "data" / "oxford102-trainval" / "jpg"
-N_IMAGES = 200  # fp16 agreement >= 99% must allow at most 2 flips
+N_IMAGES = 128  # fp16 agreement >= 99% must allow a flip (200 photos: 1 flip measured on the Pi 5)
 
 
 def train_tiny_model(root: Path) -> tuple[Path, Path]:

@@ -9,9 +9,9 @@
 #
 # What runs under which CPU model, chosen for CI time (every emulated minute counts; see README):
 #   Pi 5 (Cortex-A76): the install, the torch-free tests, the agreement, the device commands, the camera route.
-#   Pi 4 (Cortex-A72): the agreement only, on the first PI4_IMAGES photos. onnxruntime and XNNPACK read the CPU model (cpuinfo) to pick
-#     their kernels, so it can change numbers: the agreement is what can differ between the two. The
-#     tests and commands exercise Python, OpenCV and the CLI, which do not read it.
+#   Pi 4 (Cortex-A72): the torch-free tests and the agreement (on the first PI4_IMAGES photos). onnxruntime
+#     and XNNPACK pick their kernels by the CPU model, so numbers can differ between the two; the
+#     commands and the camera route exercise Python, OpenCV and the CLI, which do not read it.
 # Cold, the work runs on three lines (host export, camera layer, device install + tests): see main().
 # pip runs with --no-compile in the rootfs (device.sh says why).
 #   tests/arm64/run.sh                    everything (what `make test-arm64` runs)
@@ -335,8 +335,10 @@ main() {
     local camera=$!
     step "arm64 pi5: install (README's Raspberry Pi line)"
     device install pi5
-    step "arm64 pi5: tests ($(arm64_edge_tests))"
-    device tests pi5 pi5 $(arm64_edge_tests)
+    for cpu in pi5 pi4; do
+        step "arm64 $cpu: tests ($(arm64_edge_tests))"
+        device tests "$cpu" "$cpu" $(arm64_edge_tests)
+    done
     step "host side: waiting for it"
     join "$host" host
     step "arm64 pi5: x86/arm64 agreement of every exported file"
