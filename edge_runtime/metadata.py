@@ -11,6 +11,7 @@ the softmax moved into the graph) or ``"logits"`` (files that do not say: older 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import zipfile
 from dataclasses import dataclass, field
@@ -18,6 +19,12 @@ from pathlib import Path
 
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.spec import PreprocessSpec
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file: how a model file, a checkpoint or a released file is identified."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
 
 SPEC_KEY = "floraedge.spec"
 LABELS_KEY = "floraedge.labels"

@@ -17,7 +17,6 @@ into place; a previous release there is first compared with the new one (top-1 o
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import subprocess
@@ -32,6 +31,7 @@ import numpy as np
 
 from edge_runtime.cli import number
 from edge_runtime.errors import FloraEdgeError
+from edge_runtime.metadata import file_sha256
 from edge_runtime.options import Option, add_config_options, config_from_args
 from export.formats import FORMATS
 from train.models import ARCH_NAMES, input_spec
@@ -291,7 +291,7 @@ def build_card(config: ReleaseConfig, staging: Path, val: dict, repro: dict | No
         "data": data_info(config),
         "tool_versions": tool_versions(),
         "files": {
-            f: {"bytes": (staging / f).stat().st_size, "sha256": hashlib.sha256((staging / f).read_bytes()).hexdigest()}
+            f: {"bytes": (staging / f).stat().st_size, "sha256": file_sha256(staging / f)}
             for f in RELEASE_FILES
         },
         "shipped_model": {"trained_on": ["train", "val"], "epochs": train_config["epochs"], "verification": {

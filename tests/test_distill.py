@@ -12,11 +12,12 @@ from torchvision.transforms import v2
 
 import floraedge
 from edge_runtime.errors import FloraEdgeError
+from edge_runtime.metadata import file_sha256
 from edge_runtime.spec import IMAGENET_SPEC, PreprocessSpec
 from tests.test_train import TINY, history, train_interrupted
 from train import trainer
 from train.checkpoint import load_bundle, save_atomic
-from train.distill import distillation_loss, ensemble_probabilities, file_sha256, teacher_input
+from train.distill import distillation_loss, ensemble_probabilities, teacher_input
 from train.trainer import TrainConfig, train
 
 

@@ -10,7 +10,6 @@ gradients. The teachers' weights are not copied into the run: they are reloaded 
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge_runtime.errors import FloraEdgeError
+from edge_runtime.metadata import file_sha256
 from edge_runtime.spec import PreprocessSpec
 from train.checkpoint import load_bundle, model_from_bundle
 from train.config import TrainConfig
@@ -35,11 +35,6 @@ class Teacher:
     model: nn.Module  # eval mode, no gradients, on the run's device
     spec: PreprocessSpec
     record: dict  # path, sha256, arch, crop_size, val_top1: what the student's files say about it
-
-
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def check_classes(path: str, theirs: list[str], ours: list[str]) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import json
 import threading
@@ -29,6 +28,7 @@ from starlette.routing import Route
 from edge_runtime.admission import header_size
 from edge_runtime.backends import load
 from edge_runtime.classify import Classifier
+from edge_runtime.metadata import file_sha256
 from edge_runtime.preprocess import preprocess
 from edge_runtime.serve.config import ServeConfig
 from edge_runtime.serve.images import BadImage, decode_upload
@@ -57,7 +57,7 @@ def model_description(path: Path, backend) -> dict:
     info = backend.info
     return {
         "file": path.name,
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "sha256": file_sha256(path),
         "format": path.suffix[1:],
         "precision": info.info.get("precision", "unknown"),
         "arch": info.info.get("arch", "unknown"),
