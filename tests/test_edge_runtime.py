@@ -66,6 +66,18 @@ def test_preprocess_converts_bgr_to_rgb_and_normalizes():
     assert preprocess(frame, spec.replace(layout="NHWC")).shape == (1, 8, 8, 3)
 
 
+@pytest.mark.parametrize("color_order", ["RGB", "BGR"])
+def test_both_layouts_normalize_each_channel_with_its_own_mean_and_std(color_order):
+    frame = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)  # 8x8: no resize, no crop
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    spec = PreprocessSpec(crop_size=8, resize_size=8, mean=mean, std=std, color_order=color_order)
+    pixels = frame[:, :, ::-1] if color_order == "RGB" else frame
+    expected = (pixels / 255.0 - np.array(mean)) / np.array(std)
+    nhwc, nchw = preprocess(frame, spec.replace(layout="NHWC")), preprocess(frame, spec)
+    np.testing.assert_allclose(nhwc[0], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(nhwc[0], nchw[0].transpose(1, 2, 0))  # both layouts: the same numbers
+
+
 @pytest.mark.realdata
 @pytest.mark.torch
 def test_preprocess_matches_the_torchvision_eval_transform_on_real_images():
