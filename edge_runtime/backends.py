@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import platform
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +52,18 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, *, threads: int | None = None, providers: list[str] | None = None):
+    def __init__(
+        self, path: Path, *, threads: int | None = None, providers: list[str] | None = None, qdq_emulation=False
+    ):
+        """``qdq_emulation``: run an int8 QDQ file as its float emulation (no graph fusion, so no integer
+        kernels): what the file means, on any CPU; slower. The export gate uses it for files made for
+        another CPU's kernels."""
         ort = import_runtime("onnxruntime", self.name)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if qdq_emulation:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         available = ort.get_available_providers()
         wanted = providers or ["CPUExecutionProvider"]
         missing = [p for p in wanted if p not in available]
@@ -71,9 +80,42 @@ class OnnxRuntimeBackend:
         props = self.session.get_modelmeta().custom_metadata_map
         self.info = require_info(path, from_props(props), out_shape[-1] if isinstance(out_shape[-1], int) else 0)
         check_input_shape(path, self.info.spec, self.session.get_inputs()[0].shape)
+        if not qdq_emulation and int8_kernels_may_saturate(self.info.info):
+            warnings.warn(
+                f"{path.name}: this x86 CPU has no VNNI, and ONNX Runtime's int8 kernels on it saturate with "
+                "8-bit weights (up to ~6 accuracy points lost, docs/results.md). Use the .tflite file, or "
+                "re-export with `floraedge export` (its default x86 preset has 7-bit weights, right on every CPU).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
+
+
+SATURATION_FREE_WEIGHT_ABS_MAX = 64  # 255 * 64 * 2 fits the int16 sum of VPMADDUBSW's product pairs
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo flags of CPUs with exact int8 dot products
+
+
+def int8_kernels_may_saturate(info: dict, machine: str | None = None, cpu_flags: set[str] | None = None) -> bool:
+    """An int8 ONNX file whose weights use more than 7 bits (or do not say), on an x86 CPU without VNNI."""
+    if info.get("format") != "onnx" or info.get("precision") != "int8":
+        return False
+    if (info.get("onnx_int8") or {}).get("weight_abs_max", 127) <= SATURATION_FREE_WEIGHT_ABS_MAX:
+        return False
+    if (machine or platform.machine()).lower() not in ("x86_64", "amd64"):
+        return False
+    flags = linux_cpu_flags() if cpu_flags is None else cpu_flags
+    return bool(flags) and not flags & set(VNNI_FLAGS)  # no flags (not Linux): unknown, no warning
+
+
+def linux_cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
 
 
 class OpenCVBackend:
@@ -178,8 +220,16 @@ BACKENDS: dict[str, BackendEntry] = {
 }
 
 
-def load(path: str | Path, backend: str = "auto", *, threads: int | None = None, providers: list[str] | None = None):
-    """Open ``path`` with the named backend, or the first one whose file type matches."""
+def load(
+    path: str | Path,
+    backend: str = "auto",
+    *,
+    threads: int | None = None,
+    providers: list[str] | None = None,
+    qdq_emulation: bool = False,
+):
+    """Open ``path`` with the named backend, or the first one whose file type matches.
+    ``qdq_emulation``: onnxruntime only (see ``OnnxRuntimeBackend``)."""
     path = Path(path)
     if not path.is_file():
         raise BackendError(f"model file {path} does not exist")
@@ -193,4 +243,8 @@ def load(path: str | Path, backend: str = "auto", *, threads: int | None = None,
     entry = BACKENDS[backend]
     if path.suffix.lower() not in entry.suffixes:
         raise BackendError(f"backend {backend} runs {', '.join(entry.suffixes)} files, not {path.name}")
+    if qdq_emulation:
+        if backend != OnnxRuntimeBackend.name:
+            raise BackendError(f"QDQ emulation is an onnxruntime mode, not {backend}'s")
+        return entry.load(path, threads=threads, providers=providers, qdq_emulation=True)
     return entry.load(path, threads=threads, providers=providers)

@@ -23,7 +23,11 @@ EXPORT_OPTIONS = {
     "calib_seed": Option(),
     "calib_method": Option("ONNX Runtime calibration", choices=tuple(CALIB_METHODS)),
     "per_channel": Option("ONNX int8 weights per tensor (default: per channel)", flag="--per-tensor"),
-    "ort_preset": Option("ONNX int8 type preset", choices=tuple(ORT_PRESETS)),
+    "ort_preset": Option(
+        "ONNX int8 types: x86 = uint8 x 7-bit weights, right on every CPU; arm = int8 x int8 for ARM64's "
+        "SDOT kernels (an x86 host verifies it by QDQ emulation)",
+        choices=tuple(ORT_PRESETS),
+    ),
     "verify_split": Option(),
     "verify_n": Option("verify on at most this many images (default: all)", parse=number(low=1)),
     "max_drop": Option("max accuracy drop in points for fp16/int8", parse=number(float, low=0)),

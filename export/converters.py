@@ -112,6 +112,7 @@ def onnx_int8(base: Path, dest: Path, ctx: ExportContext) -> None:
             per_channel=ctx.per_channel,
             activation_type=getattr(QuantType, preset["activation_type"]),
             weight_type=getattr(QuantType, preset["weight_type"]),
+            reduce_range=preset["reduce_range"],
             calibrate_method=method,
             # the classifier's logits stay float (int8 weights and input, int32 accumulation): rounded onto
             # an 8-bit grid, close top-2 classes would fall on one step before the float softmax

@@ -7,6 +7,7 @@ Each file is written under a temporary name and renamed only once it passed the 
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 import time
 import traceback
@@ -30,7 +31,7 @@ from export.converters import (
     embed_onnx_metadata,
     embed_tflite_metadata,
 )
-from export.formats import Format, select
+from export.formats import Format, needs_qdq_emulation, onnx_int8_info, select
 from export.verify import Reference, verify
 from train.checkpoint import load_bundle, model_from_bundle
 
@@ -55,6 +56,7 @@ def file_info(row: Format, bundle: dict, config: ExportConfig, calib_info: dict 
         "calibration": {k: v for k, v in (calib_info or {}).items() if k != "image_ids"}
         if row.needs_calibration
         else None,
+        "onnx_int8": onnx_int8_info(config.ort_preset) if row.converter == "onnx_int8" else None,
     }
 
 
@@ -86,7 +88,8 @@ def export_row(
     try:
         getattr(converters, row.converter)(base, tmp, ctx)
         tmp = embed(tmp, row, bundle["class_names"], spec, info)
-        result = verify(tmp, row, ref, max_drop=config.max_drop)
+        emulate = needs_qdq_emulation(row, config.ort_preset, platform.machine())
+        result = verify(tmp, row, ref, max_drop=config.max_drop, qdq_emulation=emulate)
         keep = result["passed"] or config.allow_drop
         if keep:
             tmp.rename(out / row.filename)

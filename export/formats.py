@@ -94,11 +94,35 @@ PRECISIONS = tuple(dict.fromkeys(f.precision for f in FORMATS))
 # and ONNX Runtime int8 type preset -> the quantized types
 CALIB_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 ORT_PRESETS = {
-    # x86 (AVX2/AVX512/VNNI): uint8 activations x int8 weights is the fast kernel path.
-    "x86": {"activation_type": "QUInt8", "weight_type": "QInt8"},
-    # ARM64: int8 x int8 (symmetric activations) maps onto the SDOT/I8MM kernels; not measured on a device here.
-    "arm": {"activation_type": "QInt8", "weight_type": "QInt8"},
+    # x86: uint8 activations x int8 weights is the fast kernel path. Without VNNI (AVX2, AVX512F: many AMD
+    # and older Intel CPUs) that kernel sums pairs of u8*s8 products in int16 (VPMADDUBSW) and saturates;
+    # 7-bit weights (reduce_range) keep every pair in range (255*64*2 < 2**15), so the file computes what it
+    # means on every x86 CPU and on ARM (8-bit weights lost 6 points of accuracy on an AVX2 CPU: docs/results.md).
+    "x86": {"activation_type": "QUInt8", "weight_type": "QInt8", "reduce_range": True, "native_on": None},
+    # ARM64: int8 x int8 (symmetric activations) maps onto the SDOT/I8MM kernels. x86 CPUs without VNNI
+    # saturate on it, so an x86 host verifies this file by exact QDQ emulation (native_on: where its own
+    # integer kernels are the target's).
+    "arm": {
+        "activation_type": "QInt8",
+        "weight_type": "QInt8",
+        "reduce_range": False,
+        "native_on": ("aarch64", "arm64"),
+    },
 }
+
+
+def onnx_int8_info(preset: str) -> dict:
+    """What an int8 ONNX file records of its types (the runtime warns where its weights can saturate)."""
+    types = ORT_PRESETS[preset]
+    weight_abs_max = 64 if types["reduce_range"] else 127  # onnxruntime's symmetric int8 ranges
+    return {"preset": preset, "activations": types["activation_type"], "weight_abs_max": weight_abs_max}
+
+
+def needs_qdq_emulation(row: Format, preset: str, machine: str) -> bool:
+    """Whether ``row``'s file, made with ``preset``, must be checked on ``machine`` (``platform.machine()``)
+    by QDQ emulation: an int8 ONNX file whose integer kernels are another CPU's."""
+    native_on = ORT_PRESETS[preset]["native_on"]
+    return row.converter == "onnx_int8" and native_on is not None and machine.lower() not in native_on
 
 
 def select(formats: list[str], precisions: list[str]) -> list[Format]:

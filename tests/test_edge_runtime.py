@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_runtime.backends import BACKENDS, BackendError, dequantize, load, quantize
+from edge_runtime.backends import BACKENDS, BackendError, dequantize, int8_kernels_may_saturate, load, quantize
 from edge_runtime.classify import Classifier, softmax
 from edge_runtime.metadata import MetadataError
 from edge_runtime.preprocess import (
@@ -164,6 +164,18 @@ def test_model_without_spec_is_refused_and_sidecar_is_accepted(tmp_path):
     assert load(bare).info.labels == ("a", "b", "c", "d")
 
 
+def test_int8_onnx_saturation_warning_only_for_8_bit_weights_on_x86_without_vnni():
+    int8 = {"format": "onnx", "precision": "int8"}  # a file exported before its weights' range was recorded
+    avx2, vnni = {"fma", "avx2"}, {"avx2", "avx512_vnni"}
+    assert int8_kernels_may_saturate(int8 | {"onnx_int8": {"weight_abs_max": 127}}, "x86_64", avx2)
+    assert int8_kernels_may_saturate(int8, "AMD64", avx2)
+    assert not int8_kernels_may_saturate(int8 | {"onnx_int8": {"weight_abs_max": 64}}, "x86_64", avx2)
+    assert not int8_kernels_may_saturate(int8, "x86_64", vnni) and not int8_kernels_may_saturate(int8, "x86_64", set())
+    assert not int8_kernels_may_saturate(int8, "aarch64", avx2)
+    assert not int8_kernels_may_saturate({"format": "tflite", "precision": "int8"}, "x86_64", avx2)
+    assert not int8_kernels_may_saturate({"format": "onnx", "precision": "fp32"}, "x86_64", avx2)
+
+
 def test_label_count_must_match_outputs(tmp_path):
     path = tiny_onnx(tmp_path / "m.onnx", labels=["only", "three", "labels"])
     with pytest.raises(MetadataError, match="3 labels but the model has 4 outputs"):
@@ -181,6 +193,8 @@ def test_wrong_files_and_backends_are_clear_errors(tmp_path, model):
         load(tmp_path / "junk.onnx")
     with pytest.raises(BackendError, match="not in this onnxruntime build"):
         load(model, providers=["NoSuchExecutionProvider"])
+    with pytest.raises(BackendError, match="QDQ emulation is an onnxruntime mode, not opencv's"):
+        load(model, "opencv", qdq_emulation=True)
 
 
 def test_missing_runtime_names_the_package(model):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import platform
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
+from edge_runtime import backends
 from edge_runtime.backends import load
 from edge_runtime.classify import Classifier
 from edge_runtime.errors import FloraEdgeError
@@ -16,7 +19,7 @@ from edge_runtime.preprocess import preprocess, read_image_bgr
 from export import converters
 from export.calibration import CalibrationError, balanced_sample, verification_set
 from export.exporter import ExportConfig, export_all
-from export.formats import FORMATS, select
+from export.formats import FORMATS, needs_qdq_emulation, select
 from prepare.categories import class_names
 from prepare.manifest import read_manifest
 from tests.conftest import mediapipe_vs_runtime
@@ -207,6 +210,69 @@ def test_unknown_format_or_precision_lists_the_valid_ones():
     with pytest.raises(FloraEdgeError, match="formats: onnx, tflite; precisions: fp32, fp16, int8, dynamic-int8"):
         select(["coreml"], ["fp32"])
     assert [f.filename for f in select(["tflite"], ["dynamic-int8"])] == ["model_dynamic-int8.tflite"]
+
+
+def test_only_the_arm_presets_int8_onnx_is_emulated_and_only_off_arm64():
+    int8, fp32 = (next(f for f in FORMATS if f.name == name) for name in ("onnx-int8", "onnx-fp32"))
+    assert needs_qdq_emulation(int8, "arm", "x86_64") and needs_qdq_emulation(int8, "arm", "AMD64")
+    assert not needs_qdq_emulation(int8, "arm", "aarch64") and not needs_qdq_emulation(int8, "arm", "arm64")
+    assert not needs_qdq_emulation(int8, "x86", "x86_64") and not needs_qdq_emulation(int8, "x86", "aarch64")
+    assert not any(needs_qdq_emulation(row, "arm", "x86_64") for row in FORMATS if row is not int8)
+    assert not needs_qdq_emulation(fp32, "arm", "x86_64")
+
+
+def int8_weights(path) -> list[np.ndarray]:
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    arrays = [onnx.numpy_helper.to_array(t) for t in graph.initializer]
+    return [a for a in arrays if a.dtype == np.int8 and a.size > 1]
+
+
+@pytest.mark.slow
+def test_x86_preset_int8_onnx_has_7_bit_weights_and_this_cpus_kernels_compute_the_file(exported, tiny_prepared):
+    """ONNX Runtime's uint8 x int8 kernel saturates on x86 CPUs without VNNI with 8-bit weights (6 points
+    lost on an AVX2 CPU); 7-bit weights cannot saturate, so the fused kernels give what the QDQ graph means."""
+    path = exported[0] / "model_int8.onnx"
+    weights = int8_weights(path)
+    largest = [int(np.abs(w.astype(np.int16)).max()) for w in weights]
+    # onnxruntime's reduced range is [-64, 64]: 255 * 64 * 2 still fits the kernel's int16 pair sums
+    assert len(weights) > 50 and max(largest) == 64, (len(weights), max(largest))
+    kernels, emulated = (load(path, qdq_emulation=e) for e in (False, True))
+    batch, _, _ = verification_set(tiny_prepared, kernels.info.spec, split="val", limit=16)
+    fused, exact = kernels.predict(batch), emulated.predict(batch)
+    assert (fused.argmax(1) == exact.argmax(1)).all()
+    assert np.abs(fused - exact).max() < 0.05, np.abs(fused - exact).max()
+
+
+@pytest.mark.slow
+def test_the_arm_preset_keeps_8_bit_weights_and_an_x86_host_gates_it_by_emulation(
+    exported, tiny_checkpoint, tiny_prepared, tmp_path, monkeypatch
+):
+    config = dict(formats=("onnx",), precisions=("int8",), ort_preset="arm", allow_drop=True, **FAST)
+    out = tmp_path / "arm"
+    (result,) = export_all(
+        ExportConfig(checkpoint=str(tiny_checkpoint), data=str(tiny_prepared), out=str(out), **config)
+    )
+    assert max(int(np.abs(w.astype(np.int16)).max()) for w in int8_weights(out / "model_int8.onnx")) >= 100
+    emulated = platform.machine().lower() not in ("aarch64", "arm64")
+    assert ("QDQ emulation" in result["gate"]) == emulated, result["gate"]
+    assert result["passed"], result["gate"]
+    # the file says its weights are 8-bit; the runtime warns on an x86 CPU without VNNI, and only there
+    assert load(out / "model_int8.onnx").info.info["onnx_int8"] == {
+        "preset": "arm",
+        "activations": "QInt8",
+        "weight_abs_max": 127,
+    }
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(backends, "linux_cpu_flags", lambda: {"sse4_2", "avx2"})
+    with pytest.warns(RuntimeWarning, match="has no VNNI"):
+        load(out / "model_int8.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load(exported[0] / "model_int8.onnx")  # the x86 preset's 7-bit weights
+        monkeypatch.setattr(backends, "linux_cpu_flags", lambda: {"avx2", "avx_vnni"})
+        load(out / "model_int8.onnx")
 
 
 def test_every_row_names_converters_that_exist_and_take_the_exporters_arguments():

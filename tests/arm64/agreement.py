@@ -22,7 +22,7 @@ import numpy as np
 
 from edge_runtime.backends import _tflite_interpreter, load
 from edge_runtime.preprocess import preprocess, read_image_bgr
-from export.formats import FORMATS, Format
+from export.formats import FORMATS, Format, needs_qdq_emulation
 from export.verify import Reference, verify
 
 FP32_ATOL = 1e-4
@@ -50,6 +50,13 @@ def runs(work: Path) -> list[tuple[str, Path, Format, str]]:
     return found
 
 
+def emulated_here(path: Path, row: Format) -> bool:
+    """As in the export gate: a file made for another CPU's int8 kernels (the arm preset's, on x86) has its
+    QDQ emulation as the x86 reference (x86 without VNNI saturates on those kernels)."""
+    preset = json.loads((path.parent / "model_card.json").read_text())["config"]["ort_preset"]
+    return needs_qdq_emulation(row, preset, platform.machine())
+
+
 _PREPROCESSED: dict[str, list[np.ndarray]] = {}
 
 
@@ -61,8 +68,8 @@ def preprocessed(images: list[np.ndarray], spec) -> list[np.ndarray]:
     return _PREPROCESSED[key]
 
 
-def outputs(path: Path, backend_name: str, images: list[np.ndarray]) -> np.ndarray:
-    backend = load(path, backend_name, threads=1)
+def outputs(path: Path, backend_name: str, images: list[np.ndarray], qdq_emulation: bool = False) -> np.ndarray:
+    backend = load(path, backend_name, threads=1, qdq_emulation=qdq_emulation)
     return np.concatenate([backend.predict(x) for x in preprocessed(images, backend.info.spec)])
 
 
@@ -89,7 +96,7 @@ def versions() -> dict:
 
 def reference(work: Path) -> None:
     names, images = read_images(work)
-    arrays = {key: outputs(path, b, images) for key, path, _, b in runs(work)}
+    arrays = {key: outputs(path, b, images, emulated_here(path, row)) for key, path, row, b in runs(work)}
     np.savez(work / "x86.npz", names=np.array(names), **arrays)
     (work / "x86-versions.json").write_text(json.dumps(versions()))
     print(f"x86 reference: {len(arrays)} file/backend pairs x {len(names)} images")
