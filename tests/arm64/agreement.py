@@ -28,14 +28,18 @@ from export.verify import Reference, verify
 FP32_ATOL = 1e-4
 FP16_MIN_AGREEMENT = 0.99
 # The issue's bound for int8: top-1 identical and the output within one quantization step. It holds for
-# the files made for an arm64 CPU: the full-integer TFLite file (XNNPACK's aarch64 kernels give x86's
-# outputs to 6e-7) and the `--ort-preset arm` ONNX file (0.69 step). Two files run other integer kernels
-# on arm64 than on x86, and each layer's rounding differences add up: the x86-preset ONNX file (uint8
-# activations, made for x86's kernels: 1.2 steps measured on the Pi 5 model) and the dynamic-range file
-# (activations quantized at run time: 2.2% of the top score measured). Those keep identical top-1 and
-# their own gates and are held to a bound a few times the measured one, so a wrong kernel (qemu's `max`
-# CPU model gave 0.8 and 0.63) still fails.
+# the full-integer TFLite file (XNNPACK's aarch64 kernels give x86's outputs to 6e-7). Three files are
+# compared with something other than the same integer arithmetic, and each layer's rounding differences
+# add up: the x86-preset ONNX file (ONNX Runtime's aarch64 kernels round their requantization otherwise:
+# 1.2 steps measured with 8-bit weights, 1.07 with the 7-bit ones), the arm-preset ONNX file (its x86
+# reference is its exact QDQ emulation in float, as x86 CPUs without VNNI saturate on its int8 x int8
+# kernels: 1.03 steps and 1 near-tie flipped of 128 on the Pi 5 model) and the dynamic-range file
+# (activations quantized at run time: 2.2% of the top score). They are held to a bound a few times the
+# measured one, so a wrong kernel (qemu's `max` CPU model gave 0.8 and 0.63) still fails.
 INT8_STEPS = {"exports/model_int8.onnx": 3.0}  # the x86-preset file; every other int8 file: 1 step
+# Against an emulated reference a top-1 flip is allowed: it needs the reference's top two within
+# 2 x the max difference, so the bound on the difference admits near-ties only.
+EMULATED_STEPS = 2.0
 DYNAMIC_RTOL = 5e-2
 
 
@@ -97,7 +101,8 @@ def versions() -> dict:
 def reference(work: Path) -> None:
     names, images = read_images(work)
     arrays = {key: outputs(path, b, images, emulated_here(path, row)) for key, path, row, b in runs(work)}
-    np.savez(work / "x86.npz", names=np.array(names), **arrays)
+    emulated = [key for key, path, row, _ in runs(work) if emulated_here(path, row)]
+    np.savez(work / "x86.npz", names=np.array(names), emulated=np.array(emulated, dtype=str), **arrays)
     (work / "x86-versions.json").write_text(json.dumps(versions()))
     print(f"x86 reference: {len(arrays)} file/backend pairs x {len(names)} images")
 
@@ -140,7 +145,9 @@ def quant_step(path: Path, backend_name: str) -> float:
     raise SystemExit(f"{path}: no quantized tensor near the output; the int8 check cannot name its step")
 
 
-def compare(key: str, path: Path, row: Format, backend: str, x86: np.ndarray, arm: np.ndarray) -> dict:
+def compare(
+    key: str, path: Path, row: Format, backend: str, x86: np.ndarray, arm: np.ndarray, emulated: bool = False
+) -> dict:
     diff = float(np.abs(x86 - arm).max())
     agreement = float((x86.argmax(1) == arm.argmax(1)).mean())
     result = {"file": key, "max_abs_diff": diff, "top1_agreement": agreement}
@@ -149,9 +156,10 @@ def compare(key: str, path: Path, row: Format, backend: str, x86: np.ndarray, ar
     elif row.precision == "fp16":
         result |= {"limit": f"agreement >= {FP16_MIN_AGREEMENT}", "passed": agreement >= FP16_MIN_AGREEMENT}
     elif row.precision == "int8":
-        steps = INT8_STEPS.get(f"{path.parent.name}/{path.name}", 1.0)
+        steps = EMULATED_STEPS if emulated else INT8_STEPS.get(f"{path.parent.name}/{path.name}", 1.0)
         limit = steps * quant_step(path, backend)
-        result |= {"limit": limit, "passed": agreement == 1.0 and diff <= limit + 1e-7}
+        top1_ok = emulated or agreement == 1.0
+        result |= {"limit": limit, "emulated_reference": emulated, "passed": top1_ok and diff <= limit + 1e-7}
     else:
         limit = DYNAMIC_RTOL * float(np.abs(x86).max())
         result |= {"limit": limit, "passed": agreement == 1.0 and diff <= limit}
@@ -180,7 +188,10 @@ def check(work: Path, cpu: str, limit: int | None = None) -> int:
     names, images = read_images(work, limit)
     saved = np.load(work / "x86.npz")
     assert list(saved["names"][: len(names)]) == names, "the x86 reference was made on other images"
-    results = [compare(k, p, r, b, saved[k][: len(names)], outputs(p, b, images)) for k, p, r, b in runs(work)]
+    emulated = set(saved["emulated"].tolist())
+    results = [
+        compare(k, p, r, b, saved[k][: len(names)], outputs(p, b, images), k in emulated) for k, p, r, b in runs(work)
+    ]
     gate_results = gates(work)
     report = {"cpu": cpu, "images": len(names), "versions": versions(), "agreement": results, "gates": gate_results}
     report["x86_versions"] = json.loads((work / "x86-versions.json").read_text())
@@ -189,6 +200,7 @@ def check(work: Path, cpu: str, limit: int | None = None) -> int:
         print(
             f"{'ok  ' if r['passed'] else 'FAIL'} {r['file']}: max |x86 - arm64| {r['max_abs_diff']:.3g} "
             f"(limit {r['limit']}), top-1 agreement {r['top1_agreement']:.2%}"
+            + (" (x86: QDQ emulation)" if r.get("emulated_reference") else "")
         )
     for g in gate_results:
         print(f"{'ok  ' if g['passed'] else 'FAIL'} gate on arm64, {g['file']}: {g['gate']}")
