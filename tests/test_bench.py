@@ -115,3 +115,17 @@ def bench_top1(backend, data) -> float:
         for r in rows
     ]
     return float(np.mean(hits))
+
+
+def test_int8_kernels_bench_reports_the_x86_presets_file_computed_as_it_means(onnx_exports, tiny_prepared, capsys):
+    from benchmarks import int8_kernels
+
+    path = onnx_exports / "model_int8.onnx"
+    report = int8_kernels.main(
+        ["--models", str(path), "--data", str(tiny_prepared), "--limit", "16", "--rounds", "2", "--runs", "3"]
+    )
+    result = report["files"][str(path)]
+    assert result["n"] == 16 and result["weights"]["weight_abs_max"] == 64
+    assert result["top1_agreement"] == 1.0 and result["max_abs_diff"] < 0.05, result
+    assert len(result["rounds_ms"]) == 2 and result["median_ms"] > 0
+    assert json.loads(capsys.readouterr().out) == report

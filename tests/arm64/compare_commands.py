@@ -14,6 +14,11 @@ import sys
 from pathlib import Path
 
 ACCURACY_COLUMNS = ("top1", "top5", "mean_per_class")
+# Rows whose file runs other integer kernels on arm64 than on x86 (ONNX Runtime's aarch64 requantization
+# rounds otherwise: about one quantization step, bounded per photo by agreement.py). On the test model,
+# whose scores on the synthetic bench images are near-uniform, that flips a near-tie now and then, so
+# their columns may differ by one image; every other row must match exactly.
+ONE_IMAGE_ROWS = {"onnx-int8"}
 EMULATED = (
     "EMULATED: arm64 code run by qemu-user on an x86 host. The accuracy columns are the device's; "
     "the latency, throughput, FPS and memory columns are NOT device numbers and must not be published."
@@ -29,9 +34,16 @@ def bench_accuracy(folder: Path) -> dict[tuple[str, str], dict]:
     rows = json.loads((folder / "results.json").read_text())["rows"]
     return {
         (r["name"], r.get("backend")): {c: r.get("accuracy", {}).get(c) for c in ACCURACY_COLUMNS}
-        | {"agreement": r.get("agreement"), "error": r.get("error")}
+        | {"agreement": r.get("agreement"), "error": r.get("error"), "n": r.get("accuracy", {}).get("n")}
         for r in rows
     }
+
+
+def same_bench_row(name: str, x86: dict, arm: dict | None) -> bool:
+    if arm is None or x86["error"] or arm["error"] or name not in ONE_IMAGE_ROWS:
+        return arm == x86 and not x86["error"]
+    columns = (*ACCURACY_COLUMNS, "agreement")
+    return arm["n"] == x86["n"] and all(abs(arm[c] - x86[c]) * x86["n"] <= 1 + 1e-9 for c in columns)
 
 
 def mark_emulated(folder: Path) -> None:
@@ -52,7 +64,7 @@ def main(work: Path) -> int:
         problems.append(f"serve said {served['top'][0]['label']!r}, x86 classify {x86[served['image']]!r}")
     bench_x86, bench_arm = bench_accuracy(work / "bench-x86"), bench_accuracy(work / "bench-arm64-emulated")
     for key, columns in bench_x86.items():
-        if bench_arm.get(key) != columns or columns["error"]:
+        if not same_bench_row(key[0], columns, bench_arm.get(key)):
             problems.append(f"bench row {key}: x86 {columns}, arm64 {bench_arm.get(key)}")
     mark_emulated(work / "bench-arm64-emulated")
     for p in problems:
