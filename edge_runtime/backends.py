@@ -53,7 +53,7 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(
-        self, path: Path, *, threads: int | None = None, providers: list[str] | None = None, qdq_emulation=False
+        self, path: Path, *, threads: int | None = None, providers: list[str] | None = None, qdq_emulation: bool = False
     ):
         """``qdq_emulation``: run an int8 QDQ file as its float emulation (no graph fusion, so no integer
         kernels): what the file means, on any CPU; slower. The export gate uses it for files made for
@@ -80,13 +80,14 @@ class OnnxRuntimeBackend:
         props = self.session.get_modelmeta().custom_metadata_map
         self.info = require_info(path, from_props(props), out_shape[-1] if isinstance(out_shape[-1], int) else 0)
         check_input_shape(path, self.info.spec, self.session.get_inputs()[0].shape)
-        if not qdq_emulation and int8_kernels_may_saturate(self.info.info):
+        on_cpu = self.session.get_providers()[0] == "CPUExecutionProvider"  # not CUDA/TensorRT's kernels
+        if on_cpu and not qdq_emulation and int8_kernels_may_saturate(self.info.info):
             warnings.warn(
                 f"{path.name}: this x86 CPU has no VNNI, and ONNX Runtime's int8 kernels on it saturate with "
                 "8-bit weights (up to ~6 accuracy points lost, docs/results.md). Use the .tflite file, or "
                 "re-export with `floraedge export` (its default x86 preset has 7-bit weights, right on every CPU).",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,  # the caller of load()
             )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
@@ -109,11 +110,13 @@ def int8_kernels_may_saturate(info: dict, machine: str | None = None, cpu_flags:
     return bool(flags) and not flags & set(VNNI_FLAGS)  # no flags (not Linux): unknown, no warning
 
 
-def linux_cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
+def linux_cpu_flags(text: str | None = None) -> set[str]:
+    """The x86 ``flags`` of /proc/cpuinfo (or of ``text``); empty elsewhere (ARM lists ``Features``)."""
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
     line = next((line for line in text.splitlines() if line.startswith("flags")), "")
     return set(line.partition(":")[2].split())
 

@@ -99,9 +99,9 @@ ORT_PRESETS = {
     # 7-bit weights (reduce_range) keep every pair in range (255*64*2 < 2**15), so the file computes what it
     # means on every x86 CPU and on ARM (8-bit weights lost 6 points of accuracy on an AVX2 CPU: docs/results.md).
     "x86": {"activation_type": "QUInt8", "weight_type": "QInt8", "reduce_range": True, "native_on": None},
-    # ARM64: int8 x int8 (symmetric activations) maps onto the SDOT/I8MM kernels. x86 CPUs without VNNI
-    # saturate on it, so an x86 host verifies this file by exact QDQ emulation (native_on: where its own
-    # integer kernels are the target's).
+    # ARM64: int8 x int8 maps onto the SDOT/I8MM kernels. x86 CPUs without VNNI saturate on it, so an x86
+    # host verifies this file by exact QDQ emulation. native_on: the machines whose integer kernels are the
+    # file's target (None: every machine).
     "arm": {
         "activation_type": "QInt8",
         "weight_type": "QInt8",

@@ -12,7 +12,15 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_runtime.backends import BACKENDS, BackendError, dequantize, int8_kernels_may_saturate, load, quantize
+from edge_runtime.backends import (
+    BACKENDS,
+    BackendError,
+    dequantize,
+    int8_kernels_may_saturate,
+    linux_cpu_flags,
+    load,
+    quantize,
+)
 from edge_runtime.classify import Classifier, softmax
 from edge_runtime.metadata import MetadataError
 from edge_runtime.preprocess import (
@@ -174,6 +182,12 @@ def test_int8_onnx_saturation_warning_only_for_8_bit_weights_on_x86_without_vnni
     assert not int8_kernels_may_saturate(int8, "aarch64", avx2)
     assert not int8_kernels_may_saturate({"format": "tflite", "precision": "int8"}, "x86_64", avx2)
     assert not int8_kernels_may_saturate({"format": "onnx", "precision": "fp32"}, "x86_64", avx2)
+
+
+def test_cpu_flags_are_read_from_x86_cpuinfo_and_are_empty_on_arm():
+    x86 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512_vnni\nvmx flags\t: ept\nbugs\t\t: spectre_v1\n"
+    assert linux_cpu_flags(x86) == {"fpu", "sse2", "avx2", "avx512_vnni"}
+    assert linux_cpu_flags((REPO / "tests" / "arm64" / "cpuinfo-pi5.txt").read_text()) == set()
 
 
 def test_label_count_must_match_outputs(tmp_path):

@@ -271,6 +271,7 @@ def test_the_arm_preset_keeps_8_bit_weights_and_an_x86_host_gates_it_by_emulatio
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load(exported[0] / "model_int8.onnx")  # the x86 preset's 7-bit weights
+        load(out / "model_int8.onnx", qdq_emulation=True)  # no integer kernel runs (the export gate's way)
         monkeypatch.setattr(backends, "linux_cpu_flags", lambda: {"avx2", "avx_vnni"})
         load(out / "model_int8.onnx")
 

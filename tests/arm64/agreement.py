@@ -36,10 +36,10 @@ FP16_MIN_AGREEMENT = 0.99
 # kernels: 1.03 steps and 1 near-tie flipped of 128 on the Pi 5 model) and the dynamic-range file
 # (activations quantized at run time: 2.2% of the top score). They are held to a bound a few times the
 # measured one, so a wrong kernel (qemu's `max` CPU model gave 0.8 and 0.63) still fails.
-INT8_STEPS = {"exports/model_int8.onnx": 3.0}  # the x86-preset file; every other int8 file: 1 step
-# Against an emulated reference a top-1 flip is allowed: it needs the reference's top two within
+INT8_STEPS = {"exports/model_int8.onnx": 3.0}  # the x86-preset file; the arm one: QDQ_REFERENCE_STEPS; others: 1
+# Against a QDQ-emulation reference a top-1 flip is allowed: it needs the reference's top two within
 # 2 x the max difference, so the bound on the difference admits near-ties only.
-EMULATED_STEPS = 2.0
+QDQ_REFERENCE_STEPS = 2.0
 DYNAMIC_RTOL = 5e-2
 
 
@@ -54,11 +54,11 @@ def runs(work: Path) -> list[tuple[str, Path, Format, str]]:
     return found
 
 
-def emulated_here(path: Path, row: Format) -> bool:
+def qdq_reference_here(path: Path, row: Format, backend: str) -> bool:
     """As in the export gate: a file made for another CPU's int8 kernels (the arm preset's, on x86) has its
     QDQ emulation as the x86 reference (x86 without VNNI saturates on those kernels)."""
     preset = json.loads((path.parent / "model_card.json").read_text())["config"]["ort_preset"]
-    return needs_qdq_emulation(row, preset, platform.machine())
+    return backend == "onnxruntime" and needs_qdq_emulation(row, preset, platform.machine())
 
 
 _PREPROCESSED: dict[str, list[np.ndarray]] = {}
@@ -100,9 +100,10 @@ def versions() -> dict:
 
 def reference(work: Path) -> None:
     names, images = read_images(work)
-    arrays = {key: outputs(path, b, images, emulated_here(path, row)) for key, path, row, b in runs(work)}
-    emulated = [key for key, path, row, _ in runs(work) if emulated_here(path, row)]
-    np.savez(work / "x86.npz", names=np.array(names), emulated=np.array(emulated, dtype=str), **arrays)
+    found = runs(work)
+    qdq = [key for key, path, row, b in found if qdq_reference_here(path, row, b)]
+    arrays = {key: outputs(path, b, images, key in qdq) for key, path, _, b in found}
+    np.savez(work / "x86.npz", names=np.array(names), qdq_reference=np.array(qdq, dtype=str), **arrays)
     (work / "x86-versions.json").write_text(json.dumps(versions()))
     print(f"x86 reference: {len(arrays)} file/backend pairs x {len(names)} images")
 
@@ -146,7 +147,7 @@ def quant_step(path: Path, backend_name: str) -> float:
 
 
 def compare(
-    key: str, path: Path, row: Format, backend: str, x86: np.ndarray, arm: np.ndarray, emulated: bool = False
+    key: str, path: Path, row: Format, backend: str, x86: np.ndarray, arm: np.ndarray, qdq_reference: bool = False
 ) -> dict:
     diff = float(np.abs(x86 - arm).max())
     agreement = float((x86.argmax(1) == arm.argmax(1)).mean())
@@ -156,10 +157,10 @@ def compare(
     elif row.precision == "fp16":
         result |= {"limit": f"agreement >= {FP16_MIN_AGREEMENT}", "passed": agreement >= FP16_MIN_AGREEMENT}
     elif row.precision == "int8":
-        steps = EMULATED_STEPS if emulated else INT8_STEPS.get(f"{path.parent.name}/{path.name}", 1.0)
+        steps = QDQ_REFERENCE_STEPS if qdq_reference else INT8_STEPS.get(f"{path.parent.name}/{path.name}", 1.0)
         limit = steps * quant_step(path, backend)
-        top1_ok = emulated or agreement == 1.0
-        result |= {"limit": limit, "emulated_reference": emulated, "passed": top1_ok and diff <= limit + 1e-7}
+        top1_ok = qdq_reference or agreement == 1.0
+        result |= {"limit": limit, "qdq_reference": qdq_reference, "passed": top1_ok and diff <= limit + 1e-7}
     else:
         limit = DYNAMIC_RTOL * float(np.abs(x86).max())
         result |= {"limit": limit, "passed": agreement == 1.0 and diff <= limit}
@@ -188,9 +189,9 @@ def check(work: Path, cpu: str, limit: int | None = None) -> int:
     names, images = read_images(work, limit)
     saved = np.load(work / "x86.npz")
     assert list(saved["names"][: len(names)]) == names, "the x86 reference was made on other images"
-    emulated = set(saved["emulated"].tolist())
+    qdq = set(saved["qdq_reference"].tolist())
     results = [
-        compare(k, p, r, b, saved[k][: len(names)], outputs(p, b, images), k in emulated) for k, p, r, b in runs(work)
+        compare(k, p, r, b, saved[k][: len(names)], outputs(p, b, images), k in qdq) for k, p, r, b in runs(work)
     ]
     gate_results = gates(work)
     report = {"cpu": cpu, "images": len(names), "versions": versions(), "agreement": results, "gates": gate_results}
@@ -200,7 +201,7 @@ def check(work: Path, cpu: str, limit: int | None = None) -> int:
         print(
             f"{'ok  ' if r['passed'] else 'FAIL'} {r['file']}: max |x86 - arm64| {r['max_abs_diff']:.3g} "
             f"(limit {r['limit']}), top-1 agreement {r['top1_agreement']:.2%}"
-            + (" (x86: QDQ emulation)" if r.get("emulated_reference") else "")
+            + (" (x86: QDQ emulation)" if r.get("qdq_reference") else "")
         )
     for g in gate_results:
         print(f"{'ok  ' if g['passed'] else 'FAIL'} gate on arm64, {g['file']}: {g['gate']}")
