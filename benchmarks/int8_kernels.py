@@ -20,17 +20,17 @@ import numpy as np
 from benchmarks.measure import latency
 from edge_runtime.backends import VNNI_FLAGS, linux_cpu_flags, load
 from export.calibration import verification_set
+from export.formats import FORMATS
+from export.verify import run_file
 
-
-def predict_all(backend, batch: np.ndarray) -> np.ndarray:
-    return np.concatenate([backend.predict(batch[i : i + 32]) for i in range(0, len(batch), 32)])
+ONNX_INT8 = next(f for f in FORMATS if f.converter == "onnx_int8")
 
 
 def kernels_vs_emulation(path: Path, data: Path, split: str, limit: int | None) -> tuple[dict, object]:
     kernels = load(path, "onnxruntime", threads=1)
     batch, targets, _ = verification_set(data, kernels.info.spec, split=split, limit=limit)
-    fused = predict_all(kernels, batch)
-    exact = predict_all(load(path, "onnxruntime", threads=1, qdq_emulation=True), batch)
+    fused = run_file(path, ONNX_INT8, batch, threads=1)
+    exact = run_file(path, ONNX_INT8, batch, threads=1, qdq_emulation=True)
     return {
         "kernels_top1": float((fused.argmax(1) == targets).mean()),
         "emulation_top1": float((exact.argmax(1) == targets).mean()),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edge_runtime.backends import SATURATION_FREE_WEIGHT_ABS_MAX
 from edge_runtime.errors import FloraEdgeError
 
 
@@ -114,7 +115,7 @@ ORT_PRESETS = {
 def onnx_int8_info(preset: str) -> dict:
     """What an int8 ONNX file records of its types (the runtime warns where its weights can saturate)."""
     types = ORT_PRESETS[preset]
-    weight_abs_max = 64 if types["reduce_range"] else 127  # onnxruntime's symmetric int8 ranges
+    weight_abs_max = SATURATION_FREE_WEIGHT_ABS_MAX if types["reduce_range"] else 127  # onnxruntime's int8 ranges
     return {"preset": preset, "activations": types["activation_type"], "weight_abs_max": weight_abs_max}
 
 
