@@ -213,6 +213,7 @@ def check(work: Path, cpu: str, limit: int | None = None) -> int:
             f"{'ok  ' if r['passed'] else 'FAIL'} {r['file']}: max |x86 - arm64| {r['max_abs_diff']:.3g} "
             f"(limit {r['limit']}), top-1 agreement {r['top1_agreement']:.2%}"
             + (" (x86: QDQ emulation)" if r.get("qdq_reference") else "")
+            + (f", flipped near-ties' top-two gaps {r['flipped_top2_gaps']}" if r.get("flipped_top2_gaps") else "")
         )
     for g in gate_results:
         print(f"{'ok  ' if g['passed'] else 'FAIL'} gate on arm64, {g['file']}: {g['gate']}")
