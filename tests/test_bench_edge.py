@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import cv2
 import numpy as np
@@ -72,3 +73,21 @@ def test_bench_runs_torch_free_and_reports_every_backend_of_the_file(tmp_path):
     assert loop["frames"] == 5 and loop["latency_p99_ms"] >= loop["latency_p50_ms"] > 0  # capture to result
     assert (tmp_path / "bench" / "report.md").is_file() and (tmp_path / "bench" / "results.csv").is_file()
     assert snapshot(data, models) == before  # nothing outside --out is changed
+
+
+def test_loop_bench_reports_the_loop_against_the_model_alone_and_beside_the_pipeline(tmp_path):
+    from benchmarks import loop_bench
+
+    model = tiny_onnx(tmp_path / "model_fp32.onnx")
+    out = tmp_path / "loop.json"
+    args = ["--model", str(model), "--rounds", "2", "--video-frames", "12", "--soak-frames", "24", "--out", str(out)]
+    assert loop_bench.main(args) == 0
+    report = json.loads(out.read_text())
+    assert len(report["rounds"]) == 2 and report["backend"] == "onnxruntime"
+    for r in report["rounds"]:
+        assert r["model_only_fps"] > 0 and r["model_beside_pipeline_fps"] > 0 and r["loop_fps"] > 0
+        assert r["loop_over_model_beside_pipeline"] == round(r["loop_fps"] / r["model_beside_pipeline_fps"], 3)
+        assert r["loop_latency_p99_ms"] >= r["loop_latency_p50_ms"] > 0
+    assert report["soak"]["frames"] == 24  # the 12-frame clip twice, counted across repeats
+    assert [n for n, _ in report["soak"]["rss_samples_mb"]] == list(range(1, 25))  # every 24 // 20 = 1 frame
+    assert not [t for t in threading.enumerate() if t.name == "pipeline-work"]  # its worker is joined
