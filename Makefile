@@ -31,7 +31,8 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/floraedge demo
 
-# The released model (models/oxford102-lite0/): about 2 hours on a 2-core CPU, resumable.
+# The released model (models/oxford102-lite0/): hours on a 2-core CPU (about 6 on a 2-core AMD EPYC VM,
+# where a train + val epoch takes ~11 min beside the train-split run), resumable.
 release: $(STAMP)
 	$(VENV)/bin/floraedge release
 
