@@ -10,6 +10,7 @@ import threading
 
 import cv2
 import numpy as np
+import pytest
 
 from prepare.manifest import write_manifest
 from tests.conftest import REPO
@@ -86,8 +87,20 @@ def test_loop_bench_reports_the_loop_against_the_model_alone_and_beside_the_pipe
     assert len(report["rounds"]) == 2 and report["backend"] == "onnxruntime"
     for r in report["rounds"]:
         assert r["model_only_fps"] > 0 and r["model_beside_pipeline_fps"] > 0 and r["loop_fps"] > 0
-        assert r["loop_over_model_beside_pipeline"] == round(r["loop_fps"] / r["model_beside_pipeline_fps"], 3)
+        # the worker prepared frames, at most at the model's own pace
+        assert 0 < r["pipeline_fps_beside_model"] <= 1.1 * r["model_only_fps"]
         assert r["loop_latency_p99_ms"] >= r["loop_latency_p50_ms"] > 0
     assert report["soak"]["frames"] == 24  # the 12-frame clip twice, counted across repeats
     assert [n for n, _ in report["soak"]["rss_samples_mb"]] == list(range(1, 25))  # every 24 // 20 = 1 frame
     assert not [t for t in threading.enumerate() if t.name == "pipeline-work"]  # its worker is joined
+
+
+def test_loop_bench_raises_what_its_pipeline_worker_hit(tmp_path):
+    from benchmarks import loop_bench
+    from edge_runtime.backends import load
+
+    backend = load(tiny_onnx(tmp_path / "model_fp32.onnx"))
+    sample = np.zeros(backend.info.spec.input_shape, np.float32)
+    with pytest.raises(OSError, match="cannot open"):
+        loop_bench.model_beside_pipeline(backend, sample, tmp_path / "missing.avi", rate=100.0)
+    assert not [t for t in threading.enumerate() if t.name == "pipeline-work"]

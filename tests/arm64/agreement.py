@@ -40,9 +40,12 @@ INT8_STEPS = {"exports/model_int8.onnx": 3.0}  # the x86-preset file; the arm on
 # Against a QDQ-emulation reference a top-1 flip is allowed: it needs the reference's top two within
 # 2 x the max difference, so the bound on the difference admits near-ties only.
 QDQ_REFERENCE_STEPS = 2.0
-# The same holds wherever the arithmetic differs (every file held to more than one step): the x86-preset
-# file flipped one near-tie of 64 on the test model's near-uniform scores over the synthetic images
-# (max difference 1 step). Flipped images and their reference top-two gaps are reported.
+# The x86-preset ONNX file may flip near-ties too: it flipped one of 64 on the test model's near-uniform
+# scores over the synthetic images (max difference 1 step). For both ONNX files a flip must be a near-tie
+# (the reference's top two within the file's bound) and rare (at most MAX_FLIP_SHARE of the images, and
+# at least one may): a wrong kernel flips many images. Flipped images' reference top-two gaps are reported.
+NEAR_TIE_FILES = {"exports/model_int8.onnx"}  # and every file checked against its QDQ emulation
+MAX_FLIP_SHARE = 0.02
 DYNAMIC_RTOL = 5e-2
 
 
@@ -149,10 +152,24 @@ def quant_step(path: Path, backend_name: str) -> float:
     raise SystemExit(f"{path}: no quantized tensor near the output; the int8 check cannot name its step")
 
 
+def key_of(path: Path) -> str:
+    """A file's name in the bounds above: its folder and file name."""
+    return f"{path.parent.name}/{path.name}"
+
+
 def top2_gaps(scores: np.ndarray) -> list[float]:
     """Per row: the top score minus the second."""
     top2 = np.sort(scores, axis=1)[:, -2:]
     return [round(float(g), 6) for g in top2[:, 1] - top2[:, 0]]
+
+
+def top1_agrees(reference: np.ndarray, other: np.ndarray, limit: float, *, may_flip: bool) -> tuple[bool, list[float]]:
+    """Whether ``other`` keeps the reference's top-1, up to rare near-tie flips where ``may_flip``;
+    and the flipped images' reference top-two gaps."""
+    flips = reference.argmax(1) != other.argmax(1)
+    gaps = top2_gaps(reference[flips])
+    rare = flips.sum() <= max(1, int(MAX_FLIP_SHARE * len(flips)))
+    return not gaps or (may_flip and rare and max(gaps) <= limit + 1e-7), gaps
 
 
 def compare(
@@ -166,11 +183,11 @@ def compare(
     elif row.precision == "fp16":
         result |= {"limit": f"agreement >= {FP16_MIN_AGREEMENT}", "passed": agreement >= FP16_MIN_AGREEMENT}
     elif row.precision == "int8":
-        steps = QDQ_REFERENCE_STEPS if qdq_reference else INT8_STEPS.get(f"{path.parent.name}/{path.name}", 1.0)
+        steps = QDQ_REFERENCE_STEPS if qdq_reference else INT8_STEPS.get(key_of(path), 1.0)
         limit = steps * quant_step(path, backend)
-        flips = x86.argmax(1) != arm.argmax(1)
-        top1_ok = steps > 1.0 or not flips.any()
-        result |= {"limit": limit, "qdq_reference": qdq_reference, "flipped_top2_gaps": top2_gaps(x86[flips]),
+        may_flip = qdq_reference or key_of(path) in NEAR_TIE_FILES
+        top1_ok, gaps = top1_agrees(x86, arm, limit, may_flip=may_flip)
+        result |= {"limit": limit, "qdq_reference": qdq_reference, "flipped_top2_gaps": gaps,
                    "passed": top1_ok and diff <= limit + 1e-7}  # fmt: skip
     else:
         limit = DYNAMIC_RTOL * float(np.abs(x86).max())
