@@ -87,7 +87,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "release",
         help="train, export and package the released Oxford-102 model (models/oxford102-lite0/)",
         description="Run the release recipe from the raw Oxford-102 release to a folder of ready model files "
-        "(int8 TFLite + int8 ONNX, labels, model card). Hours on a 2-core CPU (about 6 on a 2-core AMD EPYC VM); "
+        "(int8 TFLite + int8 ONNX, labels, model card). Hours on a 2-core CPU (3-4 on a 2-core AMD EPYC VM); "
         "each finished step and epoch is reused when the command is run again.",
         epilog="example:\n  floraedge release --source ../shared/data/oxford102-trainval",
         formatter_class=argparse.RawDescriptionHelpFormatter,
