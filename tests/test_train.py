@@ -215,15 +215,16 @@ def test_foreign_checkpoint_is_refused(tmp_path):
 
 
 @pytest.mark.realdata
-def test_lite0_offline_imagenet_weights_see_a_daisy():
+@pytest.mark.parametrize("arch", ["efficientnet_lite0", "efficientnet_lite2"])  # the student, the teacher
+def test_lite_offline_imagenet_weights_see_a_daisy(arch):
     """Proves the shipped weights and the (x - 127.5) / 127.5 normalization are right."""
     if not REAL_DATA.is_dir():
         pytest.skip(f"real data not present at {REAL_DATA}")
     categories = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
-    model = MODELS["efficientnet_lite0"].build("imagenet").eval()
+    model = MODELS[arch].build("imagenet").eval()
     image = read_image_bgr(REAL_DATA / "jpg" / "image_06200.jpg")  # an oxeye daisy (train split)
     with torch.no_grad():
-        probs = model(torch.from_numpy(preprocess(image, get_entry("efficientnet_lite0").spec))).softmax(1)[0]
+        probs = model(torch.from_numpy(preprocess(image, get_entry(arch).spec))).softmax(1)[0]
     assert categories[probs.argmax()] == "daisy" and probs.max() > 0.5
 
 

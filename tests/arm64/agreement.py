@@ -183,9 +183,10 @@ def compare(
     elif row.precision == "fp16":
         result |= {"limit": f"agreement >= {FP16_MIN_AGREEMENT}", "passed": agreement >= FP16_MIN_AGREEMENT}
     elif row.precision == "int8":
-        steps = QDQ_REFERENCE_STEPS if qdq_reference else INT8_STEPS.get(key_of(path), 1.0)
+        name = key_of(path)
+        steps = QDQ_REFERENCE_STEPS if qdq_reference else INT8_STEPS.get(name, 1.0)
         limit = steps * quant_step(path, backend)
-        may_flip = qdq_reference or key_of(path) in NEAR_TIE_FILES
+        may_flip = qdq_reference or name in NEAR_TIE_FILES
         top1_ok, gaps = top1_agrees(x86, arm, limit, may_flip=may_flip)
         result |= {"limit": limit, "qdq_reference": qdq_reference, "flipped_top2_gaps": gaps,
                    "passed": top1_ok and diff <= limit + 1e-7}  # fmt: skip
