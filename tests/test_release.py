@@ -54,5 +54,9 @@ def test_release_builds_a_folder_a_device_loads_and_reuses_finished_steps(tmp_pa
     assert cli_main([*args, "--seed", "1", "--note", "calibration seed 1"]) == 0
     third = json.loads((out / "model_card.json").read_text())
     assert third["reproducibility"]["images"] == 140 and 0.5 <= third["reproducibility"]["same_top1"] <= 1
-    assert len(third["reproducibility"]["differing"]) == round(140 * (1 - third["reproducibility"]["same_top1"]))
+    repro = third["reproducibility"]
+    assert len(repro["differing"]) == round(140 * (1 - repro["same_top1"]))
+    assert all(d["old"] != d["new"] and d["true"] in labels for d in repro["differing"])
+    assert 0 <= repro["old_correct"] <= 1 and 0 <= repro["new_correct"] <= 1
+    assert f"right on {repro['old_correct']:.2%} before" in (out / "MODEL_CARD.md").read_text()
     assert "This cut: calibration seed 1" in (out / "MODEL_CARD.md").read_text()
