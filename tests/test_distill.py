@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -242,3 +243,39 @@ def test_a_distilled_run_with_ema_resumes_exactly_and_records_its_teachers(
     assert config_json["teachers"] == list(teachers)
     for h in history(tmp_path / "resumed"):
         assert h["distill_loss"] > 0 and h["teacher_s"] > 0 and h["teacher_images_per_s"] > 0
+
+
+# ---------------------------------------------------------------- choosing a teacher: `floraedge evaluate --ensemble`
+
+
+def test_an_ensemble_averages_its_members_probabilities_each_prepared_by_its_own_spec(
+    tiny_prepared, tiny_checkpoint, teacher_40px_imagenet_norm
+):
+    from train.config import EvaluateConfig
+    from train.evaluate import evaluate_checkpoint, split_logits
+
+    alone = EvaluateConfig(checkpoint=str(tiny_checkpoint), data=str(tiny_prepared))
+    single = evaluate_checkpoint(alone)
+    with_itself = evaluate_checkpoint(dataclasses.replace(alone, ensemble=(str(tiny_checkpoint),)))
+    assert {k: with_itself[k] for k in ("top1", "top5", "confusion")} == {
+        k: single[k] for k in ("top1", "top5", "confusion")
+    }
+
+    pair = evaluate_checkpoint(dataclasses.replace(alone, ensemble=(str(teacher_40px_imagenet_norm),)))
+    a, targets = split_logits(load_bundle(tiny_checkpoint), alone)
+    b, _ = split_logits(load_bundle(teacher_40px_imagenet_norm), alone)  # 40 px, ImageNet normalization
+    assert not torch.allclose(a.softmax(1), b.softmax(1), atol=1e-3)  # the members disagree: the mean is tested
+    expected = ((a.softmax(1) + b.softmax(1)) / 2).argmax(1)
+    assert pair["top1"] == pytest.approx((expected == targets).float().mean().item())
+    assert pair["ensemble"] == [str(teacher_40px_imagenet_norm)] and single["ensemble"] == []
+
+
+def test_an_ensemble_member_with_another_class_list_is_refused(tiny_prepared, tiny_checkpoint, tmp_path):
+    from train.config import EvaluateConfig
+    from train.evaluate import evaluate_checkpoint
+
+    names = list(load_bundle(tiny_checkpoint)["class_names"])
+    other = variant(tiny_checkpoint, tmp_path / "other.pt", class_names=names[::-1])
+    config = EvaluateConfig(checkpoint=str(tiny_checkpoint), data=str(tiny_prepared), ensemble=(str(other),))
+    with pytest.raises(FloraEdgeError, match=f"ensemble member {other} names .* classes differently"):
+        evaluate_checkpoint(config)

@@ -72,6 +72,10 @@ TRAIN_OPTIONS = {
 EVALUATE_OPTIONS = {
     "checkpoint": Option("a model bundle (best.pt) from `floraedge train`"),
     "data": Option("a prepared dataset folder"),
+    "ensemble": Option(
+        "comma-separated further checkpoints (same class list): the ensemble of all, their probabilities "
+        "averaged as --teachers does, is evaluated (default: none)"
+    ),
     "split": Option(),
     "tta_flip": Option("average with the horizontally flipped image", flag="--tta"),
     "out": Option("folder for metrics.json, per_class.csv, confusion.csv"),
@@ -114,7 +118,15 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("evaluate", help="top-1 / top-5 / mean per-class / confusion of a checkpoint on a split")
+    p = subparsers.add_parser(
+        "evaluate",
+        help="top-1 / top-5 / mean per-class / confusion of a checkpoint (or an ensemble) on a split",
+        epilog="examples:\n"
+        "  floraedge evaluate --checkpoint runs/lite0/best.pt --data data/flowers --tta\n"
+        "  floraedge evaluate --checkpoint runs/a/best.pt --ensemble runs/b/best.pt,runs/c/best.pt --data data/flowers"
+        "   # a teacher candidate",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_options(p, EvaluateConfig, EVALUATE_OPTIONS)
     p.set_defaults(func=run_evaluate)
     return p
@@ -124,5 +136,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from train.evaluate import evaluate_checkpoint
 
     m = evaluate_checkpoint(config_from_args(args))
-    print(json.dumps({k: m[k] for k in ("arch", "split", "tta_flip", "n", "top1", "top5", "mean_per_class")}, indent=2))
+    keys = ("arch", "ensemble", "split", "tta_flip", "n", "top1", "top5", "mean_per_class")
+    print(json.dumps({k: m[k] for k in keys}, indent=2))
     return 0

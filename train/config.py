@@ -53,6 +53,7 @@ class EvaluateConfig:
 
     checkpoint: str
     data: str
+    ensemble: tuple[str, ...] = ()  # more checkpoints: the probabilities of all are averaged
     split: str = "val"
     tta_flip: bool = False
     out: str | None = None  # folder for metrics.json, per_class.csv, confusion.csv

@@ -37,8 +37,9 @@ class Teacher:
     record: dict  # path, sha256, arch, crop_size, val_top1: what the student's files say about it
 
 
-def check_classes(path: str, theirs: list[str], ours: list[str]) -> None:
-    """Refuse a teacher whose class list is not the run's: its probabilities would mean other flowers."""
+def check_classes(path: str, theirs: list[str], ours: list[str], *, role: str = "teacher") -> None:
+    """Refuse a teacher (or an ensemble member) whose class list is not the run's (the first member's):
+    its probabilities would mean other flowers."""
     if theirs == ours:
         return
     if len(theirs) != len(ours):
@@ -49,7 +50,7 @@ def check_classes(path: str, theirs: list[str], ours: list[str]) -> None:
         what = (
             f"names {len(differ)} of its {len(ours)} classes differently (class {i}: {theirs[i]!r}, here {ours[i]!r})"
         )
-    raise DistillError(f"teacher {path} {what}; a teacher must be trained on the same class list as its student")
+    raise DistillError(f"{role} {path} {what}; {role}s must be trained on the same class list as the model they join")
 
 
 def load_teacher(path: str, class_names: list[str], student: PreprocessSpec, device: torch.device) -> Teacher:

@@ -13,27 +13,41 @@ from edge_runtime.metrics import classification_metrics
 from train.checkpoint import load_bundle, model_from_bundle
 from train.config import EvaluateConfig
 from train.data import CachedImages, eval_loader
+from train.distill import check_classes
 from train.engine import predict
 
 
 def evaluate_checkpoint(config: EvaluateConfig) -> dict:
-    """Metrics of ``config.checkpoint`` on ``config.split``; with ``config.out``, also metrics.json,
-    per_class.csv, confusion.csv."""
+    """Metrics of ``config.checkpoint`` (averaged with ``config.ensemble``) on ``config.split``; with
+    ``config.out``, also metrics.json, per_class.csv, confusion.csv."""
     bundle = load_bundle(config.checkpoint)
-    model, spec = model_from_bundle(bundle)
-    dataset = CachedImages(config.data, [config.split], spec=spec)
-    loader = eval_loader(dataset, config.workers, config.batch_size)
-    logits, targets = predict(model, loader, torch.device("cpu"), tta_flip=config.tta_flip, progress=True)
+    logits, targets = split_logits(bundle, config)
+    if config.ensemble:
+        probabilities = logits.softmax(1)
+        for path in config.ensemble:
+            member = load_bundle(path)
+            check_classes(path, list(member["class_names"]), list(bundle["class_names"]), role="ensemble member")
+            probabilities += split_logits(member, config)[0].softmax(1)  # same split, same order: same targets
+        logits = (probabilities / (1 + len(config.ensemble))).log()
     metrics = classification_metrics(logits.numpy(), targets.numpy(), bundle["num_classes"])
     metrics |= {
         "split": config.split,
         "tta_flip": config.tta_flip,
         "checkpoint": str(config.checkpoint),
+        "ensemble": list(config.ensemble),
         "arch": bundle["arch"],
     }
     if config.out is not None:
         write_report(Path(config.out), metrics, bundle["class_names"])
     return metrics
+
+
+def split_logits(bundle: dict, config: EvaluateConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bundle's logits on the split, each image prepared as its own spec asks, and the targets."""
+    model, spec = model_from_bundle(bundle)
+    dataset = CachedImages(config.data, [config.split], spec=spec)
+    loader = eval_loader(dataset, config.workers, config.batch_size)
+    return predict(model, loader, torch.device("cpu"), tta_flip=config.tta_flip, progress=True)
 
 
 def write_report(out: Path, metrics: dict, names: list[str]) -> None:
