@@ -87,6 +87,7 @@ def start_run(config: TrainConfig) -> Run:
     spec = input_spec(config.arch, config.img_size)
     train_set, val_set = training_sets(config, spec)  # bad --data fails here, before any folder is made
     distiller = make_distiller(config, list(class_names()), spec, device)  # and so does a teacher that cannot teach
+    dist.barrier()  # every rank has checked --out before the main one makes it (else a slower rank finds it made)
     out = make_run_dir(config, replace)
     dist.barrier()
     steps = len(train_set) // config.batch_size
