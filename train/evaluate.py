@@ -13,7 +13,7 @@ from edge_runtime.metrics import classification_metrics
 from train.checkpoint import load_bundle, model_from_bundle
 from train.config import EvaluateConfig
 from train.data import CachedImages, eval_loader
-from train.distill import check_classes
+from train.distill import check_classes, ensemble_probabilities
 from train.engine import predict
 
 
@@ -23,12 +23,12 @@ def evaluate_checkpoint(config: EvaluateConfig) -> dict:
     bundle = load_bundle(config.checkpoint)
     logits, targets = split_logits(bundle, config)
     if config.ensemble:
-        probabilities = logits.softmax(1)
+        members = [logits]
         for path in config.ensemble:
             member = load_bundle(path)
             check_classes(path, list(member["class_names"]), list(bundle["class_names"]), role="ensemble member")
-            probabilities += split_logits(member, config)[0].softmax(1)  # same split, same order: same targets
-        logits = (probabilities / (1 + len(config.ensemble))).log()
+            members.append(split_logits(member, config)[0])  # same split, same order: same targets
+        logits = ensemble_probabilities(members, temperature=1.0).log()
     metrics = classification_metrics(logits.numpy(), targets.numpy(), bundle["num_classes"])
     metrics |= {
         "split": config.split,
