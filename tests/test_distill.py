@@ -137,7 +137,7 @@ def test_every_teacher_sees_the_students_augmented_batch(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"class_names": ["a rose"] * 10}, "has 10 classes, this run has 102"),
+        ({"class_names": ["a rose"] * 10}, "has 10 classes and the model it joins 102"),
         ({"swap": (3, 7)}, "names 2 of its 102 classes differently (class 3: 'bird of paradise', here 'sweet pea')"),
         ({"spec": {"color_order": "BGR"}}, "takes BGR input and the student RGB"),
     ],

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from train.models import DEFAULT_ARCH
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
@@ -29,6 +31,7 @@ class TrainConfig:
     trivial_augment: bool = True
     freeze_bn: bool = True
     freeze_early: bool = True  # keep the backbone's high-resolution early layers frozen (registry: early_layers)
+    precision: str = "auto"  # auto: fp16 mixed precision on CUDA, fp32 elsewhere; bf16: bfloat16 autocast
     ema_epochs: float = 0.0  # horizon of an exponential moving average of the weights, in epochs; 0 = off
     teachers: tuple[str, ...] = ()  # checkpoints (best.pt) to distil from; several = their probabilities averaged
     distill_weight: float = 1.0  # loss = w * T^2 * KL(teachers || student) + (1 - w) * label loss; only with teachers

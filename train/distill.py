@@ -43,7 +43,7 @@ def check_classes(path: str, theirs: list[str], ours: list[str], *, role: str = 
     if theirs == ours:
         return
     if len(theirs) != len(ours):
-        what = f"has {len(theirs)} classes, this run has {len(ours)}"
+        what = f"has {len(theirs)} classes and the model it joins {len(ours)}"
     else:
         differ = [i for i, (a, b) in enumerate(zip(theirs, ours, strict=True)) if a != b]
         i = differ[0]

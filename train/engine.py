@@ -67,13 +67,14 @@ def train_one_epoch(
     device,
     *,
     epoch: int,
-    amp: bool = False,
+    amp_dtype: torch.dtype | None = None,
     scaler=None,
     ema=None,
     distiller=None,
     progress: bool = True,
 ) -> dict:
-    """One pass over ``loader``; returns mean loss, accuracy and images/s. ``ema`` (an ``AveragedModel``)
+    """One pass over ``loader``; returns mean loss, accuracy and images/s. ``amp_dtype`` (float16 with a
+    ``scaler``, or bfloat16) runs the forward passes under autocast. ``ema`` (an ``AveragedModel``)
     is updated after every optimizer step; a ``distill.Distiller`` blends its teachers' loss, on the very
     batch the model sees, into the label loss."""
     total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
@@ -82,8 +83,8 @@ def train_one_epoch(
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         if uses_channels_last(device):
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, enabled=amp):
-            logits = model(images)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images).float()  # the losses in fp32, whatever the autocast
             loss = criterion(logits, targets)
             if distiller is not None:
                 loss = distiller.loss(images, logits, loss)
@@ -109,8 +110,9 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader, device, *, tta_flip: bool = False, progress: bool = False):
-    """Logits (N x C, float32, CPU) and targets for ``loader``; flip TTA averages the mirrored view."""
+def predict(model: nn.Module, loader, device, *, tta_flip: bool = False, progress: bool = False, amp_dtype=None):
+    """Logits (N x C, float32, CPU) and targets for ``loader``; flip TTA averages the mirrored view;
+    ``amp_dtype`` runs the forward passes under autocast."""
     model.eval()
     if uses_channels_last(device):
         model.to(memory_format=torch.channels_last)
@@ -119,9 +121,10 @@ def predict(model: nn.Module, loader, device, *, tta_flip: bool = False, progres
         images = images.to(device)
         if uses_channels_last(device):
             images = images.contiguous(memory_format=torch.channels_last)
-        logits = model(images).float()
-        if tta_flip:
-            logits = (logits + model(images.flip(3)).float()) / 2
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images).float()
+            if tta_flip:
+                logits = (logits + model(images.flip(3)).float()) / 2
         all_logits.append(logits.cpu())
         all_targets.append(targets)
     return torch.cat(all_logits), torch.cat(all_targets)

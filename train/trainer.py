@@ -60,6 +60,8 @@ class Run:
     bundle_args: dict  # what every checkpoint of the run says about itself
     ema: AveragedModel | None = None  # the weights that are validated and saved, when --ema-epochs is set
     distiller: Distiller | None = None  # the teachers, with --teachers
+    amp_dtype: torch.dtype | None = None  # --precision: the autocast dtype of the training steps (None: fp32)
+    scaler: torch.amp.GradScaler | None = None  # with fp16
     state: RunState = field(default_factory=RunState)
 
     @property
@@ -87,6 +89,7 @@ def start_run(config: TrainConfig) -> Run:
     spec = input_spec(config.arch, config.img_size)
     train_set, val_set = training_sets(config, spec)  # bad --data fails here, before any folder is made
     distiller = make_distiller(config, list(class_names()), spec, device)  # and so does a teacher that cannot teach
+    amp_dtype, scaler = mixed_precision(config.precision, device)  # and a --precision this device cannot run
     dist.barrier()  # every rank has checked --out before the main one makes it (else a slower rank finds it made)
     out = make_run_dir(config, replace)
     dist.barrier()
@@ -107,7 +110,21 @@ def start_run(config: TrainConfig) -> Run:
         distillation=distiller.record if distiller else None,
     )
     ema = make_ema(model, config, steps)
-    run = Run(config, out, device, model, optimizer, scheduler, train_set, val_set, bundle_args, ema, distiller)
+    run = Run(
+        config,
+        out,
+        device,
+        model,
+        optimizer,
+        scheduler,
+        train_set,
+        val_set,
+        bundle_args,
+        ema,
+        distiller,
+        amp_dtype,
+        scaler,
+    )
     if config.resume:
         restore(run)
     if dist.is_main():
@@ -131,7 +148,25 @@ def restore(run: Run) -> None:
     run.state = RunState(**last["train_state"])
 
 
-def run_epoch(run: Run, epoch: int, scaler) -> dict:
+def mixed_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+    """--precision as the autocast dtype (None: fp32) and, for fp16, its gradient scaler."""
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return None, None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise TrainError(f"--precision fp16 needs CUDA, and this run is on {device.type}; use bf16 or fp32")
+        return torch.float16, torch.amp.GradScaler("cuda")
+    if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        raise TrainError(
+            "--precision bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so bf16 would run slower "
+            "than fp32; use --precision fp32"
+        )
+    return torch.bfloat16, None
+
+
+def run_epoch(run: Run, epoch: int) -> dict:
     config = run.config
     set_epoch_mode(run.model, config, backbone_trainable=epoch > config.head_epochs)
     ddp = dist.wrap(run.model)  # after the requires_grad changes: DDP syncs only what trains
@@ -145,8 +180,8 @@ def run_epoch(run: Run, epoch: int, scaler) -> dict:
             criterion,
             run.device,
             epoch=epoch,
-            amp=scaler is not None,
-            scaler=scaler,
+            amp_dtype=run.amp_dtype,
+            scaler=run.scaler,
             ema=run.ema,
             distiller=run.distiller,
             progress=config.progress and dist.is_main(),
@@ -156,7 +191,8 @@ def run_epoch(run: Run, epoch: int, scaler) -> dict:
 
 def validate(run: Run) -> dict:
     loader = eval_loader(run.val_set, run.config.workers)
-    logits, targets = predict(run.eval_model, loader, run.device, tta_flip=run.config.tta_flip)
+    # at the training precision, as the teachers' passes are; the final report (finish) is in fp32
+    logits, targets = predict(run.eval_model, loader, run.device, tta_flip=run.config.tta_flip, amp_dtype=run.amp_dtype)
     return classification_metrics(logits.numpy(), targets.numpy(), len(class_names()))
 
 
@@ -193,11 +229,10 @@ def end_epoch(run: Run, epoch: int, stats: dict, started: float) -> bool:
 def train(config: TrainConfig) -> dict:
     """Fine-tune ``config.arch`` on a prepared dataset; returns the best epoch's metrics."""
     run = start_run(config)
-    scaler = torch.amp.GradScaler("cuda") if run.device.type == "cuda" else None  # mixed precision on CUDA
     try:
         for epoch in range(run.state.epoch + 1, config.epochs + 1):
             start = time.perf_counter()
-            stats = run_epoch(run, epoch, scaler)
+            stats = run_epoch(run, epoch)
             stop = end_epoch(run, epoch, stats, start) if dist.is_main() else False
             if dist.broadcast_flag(stop):
                 break
