@@ -91,14 +91,13 @@ def write(results: list[dict], out: Path, threads: int) -> None:
 
 
 def retarget(checkpoint: Path, img_size: int, out: Path) -> None:
-    import torch
-
-    from train.checkpoint import load_bundle
+    from train.checkpoint import load_bundle, save_atomic
     from train.models import input_spec
 
     bundle = load_bundle(checkpoint)
     bundle["spec"] = input_spec(bundle["arch"], img_size).to_dict()
-    torch.save(bundle, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic(bundle, out)
 
 
 def main(argv: list[str] | None = None) -> int:
