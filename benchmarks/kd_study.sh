@@ -5,7 +5,7 @@
 # TFLite files against Lite0 at 224 px (accuracy vs latency, side by side in one run).
 # Usage: bash benchmarks/kd_study.sh [DATA_SOURCE] [WORK_DIR]
 # Stop it at any time: run it again and every finished step is kept, an interrupted training resumes.
-# On this 2-core CPU: about 1.5 h for the teacher and 1.5 h for the student at --threads 2 (a GPU:
+# On this 2-core CPU, estimated: 1.5-2 h for the teacher and as much for the student (measured: the teacher alone took 1.8 h at 1 thread beside other runs; a GPU:
 # DEVICE=cuda, minutes). THREADS, DEVICE, PRECISION and EPOCHS override the defaults below.
 set -euo pipefail
 SOURCE=${1:-../shared/data/oxford102-trainval}
