@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge_runtime.errors import FloraEdgeError
 from train.config import TrainConfig
 from train.engine import predict, train_one_epoch
 from train.models import ARCH_NAMES, build_model
 from train.schedule import set_epoch_mode
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+from train.trainer import mixed_precision
 
 
 def timed(fn) -> float:
@@ -42,11 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        sys.exit("precision_bench: this CPU has no native bfloat16 (AVX512-BF16 or AMX); nothing to compare")
+    device = torch.device("cpu")
+    try:  # the trainer's own mapping of --precision, and its refusal where bf16 is not native
+        precisions = {name: mixed_precision(name, device)[0] for name in ("fp32", "bf16")}
+    except FloraEdgeError as exc:
+        sys.exit(f"precision_bench: {exc}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    device = torch.device("cpu")
     shape = (args.batch_size, 3, args.img_size, args.img_size)
     batches = [(torch.randn(shape), torch.randint(0, 102, (args.batch_size,))) for _ in range(args.batches)]
     model = build_model(args.arch, 102, "imagenet").to(memory_format=torch.channels_last)
@@ -61,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
             model, batches, optimizer, scheduler, criterion, device, epoch=0, amp_dtype=dtype, progress=False
         )
 
-    seconds: dict[str, list[float]] = {f"{kind}_{name}": [] for kind in ("train", "val") for name in PRECISIONS}
-    train_steps(None)  # warm-up: oneDNN picks its kernels on first use
-    train_steps(torch.bfloat16)
+    seconds: dict[str, list[float]] = {f"{kind}_{name}": [] for kind in ("train", "val") for name in precisions}
+    for dtype in precisions.values():  # warm-up: oneDNN picks its kernels on first use
+        train_steps(dtype)
     for _ in range(args.rounds):
-        for name, dtype in PRECISIONS.items():
+        for name, dtype in precisions.items():
             seconds[f"train_{name}"].append(timed(lambda dtype=dtype: train_steps(dtype)))
             seconds[f"val_{name}"].append(timed(lambda dtype=dtype: predict(model, batches, device, amp_dtype=dtype)))
     images = args.batch_size * args.batches

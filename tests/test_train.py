@@ -20,6 +20,7 @@ from prepare.manifest import read_manifest
 from tests.conftest import REAL_DATA, REPO
 from train import trainer
 from train.checkpoint import CheckpointError, load_bundle, model_from_bundle
+from train.engine import cpu_has_native_bf16
 from train.models import MODELS, WeightsError, build_model, get_entry
 from train.trainer import TrainConfig, train
 
@@ -75,7 +76,7 @@ def test_two_runs_in_one_process_are_identical_and_leave_the_callers_rng_alone(t
 
 def test_bf16_autocast_trains_and_keeps_fp32_weights_or_is_refused_where_the_cpu_lacks_it(tiny_prepared, tmp_path):
     config = dict(data=str(tiny_prepared), epochs=2, lr=3e-3, **TINY)
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if not cpu_has_native_bf16():
         with pytest.raises(FloraEdgeError, match="no native bfloat16"):
             train(TrainConfig(out=str(tmp_path / "bf16"), precision="bf16", **config))
         assert not (tmp_path / "bf16").exists()

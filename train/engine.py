@@ -47,6 +47,16 @@ def uses_channels_last(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda")
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without them oneDNN emulates bfloat16, slower than fp32."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    """Autocast to ``amp_dtype`` on ``device``; None: off (fp32)."""
+    return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+
 def set_train_mode(model: nn.Module, *, freeze_bn: bool) -> None:
     """``model.train()``, but with BatchNorm statistics and affine parameters frozen when asked."""
     model.train()
@@ -83,7 +93,7 @@ def train_one_epoch(
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         if uses_channels_last(device):
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             logits = model(images).float()  # the losses in fp32, whatever the autocast
             loss = criterion(logits, targets)
             if distiller is not None:
@@ -121,7 +131,7 @@ def predict(model: nn.Module, loader, device, *, tta_flip: bool = False, progres
         images = images.to(device)
         if uses_channels_last(device):
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             logits = model(images).float()
             if tta_flip:
                 logits = (logits + model(images.flip(3)).float()) / 2

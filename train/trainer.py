@@ -26,7 +26,15 @@ from train.checkpoint import load_bundle, make_bundle, save_atomic
 from train.config import EvaluateConfig, TrainConfig
 from train.data import CachedImages, dataset_info, epoch_loader, eval_loader, training_sets
 from train.distill import Distiller, check_resumed_teachers, make_distiller
-from train.engine import TrainError, pick_device, predict, seeded, train_one_epoch, uses_channels_last
+from train.engine import (
+    TrainError,
+    cpu_has_native_bf16,
+    pick_device,
+    predict,
+    seeded,
+    train_one_epoch,
+    uses_channels_last,
+)
 from train.models import build_model, input_spec
 from train.runlog import check_run_dir, epoch_record, log_epoch, make_run_dir, plot_curves
 from train.schedule import make_optimizer, set_epoch_mode
@@ -158,7 +166,7 @@ def mixed_precision(precision: str, device: torch.device) -> tuple[torch.dtype |
         if device.type != "cuda":
             raise TrainError(f"--precision fp16 needs CUDA, and this run is on {device.type}; use bf16 or fp32")
         return torch.float16, torch.amp.GradScaler("cuda")
-    if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if device.type == "cpu" and not cpu_has_native_bf16():
         raise TrainError(
             "--precision bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so bf16 would run slower "
             "than fp32; use --precision fp32"
