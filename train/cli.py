@@ -8,7 +8,7 @@ import json
 
 from edge_runtime.cli import number
 from edge_runtime.options import Option, add_config_options, config_from_args
-from train.config import PRECISIONS, EvaluateConfig, TrainConfig
+from train.config import PRECISIONS, EvaluateConfig, SoupConfig, TrainConfig
 from train.models import ARCH_NAMES
 
 TRAIN_OPTIONS = {
@@ -89,9 +89,29 @@ EVALUATE_OPTIONS = {
 }
 
 
+SOUP_OPTIONS = {
+    "checkpoints": Option(
+        "two or more checkpoints (best.pt) fine-tuned from the same pretrained weights: one architecture, class "
+        "list and preprocessing (input sizes may differ; the soup takes the first one's)",
+        positional=True,
+    ),
+    "out": Option("the soup's checkpoint file (e.g. runs/soup/best.pt)"),
+    "data": Option(
+        "a prepared dataset: evaluate every ingredient and the soup on --split (needed for --greedy) (default: none)"
+    ),
+    "split": Option("held-out split to evaluate and choose on (none of the ingredients may have trained on it)"),
+    "greedy": Option(
+        "greedy soup: add the ingredients best first, each only if the soup's --split accuracy does not fall "
+        "(default: the uniform soup of all)"
+    ),
+    "overwrite": Option("replace an existing --out"),
+}
+
+
 def add_parser(subparsers) -> None:
     add_train_parser(subparsers)
     add_evaluate_parser(subparsers)
+    add_soup_parser(subparsers)
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -145,4 +165,29 @@ def run_evaluate(args: argparse.Namespace) -> int:
     m = evaluate_checkpoint(config_from_args(args))
     keys = ("arch", "ensemble", "split", "tta_flip", "n", "top1", "top5", "mean_per_class")
     print(json.dumps({k: m[k] for k in keys}, indent=2))
+    return 0
+
+
+def add_soup_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "soup",
+        help="average the weights of several fine-tuned checkpoints into one model (a model soup)",
+        description="Average the weights of runs fine-tuned from the same pretrained weights (other seeds, "
+        "sizes or settings) into one checkpoint (Wortsman et al. 2022). Unlike `evaluate --ensemble` it costs "
+        "nothing at inference: the soup evaluates, exports and runs like any checkpoint.",
+        epilog="examples:\n"
+        "  floraedge soup runs/s0/best.pt runs/s1/best.pt runs/s2/best.pt --out runs/soup/best.pt --data data/flowers\n"
+        "  floraedge soup runs/*/best.pt --greedy --data data/flowers --out runs/greedy-soup/best.pt",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_options(p, SoupConfig, SOUP_OPTIONS)
+    p.set_defaults(func=run_soup)
+    return p
+
+
+def run_soup(args: argparse.Namespace) -> int:
+    from train.soup import make_soup
+
+    report = make_soup(config_from_args(args))
+    print(json.dumps(report, indent=2))
     return 0

@@ -62,3 +62,17 @@ class EvaluateConfig:
     out: str | None = None  # folder for metrics.json, per_class.csv, confusion.csv
     workers: int = 0
     batch_size: int = 64
+
+
+@dataclass(frozen=True, kw_only=True)
+class SoupConfig:
+    """One model whose weights average several fine-tuned checkpoints (a model soup)."""
+
+    checkpoints: tuple[str, ...]
+    out: str
+    data: str | None = None  # with it, every ingredient and the soup are evaluated on ``split``
+    split: str = "val"
+    greedy: bool = False  # keep an ingredient only if the soup's accuracy on ``split`` does not fall
+    overwrite: bool = False
+    workers: int = 0
+    batch_size: int = 64

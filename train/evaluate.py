@@ -21,6 +21,14 @@ def evaluate_checkpoint(config: EvaluateConfig) -> dict:
     """Metrics of ``config.checkpoint`` (averaged with ``config.ensemble``) on ``config.split``; with
     ``config.out``, also metrics.json, per_class.csv, confusion.csv."""
     bundle = load_bundle(config.checkpoint)
+    metrics = evaluate_bundle(bundle, config)
+    if config.out is not None:
+        write_report(Path(config.out), metrics, bundle["class_names"])
+    return metrics
+
+
+def evaluate_bundle(bundle: dict, config: EvaluateConfig) -> dict:
+    """Metrics of a loaded bundle (averaged with ``config.ensemble``) on ``config.split``."""
     logits, targets = split_logits(bundle, config)
     if config.ensemble:
         members = [logits]
@@ -37,8 +45,6 @@ def evaluate_checkpoint(config: EvaluateConfig) -> dict:
         "ensemble": list(config.ensemble),
         "arch": bundle["arch"],
     }
-    if config.out is not None:
-        write_report(Path(config.out), metrics, bundle["class_names"])
     return metrics
 
 
