@@ -20,8 +20,9 @@ from prepare.manifest import read_manifest
 from tests.conftest import REAL_DATA, REPO
 from train import trainer
 from train.checkpoint import CheckpointError, load_bundle, model_from_bundle
-from train.engine import cpu_has_native_bf16
+from train.engine import cpu_has_native_bf16, depthwise_in_fp32
 from train.models import MODELS, WeightsError, build_model, get_entry
+from train.schedule import set_epoch_mode
 from train.trainer import TrainConfig, train
 
 TINY = dict(
@@ -91,6 +92,37 @@ def test_bf16_autocast_trains_and_keeps_fp32_weights_or_is_refused_where_the_cpu
         for v in load_bundle(tmp_path / "bf16" / "best.pt")["model"].values()
         if v.is_floating_point()
     )
+
+
+def test_depthwise_in_fp32_leaves_autocast_only_where_a_backward_pass_will_run():
+    """bf16 training on a CPU keeps the depthwise layers in fp32 (oneDNN's bf16 depthwise backward is slow)
+    where gradients flow; inference, and frozen layers that nothing trains before, stay in bf16; without
+    autocast, nothing changes."""
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", 5, "none").eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(images)
+    keys = list(model.state_dict())
+    depthwise_in_fp32(model)
+    with torch.no_grad():
+        assert torch.equal(model(images), before) and list(model.state_dict()) == keys
+    if not cpu_has_native_bf16():
+        return
+    set_epoch_mode(model, TrainConfig(data="", out="", arch="efficientnet_lite0"), backbone_trainable=True)
+    depthwise = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    frozen = [not m.weight.requires_grad for m in depthwise]  # the recipe's frozen early layers come first
+    assert 0 < sum(frozen) < len(depthwise)
+    seen: list[torch.dtype] = []
+    for m in depthwise:
+        m.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(images)
+    assert seen == [torch.bfloat16] * len(depthwise)
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(images)
+    assert seen == [torch.bfloat16 if f else torch.float32 for f in frozen]
 
 
 def test_fp16_on_a_cpu_is_refused_before_any_folder_is_made(tiny_prepared, tmp_path):

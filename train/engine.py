@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 
@@ -55,6 +56,35 @@ def cpu_has_native_bf16() -> bool:
 def autocast(device: torch.device, amp_dtype: torch.dtype | None):
     """Autocast to ``amp_dtype`` on ``device``; None: off (fp32)."""
     return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+
+def depthwise_in_fp32(model: nn.Module) -> nn.Module:
+    """Run ``model``'s depthwise convolutions in fp32 under autocast wherever a backward pass will go
+    through them; elsewhere (inference, frozen early layers) they stay in the autocast dtype.
+
+    On the CPU measured (AVX512-BF16, torch 2.14), oneDNN's bfloat16 depthwise convolution backward is
+    slower than its fp32 one, so that bf16 training steps were no faster than fp32; with the depthwise
+    layers in fp32 they are ~1.5x faster, while bf16 forward passes are fastest with every layer in
+    bf16 (benchmarks/precision_bench.py). The weights and the state_dict are unchanged: only each such
+    module's class gains this forward."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels:
+            m.__class__ = fp32_when_trained(type(m))
+    return model
+
+
+@functools.cache
+def fp32_when_trained(conv_type: type) -> type:
+    """A subclass of ``conv_type`` (a Conv2d, perhaps with its own padding) whose forward leaves autocast
+    when its backward will run."""
+
+    def forward(self, x):
+        if not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
+            return conv_type.forward(self, x)
+        with torch.autocast(x.device.type, enabled=False):
+            return conv_type.forward(self, x.float())
+
+    return type(f"Fp32Trained{conv_type.__name__}", (conv_type,), {"forward": forward})
 
 
 def set_train_mode(model: nn.Module, *, freeze_bn: bool) -> None:

@@ -29,6 +29,7 @@ from train.distill import Distiller, check_resumed_teachers, make_distiller
 from train.engine import (
     TrainError,
     cpu_has_native_bf16,
+    depthwise_in_fp32,
     pick_device,
     predict,
     seeded,
@@ -108,6 +109,8 @@ def start_run(config: TrainConfig) -> Run:
         model = build_model(config.arch, len(class_names()), config.weights).to(device)
     if uses_channels_last(device):
         model = model.to(memory_format=torch.channels_last)
+    if amp_dtype == torch.bfloat16 and device.type == "cpu":
+        depthwise_in_fp32(model)
     optimizer, scheduler = make_optimizer(model, config, steps)
     bundle_args = dict(
         arch=config.arch,
