@@ -102,38 +102,38 @@ def make_soup(config: SoupConfig) -> dict:
     if config.greedy and config.data is None:
         raise SoupError("--greedy chooses ingredients by their accuracy on a held-out split: pass --data")
     bundles = load_ingredients(config.checkpoints)
-    if config.data is not None:
-        refuse_training_split(config, bundles)
-    evaluation = None
-    if config.data is not None:
-        evaluation = EvaluateConfig(
-            checkpoint=config.checkpoints[0],
-            data=config.data,
-            split=config.split,
-            workers=config.workers,
-            batch_size=config.batch_size,
-        )
-    score = (lambda b: evaluate_bundle(b, evaluation)["top1"]) if evaluation else None
+    evaluation = held_out(config, bundles) if config.data is not None else None
+
+    def score(bundle: dict) -> float | None:
+        return evaluate_bundle(bundle, evaluation)["top1"] if evaluation else None
+
     if config.greedy:
         kept, alone = greedy_choice(bundles, score)
     else:
-        kept, alone = list(range(len(bundles))), [score(b) for b in bundles] if score else [None] * len(bundles)
+        kept, alone = list(range(len(bundles))), [score(b) for b in bundles]
     soup = soup_bundle(config, bundles, kept, alone)
-    metrics = evaluate_bundle(soup, evaluation) if evaluation else None
-    if metrics:
-        soup["metrics"] = {"val": metrics, "split": config.split}
+    if evaluation:
+        soup["metrics"] = {"val": evaluate_bundle(soup, evaluation)}  # "val": where export's model card looks
     out.parent.mkdir(parents=True, exist_ok=True)
     save_atomic(soup, out)
-    return {"out": str(out), **soup["soup"], "top1": metrics["top1"] if metrics else None}
+    return {"out": str(out), **soup["soup"], "top1": soup["metrics"]["val"]["top1"] if evaluation else None}
 
 
-def refuse_training_split(config: SoupConfig, bundles: list[dict]) -> None:
+def held_out(config: SoupConfig, bundles: list[dict]) -> EvaluateConfig:
+    """The evaluation that scores ingredients and soup; refused on a split any ingredient trained on."""
     for path, bundle in zip(config.checkpoints, bundles, strict=True):
         if config.split in bundle.get("dataset", {}).get("train_splits", []):
             raise SoupError(
                 f"{path} was trained on the {config.split!r} split, so its accuracy there says nothing; "
                 "pass a held-out --split, or leave out --data for a uniform soup"
             )
+    return EvaluateConfig(
+        checkpoint=config.checkpoints[0],
+        data=config.data,
+        split=config.split,
+        workers=config.workers,
+        batch_size=config.batch_size,
+    )
 
 
 def soup_bundle(config: SoupConfig, bundles: list[dict], kept: list[int], alone: list) -> dict:
