@@ -75,15 +75,27 @@ def test_two_runs_in_one_process_are_identical_and_leave_the_callers_rng_alone(t
     assert [h["train_loss"] for h in history(tmp_path / "a")] == [h["train_loss"] for h in history(tmp_path / "b")]
 
 
-def test_bf16_autocast_trains_and_keeps_fp32_weights_or_is_refused_where_the_cpu_lacks_it(tiny_prepared, tmp_path):
+def test_bf16_autocast_trains_and_keeps_fp32_weights_or_is_refused_where_the_cpu_lacks_it(
+    tiny_prepared, tmp_path, monkeypatch
+):
     config = dict(data=str(tiny_prepared), epochs=2, lr=3e-3, **TINY)
     if not cpu_has_native_bf16():
         with pytest.raises(FloraEdgeError, match="no native bfloat16"):
             train(TrainConfig(out=str(tmp_path / "bf16"), precision="bf16", **config))
         assert not (tmp_path / "bf16").exists()
         return
+    trained_classes: set[str] = set()
+    real_epoch = trainer.train_one_epoch
+
+    def recording(model, *args, **kwargs):
+        trained_classes.update(type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        return real_epoch(model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", recording)
     train(TrainConfig(out=str(tmp_path / "fp32"), precision="fp32", **config))
+    assert not any(name.startswith("Fp32Trained") for name in trained_classes)
     train(TrainConfig(out=str(tmp_path / "bf16"), precision="bf16", **config))
+    assert any(name.startswith("Fp32Trained") for name in trained_classes)  # the trainer swapped its depthwise layers
     fp32, bf16 = ([h["train_loss"] for h in history(tmp_path / run)] for run in ("fp32", "bf16"))
     assert bf16 != fp32  # the same seeded run (see above), so only the arithmetic differs
     assert bf16 == pytest.approx(fp32, rel=0.1) and bf16[-1] < bf16[0]
@@ -105,10 +117,10 @@ def test_depthwise_in_fp32_leaves_autocast_only_where_a_backward_pass_will_run()
         before = model(images)
     keys = list(model.state_dict())
     depthwise_in_fp32(model)
+    depthwise_in_fp32(model)  # a second call changes nothing
     with torch.no_grad():
         assert torch.equal(model(images), before) and list(model.state_dict()) == keys
-    if not cpu_has_native_bf16():
-        return
+    # bf16 autocast runs on any CPU (emulated where not native): the dtypes below hold everywhere
     set_epoch_mode(model, TrainConfig(data="", out="", arch="efficientnet_lite0"), backbone_trainable=True)
     depthwise = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
     frozen = [not m.weight.requires_grad for m in depthwise]  # the recipe's frozen early layers come first
@@ -123,6 +135,7 @@ def test_depthwise_in_fp32_leaves_autocast_only_where_a_backward_pass_will_run()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(images)
     assert seen == [torch.bfloat16 if f else torch.float32 for f in frozen]
+    assert all(type(m).__name__.count("Fp32Trained") == 1 for m in depthwise)  # swapped once, not twice
 
 
 def test_fp16_on_a_cpu_is_refused_before_any_folder_is_made(tiny_prepared, tmp_path):

@@ -68,7 +68,8 @@ def depthwise_in_fp32(model: nn.Module) -> nn.Module:
     bf16 (benchmarks/precision_bench.py). The weights and the state_dict are unchanged: only each such
     module's class gains this forward."""
     for m in model.modules():
-        if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels:
+        depthwise = isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+        if depthwise and not getattr(m, "fp32_when_trained", False):
             m.__class__ = fp32_when_trained(type(m))
     return model
 
@@ -84,7 +85,7 @@ def fp32_when_trained(conv_type: type) -> type:
         with torch.autocast(x.device.type, enabled=False):
             return conv_type.forward(self, x.float())
 
-    return type(f"Fp32Trained{conv_type.__name__}", (conv_type,), {"forward": forward})
+    return type(f"Fp32Trained{conv_type.__name__}", (conv_type,), {"forward": forward, "fp32_when_trained": True})
 
 
 def set_train_mode(model: nn.Module, *, freeze_bn: bool) -> None:

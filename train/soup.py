@@ -10,7 +10,8 @@ soup's accuracy there does not fall.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -84,9 +85,10 @@ def greedy_choice(bundles: list[dict], score) -> tuple[list[int], list[float]]:
     alone = [score(b) for b in bundles]
     order = sorted(range(len(bundles)), key=lambda i: -alone[i])
     kept, best = [order[0]], alone[order[0]]
+    base = bundles[order[0]]  # its spec (input size) is the soup's, as in soup_bundle
     for i in order[1:]:
-        candidate = score(with_weights(bundles[0], average_weights([bundles[j]["model"] for j in [*kept, i]])))
-        print(f"soup: + ingredient {i} -> {candidate:.4f} (best so far {best:.4f})", flush=True)
+        candidate = score(with_weights(base, average_weights([bundles[j]["model"] for j in [*kept, i]])))
+        print(f"soup: + ingredient {i} -> {candidate:.4f} (best so far {best:.4f})", file=sys.stderr, flush=True)
         if candidate >= best:
             kept, best = [*kept, i], candidate
     return kept, alone
@@ -112,11 +114,12 @@ def make_soup(config: SoupConfig) -> dict:
     else:
         kept, alone = list(range(len(bundles))), [score(b) for b in bundles]
     soup = soup_bundle(config, bundles, kept, alone)
-    if evaluation:
-        soup["metrics"] = {"val": evaluate_bundle(soup, evaluation)}  # "val": where export's model card looks
+    metrics = evaluate_bundle(soup, replace(evaluation, checkpoint=str(out))) if evaluation else None
+    if metrics:
+        soup["metrics"] = {config.split: metrics}  # under "val" (the usual split) export's model card shows it
     out.parent.mkdir(parents=True, exist_ok=True)
     save_atomic(soup, out)
-    return {"out": str(out), **soup["soup"], "top1": soup["metrics"]["val"]["top1"] if evaluation else None}
+    return {"out": str(out), **soup["soup"], "top1": metrics["top1"] if metrics else None}
 
 
 def held_out(config: SoupConfig, bundles: list[dict]) -> EvaluateConfig:
@@ -137,9 +140,9 @@ def held_out(config: SoupConfig, bundles: list[dict]) -> EvaluateConfig:
 
 
 def soup_bundle(config: SoupConfig, bundles: list[dict], kept: list[int], alone: list) -> dict:
-    """The first ingredient's bundle (architecture, labels, spec) with the averaged weights and a record
-    of what went in."""
-    first = {k: v for k, v in bundles[0].items() if k in BUNDLE_KEYS}  # not last.pt's optimizer and state
+    """The first kept ingredient's bundle (architecture, labels, spec; the best one for a greedy soup) with
+    the averaged weights and a record of what went in."""
+    first = {k: v for k, v in bundles[kept[0]].items() if k in BUNDLE_KEYS}  # not last.pt's optimizer and state
     ingredients = [
         {
             "path": path,
@@ -159,5 +162,9 @@ def soup_bundle(config: SoupConfig, bundles: list[dict], kept: list[int], alone:
         "config": asdict(config),
         "distillation": {},
         "versions": library_versions(),
-        "soup": {"method": "greedy" if config.greedy else "uniform", "ingredients": ingredients},
+        "soup": {
+            "method": "greedy" if config.greedy else "uniform",
+            "scored_on": config.split if config.data is not None else None,  # greedy: chosen there, so optimistic
+            "ingredients": ingredients,
+        },
     }
