@@ -186,6 +186,19 @@ def test_resume_matches_an_uninterrupted_run(tiny_prepared, tmp_path, monkeypatc
     ]
 
 
+def test_resume_keeps_the_fp16_loss_scale(tiny_prepared, tmp_path, monkeypatch):
+    # fp16 needs CUDA; a CPU GradScaler that doubles its scale after every step stands in for its state
+    scaler = lambda *_: (None, torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=1))  # noqa: E731
+    monkeypatch.setattr(trainer, "mixed_precision", scaler)
+    config = dict(data=str(tiny_prepared), epochs=3, **TINY)
+    train(TrainConfig(out=str(tmp_path / "straight"), **config))
+    train_interrupted(TrainConfig(out=str(tmp_path / "resumed"), **config), monkeypatch)
+    train(TrainConfig(out=str(tmp_path / "resumed"), resume=True, **config))
+    straight, resumed = (load_bundle(tmp_path / run / "last.pt")["scaler"] for run in ("straight", "resumed"))
+    assert straight["scale"] > 2.0**4  # it grew, so a resume that started again at 2**4 would differ
+    assert resumed == straight
+
+
 def test_ema_checkpoints_hold_the_average_and_last_keeps_the_raw_weights(tiny_prepared, tmp_path):
     run = tmp_path / "run"
     summary = train(TrainConfig(data=str(tiny_prepared), out=str(run), epochs=2, ema_epochs=0.5, **TINY))

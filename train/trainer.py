@@ -156,6 +156,8 @@ def restore(run: Run) -> None:
         run.ema.load_state_dict(last["ema"])
     run.optimizer.load_state_dict(last["optimizer"])
     run.scheduler.load_state_dict(last["scheduler"])
+    if run.scaler is not None and last.get("scaler"):
+        run.scaler.load_state_dict(last["scaler"])
     run.state = RunState(**last["train_state"])
 
 
@@ -230,6 +232,8 @@ def end_epoch(run: Run, epoch: int, stats: dict, started: float) -> bool:
     resumable = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict()}
     if run.ema is not None:  # the bundle's "model" is the average; training goes on from the raw weights
         resumable |= {"raw_model": run.model.state_dict(), "ema": run.ema.state_dict()}
+    if run.scaler is not None:  # fp16: the loss scale it has found, else a resume starts again at 2**16
+        resumable["scaler"] = run.scaler.state_dict()
     save_atomic({**bundle, **resumable, "train_state": asdict(state)}, run.out / "last.pt")
     stop = run.config.patience > 0 and state.stale >= run.config.patience
     if stop:
