@@ -54,7 +54,7 @@ class RunState:
     elapsed_s: float = 0.0  # training + validation, over every session of the run
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
     """Everything one training run holds between epochs."""
 
@@ -122,19 +122,19 @@ def start_run(config: TrainConfig) -> Run:
     )
     ema = make_ema(model, config, steps)
     run = Run(
-        config,
-        out,
-        device,
-        model,
-        optimizer,
-        scheduler,
-        train_set,
-        val_set,
-        bundle_args,
-        ema,
-        distiller,
-        amp_dtype,
-        scaler,
+        config=config,
+        out=out,
+        device=device,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_set=train_set,
+        val_set=val_set,
+        bundle_args=bundle_args,
+        ema=ema,
+        distiller=distiller,
+        amp_dtype=amp_dtype,
+        scaler=scaler,
     )
     if config.resume:
         restore(run)
