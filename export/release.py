@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metadata import file_sha256
 from edge_runtime.options import Option, add_config_options, config_from_args
 from export.formats import FORMATS
+from train.config import PRECISIONS
 from train.models import ARCH_NAMES, input_spec
 
 # The released files: the int8 rows of the format table, the TFLite file first (what a device or app runs)
@@ -55,6 +56,7 @@ class ReleaseConfig:
     epochs: int = 30
     seed: int = 0
     threads: int = 1  # per training; the two trainings run side by side
+    precision: str = "auto"  # of the training steps; auto: the fastest this machine trains at (training_precision)
     max_drop: float = 1.0  # export gate: most int8 accuracy drop (points) a file may have
     example: str = "image_01147.jpg"
     example_png: str = "docs/release_example.png"
@@ -75,6 +77,12 @@ RELEASE_OPTIONS = {
     "epochs": Option(parse=number(low=1)),
     "seed": Option("training and calibration seed"),
     "threads": Option("torch threads per training (the two trainings run side by side)", parse=number(low=1)),
+    "precision": Option(
+        "training arithmetic (`floraedge train --precision`); auto: fp16 on CUDA, bf16 on a CPU with native "
+        "bfloat16 (1.6x faster training steps than fp32 where measured, the same val top-1), fp32 elsewhere; "
+        "the card records the one that ran",
+        choices=PRECISIONS,
+    ),
     "max_drop": Option("int8 export gate: most accuracy drop, in points", parse=number(float, low=0)),
     "example": Option("val image shown in the example picture"),
     "example_png": Option("where the example picture goes"),
@@ -87,7 +95,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "release",
         help="train, export and package the released Oxford-102 model (models/oxford102-lite0/)",
         description="Run the release recipe from the raw Oxford-102 release to a folder of ready model files "
-        "(int8 TFLite + int8 ONNX, labels, model card). Hours on a 2-core CPU (3-4 on a 2-core AMD EPYC VM); "
+        "(int8 TFLite + int8 ONNX, labels, model card). Hours on a 2-core CPU (3-4 in fp32 on a 2-core AMD EPYC VM; "
+        "bf16, chosen by default where the CPU has it, makes the training steps ~1.6x faster); "
         "each finished step and epoch is reused when the command is run again.",
         epilog="example:\n  floraedge release --source ../shared/data/oxford102-trainval",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -113,7 +122,7 @@ def commands(config: ReleaseConfig) -> dict[str, list[str]]:
     source = ["--download"] if config.download else ["--source", str(config.source)]
     train = [
         "train", "--data", data, "--arch", config.arch, "--img-size", str(config.img_size),
-        "--epochs", str(config.epochs), "--seed", str(config.seed),
+        "--epochs", str(config.epochs), "--seed", str(config.seed), "--precision", config.precision,
         "--workers", "1", "--threads", str(config.threads), "--no-progress",
     ]  # fmt: skip
     export = ["export", "--data", data, "--precisions", "int8", "--calib-seed", str(config.seed),
@@ -125,6 +134,21 @@ def commands(config: ReleaseConfig) -> dict[str, list[str]]:
         "export-train-split": [*export, "--checkpoint", str(w / "train-split/best.pt"), "--out", str(w / "exports-train-split")],
         "export-trainval": [*export, "--checkpoint", str(w / "trainval/best.pt"), "--out", str(w / "exports-trainval")],
     }  # fmt: skip
+
+
+def training_precision(precision: str) -> str:
+    """``auto`` made concrete for this machine (so that the card names what ran): fp16 on CUDA, bf16 on a
+    CPU with native bfloat16, fp32 elsewhere; any other choice as given."""
+    import torch
+
+    from train.engine import cpu_has_native_bf16
+
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "fp16"
+    on_cpu = not torch.backends.mps.is_available()
+    return "bf16" if on_cpu and cpu_has_native_bf16() else "fp32"
 
 
 def floraedge(args: list[str]) -> list[str]:
@@ -450,6 +474,7 @@ def assemble(config: ReleaseConfig) -> dict:
 
 def release(config: ReleaseConfig) -> dict:
     """Run (or resume) the recipe and write the release folder; returns its card."""
+    config = replace(config, precision=training_precision(config.precision))
     Path(config.work).mkdir(parents=True, exist_ok=True)
     run_steps(["prepare"], config)
     run_steps(["train-split", "trainval"], config)

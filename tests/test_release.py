@@ -9,6 +9,7 @@ import cv2
 import pytest
 
 from edge_runtime.backends import load
+from export.release import training_precision
 from floraedge import main as cli_main
 
 
@@ -32,6 +33,7 @@ def test_release_builds_a_folder_a_device_loads_and_reuses_finished_steps(tmp_pa
     labels = (out / "labels.txt").read_text().splitlines()
     assert len(labels) == 102 and card["recipe"]["commands"]["trainval"].startswith("floraedge train")
     assert "--train-splits train,val --no-val" in card["recipe"]["commands"]["trainval"]
+    assert f"--precision {training_precision('auto')} " in card["recipe"]["commands"]["trainval"]  # what ran
     assert card["val"]["n"] == 40 and set(card["val"]["files"]) == {"model_int8.tflite", "model_int8.onnx"}
     assert card["reproducibility"] is None  # nothing was there to compare with
     assert all(c["true"] != c["predicted_as"] for c in card["val"]["most_confused_int8_tflite"])
@@ -60,3 +62,18 @@ def test_release_builds_a_folder_a_device_loads_and_reuses_finished_steps(tmp_pa
     assert 0 <= repro["old_correct"] <= 1 and 0 <= repro["new_correct"] <= 1
     assert f"right on {repro['old_correct']:.2%} before" in (out / "MODEL_CARD.md").read_text()
     assert "This cut: calibration seed 1" in (out / "MODEL_CARD.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("cuda", "native_bf16", "expected"), [(True, True, "fp16"), (False, True, "bf16"), (False, False, "fp32")]
+)
+def test_auto_precision_is_made_concrete_for_the_card(monkeypatch, cuda, native_bf16, expected):
+    import torch
+
+    from train import engine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native_bf16)
+    assert training_precision("auto") == expected
+    assert training_precision("fp32") == "fp32"  # a choice is kept as given
