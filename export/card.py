@@ -9,6 +9,7 @@ from pathlib import Path
 
 from edge_runtime.backends import BACKENDS
 from export.formats import FORMATS
+from train.checkpoint import dataset_record
 
 # the converters' packages, then the runtimes that verify the files
 TOOLS = (
@@ -47,7 +48,7 @@ def write_cards(
         "arch": bundle["arch"],
         "source_checkpoint": config["checkpoint"],
         "epoch": bundle["epoch"],
-        "dataset": bundle.get("dataset", {}),
+        "dataset": dataset_record(bundle),
         "training_metrics": bundle.get("metrics", {}).get("val"),
         "verification": verify_info | {"torch_top1": torch_accuracy},
         "calibration": calib_info,

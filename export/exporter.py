@@ -33,7 +33,8 @@ from export.converters import (
 )
 from export.formats import Format, needs_qdq_emulation, onnx_int8_info, select
 from export.verify import Reference, verify
-from train.checkpoint import load_bundle, model_from_bundle
+from train.checkpoint import dataset_record, load_bundle, model_from_bundle
+from train.data import seen_in_training
 
 
 def reference(model: torch.nn.Module, batch: np.ndarray, targets: np.ndarray) -> Reference:
@@ -51,7 +52,7 @@ def file_info(row: Format, bundle: dict, config: ExportConfig, calib_info: dict 
         "normalization": "in the runtime: (pixel/255 - mean) / std per the spec, before the model",
         "source_checkpoint": str(Path(config.checkpoint).resolve()),
         "epoch": bundle["epoch"],
-        "dataset": bundle.get("dataset", {}),
+        "dataset": dataset_record(bundle),
         "opset": ONNX_OPSET if row.format == "onnx" else None,
         "calibration": {k: v for k, v in (calib_info or {}).items() if k != "image_ids"}
         if row.needs_calibration
@@ -130,11 +131,11 @@ def export_all(config: ExportConfig) -> list[dict]:
     data, out = Path(config.data), Path(config.out)
     check_out(out, config.overwrite, [config.checkpoint, data])
     batch, targets, verify_info = verification_set(data, spec, split=config.verify_split, limit=config.verify_n)
-    verify_info["seen_in_training"] = config.verify_split in bundle.get("dataset", {}).get("train_splits", [])
-    if verify_info["seen_in_training"]:
+    verify_info["seen_in_training"] = seen = seen_in_training(bundle, data, config.verify_split)
+    if seen:
         print(
-            f"note: the checkpoint was trained on the {config.verify_split!r} split; the gate's agreement and "
-            f"probability checks hold, but its accuracies are optimistic (use an unseen split with --verify-split)"
+            f"note: the checkpoint was trained on {seen} of the {config.verify_split!r} images; the gate's agreement "
+            f"and probability checks hold, but its accuracies are optimistic (use an unseen split with --verify-split)"
         )
     ref = reference(model, batch, targets)
     calib, calib_info = None, None

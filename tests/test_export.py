@@ -24,6 +24,7 @@ from prepare.categories import class_names
 from prepare.manifest import read_manifest
 from tests.conftest import mediapipe_vs_runtime
 from train.checkpoint import CheckpointError, load_bundle, model_from_bundle
+from train.data import image_key
 
 FAST = dict(calib_min=8, calib_n=32, verify_n=16)
 
@@ -377,7 +378,8 @@ def test_int8_accuracy_drop_on_real_validation_images(tmp_path):
 
 def test_card_says_when_the_verification_images_were_trained_on(tiny_checkpoint, tiny_prepared, tmp_path):
     bundle = load_bundle(tiny_checkpoint)
-    bundle["dataset"]["train_splits"] = ["train", "val"]  # the final train+val protocol
+    rows = read_manifest(tiny_prepared)  # the final train+val protocol:
+    bundle["dataset"] |= {"train_splits": ["train", "val"], "trained_images": sorted(image_key(r) for r in rows)}
     final = tmp_path / "final.pt"
     torch.save(bundle, final)
     out = tmp_path / "out"
@@ -391,5 +393,7 @@ def test_card_says_when_the_verification_images_were_trained_on(tiny_checkpoint,
             **FAST,
         )
     )
-    assert json.loads((out / "model_card.json").read_text())["verification"]["seen_in_training"] is True
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["verification"]["seen_in_training"] == sum(r["split"] == "val" for r in rows) > 0
+    assert card["dataset"]["trained_images"] == len(rows)  # a count in the card and the files, not the list
     assert "the checkpoint was trained on them" in (out / "MODEL_CARD.md").read_text()

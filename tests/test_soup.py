@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,12 @@ import torch
 import floraedge
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metadata import file_sha256
+from prepare.manifest import read_manifest
 from tests.test_distill import variant
 from tests.test_train import TINY
 from train.checkpoint import load_bundle, save_atomic
 from train.config import EvaluateConfig, SoupConfig
+from train.data import image_key
 from train.evaluate import evaluate_checkpoint
 from train.soup import average_weights, greedy_choice, make_soup
 from train.trainer import TrainConfig, train
@@ -114,7 +117,29 @@ def test_choosing_on_a_split_the_ingredients_trained_on_is_refused(tiny_checkpoi
     config = SoupConfig(
         checkpoints=(str(tiny_checkpoint),) * 2, out=str(tmp_path / "s.pt"), data=str(tiny_prepared), split="train"
     )
-    refused(config, "was trained on the 'train' split")
+    refused(config, "was trained on [0-9]+ of the 'train' images")
+
+
+def test_a_held_out_split_that_holds_training_images_under_another_name_is_refused(
+    tiny_checkpoint, tiny_prepared, tmp_path, capsys
+):
+    # as if the ingredient came from a differently split copy of the release: its "val" is not this "val"
+    val = [image_key(r) for r in read_manifest(tiny_prepared) if r["split"] == "val"]
+    bundle = load_bundle(tiny_checkpoint)
+    bundle["dataset"]["trained_images"] = sorted(bundle["dataset"]["trained_images"] + val[:3])
+    leaky = tmp_path / "leaky.pt"
+    save_atomic(bundle, leaky)
+    config = SoupConfig(
+        checkpoints=(str(tiny_checkpoint), str(leaky)), out=str(tmp_path / "s.pt"), data=str(tiny_prepared)
+    )
+    refused(config, f"{leaky} was trained on 3 of the 'val' images")
+    # without --data nothing is scored: the soup is made, and it has seen what each ingredient saw
+    make_soup(replace(config, data=None))
+    soup = tmp_path / "s.pt"
+    assert load_bundle(soup)["dataset"]["trained_images"] == bundle["dataset"]["trained_images"]
+    metrics = evaluate_checkpoint(EvaluateConfig(checkpoint=str(soup), data=str(tiny_prepared), split="val", workers=0))
+    assert metrics["seen_in_training"] == 3
+    assert capsys.readouterr().err.count("3 of the 'val' images were in the training data") == 1
 
 
 def test_an_existing_soup_is_kept_without_overwrite(tiny_checkpoint, tmp_path):

@@ -20,6 +20,7 @@ from prepare.manifest import read_manifest
 from tests.conftest import REAL_DATA, REPO
 from train import trainer
 from train.checkpoint import CheckpointError, load_bundle, model_from_bundle
+from train.data import image_key, seen_in_training
 from train.engine import cpu_has_native_bf16, depthwise_in_fp32
 from train.models import MODELS, WeightsError, build_model, get_entry
 from train.schedule import set_epoch_mode
@@ -54,6 +55,12 @@ def test_loss_falls_and_bundle_describes_itself(tiny_prepared, tmp_path):
     assert bundle["arch"] == "efficientnet_lite0" and bundle["num_classes"] == 102
     assert bundle["class_names"][0] == "pink primrose" and bundle["dataset"]["synthetic"]
     assert bundle["spec"]["crop_size"] == 32 and bundle["spec"]["mean"] == [0.5, 0.5, 0.5]
+    rows = read_manifest(tiny_prepared)
+    assert bundle["dataset"]["trained_images"] == sorted(image_key(r) for r in rows if r["split"] == "train")
+    assert seen_in_training(bundle, tiny_prepared, "val") == 0
+    assert seen_in_training(bundle, tiny_prepared, "train") == sum(r["split"] == "train" for r in rows)
+    legacy = bundle | {"dataset": {k: v for k, v in bundle["dataset"].items() if k != "trained_images"}}
+    assert seen_in_training(legacy, tiny_prepared, "train") == seen_in_training(bundle, tiny_prepared, "train")
     with (run / "eval" / "per_class.csv").open() as f:
         present = [float(r["accuracy"]) for r in csv.DictReader(f) if int(r["support"])]
     assert summary["val"]["n"] == 16 and len(present) == 4  # the 4 synthetic classes of the 102

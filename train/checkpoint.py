@@ -63,6 +63,14 @@ def make_bundle(
     }
 
 
+def dataset_record(bundle: dict) -> dict:
+    """The bundle's dataset record for cards and file metadata: the training images as a count."""
+    dataset = dict(bundle.get("dataset", {}))
+    if "trained_images" in dataset:
+        dataset["trained_images"] = len(dataset["trained_images"])
+    return dataset
+
+
 def save_atomic(obj: dict, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
     with atomic_path(path) as tmp:

@@ -110,8 +110,13 @@ def training_sets(config: TrainConfig, spec: PreprocessSpec) -> tuple[CachedImag
     return train_set, val_set
 
 
-def dataset_info(config: TrainConfig) -> dict:
-    """What the checkpoint records about its training data."""
+def image_key(row: dict) -> str:
+    """An image's identity, whatever its name or split: the head of its sha256 (from the manifest)."""
+    return row["sha256"][:16]
+
+
+def dataset_info(config: TrainConfig, train_set: CachedImages) -> dict:
+    """What the checkpoint records about its training data, down to which images it trained on."""
     summary = read_summary(Path(config.data))
     return {
         "name": summary["dataset"],
@@ -119,7 +124,19 @@ def dataset_info(config: TrainConfig) -> dict:
         "source": summary["source"],
         "train_splits": list(config.train_splits),
         "val_split": config.val_split,
+        "trained_images": sorted(image_key(r) for r in train_set.rows),
     }
+
+
+def seen_in_training(bundle: dict, data: str | Path, split: str) -> int:
+    """How many images of ``split`` in ``data`` the bundle was trained on: by content when it lists its
+    training images (whatever the split is called there), by split name for bundles that do not."""
+    rows = select_rows(Path(data), [split])
+    dataset = bundle.get("dataset", {})
+    if "trained_images" in dataset:
+        trained = set(dataset["trained_images"])
+        return sum(image_key(r) in trained for r in rows)
+    return len(rows) if split in dataset.get("train_splits", []) else 0
 
 
 def epoch_loader(dataset: Dataset, config: TrainConfig, epoch: int) -> DataLoader:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -12,7 +13,7 @@ import torch
 from edge_runtime.metrics import classification_metrics
 from train.checkpoint import load_bundle, model_from_bundle
 from train.config import EvaluateConfig
-from train.data import CachedImages, eval_loader
+from train.data import CachedImages, eval_loader, seen_in_training
 from train.distill import check_classes, ensemble_probabilities
 from train.engine import predict
 
@@ -30,15 +31,23 @@ def evaluate_checkpoint(config: EvaluateConfig) -> dict:
 def evaluate_bundle(bundle: dict, config: EvaluateConfig) -> dict:
     """Metrics of a loaded bundle (averaged with ``config.ensemble``) on ``config.split``."""
     logits, targets = split_logits(bundle, config)
+    seen = seen_in_training(bundle, config.data, config.split)  # of a member: the most any one saw
     if config.ensemble:
         members = [logits]
         for path in config.ensemble:
             member = load_bundle(path)
             check_classes(path, list(member["class_names"]), list(bundle["class_names"]), role="ensemble member")
             members.append(split_logits(member, config)[0])  # same split, same order: same targets
+            seen = max(seen, seen_in_training(member, config.data, config.split))
         logits = ensemble_probabilities(members, temperature=1.0).log()
     metrics = classification_metrics(logits.numpy(), targets.numpy(), bundle["num_classes"])
+    if seen:
+        print(
+            f"warning: {seen} of the {config.split!r} images were in the training data; these figures are optimistic",
+            file=sys.stderr,
+        )
     metrics |= {
+        "seen_in_training": seen,
         "split": config.split,
         "tta_flip": config.tta_flip,
         "checkpoint": str(config.checkpoint),

@@ -20,6 +20,7 @@ from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metadata import file_sha256
 from train.checkpoint import library_versions, load_bundle, save_atomic
 from train.config import EvaluateConfig, SoupConfig
+from train.data import seen_in_training
 from train.distill import check_classes
 
 SIZE_FIELDS = ("crop_size", "resize_size")  # weights of a CNN do not depend on the input size
@@ -125,9 +126,9 @@ def make_soup(config: SoupConfig) -> dict:
 def held_out(config: SoupConfig, bundles: list[dict]) -> EvaluateConfig:
     """The evaluation that scores ingredients and soup; refused on a split any ingredient trained on."""
     for path, bundle in zip(config.checkpoints, bundles, strict=True):
-        if config.split in bundle.get("dataset", {}).get("train_splits", []):
+        if seen := seen_in_training(bundle, config.data, config.split):
             raise SoupError(
-                f"{path} was trained on the {config.split!r} split, so its accuracy there says nothing; "
+                f"{path} was trained on {seen} of the {config.split!r} images, so its accuracy there says nothing; "
                 "pass a held-out --split, or leave out --data for a uniform soup"
             )
     return EvaluateConfig(
@@ -137,6 +138,16 @@ def held_out(config: SoupConfig, bundles: list[dict]) -> EvaluateConfig:
         workers=config.workers,
         batch_size=config.batch_size,
     )
+
+
+def pooled_dataset(records: list[dict]) -> dict:
+    """The first record, training on what every one of them trained on (the soup has seen it all)."""
+    pooled = records[0] | {"train_splits": sorted({s for r in records for s in r.get("train_splits", [])})}
+    if all("trained_images" in r for r in records):
+        pooled["trained_images"] = sorted({key for r in records for key in r["trained_images"]})
+    else:
+        pooled.pop("trained_images", None)  # unknown for one: fall back to the split names
+    return pooled
 
 
 def soup_bundle(config: SoupConfig, bundles: list[dict], kept: list[int], alone: list) -> dict:
@@ -154,11 +165,10 @@ def soup_bundle(config: SoupConfig, bundles: list[dict], kept: list[int], alone:
         }
         for i, (path, bundle, score) in enumerate(zip(config.checkpoints, bundles, alone, strict=True))
     ]
-    splits = sorted({s for i in kept for s in bundles[i].get("dataset", {}).get("train_splits", [])})
     return first | {
         "model": average_weights([bundles[i]["model"] for i in kept]),
         "metrics": {},
-        "dataset": first.get("dataset", {}) | {"train_splits": splits},
+        "dataset": pooled_dataset([bundles[i].get("dataset", {}) for i in kept]),
         "config": asdict(config),
         "distillation": {},
         "versions": library_versions(),

@@ -117,7 +117,7 @@ def start_run(config: TrainConfig) -> Run:
         class_names=list(class_names()),
         spec=spec,
         config=asdict(config),
-        dataset=dataset_info(config),
+        dataset=dataset_info(config, train_set),
         distillation=distiller.record if distiller else None,
     )
     ema = make_ema(model, config, steps)
