@@ -68,12 +68,12 @@ def plot(results: list[dict], path: Path, threads: int) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for r in results:  # the bar: one standard error of the top-1 on n images
         se = 100 * np.sqrt(r["top1"] * (1 - r["top1"]) / r["n"])
-        ax.errorbar(r["median_ms"], 100 * r["top1"], yerr=se, fmt="o", capsize=3)
-        ax.annotate(r["name"], (r["median_ms"], 100 * r["top1"]), textcoords="offset points", xytext=(5, 3), fontsize=8)
+        ax.errorbar(r["median_ms"], 100 * r["top1"], yerr=se, fmt="o", capsize=3, label=r["name"])
     ax.set_xlabel(f"int8 latency, median ms ({threads} thread{'s' * (threads > 1)})")
     ax.set_ylabel("val top-1 (%)")
     ax.set_title("accuracy (± 1 standard error) vs latency, side by side")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")  # a legend, not labels: candidates of one input size sit on top of each other
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
