@@ -137,18 +137,16 @@ def commands(config: ReleaseConfig) -> dict[str, list[str]]:
 
 
 def training_precision(precision: str) -> str:
-    """``auto`` made concrete for this machine (so that the card names what ran): fp16 on CUDA, bf16 on a
-    CPU with native bfloat16, fp32 elsewhere; any other choice as given."""
-    import torch
-
-    from train.engine import cpu_has_native_bf16
+    """``auto`` made concrete for the device the trainings will pick (so that the card names what ran):
+    fp16 on CUDA, bf16 on a CPU with native bfloat16, fp32 elsewhere; any other choice as given."""
+    from train import engine
 
     if precision != "auto":
         return precision
-    if torch.cuda.is_available():
+    device = engine.pick_device("auto").type
+    if device == "cuda":
         return "fp16"
-    on_cpu = not torch.backends.mps.is_available()
-    return "bf16" if on_cpu and cpu_has_native_bf16() else "fp32"
+    return "bf16" if device == "cpu" and engine.cpu_has_native_bf16() else "fp32"
 
 
 def floraedge(args: list[str]) -> list[str]:
