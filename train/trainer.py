@@ -36,6 +36,7 @@ from train.engine import (
     train_one_epoch,
     uses_channels_last,
 )
+from train.evaluate import evaluate_checkpoint
 from train.models import build_model, input_spec
 from train.runlog import check_run_dir, epoch_record, log_epoch, make_run_dir, plot_curves
 from train.schedule import make_optimizer, set_epoch_mode
@@ -263,8 +264,6 @@ def train(config: TrainConfig) -> dict:
 
 def finish(run: Run) -> dict:
     """Final report on the best checkpoint: metrics with and without flip TTA, per-class report, curves."""
-    from train.evaluate import evaluate_checkpoint
-
     config, out, state = run.config, run.out, run.state
     plot_curves(out)
     summary = {"best_epoch": state.best_epoch, "epochs_run": state.epoch, "train_wall_s": round(state.elapsed_s, 1)}
