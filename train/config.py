@@ -76,3 +76,24 @@ class SoupConfig:
     overwrite: bool = False
     workers: int = 0
     batch_size: int = 64
+
+
+@dataclass(frozen=True, kw_only=True)
+class FixresConfig:
+    """A checkpoint's classifier re-fitted at its test-time resolution and preprocessing (FixRes, Touvron et
+    al. 2019): RandomResizedCrop shows objects larger in training than the center crop does at test time."""
+
+    checkpoint: str
+    data: str
+    out: str
+    img_size: int | None = None  # the test resolution; None: the checkpoint's own
+    epochs: int = 10  # over the cached features of every training image and its mirror
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    batch_size: int = 32
+    train_splits: tuple[str, ...] = ("train",)
+    val_split: str | None = "val"  # evaluated before and after; None: no evaluation
+    seed: int = 0
+    threads: int | None = None
+    overwrite: bool = False

@@ -95,15 +95,19 @@ def read_summary(data: Path) -> dict:
     return summary
 
 
-def training_sets(config: TrainConfig, spec: PreprocessSpec) -> tuple[CachedImages, CachedImages | None]:
-    """The augmented training images and the validation images (None without a val split), decoded once."""
-    data = Path(config.data)
+def warn_if_cache_too_small(data: Path, spec: PreprocessSpec) -> None:
     cache_size = read_summary(data)["config"]["cache_size"]
     if spec.resize_size > cache_size:
         print(
             f"warning: the model resizes to {spec.resize_size} px but the cache holds {cache_size} px; "
             f"re-run prepare with --cache-size {spec.resize_size} for full detail"
         )
+
+
+def training_sets(config: TrainConfig, spec: PreprocessSpec) -> tuple[CachedImages, CachedImages | None]:
+    """The augmented training images and the validation images (None without a val split), decoded once."""
+    data = Path(config.data)
+    warn_if_cache_too_small(data, spec)
     transform = train_transform(spec, min_scale=config.min_scale, trivial_augment=config.trivial_augment)
     train_set = CachedImages(data, list(config.train_splits), transform=transform)
     val_set = CachedImages(data, [config.val_split], spec=spec) if config.val_split else None

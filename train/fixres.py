@@ -1,0 +1,116 @@
+"""FixRes (Touvron et al. 2019, "Fixing the train-test resolution discrepancy"): re-fit a trained
+model's classifier on the images as the device will see them.
+
+RandomResizedCrop shows a training image's objects larger than the center crop of the same image
+at test time, so a model is best tested at a higher resolution than it was trained at, once its
+classifier has been re-fitted there. With BatchNorm frozen (the default recipe) and the backbone
+fixed, re-fitting the classifier needs each training image's features only once: two forward
+passes per image (it and its mirror, at the test preprocessing), then epochs over the cached
+features that cost next to nothing. The result is an ordinary checkpoint with the new input size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from edge_runtime.errors import FloraEdgeError
+from edge_runtime.metadata import file_sha256
+from train.checkpoint import library_versions, load_bundle, model_from_bundle, save_atomic
+from train.config import EvaluateConfig, FixresConfig
+from train.data import CachedImages, eval_loader, image_key, warn_if_cache_too_small
+from train.models import get_entry, input_spec
+from train.soup import BUNDLE_KEYS, pooled_dataset
+
+
+class FixresError(FloraEdgeError):
+    """A re-fit that cannot run as asked."""
+
+
+@torch.no_grad()
+def head_inputs(model: nn.Module, head: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``head`` receives for every image of ``loader`` and for its mirror (fp32, in that order per
+    batch), and the labels of both."""
+    features, labels = [], []
+    hook = head.register_forward_pre_hook(lambda module, args: features.append(args[0].float().flatten(1)))
+    try:
+        for images, targets in tqdm(loader, desc="features", unit="batch", leave=False):
+            images = images.contiguous(memory_format=torch.channels_last)  # as predict() runs it on a CPU
+            model(images)
+            model(images.flip(3))
+            labels += [targets, targets]
+    finally:
+        hook.remove()
+    return torch.cat(features), torch.cat(labels)
+
+
+def fit_head(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor, config: FixresConfig) -> None:
+    """AdamW with a cosine decay over ``config.epochs`` passes of the cached features, from the head's weights."""
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = config.epochs * math.ceil(len(labels) / config.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    generator = torch.Generator().manual_seed(config.seed)
+    with torch.enable_grad():
+        for _ in range(config.epochs):
+            for batch in torch.randperm(len(labels), generator=generator).split(config.batch_size):
+                loss = criterion(head(features[batch]), labels[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+
+
+def refit(config: FixresConfig) -> dict:
+    """The checkpoint with its classifier re-fitted at ``config.img_size``, saved at ``config.out``; returns
+    a report (val top-1 before and after, when there is a val split)."""
+    from train.evaluate import evaluate_bundle
+
+    out = Path(config.out)
+    if out.exists() and not config.overwrite:
+        raise FixresError(f"{out} already exists; choose another --out or pass --overwrite")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    original = load_bundle(config.checkpoint)
+    model, own_spec = model_from_bundle(original)
+    spec = input_spec(original["arch"], config.img_size or own_spec.crop_size)
+    warn_if_cache_too_small(Path(config.data), spec)
+    images = CachedImages(config.data, list(config.train_splits), spec=spec)
+    head = model.get_submodule(get_entry(original["arch"]).head)
+    if not isinstance(head, nn.Linear):
+        raise FixresError(f"{original['arch']}'s head is a {type(head).__name__}, not the nn.Linear a re-fit expects")
+    model.to(memory_format=torch.channels_last)
+    features, labels = head_inputs(model, head, eval_loader(images, workers=0))
+    fit_head(head, features, labels, config)
+    refitted_on = {"train_splits": list(config.train_splits), "trained_images": sorted(map(image_key, images.rows))}
+    bundle = {k: v for k, v in original.items() if k in BUNDLE_KEYS} | {
+        "spec": spec.to_dict(),
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "dataset": pooled_dataset([original.get("dataset", {}), refitted_on]),
+        "config": asdict(config),
+        "distillation": original.get("distillation", {}),
+        "versions": library_versions(),
+        "fixres": {
+            "from": config.checkpoint,
+            "sha256": file_sha256(config.checkpoint),
+            "from_crop_size": own_spec.crop_size,
+            "crop_size": spec.crop_size,
+            "views": len(labels),
+        },
+        "metrics": {},
+    }
+    report = {"out": str(out), **bundle["fixres"]}
+    if config.val_split:
+        evaluation = EvaluateConfig(checkpoint=config.checkpoint, data=config.data, split=config.val_split)
+        before = evaluate_bundle(original, evaluation)
+        after = evaluate_bundle(bundle, replace(evaluation, checkpoint=str(out)))
+        bundle["metrics"] = {config.val_split: after}
+        report |= {f"{config.val_split}_top1_before": before["top1"], f"{config.val_split}_top1": after["top1"]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic(bundle, out)
+    return report
