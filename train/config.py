@@ -87,7 +87,7 @@ class FixresConfig:
     data: str
     out: str
     img_size: int | None = None  # the test resolution; None: the checkpoint's own
-    epochs: int = 10  # over the cached features of every training image and its mirror
+    epochs: int = 5  # over the cached features of every training image and its mirror
     lr: float = 1e-3
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
