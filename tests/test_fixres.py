@@ -11,7 +11,8 @@ import floraedge
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metadata import file_sha256
 from prepare.manifest import read_manifest
-from train.checkpoint import load_bundle, model_from_bundle
+from benchmarks.pareto import retarget
+from train.checkpoint import load_bundle, model_from_bundle, save_atomic
 from train.config import EvaluateConfig, FixresConfig
 from train.data import CachedImages, eval_loader, image_key
 from train.evaluate import evaluate_checkpoint
@@ -46,9 +47,11 @@ def test_fitting_the_head_lowers_its_loss_on_the_features(tiny_checkpoint, tiny_
         assert loss(fitted(features), labels) < 0.9 * loss(head(features), labels)
 
 
-def test_fixres_changes_only_the_classifier_and_the_input_size(tiny_checkpoint, tiny_prepared, tmp_path):
+def test_fixres_changes_only_the_classifier_and_the_input_size(tiny_checkpoint, tiny_prepared, tmp_path, capsys):
     out = tmp_path / "fixres48.pt"
     report = refit(FixresConfig(checkpoint=str(tiny_checkpoint), data=str(tiny_prepared), out=str(out), img_size=48))
+    printed = capsys.readouterr()
+    assert "the cache holds 40 px" in printed.err and "cache" not in printed.out  # stdout stays the JSON report's
     original, fitted = load_bundle(tiny_checkpoint), load_bundle(out)
     head = get_entry(original["arch"]).head
     changed = {k for k, v in original["model"].items() if not torch.equal(v, fitted["model"][k])}
@@ -62,6 +65,32 @@ def test_fixres_changes_only_the_classifier_and_the_input_size(tiny_checkpoint, 
     assert again["top1"] == report["val_top1"] == fitted["metrics"]["val"]["top1"]
     before = evaluate_checkpoint(EvaluateConfig(checkpoint=str(tiny_checkpoint), data=str(tiny_prepared)))
     assert report["val_top1_before"] == before["top1"]
+    resized = tmp_path / "at48.pt"
+    retarget(tiny_checkpoint, 48, resized)
+    assert report["val_top1_resized_only"] == evaluate_checkpoint(
+        EvaluateConfig(checkpoint=str(resized), data=str(tiny_prepared))
+    )["top1"]
+
+
+def test_it_refits_on_the_splits_the_checkpoint_trained_on(tiny_checkpoint, tiny_prepared, tmp_path):
+    bundle = load_bundle(tiny_checkpoint)
+    bundle["dataset"] = bundle["dataset"] | {"train_splits": ["train", "val"]}  # as a train+val model records
+    trainval = tmp_path / "trainval.pt"
+    save_atomic(bundle, trainval)
+    out = tmp_path / "fixres.pt"
+    report = refit(FixresConfig(checkpoint=str(trainval), data=str(tiny_prepared), out=str(out), val_split=None))
+    assert report["train_splits"] == ["train", "val"] and report["views"] == 2 * (32 + 16)
+
+
+def test_a_refit_that_would_replace_its_own_checkpoint_or_divide_by_zero_is_refused(tiny_checkpoint, tmp_path):
+    source = tmp_path / "best.pt"
+    source.write_bytes(tiny_checkpoint.read_bytes())
+    with pytest.raises(FloraEdgeError, match="is the checkpoint being re-fitted"):
+        refit(FixresConfig(checkpoint=str(source), data="unused", out=str(source), overwrite=True))
+    assert source.read_bytes() == tiny_checkpoint.read_bytes()
+    for bad in ({"epochs": 0}, {"batch_size": 0}):
+        with pytest.raises(FloraEdgeError, match="must be at least 1"):
+            refit(FixresConfig(checkpoint=str(source), data="unused", out=str(tmp_path / "x.pt"), **bad))
 
 
 def test_a_refit_on_val_records_that_it_saw_val(tiny_checkpoint, tiny_prepared, tmp_path, capsys):

@@ -109,7 +109,10 @@ SOUP_OPTIONS = {
 
 FIXRES_OPTIONS = {
     "checkpoint": Option("a model bundle (best.pt) from `floraedge train` (or soup)"),
-    "data": Option("the prepared dataset it was trained on"),
+    "data": Option(
+        "the prepared dataset it was trained on, cached at least at the new resize size (prepare --cache-size: "
+        "293 for 256 px)"
+    ),
     "out": Option("the re-fitted checkpoint file (e.g. runs/lite0-224/fixres256.pt)"),
     "img_size": Option(
         "the test resolution to re-fit at, usually above the training one (default: the checkpoint's own)",
@@ -120,7 +123,9 @@ FIXRES_OPTIONS = {
     "weight_decay": Option("AdamW weight decay", parse=number(float, low=0)),
     "label_smoothing": Option(parse=number(float, low=0, high=1)),
     "batch_size": Option(parse=number(low=1)),
-    "train_splits": Option("comma-separated splits to re-fit on (the checkpoint's own training splits)"),
+    "train_splits": Option(
+        "comma-separated splits to re-fit on (default: the ones the checkpoint was trained on, as it records them)"
+    ),
     "val_split": Option(
         "split evaluated before and after the re-fit",
         none_flag="--no-val",

@@ -92,7 +92,7 @@ class FixresConfig:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     batch_size: int = 32
-    train_splits: tuple[str, ...] = ("train",)
+    train_splits: tuple[str, ...] | None = None  # None: the checkpoint's own training splits
     val_split: str | None = "val"  # evaluated before and after; None: no evaluation
     seed: int = 0
     threads: int | None = None

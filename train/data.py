@@ -7,6 +7,7 @@ Training augments uint8 tensors with torchvision; evaluation calls the edge runt
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -100,7 +101,8 @@ def warn_if_cache_too_small(data: Path, spec: PreprocessSpec) -> None:
     if spec.resize_size > cache_size:
         print(
             f"warning: the model resizes to {spec.resize_size} px but the cache holds {cache_size} px; "
-            f"re-run prepare with --cache-size {spec.resize_size} for full detail"
+            f"re-run prepare with --cache-size {spec.resize_size} for full detail",
+            file=sys.stderr,
         )
 
 

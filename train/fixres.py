@@ -24,7 +24,8 @@ from edge_runtime.metadata import file_sha256
 from train.checkpoint import library_versions, load_bundle, model_from_bundle, save_atomic
 from train.config import EvaluateConfig, FixresConfig
 from train.data import CachedImages, eval_loader, image_key, warn_if_cache_too_small
-from train.models import get_entry, input_spec
+from train.evaluate import evaluate_bundle
+from train.models import get_entry
 from train.soup import BUNDLE_KEYS, pooled_dataset
 
 
@@ -68,26 +69,24 @@ def fit_head(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor, conf
 
 def refit(config: FixresConfig) -> dict:
     """The checkpoint with its classifier re-fitted at ``config.img_size``, saved at ``config.out``; returns
-    a report (val top-1 before and after, when there is a val split)."""
-    from train.evaluate import evaluate_bundle
-
-    out = Path(config.out)
-    if out.exists() and not config.overwrite:
-        raise FixresError(f"{out} already exists; choose another --out or pass --overwrite")
+    a report (with a val split: top-1 of the checkpoint as it was, of the same weights at the new size,
+    and after the re-fit)."""
+    out = check_config(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     original = load_bundle(config.checkpoint)
     model, own_spec = model_from_bundle(original)
-    spec = input_spec(original["arch"], config.img_size or own_spec.crop_size)
+    spec = own_spec.at_size(config.img_size) if config.img_size else own_spec
     warn_if_cache_too_small(Path(config.data), spec)
-    images = CachedImages(config.data, list(config.train_splits), spec=spec)
+    splits = config.train_splits or tuple(original.get("dataset", {}).get("train_splits") or ("train",))
+    images = CachedImages(config.data, list(splits), spec=spec)
     head = model.get_submodule(get_entry(original["arch"]).head)
     if not isinstance(head, nn.Linear):
         raise FixresError(f"{original['arch']}'s head is a {type(head).__name__}, not the nn.Linear a re-fit expects")
     model.to(memory_format=torch.channels_last)
     features, labels = head_inputs(model, head, eval_loader(images, workers=0))
     fit_head(head, features, labels, config)
-    refitted_on = {"train_splits": list(config.train_splits), "trained_images": sorted(map(image_key, images.rows))}
+    refitted_on = {"train_splits": list(splits), "trained_images": sorted(map(image_key, images.rows))}
     bundle = {k: v for k, v in original.items() if k in BUNDLE_KEYS} | {
         "spec": spec.to_dict(),
         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -100,17 +99,42 @@ def refit(config: FixresConfig) -> dict:
             "sha256": file_sha256(config.checkpoint),
             "from_crop_size": own_spec.crop_size,
             "crop_size": spec.crop_size,
+            "train_splits": list(splits),
             "views": len(labels),
         },
         "metrics": {},
     }
     report = {"out": str(out), **bundle["fixres"]}
     if config.val_split:
-        evaluation = EvaluateConfig(checkpoint=config.checkpoint, data=config.data, split=config.val_split)
-        before = evaluate_bundle(original, evaluation)
-        after = evaluate_bundle(bundle, replace(evaluation, checkpoint=str(out)))
-        bundle["metrics"] = {config.val_split: after}
-        report |= {f"{config.val_split}_top1_before": before["top1"], f"{config.val_split}_top1": after["top1"]}
+        report |= evaluate_before_and_after(config, original, bundle)
+        bundle["metrics"] = {config.val_split: report.pop("after")}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_atomic(bundle, out)
     return report
+
+
+def check_config(config: FixresConfig) -> Path:
+    """--out, unless it is taken (or is the checkpoint itself), and the counts the re-fit divides by."""
+    out = Path(config.out)
+    if out.resolve() == Path(config.checkpoint).resolve():
+        raise FixresError(f"--out {out} is the checkpoint being re-fitted; write the re-fit to another file")
+    if out.exists() and not config.overwrite:
+        raise FixresError(f"{out} already exists; choose another --out or pass --overwrite")
+    if config.epochs < 1 or config.batch_size < 1:
+        raise FixresError(f"epochs ({config.epochs}) and batch_size ({config.batch_size}) must be at least 1")
+    return out
+
+
+def evaluate_before_and_after(config: FixresConfig, original: dict, refitted: dict) -> dict:
+    """Val top-1 of the checkpoint as it was, of its weights run at the new size, and of the re-fit (whose
+    whole metrics come back under "after")."""
+    evaluation = EvaluateConfig(checkpoint=config.checkpoint, data=config.data, split=config.val_split)
+    resized = original | {"spec": refitted["spec"]}
+    after = evaluate_bundle(refitted, replace(evaluation, checkpoint=config.out))
+    split = config.val_split
+    return {
+        f"{split}_top1_before": evaluate_bundle(original, evaluation)["top1"],
+        f"{split}_top1_resized_only": evaluate_bundle(resized, evaluation)["top1"],
+        f"{split}_top1": after["top1"],
+        "after": after,
+    }

@@ -22,6 +22,7 @@ from train.checkpoint import library_versions, load_bundle, save_atomic
 from train.config import EvaluateConfig, SoupConfig
 from train.data import seen_in_training
 from train.distill import check_classes
+from train.evaluate import evaluate_bundle
 
 SIZE_FIELDS = ("crop_size", "resize_size")  # weights of a CNN do not depend on the input size
 BUNDLE_KEYS = ("format", "format_version", "arch", "num_classes", "class_names", "spec", "epoch", "dataset")
@@ -97,8 +98,6 @@ def greedy_choice(bundles: list[dict], score) -> tuple[list[int], list[float]]:
 
 def make_soup(config: SoupConfig) -> dict:
     """Average ``config.checkpoints`` into one bundle at ``config.out``; returns its report."""
-    from train.evaluate import evaluate_bundle
-
     out = Path(config.out)
     if out.exists() and not config.overwrite:
         raise SoupError(f"{out} already exists; choose another --out or pass --overwrite")
