@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import floraedge
+from benchmarks.pareto import retarget
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metadata import file_sha256
 from prepare.manifest import read_manifest
-from benchmarks.pareto import retarget
 from train.checkpoint import load_bundle, model_from_bundle, save_atomic
 from train.config import EvaluateConfig, FixresConfig
 from train.data import CachedImages, eval_loader, image_key
@@ -67,9 +67,10 @@ def test_fixres_changes_only_the_classifier_and_the_input_size(tiny_checkpoint, 
     assert report["val_top1_before"] == before["top1"]
     resized = tmp_path / "at48.pt"
     retarget(tiny_checkpoint, 48, resized)
-    assert report["val_top1_resized_only"] == evaluate_checkpoint(
-        EvaluateConfig(checkpoint=str(resized), data=str(tiny_prepared))
-    )["top1"]
+    assert (
+        report["val_top1_resized_only"]
+        == evaluate_checkpoint(EvaluateConfig(checkpoint=str(resized), data=str(tiny_prepared)))["top1"]
+    )
 
 
 def test_it_refits_on_the_splits_the_checkpoint_trained_on(tiny_checkpoint, tiny_prepared, tmp_path):
