@@ -7,7 +7,7 @@ import argparse
 from benchmarks.bench import BenchConfig
 from edge_runtime.cli import number
 from edge_runtime.errors import FloraEdgeError
-from edge_runtime.options import Option, add_config_options, config_from_args
+from edge_runtime.options import Option, add_command, config_from_args
 
 BENCH_OPTIONS = {
     "models": Option("folder written by `floraedge export`"),
@@ -24,18 +24,18 @@ BENCH_OPTIONS = {
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
+    return add_command(
+        subparsers,
         "bench",
+        BenchConfig,
+        BENCH_OPTIONS,
+        run,
         help="accuracy / latency / size / memory / loop FPS of every exported file, side by side",
         description="Benchmark every file of an export folder (the export format table decides which), plus the "
         "PyTorch model when --checkpoint is given. Writes report.md (with plots), results.csv, results.json.",
         epilog="example:\n  floraedge bench --models exports/lite0 --checkpoint runs/lite0/best.pt --data data/flowers "
         "--out bench/lite0",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_options(p, BenchConfig, BENCH_OPTIONS)
-    p.set_defaults(func=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:

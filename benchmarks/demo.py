@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_runtime.cli import number
-from edge_runtime.options import Option, add_config_options, config_from_args
+from edge_runtime.options import Option, add_command, config_from_args
 from export.formats import FORMATS
 from train.models import ARCH_NAMES, input_spec
 
@@ -46,17 +46,17 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
+    return add_command(
+        subparsers,
         "demo",
+        DemoConfig,
+        DEMO_OPTIONS,
+        run,
         help="run the whole pipeline on the built-in synthetic release (or --source DIR)",
         description="prepare -> train -> export -> bench -> run --headless on a synthetic Oxford-102-format release, offline, in a few "
         "minutes on 2 CPU cores; writes a Markdown report. --source DIR runs the same on real data.",
         epilog="examples:\n  floraedge demo\n  floraedge demo --source ../shared/data/oxford102-trainval --epochs 3",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_options(p, DemoConfig, DEMO_OPTIONS)
-    p.set_defaults(func=run)
-    return p
 
 
 @contextlib.contextmanager

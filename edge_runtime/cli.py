@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edge_runtime.backends import BACKENDS
 from edge_runtime.live import SMOOTHING, LiveConfig
-from edge_runtime.options import Option, add_config_options, config_from_args
+from edge_runtime.options import Option, add_command, config_from_args
 from edge_runtime.sources import IMAGE_SUFFIXES
 
 BACKEND_CHOICES = ("auto", *BACKENDS)
@@ -86,16 +86,17 @@ def add_parser(subparsers) -> None:
 
 
 def add_classify_parser(subparsers) -> None:
-    p = subparsers.add_parser(
+    add_command(
+        subparsers,
         "classify",
+        ClassifyConfig,
+        CLASSIFY_OPTIONS,
+        run_classify,
         help="top-k classes for image files and folders (torch-free)",
         description="Classify images with an exported model; labels and preprocessing come "
         "from the model's own metadata.",
         epilog="example:\n  floraedge classify --model export/model_int8.onnx photos/ rose.jpg --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_options(p, ClassifyConfig, CLASSIFY_OPTIONS)
-    p.set_defaults(func=run_classify)
 
 
 def iter_images(paths: list[Path]):
@@ -171,16 +172,17 @@ RUN_OPTIONS = {
 
 
 def add_run_parser(subparsers) -> None:
-    p = subparsers.add_parser(
+    add_command(
+        subparsers,
         "run",
+        RunConfig,
+        RUN_OPTIONS,
+        run_live_command,
         help="the live camera loop (torch-free): classify frames, overlay or JSON lines",
         description="Classify live frames on the device. " + SOURCE_HELP,
         epilog="examples:\n  floraedge run --model model_int8.tflite --source 0\n"
         "  floraedge run --model model.onnx --source clip.mp4 --headless --max-frames 100",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_options(p, RunConfig, RUN_OPTIONS)
-    p.set_defaults(func=run_live_command)
 
 
 def check_live_paths(config: LiveConfig) -> None:

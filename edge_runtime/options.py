@@ -131,6 +131,29 @@ def add_config_options(
     parser.set_defaults(binding=Binding(config_type, dict(converted or {}), dict(own or {})))
 
 
+def add_command(
+    subparsers,
+    name: str,
+    config_type: type,
+    options: Mapping[str, Option],
+    run: Callable[[argparse.Namespace], int],
+    *,
+    help: str,
+    epilog: str,
+    description: str | None = None,
+    converted: Mapping[str, tuple[str, Callable[[Any], Any]]] | None = None,
+    own: Mapping[str, str] | None = None,
+) -> argparse.ArgumentParser:
+    """The subcommand ``name``: ``config_type``'s fields in ``options`` as its options, ``run(args)`` as its action;
+    ``epilog`` (examples) is shown as written."""
+    parser = subparsers.add_parser(
+        name, help=help, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_config_options(parser, config_type, options, converted=converted, own=own)
+    parser.set_defaults(func=run)
+    return parser
+
+
 def config_from_args(args: argparse.Namespace):
     """The config of the subcommand that parsed ``args`` (declared with ``add_config_options``)."""
     return args.binding.config(args)

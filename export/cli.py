@@ -8,7 +8,7 @@ import argparse
 import json
 
 from edge_runtime.cli import number
-from edge_runtime.options import Option, add_config_options, config_from_args
+from edge_runtime.options import Option, add_command, config_from_args
 from export.config import ExportConfig
 from export.formats import CALIB_METHODS, FORMAT_NAMES, ORT_PRESETS, PRECISIONS
 
@@ -38,18 +38,18 @@ EXPORT_OPTIONS = {
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
+    return add_command(
+        subparsers,
         "export",
+        ExportConfig,
+        EXPORT_OPTIONS,
+        run,
         help="ONNX / TFLite at fp32, fp16, dynamic-int8, int8; labels + spec inside; each file verified",
         description="Export a checkpoint to every requested format x precision, embed labels and the preprocessing "
         "spec, and verify each file with its own runtime against the PyTorch model on validation images. "
         "A file that fails the gate is not written (or, with --allow-drop, is kept with a warning).",
         epilog="example:\n  floraedge export --checkpoint runs/lite0/best.pt --data data/flowers --out exports/lite0",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_options(p, ExportConfig, EXPORT_OPTIONS)
-    p.set_defaults(func=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:

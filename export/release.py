@@ -32,7 +32,7 @@ import numpy as np
 from edge_runtime.cli import number
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metadata import file_sha256
-from edge_runtime.options import Option, add_config_options, config_from_args
+from edge_runtime.options import Option, add_command, config_from_args
 from export.formats import FORMATS
 from train.config import PRECISIONS
 from train.models import ARCH_NAMES, input_spec
@@ -91,19 +91,19 @@ RELEASE_OPTIONS = {
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
+    return add_command(
+        subparsers,
         "release",
+        ReleaseConfig,
+        RELEASE_OPTIONS,
+        run,
         help="train, export and package the released Oxford-102 model (models/oxford102-lite0/)",
         description="Run the release recipe from the raw Oxford-102 release to a folder of ready model files "
         "(int8 TFLite + int8 ONNX, labels, model card). Hours on a 2-core CPU (3-4 in fp32 on a 2-core AMD EPYC VM; "
         "bf16, chosen by default where the CPU has it, makes the training steps ~1.6x faster); "
         "each finished step and epoch is reused when the command is run again.",
         epilog="example:\n  floraedge release --source ../shared/data/oxford102-trainval",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_options(p, ReleaseConfig, RELEASE_OPTIONS)
-    p.set_defaults(func=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import dataclasses
 
 from edge_runtime.cli import number
 from edge_runtime.errors import FloraEdgeError
-from edge_runtime.options import Option, add_config_options, config_from_args
+from edge_runtime.options import Option, add_command, config_from_args
 from prepare.config import PrepareConfig
 from prepare.splits import SPLIT_MODES
 
@@ -28,8 +28,12 @@ PREPARE_OPTIONS = {
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
+    return add_command(
+        subparsers,
         "prepare",
+        PrepareConfig,
+        PREPARE_OPTIONS,
+        run,
         help="raw Oxford-102 release -> labelled, split, validated, cached dataset",
         description=(
             "Read a raw Oxford-102 release (102flowers.tgz or an extracted jpg/, imagelabels.mat, setid.mat), "
@@ -42,11 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "  floraedge prepare --download --out data/flowers          # fetch the release first\n"
             "  floraedge prepare --source DIR --out data/strat --split stratified --val-frac 0.1 --test-frac 0.2"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_options(parser, PrepareConfig, PREPARE_OPTIONS)
-    parser.set_defaults(func=run)
-    return parser
 
 
 def with_source(config: PrepareConfig) -> PrepareConfig:

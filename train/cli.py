@@ -7,7 +7,7 @@ import argparse
 import json
 
 from edge_runtime.cli import number
-from edge_runtime.options import Option, add_config_options, config_from_args
+from edge_runtime.options import Option, add_command, config_from_args
 from train.config import PRECISIONS, EvaluateConfig, FixresConfig, SoupConfig, TrainConfig
 from train.models import ARCH_NAMES
 
@@ -145,8 +145,12 @@ def add_parser(subparsers) -> None:
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
+    return add_command(
+        subparsers,
         "train",
+        TrainConfig,
+        TRAIN_OPTIONS,
+        run_train,
         help="fine-tune a backbone into a self-describing checkpoint (best.pt, last.pt)",
         description="Fine-tune a backbone on a prepared dataset. Writes best.pt (best by validation), last.pt "
         "(resumable), metrics.jsonl/.csv, curves.png, config.json and an evaluation report to --out.",
@@ -157,11 +161,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         "  floraedge train --data data/flowers --arch resnet50 --weights resnet50-imagenet.pth --out runs/r50\n"
         "  floraedge train --data data/flowers --arch efficientnet_lite0 --teachers runs/r50/best.pt --out runs/lite0-kd\n"
         "  torchrun --nproc_per_node 2 -m train --data data/flowers --out runs/ddp   # data-parallel",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_options(p, TrainConfig, TRAIN_OPTIONS)
-    p.set_defaults(func=run_train)
-    return p
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -175,18 +175,18 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
+    return add_command(
+        subparsers,
         "evaluate",
+        EvaluateConfig,
+        EVALUATE_OPTIONS,
+        run_evaluate,
         help="top-1 / top-5 / mean per-class / confusion of a checkpoint (or an ensemble) on a split",
         epilog="examples:\n"
         "  floraedge evaluate --checkpoint runs/lite0/best.pt --data data/flowers --tta\n"
         "  floraedge evaluate --checkpoint runs/a/best.pt --ensemble runs/b/best.pt,runs/c/best.pt --data data/flowers"
         "   # a teacher candidate",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_options(p, EvaluateConfig, EVALUATE_OPTIONS)
-    p.set_defaults(func=run_evaluate)
-    return p
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -199,8 +199,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_soup_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
+    return add_command(
+        subparsers,
         "soup",
+        SoupConfig,
+        SOUP_OPTIONS,
+        run_soup,
         help="average the weights of several fine-tuned checkpoints into one model (a model soup)",
         description="Average the weights of runs fine-tuned from the same pretrained weights (other seeds, "
         "sizes or settings) into one checkpoint (Wortsman et al. 2022). Unlike `evaluate --ensemble` it costs "
@@ -208,11 +212,7 @@ def add_soup_parser(subparsers) -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  floraedge soup runs/s0/best.pt runs/s1/best.pt runs/s2/best.pt --out runs/soup/best.pt --data data/flowers\n"
         "  floraedge soup runs/*/best.pt --greedy --data data/flowers --out runs/greedy-soup/best.pt",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_options(p, SoupConfig, SOUP_OPTIONS)
-    p.set_defaults(func=run_soup)
-    return p
 
 
 def run_soup(args: argparse.Namespace) -> int:
@@ -224,8 +224,12 @@ def run_soup(args: argparse.Namespace) -> int:
 
 
 def add_fixres_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
+    return add_command(
+        subparsers,
         "fixres",
+        FixresConfig,
+        FIXRES_OPTIONS,
+        run_fixres,
         help="re-fit a checkpoint's classifier at a higher test resolution (FixRes)",
         description="Re-fit a trained checkpoint's classifier on its training images as the device sees them: "
         "resized and center-cropped at --img-size, and mirrored (Touvron et al. 2019). Training crops show "
@@ -238,11 +242,7 @@ def add_fixres_parser(subparsers) -> argparse.ArgumentParser:
         "  floraedge fixres --checkpoint runs/lite0-224/best.pt --data data/flowers --img-size 256 "
         "--out runs/lite0-224/fixres256.pt\n"
         "  floraedge export --checkpoint runs/lite0-224/fixres256.pt --data data/flowers --out exports/fixres256",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_options(p, FixresConfig, FIXRES_OPTIONS)
-    p.set_defaults(func=run_fixres)
-    return p
 
 
 def run_fixres(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_runtime.cli import BACKEND_CHOICES, number
-from edge_runtime.options import Option, add_config_options, config_from_args
+from edge_runtime.options import Option, add_command, add_config_options, config_from_args
 from edge_runtime.serve.config import ServeConfig
 
 SPACE_APP = '''"""FloraEdge demo: `uvicorn app:app --host 0.0.0.0 --port 7860` (a hosted Space runs this file)."""
@@ -66,17 +66,20 @@ def add_parser(subparsers) -> None:
 
 
 def add_serve_parser(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "serve",
+        ServeConfig,
+        SERVE_OPTIONS,
+        run_serve,
         help="the classifier as a web page and an HTTP API (torch-free)",
         description="Serve a web page (drop a photo, or use the camera) and a JSON API "
         "(POST /v1/classify, GET /v1/model, GET /healthz, GET /openapi.json).",
         epilog="example:\n  floraedge serve --model exports/lite0/model_int8.onnx --port 8000\n"
         "  curl -s --data-binary @rose.jpg -H 'content-type: image/jpeg' localhost:8000/v1/classify",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        converted={"max_body_mb": ("max_body", lambda mb: int(mb * MIB))},
+        own=SERVE_OWN,
     )
-    converted = {"max_body_mb": ("max_body", lambda mb: int(mb * MIB))}
-    add_config_options(p, ServeConfig, SERVE_OPTIONS, converted=converted, own=SERVE_OWN)
     p.add_argument("--host", default="127.0.0.1", help="(default: %(default)s; 0.0.0.0 exposes the API to the network)")
     p.add_argument("--port", type=number(low=0, high=65535), default=8000, help="(default: %(default)s)")
     p.add_argument(
@@ -92,7 +95,6 @@ def add_serve_parser(subparsers) -> None:
         help="open connections beyond which new requests get 503; bounds memory at this x --max-body-mb "
         "(default: %(default)s)",
     )
-    p.set_defaults(func=run_serve)
 
 
 # Connection-level limits (uvicorn + h11): they bound what a client can hold without sending a request.
