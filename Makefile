@@ -16,10 +16,15 @@ EDGE_TESTS := tests/test_edge_runtime.py tests/test_live.py tests/test_bench_edg
 # torch-free, on the host only: their timing bounds measure this machine, which emulation would make meaningless.
 EDGE_HOST_TESTS := tests/test_adversarial.py tests/test_serve_abuse.py tests/test_cli_errors.py tests/test_signals.py \
 	tests/test_cli_options.py tests/test_atomic.py tests/test_metrics.py
+# MediaPipe in an environment of its own (it replaces the project's cv2): the tests check that its ImageClassifier
+# reads our TFLite metadata. Keep the version in step with MEDIAPIPE_VERSION in tests/conftest.py.
+MEDIAPIPE_VERSION := 1.2.3
+MEDIAPIPE_VENV ?= $(HOME)/.cache/floraedge/mediapipe-venv
+MEDIAPIPE_STAMP := $(MEDIAPIPE_VENV)/.installed-$(MEDIAPIPE_VERSION)
 # Debian release of the arm64 rootfs (Raspberry Pi OS Bookworm = Debian 12; trixie = 13, Python 3.13)
 RELEASE ?= bookworm
 
-.PHONY: demo release test test-main test-edge test-arm64 test-fast lint clean browser
+.PHONY: demo release test test-main test-edge test-arm64 test-fast lint clean browser mediapipe
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,7 +45,7 @@ release: $(STAMP)
 # Every test. The emulated arm64 run (one qemu thread at a time, most of its time) runs beside test-main and
 # test-edge, so that both cores stay busy; its output goes to build/test-arm64.log, its summary is shown at the
 # end, and any failure of the three fails `make test`.
-test: $(STAMP) $(EDGE_STAMP) browser
+test: $(STAMP) $(EDGE_STAMP) browser mediapipe
 	@mkdir -p build
 	@echo "test-arm64: running in the background, log in build/test-arm64.log"
 	@$(MAKE) --no-print-directory test-arm64 > build/test-arm64.log 2>&1 & arm64=$$!; \
@@ -49,13 +54,23 @@ test: $(STAMP) $(EDGE_STAMP) browser
 	echo "== test-arm64 (exit $$arm64_status), the end of build/test-arm64.log:"; tail -n 25 build/test-arm64.log; \
 	[ $$status = 0 ] && [ $$arm64_status = 0 ]
 
-test-main: $(STAMP) browser
+test-main: $(STAMP) browser mediapipe
 	$(PY) -m pytest -q
 
 # The serve page's end-to-end test drives Debian's Chromium (root can install it; CI runs as root).
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+
+mediapipe: $(MEDIAPIPE_STAMP)
+
+# Built aside and renamed into place, so that an interrupted install never looks like a finished one.
+$(MEDIAPIPE_STAMP):
+	rm -rf $(MEDIAPIPE_VENV).partial $(MEDIAPIPE_VENV)
+	$(PYTHON) -m venv $(MEDIAPIPE_VENV).partial
+	$(MEDIAPIPE_VENV).partial/bin/python -m pip install --quiet mediapipe==$(MEDIAPIPE_VERSION)
+	mv $(MEDIAPIPE_VENV).partial $(MEDIAPIPE_VENV)
+	touch $(MEDIAPIPE_STAMP)
 
 # The runtime's own tests with only `.[edge]` installed: proves it needs no torch and runs on 3.10.
 $(EDGE_STAMP): pyproject.toml

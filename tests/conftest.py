@@ -5,10 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -151,23 +149,11 @@ print(json.dumps({"version": mp.__version__, "head": head.head_name, "results": 
 
 
 def mediapipe_python() -> Path:
-    """The Python of a venv with MediaPipe (never the project's: mediapipe replaces its cv2); created if missing."""
-    python = MEDIAPIPE_PYTHON
-    if python.exists():
-        return python
-    venv = python.parent.parent
-    base = shutil.which("python3.11") or sys.executable
-    try:
-        subprocess.run([base, "-m", "venv", str(venv)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", f"mediapipe=={MEDIAPIPE_VERSION}"],
-            check=True,
-            timeout=1800,
-        )
-    except BaseException:
-        shutil.rmtree(venv, ignore_errors=True)  # a half-made venv would be taken for a good one next time
-        raise
-    return python
+    """The Python of the venv with MediaPipe (never the project's: mediapipe replaces its cv2). `make mediapipe`
+    makes it (`make test` runs that first): a test never installs packages itself."""
+    if not MEDIAPIPE_PYTHON.exists():
+        pytest.fail(f"no MediaPipe environment at {MEDIAPIPE_PYTHON}: run `make mediapipe` (make test does) first")
+    return MEDIAPIPE_PYTHON
 
 
 def run_mediapipe(model: Path, images: Path | list[Path], tmp_path: Path) -> subprocess.CompletedProcess:
