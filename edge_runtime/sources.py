@@ -34,7 +34,9 @@ MAX_RECONNECTS = 10  # reopen attempts in a row without a frame before a live so
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 # user:password@ in any URL (also inside a GStreamer pipeline's location=...), and secret-looking query values
 _USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s?#]*@")
-_SECRET_QUERY = re.compile(r"([?&;](?:pass(?:word|wd)?|pwd|token|key|secret|auth|sig(?:nature)?|user(?:name)?)=)[^&;#\s]*", re.I)
+_SECRET_QUERY = re.compile(
+    r"([?&;](?:pass(?:word|wd)?|pwd|token|key|secret|auth|sig(?:nature)?|user(?:name)?)=)[^&;#\s]*", re.I
+)
 
 
 class SourceError(FloraEdgeError):
@@ -182,7 +184,9 @@ def open_source(
         capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
     if not capture.isOpened():
         capture.release()
-        hint = " (is this OpenCV built with GStreamer? see README 'Raspberry Pi')" if resolved.kind == "gstreamer" else ""
+        hint = (
+            " (is this OpenCV built with GStreamer? see README 'Raspberry Pi')" if resolved.kind == "gstreamer" else ""
+        )
         raise SourceError(f"could not open {resolved.kind} source {resolved.shown!r}{hint}")
     return CaptureSource(capture, is_live=is_live(resolved, capture), description=describe(resolved, capture))
 

@@ -243,7 +243,10 @@ def test_an_unreachable_stream_fails_in_one_line_without_its_credentials(model):
         ("http://u:pw@[::1]:8080/x", "http://***@[::1]:8080/x"),
         ("http://cam/x.mjpg?user=bob&password=hunter2&fps=5", "http://cam/x.mjpg?user=***&password=***&fps=5"),
         ("http://cam/x?TOKEN=abc", "http://cam/x?TOKEN=***"),
-        ("rtspsrc location=rtsp://admin:hunter2@cam/live ! decodebin", "rtspsrc location=rtsp://***@cam/live ! decodebin"),
+        (
+            "rtspsrc location=rtsp://admin:hunter2@cam/live ! decodebin",
+            "rtspsrc location=rtsp://***@cam/live ! decodebin",
+        ),
         ("http://cam/live", "http://cam/live"),
         ("clip@home.mp4", "clip@home.mp4"),
     ],
