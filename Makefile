@@ -19,7 +19,7 @@ EDGE_HOST_TESTS := tests/test_adversarial.py tests/test_serve_abuse.py tests/tes
 # Debian release of the arm64 rootfs (Raspberry Pi OS Bookworm = Debian 12; trixie = 13, Python 3.13)
 RELEASE ?= bookworm
 
-.PHONY: demo release test test-main test-edge test-arm64 test-fast lint clean browser
+.PHONY: demo release test test-main test-edge test-arm64 test-fast lint clean browser gui
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,7 +40,7 @@ release: $(STAMP)
 # Every test. The emulated arm64 run (one qemu thread at a time, most of its time) runs beside test-main and
 # test-edge, so that both cores stay busy; its output goes to build/test-arm64.log, its summary is shown at the
 # end, and any failure of the three fails `make test`.
-test: $(STAMP) $(EDGE_STAMP) browser
+test: $(STAMP) $(EDGE_STAMP) browser gui
 	@mkdir -p build
 	@echo "test-arm64: running in the background, log in build/test-arm64.log"
 	@$(MAKE) --no-print-directory test-arm64 > build/test-arm64.log 2>&1 & arm64=$$!; \
@@ -49,13 +49,27 @@ test: $(STAMP) $(EDGE_STAMP) browser
 	echo "== test-arm64 (exit $$arm64_status), the end of build/test-arm64.log:"; tail -n 25 build/test-arm64.log; \
 	[ $$status = 0 ] && [ $$arm64_status = 0 ]
 
-test-main: $(STAMP) browser
+test-main: $(STAMP) browser gui
 	$(PY) -m pytest -q
 
 # The serve page's end-to-end test drives Debian's Chromium (root can install it; CI runs as root).
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+
+# The overlay window's test (tests/test_window.py): PyPI's opencv-python (Qt) cannot share an environment with
+# `.[edge]`'s opencv-python-headless (both own the cv2 package), so it gets its own; Debian's Xvfb is the display,
+# libgl1 and libglib2.0-0 what that wheel loads from the system.
+GUI_VENV := .venv-gui
+GUI_STAMP := $(GUI_VENV)/.installed
+$(GUI_STAMP): constraints.txt
+	test -x $(GUI_VENV)/bin/python || $(PYTHON) -m venv $(GUI_VENV)
+	$(GUI_VENV)/bin/python -m pip install --quiet -c constraints.txt numpy onnxruntime opencv-python
+	touch $(GUI_STAMP)
+
+gui: $(GUI_STAMP)
+	@command -v Xvfb >/dev/null && ldconfig -p | grep -q 'libGL\.so\.1 ' || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb libgl1 libglib2.0-0)
 
 # The runtime's own tests with only `.[edge]` installed: proves it needs no torch and runs on 3.10.
 $(EDGE_STAMP): pyproject.toml
@@ -83,4 +97,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) $(EDGE_VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(EDGE_VENV) $(GUI_VENV) .pytest_cache build *.egg-info
