@@ -248,7 +248,7 @@ def run_live_command(args: argparse.Namespace) -> int:
         pipeline_threads = None
     classifier = open_classifier(config, threads=model_threads)
     config = dataclasses.replace(config, pipeline_threads=pipeline_threads)
-    stats = run_live(classifier, config, emit=lambda line: print(line, flush=True))
+    stats = run_live(classifier, config, emit=lambda line: print(line, flush=True), report=stderr_line)
     print(json.dumps({"summary": stats}), file=sys.stderr)
     if stats["ended"] == "source lost":
         raise SourceError(

@@ -264,10 +264,11 @@ def stderr_line(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def run_live(classifier: Classifier, config: LiveConfig, emit=print, report=stderr_line) -> dict:
+def run_live(classifier: Classifier, config: LiveConfig, emit=print, report=lambda line: None) -> dict:
     """Classify frames from ``config.source`` until it ends, ``max_frames``, 'q', Ctrl-C or SIGTERM.
 
-    What the source is and where the results go are said through ``report`` before the first frame; the
+    What the source is and where the results go are said through ``report`` (the CLI: ``stderr_line``) before
+    the first frame, and so is each reconnect of a live source; the
     summary says why the loop ``ended`` ("source ended", "source lost", "max frames", "quit key",
     "window closed", "stopped": a signal).
     Its latencies run from the moment the source returned a frame to its result (``latency_*``) and over

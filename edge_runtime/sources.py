@@ -154,14 +154,23 @@ def _identity(folder: Path) -> tuple[int, int] | None:
 class CaptureSource:
     """An OpenCV ``VideoCapture``; ``is_live`` for cameras and live streams, not for files or finite videos."""
 
-    def __init__(self, capture, *, is_live: bool, description: str):
+    def __init__(self, capture, *, is_live: bool, description: str, expected: int = 0):
         self.capture, self.is_live, self.description = capture, is_live, description
+        self.expected, self.delivered = expected, 0  # frames the container announced, and those read
 
     def describe(self) -> str:
         return self.description
 
+    def shortfall(self) -> str | None:
+        """Why a finite source ended early (a cut connection, a truncated file), or None."""
+        if self.expected and self.delivered < self.expected:
+            return f"ended after {self.delivered} of its {self.expected} frames (cut short?)"
+        return None
+
     def read(self):
-        return self.capture.read()
+        ok, image = self.capture.read()
+        self.delivered += bool(ok)
+        return ok, image
 
     def release(self) -> None:
         self.capture.release()
@@ -188,7 +197,10 @@ def open_source(
             " (is this OpenCV built with GStreamer? see README 'Raspberry Pi')" if resolved.kind == "gstreamer" else ""
         )
         raise SourceError(f"could not open {resolved.kind} source {resolved.shown!r}{hint}")
-    return CaptureSource(capture, is_live=is_live(resolved, capture), description=describe(resolved, capture))
+    live = is_live(resolved, capture)
+    return CaptureSource(
+        capture, is_live=live, description=describe(resolved, capture), expected=0 if live else frame_count(capture)
+    )
 
 
 def open_capture(resolved: SourceKind):
@@ -305,6 +317,9 @@ class FramePipeline:
         while self._wait_for_room():
             frame = self._read()
             if frame is None:
+                shortfall = getattr(self.source, "shortfall", lambda: None)()
+                if shortfall:  # said, not silent: the run still ends as the source did
+                    self.report(f"source: {self.name} {shortfall}")
                 return
             self._hand_over(frame)
 

@@ -183,6 +183,27 @@ def test_a_finite_video_over_http_ends_and_is_never_replayed(classifier, tmp_pat
     assert server.requests <= 2  # FFmpeg may probe once; a replay would fetch it again and again
 
 
+def test_a_finite_video_cut_short_over_http_ends_and_says_so(classifier, tmp_path):
+    """The server announces the whole file and sends half of it: the run ends, and says it ended early."""
+    data = make_video(tmp_path / "clip.avi", 12).read_bytes()
+
+    def half(handler, _):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "video/x-msvideo")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data[: len(data) // 2])
+        handler.close_connection = True
+
+    server = Server(half)
+    try:
+        stats, reports = run_reported(classifier, source=f"http://127.0.0.1:{server.port}/clip.avi")
+    finally:
+        server.close()
+    assert stats["ended"] == "source ended" and stats["reconnects"] == 0 and 0 < stats["frames"] < 12
+    assert reports[-1].endswith(f"ended after {stats['frames']} of its 12 frames (cut short?)")
+
+
 # -- live streams: reconnects bounded, reported, and secrets kept --------------------------------------------
 
 
