@@ -15,7 +15,7 @@ EDGE_TESTS := tests/test_edge_runtime.py tests/test_live.py tests/test_bench_edg
 # The threat-model suites (hypothesis, server abuse, signals, CLI errors) and the option/helper tests also run
 # torch-free, on the host only: their timing bounds measure this machine, which emulation would make meaningless.
 EDGE_HOST_TESTS := tests/test_adversarial.py tests/test_serve_abuse.py tests/test_cli_errors.py tests/test_signals.py \
-	tests/test_cli_options.py tests/test_atomic.py tests/test_metrics.py
+	tests/test_cli_options.py tests/test_atomic.py tests/test_metrics.py tests/test_sources.py
 # Debian release of the arm64 rootfs (Raspberry Pi OS Bookworm = Debian 12; trixie = 13, Python 3.13)
 RELEASE ?= bookworm
 
