@@ -205,6 +205,11 @@ def check_live_paths(config: LiveConfig) -> None:
     from edge_runtime.sources import resolve_source
 
     source = resolve_source(config.source, config.source_kind)
+    if source.kind == "gstreamer" and not cv2_has_gstreamer():
+        raise FloraEdgeError(
+            "--source-kind gstreamer: this OpenCV has no GStreamer (PyPI's wheels have none); use Debian's "
+            "python3-opencv (README, 'Raspberry Pi': the Camera Module) or JetPack's OpenCV"
+        )
     folder_images = source.kind == "folder" and any(
         p.suffix.lower() in IMAGE_SUFFIXES for p in Path(source.target).iterdir()
     )
@@ -221,6 +226,12 @@ def check_live_paths(config: LiveConfig) -> None:
             raise FloraEdgeError(
                 f"{flag}: cannot write to {folder} ({exc.strerror}); choose a writable folder"
             ) from exc
+
+
+def cv2_has_gstreamer() -> bool:
+    import cv2
+
+    return cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER)
 
 
 def thread_split(config: RunConfig) -> tuple[int, int]:

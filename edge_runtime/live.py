@@ -141,8 +141,11 @@ def describe_outputs(config: LiveConfig, window: bool) -> str:
     return "output: " + ", ".join(parts)
 
 
-def open_pipeline(config: LiveConfig, classifier: Classifier, source: SourceKind, report) -> FramePipeline:
-    """The source opened and said (before its thread can report a drop), then its pipeline started."""
+def open_pipeline(
+    config: LiveConfig, classifier: Classifier, source: SourceKind, report, outputs: str
+) -> FramePipeline:
+    """The source opened, then it and the ``outputs`` said (before its thread can report a drop, and only once
+    it opened: a source that cannot open ends in its one error line), then its pipeline started."""
 
     def opener():
         return open_source(source, width=config.width, height=config.height, spec=classifier.spec)
@@ -150,6 +153,7 @@ def open_pipeline(config: LiveConfig, classifier: Classifier, source: SourceKind
     opened = opener()
     describe = getattr(opened, "describe", None)
     report(f"source: {describe() if describe else source.shown}")
+    report(outputs)
     return FramePipeline(
         opener,
         lambda image: preprocess(image, classifier.spec),
@@ -277,8 +281,7 @@ def run_live(classifier: Classifier, config: LiveConfig, emit=print, report=lamb
     source, show = resolve_source(config.source, config.source_kind), plan_window(config, report)
     if config.pipeline_threads:
         cv2.setNumThreads(config.pipeline_threads)
-    report(describe_outputs(config, show))
-    pipeline = open_pipeline(config, classifier, source, report)
+    pipeline = open_pipeline(config, classifier, source, report, describe_outputs(config, show))
     smoother = Smoother(config.smoothing, alpha=config.alpha, window=config.window)
     sinks, stats, ended = Sinks(config, emit, Window(config.window_title) if show else None), LoopStats(), "stopped"
     with StopFlag() as stop:

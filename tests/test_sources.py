@@ -130,7 +130,7 @@ def test_a_file_name_with_a_bang_is_a_file_not_a_gstreamer_pipeline(classifier, 
     assert resolve_source(str(video)).kind == "file"
     stats, reports = run_reported(classifier, source=str(video))
     assert stats["frames"] == 5 and stats["ended"] == "source ended"
-    assert reports[1].startswith("source: video file") and "5 frames" in reports[1]
+    assert reports[0].startswith("source: video file") and "5 frames" in reports[0]
 
 
 def test_a_pipeline_is_never_guessed(tmp_path):
@@ -179,7 +179,7 @@ def test_a_finite_video_over_http_ends_and_is_never_replayed(classifier, tmp_pat
         server.close()
     assert stats["ended"] == "source ended" and stats["reconnects"] == 0
     assert stats["frames"] == 12  # every frame once, none lost (file semantics), none replayed
-    assert "12 frames" in reports[1] and "never replayed" in reports[1]
+    assert "12 frames" in reports[0] and "never replayed" in reports[0]
     assert server.requests <= 2  # FFmpeg may probe once; a replay would fetch it again and again
 
 
@@ -214,7 +214,7 @@ def test_a_live_stream_that_drops_is_reconnected_a_bounded_number_of_times(class
         stats, reports = run_reported(classifier, source=url, max_reconnects=2, backoff=(0.01, 0.02))
     finally:
         server.close()
-    assert reports[1].startswith("source: live stream http://***@127.0.0.1")
+    assert reports[0].startswith("source: live stream http://***@127.0.0.1")
     assert stats["ended"] == "source lost" and stats["reconnects"] == 2 and stats["frames"] >= 1
     assert any("reconnect 1/2" in r for r in reports) and any("reconnect 2/2" in r for r in reports)
     assert "giving up" in reports[-1]
@@ -242,6 +242,19 @@ def test_the_cli_never_prints_stream_credentials_and_exits_1_when_the_stream_is_
     summary = json.loads(proc.stderr.strip().splitlines()[-2])["summary"]
     assert summary["ended"] == "source lost" and summary["reconnects"] == 1
     assert "Traceback" not in proc.stderr
+
+
+def test_a_pipeline_on_an_opencv_without_gstreamer_fails_before_the_model_loads(model):
+    from edge_runtime.cli import cv2_has_gstreamer
+
+    if cv2_has_gstreamer():
+        pytest.skip("this OpenCV has GStreamer (Debian's): the refusal is for PyPI's wheels")
+    proc = subprocess.run(
+        [sys.executable, "-m", "floraedge", "run", "--model", str(model), "--headless", "--source-kind", "gstreamer",
+         "--source", "videotestsrc ! appsink"],  # fmt: skip
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "has no GStreamer" in proc.stderr
 
 
 def test_an_unreachable_stream_fails_in_one_line_without_its_credentials(model):
@@ -321,6 +334,6 @@ def test_the_cli_says_what_the_source_is_before_the_first_frame(model, tmp_path)
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 0 and lines[0] == "output: JSON lines on stdout"
-    assert lines[1] == f"source: video file {video} (4 frames; ends at its end)"
+    assert proc.returncode == 0 and lines[0] == f"source: video file {video} (4 frames; ends at its end)"
+    assert lines[1] == "output: JSON lines on stdout"
     assert json.loads(lines[-1])["summary"]["ended"] == "source ended"

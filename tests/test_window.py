@@ -71,7 +71,7 @@ def test_without_a_window_the_other_outputs_asked_for_still_run(model, tmp_path)
     proc = run_cli(["--model", str(model), "--source", str(video), "--record", str(record)], timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert lines[0].startswith("output: no window (this OpenCV") and lines[1] == f"output: a recording to {record}"
+    assert lines[0].startswith("output: no window (this OpenCV") and f"output: a recording to {record}" in lines
     assert json.loads(lines[-1])["summary"]["frames"] == 4 and record.stat().st_size > 0
 
 
