@@ -198,5 +198,20 @@ def test_the_window_shows_the_overlay_and_ends_the_run_with_a_summary(model, tmp
     assert out == ""  # no --headless: no JSON lines
 
 
+@pytest.mark.parametrize(
+    ("display", "says"), [(None, "no display (DISPLAY and WAYLAND_DISPLAY are not set"), (":4242", "cannot be opened")]
+)
+def test_a_gui_opencv_without_a_display_fails_at_once_in_one_line(model, tmp_path, gui_python, display, says):
+    """A headless Pi (or SSH) with a GUI OpenCV: Qt would abort the process at the first imshow; run refuses first."""
+    video = uniform_video(tmp_path / "clip.avi", 3)
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    env |= {"PYTHONPATH": str(REPO)} | ({"DISPLAY": display} if display else {})
+    proc = run_cli(["--model", str(model), "--source", str(video)], python=gui_python, env=env, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("floraedge run: error: cannot show the overlay window: ") and says in lines[0]
+    assert "--headless" in lines[0] and "--publish DIR" in lines[0]
+
+
 def test_x_display_probe_sees_a_live_display(xvfb):
     assert x_display_opens(xvfb) and display_problem({"DISPLAY": xvfb}) is None
