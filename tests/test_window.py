@@ -27,6 +27,7 @@ from tests.tiny_models import tiny_onnx
 
 GUI_PYTHON = REPO / ".venv-gui" / "bin" / "python"
 BACKGROUND = (120, 60, 30)  # BGR of every frame: the overlay's colours appear nowhere else
+LONG_VIDEO_FRAMES = 20000
 
 
 def uniform_video(path: Path, frames: int, size=(120, 160)) -> Path:
@@ -104,6 +105,12 @@ def xvfb():
         server.wait(10)
 
 
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    """Long enough never to end by itself during a test: waitKey(1) holds the loop under 1000 frames/s."""
+    return uniform_video(tmp_path_factory.mktemp("window") / "long.avi", LONG_VIDEO_FRAMES)
+
+
 @pytest.fixture
 def gui_python():
     assert GUI_PYTHON.exists(), f"{GUI_PYTHON} (opencv-python with Qt) is needed: `make gui` creates it"
@@ -164,10 +171,12 @@ def press_key(display, window, keysym_name: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("action", "ended"), [("close", "window closed"), ("q", "quit key"), ("Escape", "quit key")])
-def test_the_window_shows_the_overlay_and_ends_the_run_with_a_summary(model, tmp_path, xvfb, gui_python, action, ended):
+def test_the_window_shows_the_overlay_and_ends_the_run_with_a_summary(
+    model, long_video, xvfb, gui_python, action, ended
+):
     from Xlib import display as xdisplay
 
-    video = uniform_video(tmp_path / "clip.avi", 20000)  # long enough never to end by itself during the test
+    video = long_video
     env = {k: v for k, v in os.environ.items() if k not in ("WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
     env |= {"DISPLAY": xvfb, "PYTHONPATH": str(REPO)}
     args = ["--model", str(model), "--source", str(video), "--threshold", "1", "--threads", "2"]
@@ -194,7 +203,7 @@ def test_the_window_shows_the_overlay_and_ends_the_run_with_a_summary(model, tmp
     lines = err.strip().splitlines()
     assert "output: a window 'FloraEdge: tiny.onnx' (q or Esc quits, as does closing it)" in lines
     summary = json.loads(lines[-1])["summary"]
-    assert summary["ended"] == ended and 0 < summary["frames"] < 20000 and summary["threads_left"] == 0
+    assert summary["ended"] == ended and 0 < summary["frames"] < LONG_VIDEO_FRAMES and summary["threads_left"] == 0
     assert out == ""  # no --headless: no JSON lines
 
 
