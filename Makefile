@@ -15,7 +15,7 @@ EDGE_TESTS := tests/test_edge_runtime.py tests/test_live.py tests/test_bench_edg
 # The threat-model suites (hypothesis, server abuse, signals, CLI errors) and the option/helper tests also run
 # torch-free, on the host only: their timing bounds measure this machine, which emulation would make meaningless.
 EDGE_HOST_TESTS := tests/test_adversarial.py tests/test_serve_abuse.py tests/test_cli_errors.py tests/test_signals.py \
-	tests/test_cli_options.py tests/test_atomic.py tests/test_metrics.py
+	tests/test_cli_options.py tests/test_atomic.py tests/test_metrics.py tests/test_sources.py
 # MediaPipe in an environment of its own (it replaces the project's cv2): the tests check that its ImageClassifier
 # reads our TFLite metadata. Keep the version in step with MEDIAPIPE_VERSION in tests/conftest.py.
 MEDIAPIPE_VERSION := 1.2.3
@@ -24,7 +24,7 @@ MEDIAPIPE_STAMP := $(MEDIAPIPE_VENV)/.installed-$(MEDIAPIPE_VERSION)
 # Debian release of the arm64 rootfs (Raspberry Pi OS Bookworm = Debian 12; trixie = 13, Python 3.13)
 RELEASE ?= bookworm
 
-.PHONY: demo release test test-main test-edge test-arm64 test-fast lint clean browser mediapipe
+.PHONY: demo release test test-main test-edge test-arm64 test-fast lint clean browser gui mediapipe
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,7 +45,7 @@ release: $(STAMP)
 # Every test. The emulated arm64 run (one qemu thread at a time, most of its time) runs beside test-main and
 # test-edge, so that both cores stay busy; its output goes to build/test-arm64.log, its summary is shown at the
 # end, and any failure of the three fails `make test`.
-test: $(STAMP) $(EDGE_STAMP) browser mediapipe
+test: $(STAMP) $(EDGE_STAMP) browser gui mediapipe
 	@mkdir -p build
 	@echo "test-arm64: running in the background, log in build/test-arm64.log"
 	@$(MAKE) --no-print-directory test-arm64 > build/test-arm64.log 2>&1 & arm64=$$!; \
@@ -54,13 +54,27 @@ test: $(STAMP) $(EDGE_STAMP) browser mediapipe
 	echo "== test-arm64 (exit $$arm64_status), the end of build/test-arm64.log:"; tail -n 25 build/test-arm64.log; \
 	[ $$status = 0 ] && [ $$arm64_status = 0 ]
 
-test-main: $(STAMP) browser mediapipe
+test-main: $(STAMP) browser gui mediapipe
 	$(PY) -m pytest -q
 
 # The serve page's end-to-end test drives Debian's Chromium (root can install it; CI runs as root).
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+
+# The overlay window's test (tests/test_window.py): PyPI's opencv-python (Qt) cannot share an environment with
+# `.[edge]`'s opencv-python-headless (both own the cv2 package), so it gets its own; Debian's Xvfb is the display,
+# libgl1 and libglib2.0-0 what that wheel loads from the system.
+GUI_VENV := .venv-gui
+GUI_STAMP := $(GUI_VENV)/.installed
+$(GUI_STAMP): constraints.txt
+	test -x $(GUI_VENV)/bin/python || $(PYTHON) -m venv $(GUI_VENV)
+	$(GUI_VENV)/bin/python -m pip install --quiet -c constraints.txt numpy onnxruntime opencv-python
+	touch $(GUI_STAMP)
+
+gui: $(GUI_STAMP)
+	@command -v Xvfb >/dev/null && ldconfig -p | grep -q 'libGL\.so\.1 ' || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb libgl1 libglib2.0-0)
 
 mediapipe: $(MEDIAPIPE_STAMP)
 
@@ -98,4 +112,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) $(EDGE_VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(EDGE_VENV) $(GUI_VENV) .pytest_cache build *.egg-info

@@ -14,7 +14,7 @@ from pathlib import Path
 from edge_runtime.backends import BACKENDS
 from edge_runtime.live import SMOOTHING, LiveConfig
 from edge_runtime.options import Option, add_command, config_from_args
-from edge_runtime.sources import IMAGE_SUFFIXES
+from edge_runtime.sources import IMAGE_SUFFIXES, SOURCE_KINDS
 
 BACKEND_CHOICES = ("auto", *BACKENDS)
 
@@ -141,12 +141,19 @@ def run_classify(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-SOURCE_HELP = """where frames come from:
+SOURCE_HELP = """where frames come from (the kind is decided once, said on stderr, and can be forced with --source-kind):
   0, 1, ...                      a camera index (V4L2 / USB webcam)
+  /dev/video0                    a camera device
   clip.mp4                       a video file (ends cleanly at its end)
-  photos/                        a folder of images, in name order
-  rtsp://user:pw@host/stream     an RTSP or HTTP stream (reopened with backoff when it drops)
-  'libcamerasrc ! ... ! appsink' a GStreamer pipeline (Raspberry Pi camera, Jetson CSI camera; see README)"""
+  photos/                        a folder of images, in name order (an error if it disappears mid-run)
+  rtsp://user:pw@host/stream     a live RTSP or HTTP stream (reopened with backoff when it drops, at most
+                                 --max-reconnects times in a row; credentials are never printed);
+                                 a URL of a finite video (one that knows its length) ends at its end
+  'libcamerasrc ! ... ! appsink' a GStreamer pipeline, with --source-kind gstreamer (never guessed: a file
+                                 name may hold a '!'); Raspberry Pi camera, Jetson CSI camera, see README
+where results go: a window with the overlay (q or Esc quits; needs an OpenCV with window support and a
+display: see README, 'A window on the device'), --headless JSON lines, --record, --publish; where no window
+can open and nothing else is asked for, run stops at once and says which of these work."""
 
 
 RUN_OPTIONS = {
@@ -157,8 +164,12 @@ RUN_OPTIONS = {
         parse=number(low=1),
     ),
     "model_threads": Option("the model's share of --threads (default: as above)", parse=number(low=1)),
-    "source": Option("camera index, video file, folder, URL or GStreamer pipeline"),
-    "headless": Option("no window: one JSON line per classified frame on stdout"),
+    "source": Option("camera index or device, video file, folder, URL, or GStreamer pipeline (see above)"),
+    "source_kind": Option("what --source is; auto never picks gstreamer", choices=SOURCE_KINDS),
+    "max_reconnects": Option(
+        "reopen attempts in a row without a frame before a live source counts as lost (exit 1)", parse=number(low=0)
+    ),
+    "headless": Option("no window: one JSON line per classified frame on stdout (a headless Pi, SSH)"),
     "record": Option("write the annotated frames to this .mp4"),
     "publish": Option("keep the newest annotated frame + result in this folder for `floraedge serve --camera`"),
     "max_frames": Option("stop after this many classified frames", parse=number(low=1)),
@@ -180,18 +191,30 @@ def add_run_parser(subparsers) -> None:
         run_live_command,
         help="the live camera loop (torch-free): classify frames, overlay or JSON lines",
         description="Classify live frames on the device. " + SOURCE_HELP,
-        epilog="examples:\n  floraedge run --model model_int8.tflite --source 0\n"
-        "  floraedge run --model model.onnx --source clip.mp4 --headless --max-frames 100",
+        epilog="examples:\n  floraedge run --model model_int8.tflite --source 0                 # a window (desktop)\n"
+        "  floraedge run --model model_int8.tflite --source 0 --headless      # JSON lines (headless Pi)\n"
+        "  floraedge run --model model.onnx --source clip.mp4 --headless --max-frames 100\n"
+        "  floraedge run --model model_int8.tflite --source-kind gstreamer --source 'libcamerasrc ! ... ! appsink'",
     )
 
 
 def check_live_paths(config: LiveConfig) -> None:
-    """Refuse, before the model loads, a source folder without images and outputs that cannot be written."""
+    """Refuse, before the model loads, a source that is not what it seems, a source folder without images and
+    outputs that cannot be written."""
     from edge_runtime.errors import FloraEdgeError
+    from edge_runtime.sources import resolve_source
 
-    source = Path(config.source)
-    if source.is_dir() and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in source.iterdir()):
-        raise FloraEdgeError(f"--source {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    source = resolve_source(config.source, config.source_kind)
+    if source.kind == "gstreamer" and not cv2_has_gstreamer():
+        raise FloraEdgeError(
+            "--source-kind gstreamer: this OpenCV has no GStreamer (PyPI's wheels have none); use Debian's "
+            "python3-opencv (README, 'Raspberry Pi': the Camera Module) or JetPack's OpenCV"
+        )
+    folder_images = source.kind == "folder" and any(
+        p.suffix.lower() in IMAGE_SUFFIXES for p in Path(source.target).iterdir()
+    )
+    if source.kind == "folder" and not folder_images:
+        raise FloraEdgeError(f"--source {source.target} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     for flag, folder in (("--record", config.record and config.record.parent), ("--publish", config.publish)):
         if folder is None:
             continue
@@ -203,6 +226,12 @@ def check_live_paths(config: LiveConfig) -> None:
             raise FloraEdgeError(
                 f"{flag}: cannot write to {folder} ({exc.strerror}); choose a writable folder"
             ) from exc
+
+
+def cv2_has_gstreamer() -> bool:
+    import cv2
+
+    return cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER)
 
 
 def thread_split(config: RunConfig) -> tuple[int, int]:
@@ -217,15 +246,24 @@ def thread_split(config: RunConfig) -> tuple[int, int]:
 
 
 def run_live_command(args: argparse.Namespace) -> int:
-    from edge_runtime.live import run_live
+    from edge_runtime.live import plan_window, run_live, stderr_line
+    from edge_runtime.sources import SourceError, redact
 
     config = config_from_args(args)
     check_live_paths(config)
+    # the window is decided before the model loads: with none possible and nothing else asked for, stop now
+    config = dataclasses.replace(config, window_title=f"FloraEdge: {config.model.name}")
+    config = dataclasses.replace(config, show_window=plan_window(config, stderr_line))
     model_threads, pipeline_threads = thread_split(config)
     if config.backend == "opencv":  # OpenCV DNN shares cv2's threads
         pipeline_threads = None
     classifier = open_classifier(config, threads=model_threads)
     config = dataclasses.replace(config, pipeline_threads=pipeline_threads)
-    stats = run_live(classifier, config, emit=lambda line: print(line, flush=True))
+    stats = run_live(classifier, config, emit=lambda line: print(line, flush=True), report=stderr_line)
     print(json.dumps({"summary": stats}), file=sys.stderr)
+    if stats["ended"] == "source lost":
+        raise SourceError(
+            f"{redact(config.source)!r} gave no frame after {config.max_reconnects} reconnect(s) in a row "
+            "(--max-reconnects): check the camera or stream"
+        )
     return 0

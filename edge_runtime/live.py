@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -22,7 +23,8 @@ import numpy as np
 from edge_runtime.atomic import write_bytes_atomic
 from edge_runtime.classify import Classifier, top_k
 from edge_runtime.preprocess import preprocess
-from edge_runtime.sources import END, FramePipeline, open_source
+from edge_runtime.sources import END, MAX_RECONNECTS, FramePipeline, SourceKind, open_source, resolve_source
+from edge_runtime.window import NO_WINDOW_WAYS, Window, WindowError, window_problem
 
 SMOOTHING = ("none", "ema", "window")
 POLL_S = 0.1  # the longest the main thread waits for a frame before it looks at the stop flag again
@@ -49,10 +51,13 @@ class LiveConfig:
     top_k: int = 3
     width: int | None = None
     height: int | None = None
-    max_reconnects: int | None = None  # None: keep trying forever
+    source_kind: str = "auto"  # what ``source`` is; "gstreamer" is never guessed
+    max_reconnects: int = MAX_RECONNECTS  # reopen attempts in a row without a frame before a live source is lost
     backoff: tuple[float, float] = (0.5, 8.0)  # first and longest wait between reopen attempts, seconds
     publish: Path | None = None  # write latest.jpg + latest.json here for `floraedge serve --camera`
     pipeline_threads: int | None = None  # OpenCV threads for decode/resize in the source's thread; None: leave as is
+    show_window: bool | None = None  # None: a window unless headless (refused where none can open; see plan_window)
+    window_title: str = "FloraEdge"
 
 
 class Smoother:
@@ -114,15 +119,49 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def open_pipeline(config: LiveConfig, classifier: Classifier) -> FramePipeline:
-    def opener():
-        return open_source(config.source, width=config.width, height=config.height, spec=classifier.spec)
+def plan_window(config: LiveConfig, report=lambda line: None) -> bool:
+    """Whether the run shows a window, decided before the first frame: not when headless; where none can open,
+    the other outputs asked for run without it (said through ``report``), and with none asked for, WindowError."""
+    if config.show_window is not None or config.headless:
+        return bool(config.show_window) and not config.headless
+    problem = window_problem()
+    if problem is None:
+        return True
+    if config.record or config.publish:
+        report(f"output: no window ({problem})")
+        return False
+    raise WindowError(f"cannot show the overlay window: {problem}; instead use {NO_WINDOW_WAYS}")
 
+
+def describe_outputs(config: LiveConfig, window: bool) -> str:
+    parts = ["JSON lines on stdout"] if config.headless else []
+    parts += [f"a window {config.window_title!r} (q or Esc quits, as does closing it)"] if window else []
+    parts += [f"a recording to {config.record}"] if config.record else []
+    parts += [f"the newest frame in {config.publish} for floraedge serve --camera"] if config.publish else []
+    return "output: " + ", ".join(parts)
+
+
+def open_pipeline(
+    config: LiveConfig, classifier: Classifier, source: SourceKind, report, outputs: str
+) -> FramePipeline:
+    """The source opened, then it and the ``outputs`` said (before its thread can report a drop, and only once
+    it opened: a source that cannot open ends in its one error line), then its pipeline started."""
+
+    def opener():
+        return open_source(source, width=config.width, height=config.height, spec=classifier.spec)
+
+    opened = opener()
+    describe = getattr(opened, "describe", None)
+    report(f"source: {describe() if describe else source.shown}")
+    report(outputs)
     return FramePipeline(
         opener,
         lambda image: preprocess(image, classifier.spec),
+        source=opened,
         backoff=config.backoff,
         max_reconnects=config.max_reconnects,
+        report=report,
+        name=source.shown,
     )
 
 
@@ -137,16 +176,16 @@ def open_recorder(path: Path, frame: np.ndarray, fps: float = 15.0):
 class Sinks:
     """Where each classified frame goes: JSON lines, a window, a recording, a folder `serve --camera` reads."""
 
-    def __init__(self, config: LiveConfig, emit):
-        self.config, self.emit, self.writer, self.last_publish = config, emit, None, 0.0
+    def __init__(self, config: LiveConfig, emit, window: Window | None = None):
+        self.config, self.emit, self.window, self.writer, self.last_publish = config, emit, window, None, 0.0
         if config.publish:
             config.publish.mkdir(parents=True, exist_ok=True)
 
     def needs_overlay(self) -> bool:
-        return bool(self.config.record or self.config.publish or not self.config.headless)
+        return bool(self.config.record or self.config.publish or self.window)
 
     def send(self, record: dict, frame: np.ndarray, prediction) -> bool:
-        """Deliver one frame; False when the user asked to quit (q or Esc in the window)."""
+        """Deliver one frame; False when the user asked to quit (q or Esc in the window, or closed it)."""
         if self.config.headless:
             self.emit(json.dumps(record))
         if not self.needs_overlay():
@@ -159,16 +198,13 @@ class Sinks:
             self.last_publish = time.perf_counter()
             write_bytes_atomic(self.config.publish / "latest.jpg", cv2.imencode(".jpg", annotated)[1].tobytes())
             write_bytes_atomic(self.config.publish / "latest.json", json.dumps(record).encode())
-        if not self.config.headless:
-            cv2.imshow("FloraEdge", annotated)
-            return cv2.waitKey(1) & 0xFF not in (ord("q"), 27)
-        return True
+        return self.window.show(annotated) if self.window else True
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.release()
-        if not self.config.headless:
-            cv2.destroyAllWindows()
+        if self.window is not None:
+            self.window.close()
 
 
 def percentile(values, q: float) -> float | None:
@@ -190,9 +226,10 @@ class LoopStats:
         self.latency_ms.append(latency_ms)
         self.model_ms.append(model_ms)
 
-    def summary(self, reconnects: int, threads_left: int) -> dict:
+    def summary(self, reconnects: int, threads_left: int, ended: str) -> dict:
         elapsed = time.time() - self.started
         return {
+            "ended": ended,
             "frames": self.frames,
             "skipped": self.skipped,
             "started": self.started,
@@ -227,24 +264,35 @@ def classify_frame(classifier: Classifier, smoother: Smoother, frame, config: Li
     return record, prediction
 
 
-def run_live(classifier: Classifier, config: LiveConfig, emit=print) -> dict:
+def stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_live(classifier: Classifier, config: LiveConfig, emit=print, report=lambda line: None) -> dict:
     """Classify frames from ``config.source`` until it ends, ``max_frames``, 'q', Ctrl-C or SIGTERM.
 
-    The summary's latencies run from the moment the source returned a frame to its result
-    (``latency_*``) and over the model alone (``model_*``), over the last 4096 frames.
+    What the source is and where the results go are said through ``report`` (the CLI: ``stderr_line``) before
+    the first frame, and so is each reconnect of a live source; the
+    summary says why the loop ``ended`` ("source ended", "source lost", "max frames", "quit key",
+    "window closed", "stopped": a signal).
+    Its latencies run from the moment the source returned a frame to its result (``latency_*``) and over
+    the model alone (``model_*``), over the last 4096 frames.
     """
+    source, show = resolve_source(config.source, config.source_kind), plan_window(config, report)
     if config.pipeline_threads:
         cv2.setNumThreads(config.pipeline_threads)
-    pipeline, smoother = (
-        open_pipeline(config, classifier),
-        Smoother(config.smoothing, alpha=config.alpha, window=config.window),
-    )
-    sinks, stats = Sinks(config, emit), LoopStats()
+    pipeline = open_pipeline(config, classifier, source, report, describe_outputs(config, show))
+    smoother = Smoother(config.smoothing, alpha=config.alpha, window=config.window)
+    sinks, stats, ended = Sinks(config, emit, Window(config.window_title) if show else None), LoopStats(), "stopped"
     with StopFlag() as stop:
         try:
-            while not stop.is_set() and (config.max_frames is None or stats.frames < config.max_frames):
+            while not stop.is_set():
+                if config.max_frames is not None and stats.frames >= config.max_frames:
+                    ended = "max frames"
+                    break
                 frame = pipeline.get(timeout=POLL_S)
                 if frame is END:
+                    ended = "source lost" if pipeline.lost else "source ended"
                     break
                 if frame is None:  # nothing yet: look at the stop flag again
                     continue
@@ -253,8 +301,9 @@ def run_live(classifier: Classifier, config: LiveConfig, emit=print) -> dict:
                     continue
                 record, prediction = classify_frame(classifier, smoother, frame, config, stats)
                 if not sinks.send(record, frame.image, prediction):
+                    ended = sinks.window.reason if sinks.window else "quit"
                     break
         finally:
             joined = pipeline.stop()
             sinks.close()
-    return stats.summary(pipeline.reconnects, threads_left=0 if joined else 1)
+    return stats.summary(pipeline.reconnects, threads_left=0 if joined else 1, ended=ended)

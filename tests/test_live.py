@@ -47,9 +47,9 @@ def pipeline_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "frame-pipeline" and t.is_alive()]
 
 
-def run_collect(classifier, **kwargs) -> tuple[list[dict], dict]:
+def run_collect(classifier, report=lambda line: None, **kwargs) -> tuple[list[dict], dict]:
     lines = []
-    stats = run_live(classifier, LiveConfig(headless=True, **kwargs), emit=lines.append)
+    stats = run_live(classifier, LiveConfig(headless=True, **kwargs), emit=lines.append, report=report)
     assert stats["threads_left"] == 0 and not pipeline_threads()  # every thread joined
     return [json.loads(line) for line in lines], stats
 
@@ -158,20 +158,26 @@ class FlakyCamera:
         pass
 
 
-def test_a_live_source_that_drops_is_reopened_and_the_loop_goes_on(classifier, monkeypatch):
-    opened = []
+def test_a_live_source_that_drops_is_reopened_a_bounded_number_of_times_in_a_row(classifier, monkeypatch):
+    """Drops are reopened and the loop goes on; once --max-reconnects reopens in a row bring no frame, the source
+    is lost (said, and in the summary), never retried for ever."""
+    opened, reports = [], []
 
     def fake_open(source, **kwargs):
         opened.append(source)
-        if len(opened) == 3:
-            raise SourceError("camera unplugged")  # one reopen fails outright, the next succeeds
+        if len(opened) == 3 or len(opened) > 4:
+            raise SourceError("camera unplugged")  # one reopen fails outright, the next succeeds; then none does
         return FlakyCamera(frames=3)
 
     monkeypatch.setattr(live, "open_source", fake_open)
-    records, stats = run_collect(classifier, source="0", max_reconnects=4, backoff=(0.01, 0.05))
-    assert stats["reconnects"] == 4 and len(opened) == 5
+    records, stats = run_collect(classifier, reports.append, source="0", max_reconnects=3, backoff=(0.01, 0.05))
+    # opens: 1 ok, (drop) 2 ok, (drop) 3 fails, 4 ok, (drop) 5, 6, 7 fail: 1 + 2 + 3 reconnects
+    assert len(opened) == 7 and stats["reconnects"] == 6 and stats["ended"] == "source lost"
     assert stats["frames"] >= 2  # newest-frame semantics may drop frames, but frames after a reopen arrive
     assert records[-1]["frame"] == stats["frames"]
+    assert reports[:2] == ["source: 0", "output: JSON lines on stdout"]
+    assert "reconnect 3/3" in reports[-3] and reports[-2] == "source: camera unplugged" and "giving up" in reports[-1]
+    assert sum("is back" in line for line in reports) == 2
 
 
 def test_ema_and_window_smoothing():
@@ -194,7 +200,7 @@ def test_threshold_gives_an_unsure_state():
 
 
 def test_missing_source_is_a_clear_error(classifier, tmp_path):
-    with pytest.raises(SourceError, match="not a camera index, folder, file, URL or GStreamer pipeline"):
+    with pytest.raises(SourceError, match="is not a camera index, device, folder, file or URL"):
         run_live(classifier, LiveConfig(source=str(tmp_path / "nope.mp4"), headless=True))
 
 

@@ -7,6 +7,7 @@
 #   device.sh agreement CPU [N]  every exported file against its x86 outputs (first N images), every gate re-run
 #   device.sh commands           classify, run --headless over a video, bench, serve one request
 #   device.sh camera             the Camera Module route: Debian's OpenCV + a --system-site-packages venv
+#   device.sh readme_camera      the README's first camera lines as typed, a video file for the camera
 set -euo pipefail
 cd /work
 venv=/work/venv
@@ -105,11 +106,39 @@ import onnxruntime, edge_runtime.backends  # noqa: F401  the runtime imports bes
 EOF
     floraedge classify --model /work/host/exports/model_int8.tflite /work/host/images --json > /work/classify-camera.json
     # a GStreamer source through OpenCV's GStreamer backend, as libcamerasrc would be on a Pi
-    floraedge run --model /work/host/exports/model_int8.onnx --headless --max-frames 3 --source \
+    floraedge run --model /work/host/exports/model_int8.onnx --headless --max-frames 3 --source-kind gstreamer --source \
         'videotestsrc num-buffers=30 ! video/x-raw,width=320,height=240 ! videoconvert ! video/x-raw,format=BGR ! appsink' \
         > /work/run-gstreamer.jsonl
     test "$(grep -c '"top"' /work/run-gstreamer.jsonl)" -eq 3
     gst-inspect-1.0 libcamerasrc > /dev/null && say "libcamerasrc: present (gstreamer1.0-libcamera)"
+}
+
+# The README's first camera lines (its "flowers on a Pi" block), as typed, in the `.[edge]` venv from the copy of
+# the repository, with the clip standing in for camera 0 and --max-frames to end it: the headless-Pi line gives
+# JSON lines; the desktop line, on `.[edge]`'s headless OpenCV with no display, stops at once in one line.
+# (The window route, PyPI's opencv-python on Xvfb, is checked on x86 by tests/test_window.py.)
+readme_line() { # PATTERN: the README line that starts with it, its comment cut, the clip for `--source 0`
+    local line
+    line=$(grep -m1 -E "^$1" /work/floraedge/README.md | sed 's/ *#.*//')
+    [ -n "$line" ] || { say "README: no line starting with: $1" && return 1; }
+    say "README: $line (the clip for camera 0)" >&2
+    echo "${line/--source 0/--source /work/host/clip.mp4}"
+}
+
+readme_camera() {
+    . "$venv/bin/activate"
+    cd /work/floraedge
+    local line out rc=0 run='floraedge run --model models/oxford102-lite0/model_int8.tflite --source 0'
+    line=$(readme_line "$run --headless")
+    read -ra cmd <<< "$line"
+    "${cmd[@]}" --max-frames 5 > /work/readme-headless.jsonl
+    test "$(grep -c '"top"' /work/readme-headless.jsonl)" -eq 5 || { say "the headless line gave no 5 frames" && return 1; }
+    line=$(readme_line "$run +#")  # the desktop line: nothing after --source 0 but its comment
+    read -ra cmd <<< "$line"
+    out=$(env -u DISPLAY -u WAYLAND_DISPLAY "${cmd[@]}" 2>&1) || rc=$?
+    [ "$rc" = 1 ] && [ "$(echo "$out" | wc -l)" = 1 ] && [[ $out == *"cannot show the overlay window"*"--headless"* ]] ||
+        { say "the desktop line on a headless OpenCV gave (exit $rc): $out" && return 1; }
+    say "README camera lines: headless route 5 frames; the window line without a window: one line, exit 1"
 }
 
 "$@"

@@ -353,6 +353,8 @@ main() {
     step "arm64 pi5: the device commands"
     device commands pi5
     "$HOST_PYTHON" "$HERE/compare_commands.py" "$WORK"
+    step "arm64 pi5: the README's first camera lines, as typed (a video file for the camera)"
+    device readme_camera pi5
     step "camera layer: waiting for it"
     join "$camera" camera-layer
     step "arm64 pi5: the Camera Module route"
