@@ -118,7 +118,7 @@ def open_classifier(config: ModelConfig, threads: int | None = None):
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    from edge_runtime.errors import FloraEdgeError
+    from edge_runtime.errors import FloraEdgeError, InferenceError
     from edge_runtime.preprocess import ImageReadError, read_image_bgr
 
     config = config_from_args(args)
@@ -133,6 +133,8 @@ def run_classify(args: argparse.Namespace) -> int:
             print(f"skipped: {exc}", file=sys.stderr)
             failures += 1
             continue
+        except InferenceError as exc:  # the model, not the image: the next image would fail too
+            raise InferenceError(f"{path}: {exc}") from exc
         if config.json:
             print(json.dumps({"image": str(path), **prediction.to_dict()}))
         else:

@@ -57,16 +57,16 @@ def with_external_data(folder: Path, location: str = "weights.bin") -> Path:
     return folder / "model.onnx"
 
 
-def classify_cli(model: Path, image: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``floraedge classify`` in a child: a blocked open fails the test by timeout instead of hanging it."""
+def python_m(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m ARGS`` in a child: a blocked open fails the test by timeout instead of hanging it."""
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     return subprocess.run(
-        [sys.executable, "-m", "floraedge", "classify", "--model", str(model), str(image)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
+        [sys.executable, "-m", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
     )
+
+
+def classify_cli(model: Path, image: Path) -> subprocess.CompletedProcess:
+    return python_m("floraedge", "classify", "--model", model, image)
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess, *needles: str) -> None:
@@ -317,6 +317,21 @@ def test_a_model_failing_on_real_input_is_one_line_in_classify(tmp_path, photo):
     with pytest.raises(InferenceError, match="onnxruntime failed to run the model"):
         loaded.predict(np.ones((1, 3, 32, 32), np.float32))
     assert_one_line_error(classify_cli(path, photo), "onnxruntime failed to run the model")
+
+
+def test_run_and_the_bench_measurement_report_a_failing_model_in_one_line(tmp_path, photo):
+    path = gather_bomb(tmp_path / "bomb.onnx", PreprocessSpec(crop_size=32, resize_size=36))
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "a.jpg").write_bytes(photo.read_bytes())
+    done = python_m("floraedge", "run", "--model", path, "--source", tmp_path / "frames", "--headless")
+    assert_one_line_error(done, "onnxruntime failed to run the model")
+    batch = np.ones((2, 3, 32, 32), np.float32)
+    np.savez(tmp_path / "data.npz", batch=batch, targets=np.zeros(2, np.int64))
+    done = python_m(
+        "benchmarks.measure", "--model", path, "--data", tmp_path / "data.npz", "--predictions", tmp_path / "p.npy"
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("InferenceError: onnxruntime failed to run the model")
 
 
 @pytest.mark.parametrize(
