@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from export import isolation
+from export import converters, isolation
 from export.converters import ExportContext, WithSoftmax
 from export.isolation import ConverterError, check_free_space, run_converter
 
@@ -45,13 +45,13 @@ def test_a_converter_that_raises_is_one_line_and_leaves_nothing(tmp_path):
     (tmp_path / "base.onnx").write_bytes(b"not an onnx file")
     dest = tmp_path / "out.onnx"
     with pytest.raises(ConverterError, match="^onnx_fp16: .*Error") as caught:
-        run_converter("onnx_fp16", context(), dest, tmp_path / "base.onnx")
+        run_converter(converters.onnx_fp16, context(), dest, tmp_path / "base.onnx")
     assert "\n" not in str(caught.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base.onnx"]  # no dest, no scratch folder
 
 
 def test_a_converter_runs_and_writes_its_file(tmp_path):
-    run_converter("export_onnx_base", context(), tmp_path / "base.onnx")
+    run_converter(converters.export_onnx_base, context(), tmp_path / "base.onnx")
     assert (tmp_path / "base.onnx").stat().st_size > 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base.onnx"]
 
@@ -62,7 +62,7 @@ def test_too_little_free_space_is_refused_before_anything_runs(tmp_path):
         check_free_space(tmp_path, free + 2**30, "the test converter")
     with small_disk(tmp_path / "disk", "2M") as disk:
         with pytest.raises(ConverterError, match="needs about .* MiB free"):
-            run_converter("export_tflite_base", context(1024), disk / "base.tflite")
+            run_converter(converters.export_tflite_base, context(1024), disk / "base.tflite")
         assert list(disk.iterdir()) == []
 
 
@@ -74,7 +74,7 @@ def test_a_full_disk_during_tflite_conversion_is_our_error_and_leaves_no_file(tm
     monkeypatch.setattr(isolation, "SPACE_MARGIN", 0)
     with small_disk(tmp_path / "disk", "2M") as disk:
         with pytest.raises(ConverterError) as caught:
-            run_converter("export_tflite_base", context(1024), disk / "base.tflite")
+            run_converter(converters.export_tflite_base, context(1024), disk / "base.tflite")
         message = str(caught.value)
         assert "\n" not in message and message.startswith("export_tflite_base: ")
         assert "No space left on device" in message, message
