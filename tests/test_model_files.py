@@ -385,3 +385,13 @@ def test_space_writes_the_model_name_as_a_literal(tmp_path):
         tiny_onnx(tmp_path / odd)
         assert main(["space", "--model", str(tmp_path / odd), "--out", str(tmp_path / "s2")]) == 1
         assert not (tmp_path / "s2").exists()
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".tflite"])
+def test_an_oversized_model_is_refused_from_its_size_alone(tmp_path, suffix):
+    """A sparse file of 2 GiB + 1 byte costs nothing to make and nothing to refuse: nothing of it is read."""
+    path = tmp_path / f"huge{suffix}"
+    with open(path, "wb") as f:
+        f.truncate(2 * 1024**3 + 1)
+    with pytest.raises(ModelFileError, match="over the 2,147,483,648-byte limit"):
+        load(path)
