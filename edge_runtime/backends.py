@@ -4,6 +4,11 @@ A backend has ``.name``, ``.info`` (spec + labels) and ``.predict(batch) -> outp
 ``batch`` is float32 in the spec's layout and the outputs are float32 probabilities or logits, as
 ``info.output`` says. Each runtime is imported inside its backend, so a
 device needs only the one it uses; a missing one is an error naming the package to install.
+
+``load`` is the one way in, and applies the same checks whatever the backend: the file itself
+(``edge_runtime.modelfile.check_model_file``) before any runtime opens it, then a trial run on a
+zero input that proves the model runs and gives one score per label. A runtime's failure while
+running a model is an ``InferenceError``, one line.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import torch
 from edge_runtime.metadata import INFO_KEY, LABELS_KEY, PROBABILITIES, SPEC_KEY
 from edge_runtime.outdir import check_output, write_marker
 from edge_runtime.spec import PreprocessSpec
+from export import converters
 from export.calibration import calibration_set, verification_set
 from export.card import tool_versions, write_cards
 from export.config import ExportConfig
@@ -87,7 +88,7 @@ def export_row(
     info = file_info(row, bundle, config, calib_info)
     tmp = out / f".tmp-{row.filename}"
     try:
-        run_converter(row.converter, ctx, tmp, base)  # in a child process: see export/isolation.py
+        run_converter(getattr(converters, row.converter), ctx, tmp, base)  # in a child process: export/isolation.py
         tmp = embed(tmp, row, bundle["class_names"], spec, info)
         emulate = needs_qdq_emulation(row, config.ort_preset, platform.machine())
         result = verify(tmp, row, ref, max_drop=config.max_drop, qdq_emulation=emulate)
@@ -181,7 +182,7 @@ def export_rows(rows: list[Format], out: Path, ctx: ExportContext, ref, bundle, 
             try:
                 if row.base not in bases:
                     bases[row.base] = work / f"base.{row.format}"
-                    run_converter(row.base, ctx, bases[row.base])
+                    run_converter(getattr(converters, row.base), ctx, bases[row.base])
                 results.append(export_row(row, bases[row.base], out, ctx, ref, bundle, config, calib_info))
             except Exception as exc:  # one row failing must not lose the others
                 results.append(failure(row, exc))

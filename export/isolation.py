@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from edge_runtime.errors import FloraEdgeError
@@ -47,15 +48,16 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
         )
 
 
-def run_converter(name: str, ctx, dest: Path, base: Path | None = None) -> None:
-    """``export.converters.<name>`` writing ``dest`` (from ``base``, for a derived file), in a child process.
+def run_converter(convert: Callable, ctx, dest: Path, base: Path | None = None) -> None:
+    """``convert`` (a function of ``export.converters``, or any importable one) writing ``dest`` (from ``base``,
+    for a derived file), in a child process; the child imports it by its module and name.
 
     On any failure ``dest`` is removed and a ``ConverterError`` says what happened in one line.
     """
-    dest = Path(dest).resolve()
+    name, dest = convert.__name__, Path(dest).resolve()
     check_free_space(dest.parent, SPACE_FACTOR * model_bytes(ctx.model) + SPACE_MARGIN, f"the {name} converter")
     scratch = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{name}.", suffix=".tmp"))
-    job = pickle.dumps((name, ctx, dest, base and Path(base).resolve()))
+    job = pickle.dumps((convert, ctx, dest, base and Path(base).resolve()))
     repo = str(Path(__file__).resolve().parents[1])
     env = os.environ | {
         "TMPDIR": str(scratch),
@@ -91,11 +93,8 @@ def last_words(stderr: bytes, returncode: int) -> str:
 
 def child_main() -> int:
     """Run the job the parent pickled on stdin; an exception becomes one line on stderr and exit code 1."""
-    name, ctx, dest, base = pickle.load(sys.stdin.buffer)
-    from export import converters
-
     try:
-        convert = getattr(converters, name)
+        convert, ctx, dest, base = pickle.load(sys.stdin.buffer)
         convert(ctx, dest) if base is None else convert(base, dest, ctx)
     except Exception as exc:  # noqa: BLE001 (any converter error is reported, as one line, by the parent)
         message = " ".join(f"{type(exc).__name__}: {exc}".split())
