@@ -82,7 +82,7 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=wanted)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-            raise BackendError(f"{path} is not a model onnxruntime can load ({exc})") from exc
+            raise BackendError(f"{path} is not a model onnxruntime can load ({one_line(exc)})") from exc
         self.input_name = self.session.get_inputs()[0].name
         out_shape = self.session.get_outputs()[0].shape
         props = self.session.get_modelmeta().custom_metadata_map
@@ -144,7 +144,7 @@ class OpenCVBackend:
             self.net = cv2.dnn.readNetFromONNX(str(path))
         except cv2.error as exc:
             raise BackendError(
-                f"OpenCV DNN cannot load {path} (int8 QDQ files are not supported; use onnxruntime): {exc}"
+                f"OpenCV DNN cannot load {path} (int8 QDQ files are not supported; use onnxruntime): {one_line(exc)}"
             ) from exc
         with open_regular(path, str(path)) as data:  # OpenCV does not read metadata_props: the file's walk does
             props = onnx_layout(data, path).props
@@ -178,8 +178,8 @@ class LiteRTBackend:
         try:
             self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
             self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise BackendError(f"{path} is not a model LiteRT can load ({exc})") from exc
+        except Exception as exc:  # ValueError, RuntimeError or the interpreter's own types: one line whatever it is
+            raise BackendError(f"{path} is not a model LiteRT can load ({one_line(exc)})") from exc
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.info = require_info(path, from_tflite_zip(path), int(self.output["shape"][-1]))
@@ -195,6 +195,11 @@ class LiteRTBackend:
         return np.concatenate(results)
 
 
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    """A runtime's message as one line (OpenCV's span several), shortened to ``limit`` characters."""
+    return " ".join(str(exc).split())[:limit] or type(exc).__name__
+
+
 @contextlib.contextmanager
 def inference_errors(backend: str):
     """Any error of a runtime while it runs the model, as one ``InferenceError`` line."""
@@ -203,9 +208,8 @@ def inference_errors(backend: str):
     except InferenceError:
         raise
     except Exception as exc:  # each runtime has its own types (ORT's derive from Exception alone, cv2.error, ...)
-        message = " ".join(str(exc).split())[:500] or type(exc).__name__
         raise InferenceError(
-            f"{backend} failed to run the model ({message}); check that the file is a FloraEdge export and "
+            f"{backend} failed to run the model ({one_line(exc)}); check that the file is a FloraEdge export and "
             "that its spec matches the model (re-export it with `floraedge export`)"
         ) from exc
 

@@ -395,3 +395,26 @@ def test_an_oversized_model_is_refused_from_its_size_alone(tmp_path, suffix):
         f.truncate(2 * 1024**3 + 1)
     with pytest.raises(ModelFileError, match="over the 2,147,483,648-byte limit"):
         load(path)
+
+
+@pytest.mark.parametrize("backend", ONNX_BACKENDS)
+def test_a_runtime_that_cannot_load_a_file_says_so_in_one_line(tmp_path, backend):
+    """A well-formed ONNX file with an operator no runtime knows: the runtime's refusal (several lines from
+    OpenCV) is one line."""
+    graph = helper.make_graph(
+        [helper.make_node("NoSuchOp", ["input"], ["logits"], domain="example.hostile")],
+        "unknown_op",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("example.hostile", 1)]
+    )
+    model.ir_version = 8
+    spec = PreprocessSpec(crop_size=32, resize_size=36)
+    for key, value in ((SPEC_KEY, spec.to_json()), (LABELS_KEY, json.dumps(list("abcd"))), (INFO_KEY, "{}")):
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    with pytest.raises(BackendError) as caught:
+        load(tmp_path / "model.onnx", backend)
+    assert "\n" not in str(caught.value) and "model.onnx" in str(caught.value)
