@@ -4,7 +4,8 @@ A model file is input: a downloaded ``.onnx`` can name "external data" files tha
 then reads (``../../etc/passwd``, a symlink out of the folder, a FIFO that blocks the loader
 forever), and a model path can itself be a FIFO or a device. So, for every backend alike:
 
-- the model path, symlinks resolved, is a regular file of at most ``MAX_MODEL_BYTES``;
+- the model path, symlinks resolved, is a regular file of at most ``MAX_MODEL_BYTES``, and its sidecar
+  metadata files (``<model>.json``, ``spec.json``, ``labels.txt``), where present, do not link out of its folder;
 - an ONNX file's every tensor stored outside it (initializers, sparse initializers, tensors in
   node attributes, subgraphs, functions and training info) names a location that, symlinks
   resolved, is a regular file inside the model's own folder, and its offset and length lie
@@ -51,12 +52,24 @@ def check_model_file(path: str | Path, max_bytes: int = MAX_MODEL_BYTES) -> Mode
     with open_regular(resolved, f"model file {given}") as data:
         if len(data) > max_bytes:
             raise ModelFileError(f"model file {given} is {len(data):,} bytes, over the {max_bytes:,}-byte limit")
-        if resolved.suffix.lower() != ".onnx":
-            return ModelFile(resolved)
-        layout = onnx_layout(data, given)
+        layout = onnx_layout(data, given) if resolved.suffix.lower() == ".onnx" else OnnxLayout()
     for tensor in layout.external:
         check_external(resolved.parent, tensor, given)
+    for sidecar in sidecars(resolved):
+        check_sidecar(resolved.parent, sidecar)
     return ModelFile(resolved, layout.props)
+
+
+def sidecars(model: Path) -> list[Path]:
+    """The files ``edge_runtime.metadata.from_sidecar`` may read for ``model``, where they exist."""
+    names = (model.name + ".json", "spec.json", "labels.txt")
+    return [model.parent / name for name in names if os.path.lexists(model.parent / name)]
+
+
+def check_sidecar(folder: Path, path: Path) -> None:
+    """A sidecar's labels are served (``GET /v1/model``): a link out of the folder could publish any file."""
+    if not path.resolve().is_relative_to(folder):
+        raise ModelFileError(f"{path} links out of the model's folder {folder}: refused; put the file itself there")
 
 
 @contextlib.contextmanager

@@ -418,3 +418,17 @@ def test_a_runtime_that_cannot_load_a_file_says_so_in_one_line(tmp_path, backend
     with pytest.raises(BackendError) as caught:
         load(tmp_path / "model.onnx", backend)
     assert "\n" not in str(caught.value) and "model.onnx" in str(caught.value)
+
+
+@pytest.mark.parametrize("backend", ONNX_BACKENDS)
+@pytest.mark.parametrize("sidecar", ["labels.txt", "spec.json", "model.onnx.json"])
+def test_a_sidecar_that_links_out_of_the_folder_is_refused(tmp_path, backend, sidecar):
+    """Sidecar labels are served by `GET /v1/model`: a labels.txt linked to /etc/passwd must not publish it."""
+    model = tiny_onnx(tmp_path / "model.onnx", embed=False)
+    (tmp_path / "spec.json").write_text(PreprocessSpec(crop_size=32, resize_size=36).to_json())
+    (tmp_path / "labels.txt").write_text("a\nb\nc\nd\n")
+    assert load(model, backend).info.labels == tuple("abcd")  # the sidecars, when they are the folder's own files
+    (tmp_path / sidecar).unlink(missing_ok=True)
+    (tmp_path / sidecar).symlink_to("/etc/passwd")
+    with pytest.raises(ModelFileError, match="links out of the model's folder"):
+        load(model, backend)
