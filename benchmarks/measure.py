@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metrics import classification_metrics
 from edge_runtime.options import comma_separated
 
@@ -115,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--video", default=None)
     args = p.parse_args(argv)
-    print(json.dumps(measure(args)))
+    try:
+        print(json.dumps(measure(args)))
+    except FloraEdgeError as exc:  # one line: `floraedge bench` reports the last stderr line as the row's error
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from edge_runtime.errors import FloraEdgeError
 
 ACCEPTED = "JPEG, PNG, BMP, WebP, TIFF, GIF, PNM/PAM or Sun raster"
+# the file names of those formats: what `classify DIR` and a folder source take (one list, so none is skipped)
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".webp", ".tif", ".tiff", ".gif"}
+    | {".pbm", ".pgm", ".ppm", ".pnm", ".pam", ".ras", ".sr"}
+)
 
 
 class ImageRejected(FloraEdgeError, ValueError):

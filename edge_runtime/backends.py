@@ -4,10 +4,17 @@ A backend has ``.name``, ``.info`` (spec + labels) and ``.predict(batch) -> outp
 ``batch`` is float32 in the spec's layout and the outputs are float32 probabilities or logits, as
 ``info.output`` says. Each runtime is imported inside its backend, so a
 device needs only the one it uses; a missing one is an error naming the package to install.
+
+``load`` is the one way in, and applies the same checks whatever the backend: the file itself
+(``edge_runtime.modelfile.check_model_file``) before any runtime opens it, then a trial run on a
+zero input that proves the model runs and gives one score per label. A runtime's failure while
+running a model is an ``InferenceError``, one line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib
 import os
 import platform
@@ -17,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.errors import FloraEdgeError
-from edge_runtime.metadata import from_props, from_tflite_zip, require_info
+from edge_runtime.errors import FloraEdgeError, InferenceError
+from edge_runtime.metadata import MetadataError, from_props, from_tflite_zip, require_info
+from edge_runtime.modelfile import check_model_file, onnx_layout, open_regular
 
 
 class BackendError(FloraEdgeError):
@@ -74,7 +82,7 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=wanted)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-            raise BackendError(f"{path} is not a model onnxruntime can load ({exc})") from exc
+            raise BackendError(f"{path} is not a model onnxruntime can load ({one_line(exc)})") from exc
         self.input_name = self.session.get_inputs()[0].name
         out_shape = self.session.get_outputs()[0].shape
         props = self.session.get_modelmeta().custom_metadata_map
@@ -91,7 +99,8 @@ class OnnxRuntimeBackend:
             )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
+        with inference_errors(self.name):
+            return self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
 
 
 SATURATION_FREE_WEIGHT_ABS_MAX = 64  # 255 * 64 * 2 fits the int16 sum of VPMADDUBSW's product pairs
@@ -135,20 +144,16 @@ class OpenCVBackend:
             self.net = cv2.dnn.readNetFromONNX(str(path))
         except cv2.error as exc:
             raise BackendError(
-                f"OpenCV DNN cannot load {path} (int8 QDQ files are not supported; use onnxruntime): {exc}"
+                f"OpenCV DNN cannot load {path} (int8 QDQ files are not supported; use onnxruntime): {one_line(exc)}"
             ) from exc
-        embedded = None
-        try:  # OpenCV does not read metadata_props; onnx, when installed, does
-            onnx = importlib.import_module("onnx")
-            model = onnx.load(str(path), load_external_data=False)
-            embedded = from_props({p.key: p.value for p in model.metadata_props})
-        except ImportError:
-            pass
-        self.info = require_info(path, embedded, 0)
+        with open_regular(path, str(path)) as data:  # OpenCV does not read metadata_props: the file's walk does
+            props = onnx_layout(data, path).props
+        self.info = require_info(path, from_props(props), 0)  # its output size: load()'s trial run
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        self.net.setInput(np.ascontiguousarray(batch, dtype=np.float32))
-        return np.asarray(self.net.forward(), dtype=np.float32).reshape(batch.shape[0], -1)
+        with inference_errors(self.name):
+            self.net.setInput(np.ascontiguousarray(batch, dtype=np.float32))
+            return np.asarray(self.net.forward(), dtype=np.float32).reshape(batch.shape[0], -1)
 
 
 def _tflite_interpreter():
@@ -173,8 +178,8 @@ class LiteRTBackend:
         try:
             self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
             self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise BackendError(f"{path} is not a model LiteRT can load ({exc})") from exc
+        except Exception as exc:  # ValueError, RuntimeError or the interpreter's own types: one line whatever it is
+            raise BackendError(f"{path} is not a model LiteRT can load ({one_line(exc)})") from exc
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.info = require_info(path, from_tflite_zip(path), int(self.output["shape"][-1]))
@@ -182,11 +187,31 @@ class LiteRTBackend:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         results = []
-        for sample in batch:  # TFLite models are exported with a fixed batch of one
-            self.interpreter.set_tensor(self.input["index"], quantize(sample[None], self.input))
-            self.interpreter.invoke()
-            results.append(dequantize(self.interpreter.get_tensor(self.output["index"]), self.output))
+        with inference_errors(self.name):
+            for sample in batch:  # TFLite models are exported with a fixed batch of one
+                self.interpreter.set_tensor(self.input["index"], quantize(sample[None], self.input))
+                self.interpreter.invoke()
+                results.append(dequantize(self.interpreter.get_tensor(self.output["index"]), self.output))
         return np.concatenate(results)
+
+
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    """A runtime's message as one line (OpenCV's span several), shortened to ``limit`` characters."""
+    return " ".join(str(exc).split())[:limit] or type(exc).__name__
+
+
+@contextlib.contextmanager
+def inference_errors(backend: str):
+    """Any error of a runtime while it runs the model, as one ``InferenceError`` line."""
+    try:
+        yield
+    except InferenceError:
+        raise
+    except Exception as exc:  # each runtime has its own types (ORT's derive from Exception alone, cv2.error, ...)
+        raise InferenceError(
+            f"{backend} failed to run the model ({one_line(exc)}); check that the file is a FloraEdge export and "
+            "that its spec matches the model (re-export it with `floraedge export`)"
+        ) from exc
 
 
 def quantize(x: np.ndarray, details: dict) -> np.ndarray:
@@ -234,8 +259,6 @@ def load(
     """Open ``path`` with the named backend, or the first one whose file type matches.
     ``qdq_emulation``: onnxruntime only (see ``OnnxRuntimeBackend``)."""
     path = Path(path)
-    if not path.is_file():
-        raise BackendError(f"model file {path} does not exist")
     if backend == "auto":
         backend = next((n for n, e in BACKENDS.items() if path.suffix.lower() in e.suffixes), "")
         if not backend:
@@ -246,8 +269,32 @@ def load(
     entry = BACKENDS[backend]
     if path.suffix.lower() not in entry.suffixes:
         raise BackendError(f"backend {backend} runs {', '.join(entry.suffixes)} files, not {path.name}")
-    if qdq_emulation:
-        if backend != OnnxRuntimeBackend.name:
-            raise BackendError(f"QDQ emulation is an onnxruntime mode, not {backend}'s")
-        return entry.load(path, threads=threads, providers=providers, qdq_emulation=True)
-    return entry.load(path, threads=threads, providers=providers)
+    if qdq_emulation and backend != OnnxRuntimeBackend.name:
+        raise BackendError(f"QDQ emulation is an onnxruntime mode, not {backend}'s")
+    resolved = check_model_file(path).path  # the one check of the file itself, before any runtime opens it
+    options = {"qdq_emulation": True} if qdq_emulation else {}
+    opened = entry.load(resolved, threads=threads, providers=providers, **options)
+    check_trial_run(opened, path)
+    return opened
+
+
+def check_trial_run(backend, path: Path) -> None:
+    """The one check of what a loaded model does, for every backend: an input of its spec's shape runs and gives
+    one score per label. (Unlabelled models get ``class_<i>`` names here.)"""
+    spec = backend.info.spec
+    try:
+        outputs = np.asarray(backend.predict(np.zeros(spec.input_shape, np.float32)))
+    except InferenceError as exc:
+        raise BackendError(f"{path}: the model does not run on an input of its spec's shape: {exc}") from exc
+    if outputs.ndim != 2 or outputs.shape[0] != 1:
+        raise BackendError(
+            f"{path}: one image gives outputs of shape {list(outputs.shape)}; FloraEdge runs classifiers "
+            "whose output is one score per class"
+        )
+    labels = backend.info.labels or tuple(f"class_{i}" for i in range(outputs.shape[1]))
+    if len(labels) != outputs.shape[1]:
+        raise MetadataError(
+            f"{path}: {len(labels)} labels but the model has {outputs.shape[1]} outputs; "
+            "the labels belong to another model: re-export it with `floraedge export`"
+        )
+    backend.info = dataclasses.replace(backend.info, labels=labels)

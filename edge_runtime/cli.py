@@ -11,10 +11,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_runtime.admission import IMAGE_SUFFIXES
 from edge_runtime.backends import BACKENDS
 from edge_runtime.live import SMOOTHING, LiveConfig
 from edge_runtime.options import Option, add_command, config_from_args
-from edge_runtime.sources import IMAGE_SUFFIXES, SOURCE_KINDS
+from edge_runtime.sources import SOURCE_KINDS
 
 BACKEND_CHOICES = ("auto", *BACKENDS)
 
@@ -107,6 +108,18 @@ def iter_images(paths: list[Path]):
             yield path
 
 
+def other_files(paths: tuple[Path, ...], shown: int = 3) -> list[Path]:
+    """Up to ``shown`` files in the folders of ``paths`` that ``iter_images`` passes over (said, not skipped silently)."""
+    found = []
+    for folder in (p for p in paths if p.is_dir()):
+        for path in folder.rglob("*"):
+            if path.suffix.lower() not in IMAGE_SUFFIXES and not path.is_dir():
+                found.append(path)
+                if len(found) >= shown:
+                    return found
+    return found
+
+
 def open_classifier(config: ModelConfig, threads: int | None = None):
     """The classifier ``config`` names, on ``threads`` (default: ``config.threads``)."""
     from edge_runtime.backends import load
@@ -118,13 +131,20 @@ def open_classifier(config: ModelConfig, threads: int | None = None):
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    from edge_runtime.errors import FloraEdgeError
+    from edge_runtime.errors import FloraEdgeError, InferenceError
     from edge_runtime.preprocess import ImageReadError, read_image_bgr
 
     config = config_from_args(args)
     paths = list(iter_images(config.images))
     if not paths:
         raise FloraEdgeError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {' '.join(map(str, config.images))}")
+    not_images = other_files(config.images)
+    if not_images:
+        print(
+            f"note: files whose names are not those of images were not classified (e.g. "
+            f"{', '.join(map(str, not_images))}); FloraEdge reads {', '.join(sorted(IMAGE_SUFFIXES))}",
+            file=sys.stderr,
+        )
     classifier, failures = open_classifier(config), 0
     for path in paths:
         try:
@@ -133,6 +153,8 @@ def run_classify(args: argparse.Namespace) -> int:
             print(f"skipped: {exc}", file=sys.stderr)
             failures += 1
             continue
+        except InferenceError as exc:  # the model, not the image: the next image would fail too
+            raise InferenceError(f"{path}: {exc}") from exc
         if config.json:
             print(json.dumps({"image": str(path), **prediction.to_dict()}))
         else:

@@ -75,6 +75,73 @@ def decode_flags(size: tuple[int, int], data: np.ndarray, spec: PreprocessSpec |
     return _REDUCED[decode_factor(size, data, spec)]
 
 
+MAX_PNG_CHUNKS = 4096  # chunks looked at for transparency before the image data; more: assume it may have some
+WHITE_BAND_ROWS = 256  # rows composited at a time: the temporaries stay a few MB whatever the image's size
+
+
+def decode_admitted(buf: np.ndarray, size: tuple[int, int], spec: PreprocessSpec | None) -> np.ndarray | None:
+    """``cv2.imdecode`` of bytes ``admit()`` passed (``size`` is their header's), as BGR uint8; None if it fails.
+
+    A transparent image is composited on white, as an image viewer or a browser shows it: OpenCV's colour
+    decode drops the alpha channel and keeps whatever colour the transparent pixels store (often black).
+    """
+    image = cv2.imdecode(buf, decode_flags(size, buf, spec))
+    if image is None or not may_be_transparent(buf):
+        return image
+    return on_white(cv2.imdecode(buf, cv2.IMREAD_UNCHANGED), image)
+
+
+def may_be_transparent(data: np.ndarray) -> bool:
+    """Whether the header allows transparency (then the file is decoded a second time, with its alpha channel):
+    a PNG with an alpha channel or a tRNS chunk, a WebP with alpha, any GIF or TIFF."""
+    head = data[:32].tobytes()
+    if head.startswith(b"\x89PNG"):
+        return head[25:26] in (b"\x04", b"\x06") or png_has_trns(data)
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        if head[12:16] == b"VP8X":
+            return bool(head[20] & 0x10)
+        return head[12:16] == b"VP8L" and bool(int.from_bytes(head[21:25], "little") >> 28 & 1)
+    return head.startswith((b"GIF8", b"II*\x00", b"MM\x00*"))
+
+
+def png_has_trns(data: np.ndarray) -> bool:
+    """A tRNS chunk (transparency of a palette, grey or RGB image) before the first IDAT."""
+    i = 8
+    for _ in range(MAX_PNG_CHUNKS):
+        kind = data[i + 4 : i + 8].tobytes()
+        if len(kind) < 4 or kind == b"IDAT":
+            return False
+        if kind == b"tRNS":
+            return True
+        i += 12 + int.from_bytes(data[i : i + 4].tobytes(), "big")  # length, type, data, CRC
+    return True
+
+
+def on_white(full: np.ndarray | None, image: np.ndarray) -> np.ndarray:
+    """``image`` (the colour decode) with the transparent pixels of ``full`` (the same file decoded with its alpha
+    channel) made white. Where the two decodes are not the same pixels (an EXIF rotation that only the colour
+    decode applies), ``image`` is returned as it is."""
+    if full is None or full.ndim != 3 or full.shape[2] != 4 or full.shape[:2] != image.shape[:2]:
+        return image
+    if full.dtype == np.uint16:
+        full = (full >> 8).astype(np.uint8)
+    if full.dtype != np.uint8 or full[..., 3].min() == 255:
+        return image
+    bands = [slice(top, top + WHITE_BAND_ROWS) for top in range(0, image.shape[0], WHITE_BAND_ROWS)]
+    differing = sum(int(np.abs(full[b, :, :3].astype(np.int16) - image[b]).sum()) for b in bands)
+    if differing > 2 * image.size:  # more than 2 levels per value on average: not the same orientation
+        return image
+    for band in bands:  # out = (rgb * a + 255 * (255 - a)) / 255 in uint16, which cannot overflow
+        alpha = full[band, :, 3:].astype(np.uint16)
+        mixed = full[band, :, :3].astype(np.uint16)
+        mixed *= alpha
+        mixed += 255 * (255 - alpha)
+        mixed += 127
+        mixed //= 255
+        image[band] = mixed
+    return image
+
+
 def decode_bgr(
     data: bytes | np.ndarray,
     spec: PreprocessSpec | None = None,
@@ -93,7 +160,7 @@ def decode_bgr(
         raise ImageReadError(f"{name}: empty, not an image")
     try:
         size = admit(buf.data, limits)
-        image = cv2.imdecode(buf, decode_flags(size, buf, spec))
+        image = decode_admitted(buf, size, spec)
     except (cv2.error, ImageRejected) as exc:
         raise ImageReadError(f"{name}: {exc}") from exc
     if image is None:
@@ -157,12 +224,13 @@ def resize_and_crop(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return cv2.resize(image[y0:y1, x0:x1], (crop, crop), interpolation=cv2.INTER_AREA)
 
 
-def preprocess(frame_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """One BGR uint8 frame -> a float32 batch of one, laid out as ``spec.layout``."""
+def preprocess(frame_bgr: np.ndarray, spec: PreprocessSpec, *, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """One BGR uint8 frame -> a float32 batch of one, laid out as ``spec.layout``; a frame over ``limits`` (those
+    its decoder admitted it under, e.g. serve's ``--max-pixels``) is refused."""
     if frame_bgr is None or frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
         shape = None if frame_bgr is None else (frame_bgr.shape, str(frame_bgr.dtype))
         raise ImageRejected(f"preprocess expects an HxWx3 uint8 BGR image, got {shape}")
-    DEFAULT_LIMITS.check(frame_bgr.shape[1], frame_bgr.shape[0])  # a camera or video frame has no header to check
+    limits.check(frame_bgr.shape[1], frame_bgr.shape[0])  # a camera or video frame has no header to check
     image = resize_and_crop(frame_bgr, spec)
     if spec.color_order == "RGB":
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -22,11 +22,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_runtime.admission import IMAGE_SUFFIXES
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.preprocess import read_image_or_none
 from edge_runtime.spec import PreprocessSpec
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 STREAM_TIMEOUT_MS = 5000  # FFmpeg's open/read timeouts for URLs: a stalled stream fails and is reopened
 SOURCE_KINDS = ("auto", "camera", "device", "file", "folder", "stream", "gstreamer")
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "hls")

@@ -32,6 +32,7 @@ from export.converters import (
     embed_tflite_metadata,
 )
 from export.formats import Format, needs_qdq_emulation, onnx_int8_info, select
+from export.isolation import run_converter
 from export.verify import Reference, verify
 from train.checkpoint import dataset_record, load_bundle, model_from_bundle
 from train.data import seen_in_training
@@ -87,7 +88,7 @@ def export_row(
     info = file_info(row, bundle, config, calib_info)
     tmp = out / f".tmp-{row.filename}"
     try:
-        getattr(converters, row.converter)(base, tmp, ctx)
+        run_converter(getattr(converters, row.converter), ctx, tmp, base)  # in a child process: export/isolation.py
         tmp = embed(tmp, row, bundle["class_names"], spec, info)
         emulate = needs_qdq_emulation(row, config.ort_preset, platform.machine())
         result = verify(tmp, row, ref, max_drop=config.max_drop, qdq_emulation=emulate)
@@ -181,7 +182,7 @@ def export_rows(rows: list[Format], out: Path, ctx: ExportContext, ref, bundle, 
             try:
                 if row.base not in bases:
                     bases[row.base] = work / f"base.{row.format}"
-                    getattr(converters, row.base)(ctx, bases[row.base])
+                    run_converter(getattr(converters, row.base), ctx, bases[row.base])
                 results.append(export_row(row, bases[row.base], out, ctx, ref, bundle, config, calib_info))
             except Exception as exc:  # one row failing must not lose the others
                 results.append(failure(row, exc))

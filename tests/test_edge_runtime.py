@@ -23,6 +23,7 @@ from edge_runtime.backends import (
 )
 from edge_runtime.classify import Classifier, softmax
 from edge_runtime.metadata import MetadataError
+from edge_runtime.modelfile import ModelFileError
 from edge_runtime.preprocess import (
     ImageReadError,
     center_crop,
@@ -203,7 +204,7 @@ def test_wrong_files_and_backends_are_clear_errors(tmp_path, model):
     with pytest.raises(BackendError, match="runs .tflite files"):
         load(model, "litert")
     (tmp_path / "junk.onnx").write_bytes(b"not onnx")
-    with pytest.raises(BackendError, match="onnxruntime can load"):
+    with pytest.raises(ModelFileError, match="not a readable ONNX file"):  # refused before any runtime sees it
         load(tmp_path / "junk.onnx")
     with pytest.raises(BackendError, match="not in this onnxruntime build"):
         load(model, providers=["NoSuchExecutionProvider"])

@@ -169,11 +169,13 @@ def test_the_probability_gate_refuses_a_logit_off_by_002(tiny_checkpoint, tiny_p
     assert result["max_abs_prob_diff"] > 1e-3, result  # a visible error, not rounding
 
 
-def test_a_failing_format_does_not_lose_the_others(tiny_checkpoint, tiny_prepared, tmp_path, monkeypatch):
-    def broken(ctx, dest):
-        raise RuntimeError("converter exploded")
+def exploding_converter(ctx, dest):
+    """A converter that fails (module-level: converters run in a child process, which imports it by name)."""
+    raise RuntimeError("converter exploded")
 
-    monkeypatch.setattr(converters, "export_tflite_base", broken)
+
+def test_a_failing_format_does_not_lose_the_others(tiny_checkpoint, tiny_prepared, tmp_path, monkeypatch):
+    monkeypatch.setattr(converters, "export_tflite_base", exploding_converter)
     results = export_all(
         ExportConfig(
             checkpoint=str(tiny_checkpoint),

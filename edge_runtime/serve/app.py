@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import threading
@@ -25,7 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from edge_runtime.admission import header_size
+from edge_runtime.admission import DEFAULT_LIMITS, header_size
 from edge_runtime.backends import load
 from edge_runtime.classify import Classifier
 from edge_runtime.metadata import file_sha256
@@ -140,6 +141,7 @@ class Service:
         self.description = model_description(Path(config.model), backend) | {"camera": config.camera is not None}
         self.pool = ThreadPoolExecutor(max_workers=config.workers + 1, thread_name_prefix="decode-infer")
         self.gate = Gate(config.workers, config.queue)
+        self.limits = dataclasses.replace(DEFAULT_LIMITS, max_pixels=config.max_pixels)
         self.model_slots = threading.BoundedSemaphore(config.workers)  # concurrent inferences
         self.page = files("edge_runtime.serve").joinpath("index.html").read_text(encoding="utf-8")
 
@@ -155,7 +157,7 @@ class Service:
         t0 = time.perf_counter()
         image = decode_upload(data, max_pixels=self.config.max_pixels, spec=spec)
         t1 = time.perf_counter()
-        batch = preprocess(image, spec)
+        batch = preprocess(image, spec, limits=self.limits)  # --max-pixels, not the default, here too
         t2 = time.perf_counter()
         with self.model_slots:
             queue_ms = (time.perf_counter() - t2) * 1e3

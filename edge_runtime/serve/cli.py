@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edge_runtime.serve.app import ServeConfig, create_app
 
-app = create_app(ServeConfig(model=Path(__file__).parent / "{model}"))
+app = create_app(ServeConfig(model=Path(__file__).parent / {model}))
 '''
 SPACE_REQUIREMENTS = """numpy
 opencv-python-headless
@@ -138,12 +138,14 @@ def run_space(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if config.out.exists():
         raise FloraEdgeError(f"{config.out} exists; choose another --out")
+    if not config.model.name.isprintable():  # a newline or undecodable byte would garble the README and labels
+        raise FloraEdgeError(f"the model's file name {config.model.name!r} has unprintable characters; rename it")
     backend = load(config.model)  # refuses a file without labels and spec before anything is written
     with atomic_dir(config.out) as tmp:
         shutil.copy2(config.model, tmp / config.model.name)
         package = Path(__file__).resolve().parents[1]
         shutil.copytree(package, tmp / "edge_runtime", ignore=shutil.ignore_patterns("__pycache__"))
-        (tmp / "app.py").write_text(SPACE_APP.format(model=config.model.name))
+        (tmp / "app.py").write_text(SPACE_APP.format(model=repr(config.model.name)))  # a literal, never code
         runtime = BACKENDS[backend.name].package
         (tmp / "requirements.txt").write_text(SPACE_REQUIREMENTS.format(runtime=runtime))
         (tmp / "labels.txt").write_text("\n".join(backend.info.labels) + "\n")

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from edge_runtime.admission import DEFAULT_LIMITS, ImageRejected, admit
-from edge_runtime.preprocess import decode_flags
+from edge_runtime.preprocess import decode_admitted
 
 BadImage = ImageRejected  # an upload we refuse; ``.status`` is the HTTP status to answer with
 
@@ -23,7 +23,7 @@ def decode_upload(data: bytes, *, max_pixels: int, spec=None) -> np.ndarray:
     size = admit(data, dataclasses.replace(DEFAULT_LIMITS, max_pixels=max_pixels))
     buf = np.frombuffer(data, np.uint8)
     try:
-        image = cv2.imdecode(buf, decode_flags(size, buf, spec))
+        image = decode_admitted(buf, size, spec)  # transparent images on white, as everywhere
     except cv2.error:
         image = None
     if image is None:
