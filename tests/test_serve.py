@@ -24,6 +24,8 @@ from edge_runtime.serve.app import ServeConfig, create_app
 from floraedge import main as cli_main
 from tests.tiny_models import tiny_onnx
 
+LOCAL = "http://localhost"  # a Host the server answers to (a foreign name gets 400: DNS rebinding)
+
 
 @pytest.fixture
 def model(tmp_path):
@@ -32,7 +34,7 @@ def model(tmp_path):
 
 @pytest.fixture
 def client(model):
-    with TestClient(create_app(ServeConfig(model=model, max_body=200_000, max_pixels=1_000_000))) as c:
+    with TestClient(create_app(ServeConfig(model=model, max_body=200_000, max_pixels=1_000_000)), base_url=LOCAL) as c:
         yield c
 
 
@@ -113,7 +115,7 @@ def test_full_queue_answers_503_with_retry_after(model, jpeg):
 
     async def scenario() -> tuple[list, int]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+        async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as client:
             burst = [client.post("/v1/classify", content=jpeg, headers=headers) for _ in range(16)]
             answers = await asyncio.gather(*burst)
             after = await client.post("/v1/classify", content=jpeg, headers=headers)
@@ -125,7 +127,7 @@ def test_full_queue_answers_503_with_retry_after(model, jpeg):
 
 
 def test_bearer_token(model, jpeg):
-    with TestClient(create_app(ServeConfig(model=model, token="s3cret"))) as c:
+    with TestClient(create_app(ServeConfig(model=model, token="s3cret")), base_url=LOCAL) as c:
         assert c.get("/v1/model").status_code == 401
         assert c.get("/v1/model", headers={"authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/healthz").status_code == 200  # liveness stays open
@@ -135,7 +137,7 @@ def test_openapi_matches_the_routes(model, tmp_path):
     camera = tmp_path / "camera"
     camera.mkdir()
     (camera / "latest.json").write_text("{}")
-    with TestClient(create_app(ServeConfig(model=model, camera=camera))) as client:
+    with TestClient(create_app(ServeConfig(model=model, camera=camera)), base_url=LOCAL) as client:
         spec = client.get("/openapi.json").json()
         for path, methods in spec["paths"].items():
             for method in methods:
@@ -190,7 +192,7 @@ def test_camera_shows_what_floraedge_run_publishes(model, tmp_path):
     run_live(
         Classifier(load(model)), LiveConfig(source=str(frames), headless=True, publish=camera), emit=lambda _: None
     )
-    with TestClient(create_app(ServeConfig(model=model, camera=camera))) as c:
+    with TestClient(create_app(ServeConfig(model=model, camera=camera)), base_url=LOCAL) as c:
         latest = c.get("/v1/camera").json()
         assert (
             1 <= latest["frame"] <= 3 and latest["label"]
@@ -202,7 +204,7 @@ def test_camera_shows_what_floraedge_run_publishes(model, tmp_path):
 
     part = asyncio.run(first_part())
     assert part.startswith(b"--frame\r\nContent-Type: image/jpeg") and b"\xff\xd8" in part
-    with TestClient(create_app(ServeConfig(model=model))) as c:
+    with TestClient(create_app(ServeConfig(model=model)), base_url=LOCAL) as c:
         assert c.get("/v1/camera").status_code == 404 and "--camera" in c.get("/camera.mjpg").json()["error"]
 
 
@@ -218,7 +220,7 @@ def test_decoding_runs_off_the_event_loop_and_large_jpegs_report_their_full_size
 
     monkeypatch.setattr(app_module, "decode_upload", spy)
     big = cv2.imencode(".jpg", cv2.resize(np.arange(48, dtype=np.uint8).reshape(6, 8), (1600, 1200)))[1].tobytes()
-    with TestClient(create_app(ServeConfig(model=model))) as c:
+    with TestClient(create_app(ServeConfig(model=model)), base_url=LOCAL) as c:
         r = c.post("/v1/classify", content=big, headers={"content-type": "image/jpeg"}).json()
     assert threads and all(name.startswith("decode-infer") for name in threads)
     assert (r["width"], r["height"]) == (1600, 1200)  # decoded at 1/8 (the model needs 36 px), reported as sent

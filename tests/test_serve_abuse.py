@@ -25,6 +25,8 @@ from floraedge import build_parser
 from tests.test_adversarial import BOMB_FORMATS, BOMB_SIZE, bomb
 from tests.tiny_models import tiny_onnx
 
+LOCAL = "http://localhost"  # a Host the server answers to (a foreign name gets 400: DNS rebinding)
+
 
 @pytest.fixture
 def model(tmp_path):
@@ -62,7 +64,7 @@ def test_a_client_that_never_finishes_its_body_gets_408_and_is_closed(model, tmp
 
 @pytest.fixture
 def client(model):
-    with TestClient(create_app(ServeConfig(model=model, max_pixels=1_000_000))) as c:
+    with TestClient(create_app(ServeConfig(model=model, max_pixels=1_000_000)), base_url=LOCAL) as c:
         yield c
 
 

@@ -84,7 +84,7 @@ def test_page_uploads_a_real_image_and_shows_the_top1_name(server, browser, tmp_
     url, app = server
     image = photo(tmp_path)
     expected = (
-        TestClient(app)
+        TestClient(app, base_url="http://localhost")
         .post("/v1/classify", content=image.read_bytes(), headers={"content-type": "image/jpeg"})
         .json()["top"][0]["label"]
     )
