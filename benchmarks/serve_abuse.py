@@ -84,7 +84,9 @@ class HeldConnections:
 
     def _connect(self) -> socket.socket | None:
         with contextlib.suppress(OSError):
-            return socket.create_connection(("127.0.0.1", self.port), timeout=2)
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+            s.setblocking(False)  # the checks below must not wait
+            return s
         return None
 
     @staticmethod

@@ -20,6 +20,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from edge_runtime.admission import ImageRejected, admit
+from edge_runtime.errors import FloraEdgeError
 from edge_runtime.serve.app import ServeConfig, create_app
 from floraedge import main as cli_main
 from tests.tiny_models import tiny_onnx
@@ -255,3 +256,148 @@ def test_the_server_keeps_connections_alive(model, jpeg):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.mark.parametrize(
+    "host, status",
+    [
+        ("localhost:8000", 200),
+        ("127.0.0.1:8000", 200),
+        ("[::1]:8000", 200),
+        ("192.168.1.20", 200),
+        (f"{socket.gethostname()}.local:8000", 200),
+        ("flowers.example:8000", 200),  # named in allowed_hosts
+        ("attacker.example", 400),  # DNS rebinding: the attacker's name resolving to this device
+        ("attacker.example:8000", 400),
+        ("LOCALHOST.attacker.example", 400),
+        ("127.0.0.1.attacker.example", 400),
+    ],
+)
+def test_a_foreign_host_header_is_refused(model, host, status):
+    config = ServeConfig(model=model, allowed_hosts=("Flowers.Example",))
+    with TestClient(create_app(config), base_url=LOCAL) as c:
+        r = c.get("/v1/model", headers={"host": host})
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert set(r.json()) == {"error", "status"} and "--allowed-hosts" in r.json()["error"]
+
+
+def test_allowed_hosts_star_turns_the_check_off(model):
+    with TestClient(create_app(ServeConfig(model=model, allowed_hosts=("*",))), base_url=LOCAL) as c:
+        assert c.get("/healthz", headers={"host": "anything.example"}).status_code == 200
+
+
+@pytest.mark.parametrize("token", ["", "pässwort", "two words", "tab\there", "new\nline"])
+def test_a_token_no_client_could_send_is_refused(model, token):
+    with pytest.raises(FloraEdgeError, match="--token"):
+        ServeConfig(model=model, token=token)
+    assert cli_main(["serve", "--model", str(model), "--token", token, "--port", "1"]) == 1  # before listening
+
+
+def test_a_wrong_non_ascii_token_is_401_not_an_error(model):
+    with TestClient(create_app(ServeConfig(model=model, token="abc-DEF_1.2~3+/=")), base_url=LOCAL) as c:
+        assert c.get("/v1/model", headers={"authorization": "Bearer abc-DEF_1.2~3+/="}).status_code == 200
+        r = c.get("/v1/model", headers={"authorization": "Bearer ÿÿ".encode("latin-1")})
+        assert r.status_code == 401 and r.json()["status"] == 401
+
+
+@pytest.mark.parametrize("content_type", ["MULTIPART/FORM-DATA", "Multipart/Form-Data"])
+def test_content_type_is_compared_without_case(client, jpeg, content_type):
+    files = {"file": ("rose.jpg", jpeg, "image/jpeg")}
+    request = client.build_request("POST", "/v1/classify", files=files)
+    boundary = request.headers["content-type"].split("boundary=")[1]
+    headers = {"content-type": f"{content_type}; boundary={boundary}"}
+    r = client.post("/v1/classify", content=request.read(), headers=headers)
+    assert r.status_code == 200 and r.json()["top"]
+
+
+class RuntimeFailure(FloraEdgeError):
+    status = 503
+
+
+@pytest.mark.parametrize(
+    "error, status, says",
+    [
+        (RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION\n  Non-zero status code"), 500, "RuntimeError"),
+        (MemoryError(), 500, "MemoryError"),
+        (KeyError("output"), 500, "KeyError"),
+        (FloraEdgeError("the model failed on this input\n(details)"), 500, "the model failed"),
+        (RuntimeFailure("inference failed: the runtime is gone"), 503, "runtime is gone"),
+    ],
+    ids=["runtime-error", "memory-error", "key-error", "floraedge-error", "error-with-status"],
+)
+def test_any_exception_is_one_line_of_json_and_one_log_line(model, jpeg, monkeypatch, caplog, error, status, says):
+    from edge_runtime.classify import Classifier
+
+    def fail(*args, **kwargs):
+        raise error
+
+    with TestClient(create_app(ServeConfig(model=model)), base_url=LOCAL) as c:
+        monkeypatch.setattr(Classifier, "predict_batch", fail)
+        with caplog.at_level("ERROR", logger="uvicorn.error"):
+            r = c.post("/v1/classify", content=jpeg, headers={"content-type": "image/jpeg"})
+        monkeypatch.undo()
+        after = c.post("/v1/classify", content=jpeg, headers={"content-type": "image/jpeg"})
+    assert r.status_code == status and r.headers["content-type"] == "application/json"
+    assert set(r.json()) == {"error", "status"} and says in r.json()["error"] and "\n" not in r.json()["error"]
+    records = [rec for rec in caplog.records if rec.name == "uvicorn.error"]
+    assert len(records) == 1 and records[0].exc_info is None and "\n" not in records[0].getMessage()
+    assert after.status_code == 200  # the server goes on
+
+
+@pytest.mark.parametrize(
+    "content, status",
+    [
+        (b'{"label": "rose", "sc', 502),  # cut short
+        (b"\xff\xfe\x00garbage", 502),
+        (b"[1, 2, 3]", 502),
+        (b'{"pad": "' + b"x" * (2 * 1024 * 1024) + b'"}', 502),  # over the size read
+        (None, 404),
+        ("folder", 404),
+    ],
+    ids=["truncated", "binary", "not-an-object", "huge", "missing", "a-folder"],
+)
+def test_a_malformed_camera_result_is_a_json_error(model, tmp_path, content, status):
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    if content == "folder":
+        (camera / "latest.json").mkdir()
+    elif content is not None:
+        (camera / "latest.json").write_bytes(content)
+    with TestClient(create_app(ServeConfig(model=model, camera=camera)), base_url=LOCAL) as c:
+        r = c.get("/v1/camera")
+    assert r.status_code == status and set(r.json()) == {"error", "status"} and "\n" not in r.json()["error"]
+
+
+def test_requests_in_progress_are_bounded_by_max_connections(model, jpeg):
+    """Two requests held in progress with room for two: a third gets a JSON 503, then room comes back."""
+    app = create_app(ServeConfig(model=model, max_connections=2))
+    release = asyncio.Event()
+
+    async def scenario():
+        async def held_body():
+            await release.wait()
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def nothing(message):
+            pass
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/classify", "headers": [(b"host", b"localhost")],
+                 "query_string": b"", "root_path": "", "scheme": "http", "server": ("localhost", 80)}  # fmt: skip
+        held = [asyncio.create_task(app(dict(scope), held_body, nothing)) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as client:
+            busy = await client.get("/healthz")
+            release.set()
+            await asyncio.gather(*held)
+            again = await client.get("/healthz")
+        return busy, again
+
+    async def run():
+        async with app.router.lifespan_context(app):
+            return await scenario()
+
+    busy, again = asyncio.run(run())
+    assert busy.status_code == 503 and "--max-connections" in busy.json()["error"]
+    assert busy.headers["retry-after"] == "1" and again.status_code == 200

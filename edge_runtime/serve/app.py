@@ -60,7 +60,8 @@ def mjpeg_frames(folder: Path, interval: float = 0.1):
             stamp = path.stat().st_mtime_ns if path.exists() else None
             if stamp is not None and stamp != last:
                 last = stamp
-                data = read_bounded(path, MAX_CAMERA_FRAME)
+                with contextlib.suppress(ValueError):  # over the limit: not a frame `floraedge run` wrote
+                    data = read_bounded(path, MAX_CAMERA_FRAME)
                 if data is None:
                     continue
                 yield b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data) + data + b"\r\n"
@@ -70,13 +71,34 @@ def mjpeg_frames(folder: Path, interval: float = 0.1):
 
 
 def read_bounded(path: Path, limit: int) -> bytes | None:
-    """``path``'s bytes, or None when it is gone or over ``limit`` bytes (checked before reading)."""
+    """``path``'s bytes, or None when it is not there; ValueError when it is over ``limit`` bytes (never read whole)."""
     try:
         with path.open("rb") as f:
             data = f.read(limit + 1)
     except (FileNotFoundError, IsADirectoryError):
         return None
-    return data if len(data) <= limit else None
+    if len(data) > limit:
+        raise ValueError(f"{path.name} is over {limit:,} bytes")
+    return data
+
+
+def camera_result(camera: Path | None) -> dict:
+    """The newest result `floraedge run --publish` wrote to ``camera``: 404 when there is none, 502 when malformed."""
+    missing = HTTPException(404, "no camera result yet: is `floraedge run --publish DIR` running?")
+    if camera is None:
+        raise missing
+    try:
+        data = read_bounded(camera / "latest.json", MAX_CAMERA_RESULT)
+        result = None if data is None else json.loads(data)
+    except ValueError as exc:  # too large, no JSON or no UTF-8: not what `floraedge run` writes
+        raise HTTPException(502, f"the camera result file is unreadable ({one_line(str(exc), 120)})") from None
+    if result is None:
+        raise missing
+    if not isinstance(result, dict):
+        raise HTTPException(
+            502, "the camera result file holds no JSON object: is `floraedge run --publish` writing it?"
+        )
+    return result
 
 
 def model_description(path: Path, backend) -> dict:
@@ -245,18 +267,7 @@ class Service:
 
     async def camera_result(self, request: Request) -> JSONResponse:
         self.check_token(request)
-        data = read_bounded(self.config.camera / "latest.json", MAX_CAMERA_RESULT) if self.config.camera else None
-        if data is None:
-            raise HTTPException(404, "no camera result yet: is `floraedge run --publish DIR` running?")
-        try:
-            result = json.loads(data)
-        except ValueError:  # bytes that are no JSON (or no UTF-8): not what `floraedge run` writes
-            result = None
-        if not isinstance(result, dict):
-            raise HTTPException(
-                502, "the camera result file is not a JSON object: is `floraedge run --publish` writing it?"
-            )
-        return JSONResponse(result)
+        return JSONResponse(camera_result(self.config.camera))
 
     def routes(self) -> list[Route]:
         return [
