@@ -401,3 +401,43 @@ def test_requests_in_progress_are_bounded_by_max_connections(model, jpeg):
     busy, again = asyncio.run(run())
     assert busy.status_code == 503 and "--max-connections" in busy.json()["error"]
     assert busy.headers["retry-after"] == "1" and again.status_code == 200
+
+
+def test_camera_streams_are_bounded(model, tmp_path):
+    """Each camera stream holds a request in progress for as long as it is watched: past the bound, a JSON 503."""
+    from edge_runtime.serve.app import CAMERA_STREAMS
+
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    cv2.imwrite(str(camera / "latest.jpg"), np.zeros((8, 8, 3), np.uint8))
+    app = create_app(ServeConfig(model=model, camera=camera))
+    scope = {"type": "http", "method": "GET", "path": "/camera.mjpg", "headers": [(b"host", b"localhost")],
+             "query_string": b"", "root_path": "", "scheme": "http", "server": ("localhost", 80)}  # fmt: skip
+
+    async def scenario():
+        watching = asyncio.Event()  # the viewers never leave during the test
+        parts: list[bytes] = []
+
+        async def viewer_receive():
+            await watching.wait()
+            return {"type": "http.disconnect"}
+
+        async def viewer_send(message):
+            parts.append(message.get("body", b""))
+
+        viewers = [asyncio.create_task(app(dict(scope), viewer_receive, viewer_send)) for _ in range(CAMERA_STREAMS)]
+        await asyncio.sleep(0.5)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as client:
+            refused = await client.get("/camera.mjpg")
+        watching.set()
+        await asyncio.wait_for(asyncio.gather(*viewers, return_exceptions=True), 10)
+        return refused, parts
+
+    async def run():
+        async with app.router.lifespan_context(app):
+            return await scenario()
+
+    refused, parts = asyncio.run(run())
+    assert sum(part.startswith(b"--frame") for part in parts) == CAMERA_STREAMS  # each viewer got its frame
+    assert refused.status_code == 503 and "camera streams" in refused.json()["error"]

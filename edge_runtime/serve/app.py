@@ -146,10 +146,16 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def image_bytes(request: Request, limit: int) -> bytes:
     """The image from a multipart upload (field 'file') or from a raw image body."""
     body = await read_body(request, limit)
-    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+    media_type, _, parameters = request.headers.get("content-type", "").partition(";")
+    if media_type.strip().lower() != "multipart/form-data":
         return body
-    request._body = body  # Starlette parses the form from the cached body: the limit above still holds
-    form = await request.form()
+    # Media types are case-insensitive, but some python-multipart versions compare them as written:
+    # the form is parsed from a copy of the request whose media type is lowercase (the boundary kept as sent).
+    headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+    headers.append((b"content-type", b"multipart/form-data;" + parameters.encode("latin-1")))
+    form_request = Request({**request.scope, "headers": headers})
+    form_request._body = body  # Starlette parses the form from the cached body: the limit above still holds
+    form = await form_request.form()
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         raise HTTPException(400, "multipart upload has no file field named 'file'")
