@@ -441,3 +441,54 @@ def test_camera_streams_are_bounded(model, tmp_path):
     refused, parts = asyncio.run(run())
     assert sum(part.startswith(b"--frame") for part in parts) == CAMERA_STREAMS  # each viewer got its frame
     assert refused.status_code == 503 and "camera streams" in refused.json()["error"]
+
+
+def test_uploads_in_progress_count_by_their_bytes_not_their_number(model):
+    """With max_connections=2: five uploads that never finish do not keep a third request out; the bytes
+    all uploads hold together are bounded by max_connections x max_body (a JSON 503 past it)."""
+    app = create_app(ServeConfig(model=model, max_connections=2, max_body=1000))
+    scope = {"type": "http", "method": "POST", "path": "/v1/classify", "query_string": b"", "root_path": "",
+             "scheme": "http", "server": ("localhost", 80)}  # fmt: skip
+
+    def upload() -> dict:
+        return dict(scope, headers=[(b"host", b"localhost"), (b"content-length", b"1000")])
+
+    async def scenario():
+        stalled = asyncio.Event()
+        answers: list[dict] = []
+
+        def trickle(first: bytes):
+            sent = False
+
+            async def receive():
+                nonlocal sent
+                if not sent:
+                    sent = True
+                    return {"type": "http.request", "body": first, "more_body": True}
+                await stalled.wait()
+                return {"type": "http.disconnect"}
+
+            return receive
+
+        async def record(message):
+            if message["type"] == "http.response.start":
+                answers.append(message)
+
+        slow = [asyncio.create_task(app(upload(), trickle(b"\xff"), record)) for _ in range(5)]
+        big = asyncio.create_task(app(upload(), trickle(b"x" * 999), record))  # 5 + 999 of 2000 bytes
+        await asyncio.sleep(0.3)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as client:
+            health = await client.get("/healthz")  # the slow uploads hold no place
+            over = await client.post("/v1/classify", content=b"y" * 1000)  # 1004 + 1000 > 2000 bytes
+        stalled.set()
+        await asyncio.wait_for(asyncio.gather(*slow, big, return_exceptions=True), 10)
+        return health, over
+
+    async def run():
+        async with app.router.lifespan_context(app):
+            return await scenario()
+
+    health, over = asyncio.run(run())
+    assert health.status_code == 200
+    assert over.status_code == 503 and "uploads in progress hold" in over.json()["error"], over.text

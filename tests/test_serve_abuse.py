@@ -218,3 +218,22 @@ def test_a_malformed_head_is_a_one_line_json_400(model, tmp_path):
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
     assert json.loads(body)["status"] == 400 and b"\n" not in body
+
+
+@pytest.mark.slow
+def test_uploads_trickled_by_more_connections_than_fit_do_not_keep_real_clients_out(model, tmp_path):
+    """60 connections each trickling a body, with room for 40 open connections and a 60 s body deadline: the
+    slowest uploads are closed with a JSON 408 to make room, and a real client is answered every time."""
+    flags = ("--max-open-connections", "40", "--body-timeout", "60", "--max-connections", "10")
+    log = tmp_path / "serve.log"
+    with serve_process(model, *flags, log=log) as (base, proc):
+        attack = SlowBodies(int(base.rsplit(":", 1)[1]), 60, interval=0.3)
+        time.sleep(1.0)
+        served = summarize(legitimate_client(base, sample_jpeg((60, 80)), 10, 0.1))
+        cut = attack.reconnects
+        attack.stop()
+        time.sleep(0.5)
+        assert proc.poll() is None
+    assert served["success_rate"] == 1.0, served
+    assert cut >= 20  # the 20 that did not fit, at least, were closed to make room
+    assert "Traceback" not in log.read_text()

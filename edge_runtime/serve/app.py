@@ -6,9 +6,10 @@ inference runs, and a request needs a single hop from the event loop.
 A burst of requests queues up to ``queue`` waiting requests, beyond that the answer is 503 with
 ``Retry-After`` instead of unbounded memory. Connections are kept alive (uvicorn's HTTP/1.1 default).
 
-Three small ASGI layers wrap the routes: the ``Host`` check (DNS rebinding), the count of requests
-in progress (``max_connections``; a connection still sending its head is not counted, see
-connections.py) and ``json_errors``, which turns any exception into one line of JSON and one log line.
+Two small ASGI layers wrap the routes: ``Guard`` (the ``Host`` check against DNS rebinding, and the
+count of requests in progress: a connection still sending its head is not counted, see connections.py,
+and an upload still arriving counts by its bytes) and ``json_errors``, which turns any exception into
+one line of JSON and one log line.
 """
 
 from __future__ import annotations
@@ -319,28 +320,84 @@ async def send_json_error(send, status: int, message: str, headers: dict | None 
     await response({"type": "http"}, None, send)
 
 
+def busy(message: str) -> HTTPException:
+    return HTTPException(503, f"busy: {message}", headers={"Retry-After": "1", "Connection": "close"})
+
+
 class Guard:
-    """The outer ASGI layer: refuses a foreign ``Host`` (400) and requests past ``max_connections`` in progress (503)."""
+    """The outer ASGI layer: refuses a foreign ``Host`` (400), and past ``max_connections`` requests in progress, 503.
+
+    A request still receiving its upload counts only by the bytes it has received: all uploads together
+    may hold ``max_connections x max_body`` bytes. So connections trickling a body (each is cut off at
+    ``body_timeout``) do not keep real clients out, and memory stays bounded as before.
+    """
 
     def __init__(self, app, *, service: Service):
-        self.app, self.service, self.inside = app, service, 0
+        self.app, self.config, self.host_allowed = app, service.config, service.host_allowed
+        self.inside = 0  # requests in progress past their upload
+        self.buffered = 0  # bytes of upload received by the requests in progress
+        self.budget = self.config.max_connections * self.config.max_body
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        config = self.service.config
         host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)
-        if not self.service.host_allowed(host):
+        if not self.host_allowed(host):
             message = f"Host {host!r} is not a name of this server; start it with --allowed-hosts NAME to allow it"
             return await send_json_error(send, 400, message, {"Connection": "close"})
-        if self.inside >= config.max_connections:
-            message = f"busy: {config.max_connections} requests in progress (--max-connections)"
-            return await send_json_error(send, 503, message, {"Retry-After": "1", "Connection": "close"})
-        self.inside += 1
+        if self.inside >= self.config.max_connections:
+            error = self.too_many()
+            return await send_json_error(send, error.status_code, error.detail, error.headers)
+        request = Admitted(self, expects_body(scope["headers"]))
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, request.receive_from(receive), send)
         finally:
-            self.inside -= 1
+            request.leave()
+
+    def too_many(self) -> HTTPException:
+        return busy(f"{self.config.max_connections} requests in progress (--max-connections)")
+
+
+def expects_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"", b"0")):
+            return True
+    return False
+
+
+class Admitted:
+    """One request's share of the ``Guard``: its upload bytes while it receives, then a place among those inside."""
+
+    def __init__(self, guard: Guard, receiving: bool):
+        self.guard, self.receiving, self.bytes = guard, receiving, 0
+        if not receiving:
+            guard.inside += 1
+
+    def receive_from(self, receive):
+        async def counted():
+            message = await receive()
+            if self.receiving and message["type"] == "http.request":
+                self.take(len(message.get("body", b"")), more=message.get("more_body", False))
+            return message
+
+        return counted
+
+    def take(self, size: int, *, more: bool) -> None:
+        guard = self.guard
+        if guard.buffered + size > guard.budget:
+            raise busy(f"uploads in progress hold {guard.buffered:,} bytes (--max-connections x --max-body-mb)")
+        guard.buffered += size
+        self.bytes += size
+        if not more:  # the whole upload is here: from now on the request holds a place inside
+            if guard.inside >= guard.config.max_connections:
+                raise guard.too_many()
+            self.receiving = False
+            guard.inside += 1
+
+    def leave(self) -> None:
+        self.guard.buffered -= self.bytes
+        if not self.receiving:
+            self.guard.inside -= 1
 
 
 def one_line(text: str, limit: int = 300) -> str:

@@ -49,8 +49,8 @@ SERVE_OPTIONS = {
         "seconds a client has to send its whole upload; slower ones get 408", parse=number(float, low=0, low_open=True)
     ),
     "max_connections": Option(
-        "requests in progress (complete request heads) beyond which new ones get 503; bounds upload memory at "
-        "this x --max-body-mb. Connections still sending a head do not count",
+        "requests in progress beyond which new ones get 503. Connections still sending a head do not count, "
+        "and uploads still arriving count by their bytes: all together hold at most this x --max-body-mb",
         parse=number(low=1),
     ),
     "head_timeout": Option(

@@ -39,7 +39,7 @@ class ServeConfig:
     token: str | None = None
     camera: Path | None = None  # the --publish folder of a `floraedge run` on this device
     body_timeout: float = 30.0  # seconds to receive a whole upload; a client trickling its body is cut off
-    max_connections: int = 100  # requests in progress (complete heads); bounds upload memory at this x max_body
+    max_connections: int = 100  # requests in progress past their upload; uploads hold at most this x max_body bytes
     head_timeout: float = 10.0  # seconds a connection has to send a complete request head
     max_open_connections: int = 512  # open TCP connections; past it the one idle longest is closed
     allowed_hosts: tuple[str, ...] = ()  # Host names answered besides IP addresses, localhost and this machine's

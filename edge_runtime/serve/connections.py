@@ -10,8 +10,9 @@ uvicorn's h11 protocol with two more rules:
   (or of its previous response) is closed; one deadline per head, so a byte at a time does not
   extend it. A client caught mid-head gets a one-line JSON 408 first.
 - at most ``max_open`` connections are open: a new one past the cap closes the connection that has
-  waited longest for a request head. A connection with a request in progress is never closed for
-  this; when every connection has one, the new connection is closed instead.
+  waited longest for a request head; when none is waiting, the one receiving its upload the slowest
+  (bytes per second since its head; it gets a JSON 408). A connection whose request is past its
+  upload is never closed for this; when every connection has one, the new connection is closed.
 
 Requests in progress (complete heads) are counted by the app (``app.InFlight``), not here. Errors
 uvicorn answers itself (a malformed head) are one line of JSON, like the app's.
@@ -28,6 +29,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 LOG = logging.getLogger("uvicorn.error")
+UPLOAD_CREDIT = 64 * 1024  # bytes: a client whose body is a packet behind its head is not taken for a slow one
 LOG_EVERY_S = 10.0  # an attack closes thousands of connections: say so once per period, not per connection
 
 
@@ -50,13 +52,18 @@ class ConnectionTable:
     def admit(self, connection) -> bool:
         """Take ``connection`` in, closing the longest-waiting one past the cap; False when it must be closed."""
         if len(self.open) >= self.max_open:
-            if not self.waiting:
-                self.refused += 1
-                self.report()
-                return False
-            oldest = next(iter(self.waiting))
-            self.forget(oldest)
-            oldest.close_waiting()
+            if self.waiting:
+                victim = next(iter(self.waiting))
+                self.forget(victim)
+                victim.close_waiting()
+            else:
+                victim = min((c for c in self.open if c.receiving_body()), key=lambda c: c.upload_rate(), default=None)
+                if victim is None:
+                    self.refused += 1
+                    self.report()
+                    return False
+                self.forget(victim)
+                victim.close_slow_upload()
             self.evicted += 1
             self.report()
         self.open.add(connection)
@@ -92,6 +99,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.head_deadline: asyncio.TimerHandle | None = None
+        self.head_at, self.body_bytes = 0.0, 0
         super().connection_made(transport)
         if not self.table.admit(self):
             self.connections.discard(self)
@@ -104,12 +112,32 @@ class GuardedH11Protocol(H11Protocol):
         self.table.forget(self)
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        if self.receiving_body():
+            self.body_bytes += len(data)
+        super().data_received(data)
+
     def handle_events(self) -> None:
         cycle = self.cycle
         super().handle_events()
         if self.cycle is not cycle:  # a complete request head arrived: its request is in progress
             self.cancel_deadline()
             self.table.got_head(self)
+            self.head_at, self.body_bytes = self.loop.time(), 0
+
+    def receiving_body(self) -> bool:
+        """Whether the request in progress is still receiving its upload (its answer not begun)."""
+        cycle = self.cycle
+        return (
+            cycle is not None
+            and not cycle.response_started
+            and not cycle.response_complete
+            and self.conn.their_state is h11.SEND_BODY
+        )
+
+    def upload_rate(self) -> float:
+        """Bytes per second since the head, counting UPLOAD_CREDIT bytes more: an upload that has just begun is fast."""
+        return (self.body_bytes + UPLOAD_CREDIT) / max(self.loop.time() - self.head_at, 1e-3)
 
     def on_response_complete(self) -> None:
         if not self.transport.is_closing():
@@ -140,6 +168,12 @@ class GuardedH11Protocol(H11Protocol):
         self.cancel_deadline()
         if not self.transport.is_closing():
             self.transport.close()
+
+    def close_slow_upload(self) -> None:
+        """Close a connection whose upload is the slowest while a new client needs its place."""
+        message = "the upload was too slow: the connection was closed to serve other clients; send it again"
+        self.transport.write(json_answer(408, b"Request Timeout", message))
+        self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         """A malformed or oversized request head: one line of JSON (uvicorn's own answer is text/plain)."""
