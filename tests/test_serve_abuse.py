@@ -187,24 +187,28 @@ def test_idle_and_slow_head_connections_are_closed_and_real_clients_served(model
 
 @pytest.mark.slow
 def test_past_the_open_connection_cap_the_longest_idle_is_closed_and_requests_in_progress_stay(model, tmp_path):
-    """With room for 40 open connections: one upload in progress, then 150 idle connections. The server closes
-    the idle ones that waited longest (the head deadline is far off), keeps the upload, and answers a real client."""
-    flags = ("--max-open-connections", "40", "--head-timeout", "60", "--body-timeout", "60")
+    """With room for 40 open connections: a camera stream being watched (a request in progress), then 150 idle
+    connections. The server closes the idle ones that waited longest (the head deadline is far off), keeps
+    the stream, and answers a real client."""
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    cv2.imwrite(str(camera / "latest.jpg"), np.zeros((8, 8, 3), np.uint8))
+    flags = ("--max-open-connections", "40", "--head-timeout", "60", "--camera", str(camera))
     with serve_process(model, *flags, log=tmp_path / "serve.log") as (base, _):
         port = int(base.rsplit(":", 1)[1])
-        upload = socket.create_connection(("127.0.0.1", port), timeout=5)
-        upload.sendall(SlowBodies.HEAD + b"\xff\xd8")  # a complete head: a request in progress
-        time.sleep(0.3)
+        stream = socket.create_connection(("127.0.0.1", port), timeout=5)
+        stream.sendall(b"GET /camera.mjpg HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert stream.recv(4096).startswith(b"HTTP/1.1 200")
         idle = open_idle(port, 150)
         served = summarize(legitimate_client(base, sample_jpeg((60, 80)), 5, 0.0))
         closed = wait_until_closed(idle, timeout=10, count=150 - 40)
-        upload.setblocking(False)
-        upload_open = closed_by_server(upload) is None
-        upload.close()
+        stream.setblocking(False)
+        stream_open = closed_by_server(stream) is None
+        stream.close()
     assert served["success_rate"] == 1.0, served
     assert len(closed) >= 150 - 40 and all(answer == b"" for answer in closed.values())
     assert set(closed) == set(range(len(closed)))  # the ones that had waited longest went first
-    assert upload_open  # a request in progress is never closed to make room
+    assert stream_open  # a request in progress is never closed to make room
 
 
 def test_a_malformed_head_is_a_one_line_json_400(model, tmp_path):

@@ -9,12 +9,13 @@ uvicorn's h11 protocol with two more rules:
 - a connection that has not sent a complete request head within ``head_timeout`` seconds of opening
   (or of its previous response) is closed; one deadline per head, so a byte at a time does not
   extend it. A client caught mid-head gets a one-line JSON 408 first.
-- at most ``max_open`` connections are open: a new one past the cap closes the connection that has
-  waited longest for a request head; when none is waiting, the one receiving its upload the slowest
-  (bytes per second since its head; it gets a JSON 408). A connection whose request is past its
-  upload is never closed for this; when every connection has one, the new connection is closed.
+- at most ``max_open`` connections are open: a new one past the cap closes, among the connections
+  waiting for a request head or still receiving an upload, the one that has made the least progress
+  (bytes per second since it began waiting or receiving; an upload cut off gets a JSON 408). A
+  request past its upload is never closed for this: when every connection has one, the new
+  connection is closed instead. A real client's fresh connection has made the most progress of all.
 
-Requests in progress (complete heads) are counted by the app (``app.InFlight``), not here. Errors
+Requests in progress are counted by the app (``app.Guard``), not here. Errors
 uvicorn answers itself (a malformed head) are one line of JSON, like the app's.
 """
 
@@ -29,8 +30,11 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 LOG = logging.getLogger("uvicorn.error")
-UPLOAD_CREDIT = 64 * 1024  # bytes: a client whose body is a packet behind its head is not taken for a slow one
 LOG_EVERY_S = 10.0  # an attack closes thousands of connections: say so once per period, not per connection
+# Progress is bytes received per second since the connection began waiting for a head or receiving a
+# body, counting this many bytes more: a connection that has just begun (a real client's head or body
+# is a packet away) has made the most progress; one that idles or trickles falls behind with time.
+PROGRESS_CREDIT = 64 * 1024
 
 
 def json_answer(status: int, reason: bytes, message: str) -> bytes:
@@ -41,44 +45,30 @@ def json_answer(status: int, reason: bytes, message: str) -> bytes:
 
 
 class ConnectionTable:
-    """The open connections of one server; those waiting for a request head in the order they began waiting."""
+    """The open connections of one server, and which of them may be closed to make room."""
 
     def __init__(self, max_open: int):
         self.max_open = max_open
         self.open: set = set()
-        self.waiting: dict = {}  # insertion-ordered: the first one has waited longest
         self.evicted, self.refused, self.timed_out, self.last_log = 0, 0, 0, 0.0
 
     def admit(self, connection) -> bool:
-        """Take ``connection`` in, closing the longest-waiting one past the cap; False when it must be closed."""
+        """Take ``connection`` in, closing the one with the least progress past the cap; False when none may go."""
         if len(self.open) >= self.max_open:
-            if self.waiting:
-                victim = next(iter(self.waiting))
-                self.forget(victim)
-                victim.close_waiting()
-            else:
-                victim = min((c for c in self.open if c.receiving_body()), key=lambda c: c.upload_rate(), default=None)
-                if victim is None:
-                    self.refused += 1
-                    self.report()
-                    return False
-                self.forget(victim)
-                victim.close_slow_upload()
+            victim = min((c for c in self.open if c.may_be_closed()), key=lambda c: c.progress(), default=None)
+            if victim is None:
+                self.refused += 1
+                self.report()
+                return False
+            self.forget(victim)
+            victim.close_for_room()
             self.evicted += 1
             self.report()
         self.open.add(connection)
         return True
 
-    def wait_for_head(self, connection) -> None:
-        self.waiting.pop(connection, None)
-        self.waiting[connection] = None  # to the end: it has waited least
-
-    def got_head(self, connection) -> None:
-        self.waiting.pop(connection, None)
-
     def forget(self, connection) -> None:
         self.open.discard(connection)
-        self.waiting.pop(connection, None)
 
     def report(self) -> None:
         now = time.monotonic()
@@ -99,7 +89,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.head_deadline: asyncio.TimerHandle | None = None
-        self.head_at, self.body_bytes = 0.0, 0
+        self.phase_start, self.phase_bytes = 0.0, 0  # waiting for a head, or receiving a body
         super().connection_made(transport)
         if not self.table.admit(self):
             self.connections.discard(self)
@@ -113,8 +103,7 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.receiving_body():
-            self.body_bytes += len(data)
+        self.phase_bytes += len(data)
         super().data_received(data)
 
     def handle_events(self) -> None:
@@ -122,8 +111,7 @@ class GuardedH11Protocol(H11Protocol):
         super().handle_events()
         if self.cycle is not cycle:  # a complete request head arrived: its request is in progress
             self.cancel_deadline()
-            self.table.got_head(self)
-            self.head_at, self.body_bytes = self.loop.time(), 0
+            self.phase_start, self.phase_bytes = self.loop.time(), 0
 
     def receiving_body(self) -> bool:
         """Whether the request in progress is still receiving its upload (its answer not begun)."""
@@ -135,9 +123,13 @@ class GuardedH11Protocol(H11Protocol):
             and self.conn.their_state is h11.SEND_BODY
         )
 
-    def upload_rate(self) -> float:
-        """Bytes per second since the head, counting UPLOAD_CREDIT bytes more: an upload that has just begun is fast."""
-        return (self.body_bytes + UPLOAD_CREDIT) / max(self.loop.time() - self.head_at, 1e-3)
+    def may_be_closed(self) -> bool:
+        """Waiting for a request head or receiving an upload: nothing of ours is under way for it."""
+        return self.head_deadline is not None or self.receiving_body()
+
+    def progress(self) -> float:
+        """Bytes per second since this connection began waiting for a head or receiving a body (see PROGRESS_CREDIT)."""
+        return (self.phase_bytes + PROGRESS_CREDIT) / max(self.loop.time() - self.phase_start, 1e-3)
 
     def on_response_complete(self) -> None:
         if not self.transport.is_closing():
@@ -147,7 +139,7 @@ class GuardedH11Protocol(H11Protocol):
     def wait_for_head(self) -> None:
         self.cancel_deadline()
         self.head_deadline = self.loop.call_later(self.head_timeout, self.head_timed_out)
-        self.table.wait_for_head(self)
+        self.phase_start, self.phase_bytes = self.loop.time(), 0
 
     def cancel_deadline(self) -> None:
         if self.head_deadline is not None:
@@ -169,11 +161,12 @@ class GuardedH11Protocol(H11Protocol):
         if not self.transport.is_closing():
             self.transport.close()
 
-    def close_slow_upload(self) -> None:
-        """Close a connection whose upload is the slowest while a new client needs its place."""
-        message = "the upload was too slow: the connection was closed to serve other clients; send it again"
-        self.transport.write(json_answer(408, b"Request Timeout", message))
-        self.transport.close()
+    def close_for_room(self) -> None:
+        """Close this connection, the one with the least progress, for a new one (an upload gets a JSON 408)."""
+        if self.receiving_body():
+            message = "the upload was too slow: the connection was closed to serve other clients; send it again"
+            self.transport.write(json_answer(408, b"Request Timeout", message))
+        self.close_waiting()
 
     def send_400_response(self, msg: str) -> None:
         """A malformed or oversized request head: one line of JSON (uvicorn's own answer is text/plain)."""
