@@ -241,3 +241,27 @@ def test_uploads_trickled_by_more_connections_than_fit_do_not_keep_real_clients_
     assert served["success_rate"] == 1.0, served
     assert cut >= 20  # the 20 that did not fit, at least, were closed to make room
     assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.slow
+def test_a_kept_alive_connection_trickling_its_next_head_is_closed_and_an_upgrade_stays_http(model, tmp_path):
+    """After an answer, any byte cancels uvicorn's keep-alive timer: the head deadline still runs. And an
+    Upgrade: websocket request is answered as HTTP (the connection never leaves the limits)."""
+    with serve_process(model, "--head-timeout", "2", log=tmp_path / "serve.log") as (base, _):
+        s = socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=10)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")  # fmt: skip
+        first = s.recv(4096)
+        while not first.endswith(b"}"):  # the whole first answer (its body may come in a second packet)
+            first += s.recv(4096)
+        s.setblocking(False)
+        start, answer = time.monotonic(), None
+        while answer is None and time.monotonic() - start < 30:
+            with contextlib.suppress(OSError):
+                s.send(b"G")  # one byte of the next head every 0.5 s, never a whole one
+            time.sleep(0.5)
+            answer = closed_by_server(s)
+        s.close()
+    assert first.startswith(b"HTTP/1.1 200") and b'"status":"ok"' in first
+    assert answer is not None and 1.5 < time.monotonic() - start < 30  # cut at the 2 s deadline, not kept open
+    assert answer.startswith(b"HTTP/1.1 408")

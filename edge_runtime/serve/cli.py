@@ -121,6 +121,7 @@ UVICORN_LIMITS = dict(
     timeout_keep_alive=5,  # an idle keep-alive connection is closed after this many seconds
     backlog=256,
     timeout_graceful_shutdown=5,  # SIGTERM/Ctrl-C: stop waiting for slow clients after this
+    ws="none",  # no WebSocket routes: an Upgrade request stays HTTP, under the limits above
 )
 
 

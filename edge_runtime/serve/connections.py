@@ -131,6 +131,12 @@ class GuardedH11Protocol(H11Protocol):
         """Bytes per second since this connection began waiting for a head or receiving a body (see PROGRESS_CREDIT)."""
         return (self.phase_bytes + PROGRESS_CREDIT) / max(self.loop.time() - self.phase_start, 1e-3)
 
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        """The connection leaves this protocol (only where WebSockets are on): it leaves its limits too."""
+        self.cancel_deadline()
+        self.table.forget(self)
+        super().handle_websocket_upgrade(event)
+
     def on_response_complete(self) -> None:
         if not self.transport.is_closing():
             self.wait_for_head()  # before the parent's: it may find a pipelined head at once
