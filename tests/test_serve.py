@@ -492,3 +492,9 @@ def test_uploads_in_progress_count_by_their_bytes_not_their_number(model):
     health, over = asyncio.run(run())
     assert health.status_code == 200
     assert over.status_code == 503 and "uploads in progress hold" in over.json()["error"], over.text
+
+
+def test_requests_in_progress_must_leave_room_for_new_connections(model):
+    with pytest.raises(FloraEdgeError, match="must be below --max-open-connections"):
+        ServeConfig(model=model, max_connections=600, max_open_connections=512)
+    assert cli_main(["serve", "--model", str(model), "--max-connections", "50", "--max-open-connections", "50"]) == 1

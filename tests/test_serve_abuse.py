@@ -193,7 +193,7 @@ def test_past_the_open_connection_cap_the_longest_idle_is_closed_and_requests_in
     camera = tmp_path / "camera"
     camera.mkdir()
     cv2.imwrite(str(camera / "latest.jpg"), np.zeros((8, 8, 3), np.uint8))
-    flags = ("--max-open-connections", "40", "--head-timeout", "60", "--camera", str(camera))
+    flags = ("--max-open-connections", "40", "--max-connections", "10", "--head-timeout", "60", "--camera", str(camera))
     with serve_process(model, *flags, log=tmp_path / "serve.log") as (base, _):
         port = int(base.rsplit(":", 1)[1])
         stream = socket.create_connection(("127.0.0.1", port), timeout=5)

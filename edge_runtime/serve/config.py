@@ -46,3 +46,8 @@ class ServeConfig:
 
     def __post_init__(self):
         check_token(self.token)
+        if self.max_connections >= self.max_open_connections:  # else requests in progress could fill every place
+            raise FloraEdgeError(
+                f"--max-connections ({self.max_connections}) must be below --max-open-connections "
+                f"({self.max_open_connections}): a new client takes the place of an idle connection, never of a request"
+            )
