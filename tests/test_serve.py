@@ -498,3 +498,25 @@ def test_requests_in_progress_must_leave_room_for_new_connections(model):
     with pytest.raises(FloraEdgeError, match="must be below --max-open-connections"):
         ServeConfig(model=model, max_connections=600, max_open_connections=512)
     assert cli_main(["serve", "--model", str(model), "--max-connections", "50", "--max-open-connections", "50"]) == 1
+
+
+def test_an_oversized_camera_frame_is_skipped_not_sent(tmp_path, monkeypatch):
+    from edge_runtime.serve import app as app_module
+
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    (camera / "latest.jpg").write_bytes(b"\xff\xd8" + b"x" * 100)
+    monkeypatch.setattr(app_module, "MAX_CAMERA_FRAME", 50)
+
+    async def first_part():
+        stream = app_module.mjpeg_frames(camera, interval=0.01)
+        try:
+            return await asyncio.wait_for(anext(stream), 0.5)
+        except asyncio.TimeoutError:
+            return None
+
+    assert asyncio.run(first_part()) is None  # no part, and no error: the stream waits for the next frame
+    monkeypatch.setattr(app_module, "MAX_CAMERA_FRAME", 1000)
+    (camera / "latest.jpg").write_bytes(b"\xff\xd8" + b"y" * 100)
+    part = asyncio.run(first_part())
+    assert part is not None and part.endswith(b"y" * 100 + b"\r\n")

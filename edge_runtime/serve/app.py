@@ -61,9 +61,11 @@ def mjpeg_frames(folder: Path, interval: float = 0.1):
             stamp = path.stat().st_mtime_ns if path.exists() else None
             if stamp is not None and stamp != last:
                 last = stamp
+                data = None
                 with contextlib.suppress(ValueError):  # over the limit: not a frame `floraedge run` wrote
                     data = read_bounded(path, MAX_CAMERA_FRAME)
                 if data is None:
+                    await asyncio.sleep(interval)
                     continue
                 yield b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data) + data + b"\r\n"
             await asyncio.sleep(interval)
@@ -266,9 +268,8 @@ class Service:
 
     async def watched(self, frames):
         """The camera stream, holding one of the ``CAMERA_STREAMS`` places until the viewer leaves."""
-        with (
-            self.camera_streams
-        ):  # streams starting at once may pass the check above together: max_connections bounds them
+        # streams starting at once may pass the check in camera_frame together: max_connections bounds them
+        with self.camera_streams:
             async for part in frames:
                 yield part
 

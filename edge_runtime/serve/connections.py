@@ -29,6 +29,8 @@ import time
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from edge_runtime.serve.config import ServeConfig
+
 LOG = logging.getLogger("uvicorn.error")
 LOG_EVERY_S = 10.0  # an attack closes thousands of connections: say so once per period, not per connection
 # Progress is bytes received per second since the connection began waiting for a head or receiving a
@@ -84,8 +86,8 @@ class ConnectionTable:
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a request-head deadline and the open-connection cap (see the module)."""
 
-    head_timeout: float = 10.0
-    table: ConnectionTable = ConnectionTable(512)
+    head_timeout: float = ServeConfig.head_timeout  # guarded_protocol() sets both for one server
+    table: ConnectionTable = ConnectionTable(ServeConfig.max_open_connections)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.head_deadline: asyncio.TimerHandle | None = None
