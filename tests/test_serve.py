@@ -495,8 +495,6 @@ def test_uploads_in_progress_count_by_their_bytes_not_their_number(model):
 
 
 def test_requests_in_progress_must_leave_room_for_new_connections(model):
-    with pytest.raises(FloraEdgeError, match="must be below --max-open-connections"):
-        ServeConfig(model=model, max_connections=600, max_open_connections=512)
     assert cli_main(["serve", "--model", str(model), "--max-connections", "50", "--max-open-connections", "50"]) == 1
 
 

@@ -59,8 +59,8 @@ SERVE_OPTIONS = {
         parse=number(float, low=0, low_open=True),
     ),
     "max_open_connections": Option(
-        "open TCP connections; a new one past this closes the connection that has waited longest for a request "
-        "head (connections with a request in progress are kept)",
+        "open TCP connections; a new one past this closes the idle, stalled or trickling connection that has "
+        "made the least progress (a request past its upload is never closed); must exceed --max-connections",
         parse=number(low=1),
     ),
     "allowed_hosts": Option(
@@ -132,6 +132,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from edge_runtime.serve.connections import guarded_protocol
 
     config = config_from_args(args)  # host and port stay in args: they are uvicorn's
+    if config.max_connections >= config.max_open_connections:  # else requests in progress could fill every place
+        raise FloraEdgeError(
+            f"--max-connections ({config.max_connections}) must be below --max-open-connections "
+            f"({config.max_open_connections}): a new client takes the place of an idle connection, never of a request"
+        )
     ensure_open_files(config.max_open_connections)
     if args.host not in ("127.0.0.1", "localhost", "::1") and config.token is None:
         print(

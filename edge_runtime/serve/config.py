@@ -41,13 +41,8 @@ class ServeConfig:
     body_timeout: float = 30.0  # seconds to receive a whole upload; a client trickling its body is cut off
     max_connections: int = 100  # requests in progress past their upload; uploads hold at most this x max_body bytes
     head_timeout: float = 10.0  # seconds a connection has to send a complete request head
-    max_open_connections: int = 512  # open TCP connections; past it the one idle longest is closed
+    max_open_connections: int = 512  # open TCP connections; past it the one with the least progress is closed
     allowed_hosts: tuple[str, ...] = ()  # Host names answered besides IP addresses, localhost and this machine's
 
     def __post_init__(self):
         check_token(self.token)
-        if self.max_connections >= self.max_open_connections:  # else requests in progress could fill every place
-            raise FloraEdgeError(
-                f"--max-connections ({self.max_connections}) must be below --max-open-connections "
-                f"({self.max_open_connections}): a new client takes the place of an idle connection, never of a request"
-            )
