@@ -126,7 +126,9 @@ class HeldConnections:
 class SlowBodies:
     """``n`` connections that declare a body and send it one byte every ``interval`` seconds, forever."""
 
-    HEAD = b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\nContent-Length: 1000000\r\n\r\n"
+    HEAD = (
+        b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\nContent-Length: 1000000\r\n\r\n"
+    )
 
     def __init__(self, port: int, n: int, interval: float = 0.5):
         self.port, self.interval, self.stopped = port, interval, threading.Event()
