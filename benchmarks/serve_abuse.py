@@ -1,10 +1,13 @@
-"""`floraedge serve` under a slow-body attack: does a legitimate client still get answered, and how fast?
+"""`floraedge serve` under connection attacks: does a legitimate client still get answered, and how fast?
 
-N attacker connections each declare a large body and trickle it a byte at a time (reconnecting
-whenever the server cuts them off), while one legitimate client posts a real JPEG at a steady
-rate. Reports the legitimate client's success rate and p50/p99 latency, idle and under attack.
+Three attacks, each by N loopback connections that reopen whenever the server closes them:
+``idle`` connections send nothing, ``slow-head`` ones dribble a request head a byte at a time and
+never finish it, ``slow-body`` ones send a complete head declaring a large body and trickle the
+body. Meanwhile one legitimate client posts a real JPEG at a steady rate (a new connection per
+request). Reports its success rate and p50/p99 latency with no attack and under each attack, and
+how many attacker connections the server closed. Every loop is bounded (requests per phase).
 
-    python -m benchmarks.serve_abuse --model exports/lite0/model_int8.onnx [--image rose.jpg] [--slow 50]
+    python -m benchmarks.serve_abuse --model exports/lite0/model_int8.onnx --attacks idle,slow-head --n 100,300,600
 """
 
 from __future__ import annotations
@@ -65,10 +68,67 @@ def serve_process(model: Path, *flags: str, log: Path):
                 proc.wait()
 
 
+class HeldConnections:
+    """``n`` connections that never complete a request head: ``idle`` ones send nothing, ``slow-head`` ones
+    send one byte of a head every ``interval`` seconds. One the server closes is reopened at once."""
+
+    HEAD = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Padding: " + b"a" * 4000 + b"\r\n\r\n"
+
+    def __init__(self, port: int, n: int, *, slow: bool, interval: float = 1.0):
+        self.port, self.slow, self.interval, self.stopped = port, slow, interval, threading.Event()
+        self.closed_by_server, self.first_close_s, self.started = 0, None, time.monotonic()
+        self.sockets = [self._connect() for _ in range(n)]
+        self.sent = [0] * n
+        self.thread = threading.Thread(target=self._run, name="held-connections", daemon=True)
+        self.thread.start()
+
+    def _connect(self) -> socket.socket | None:
+        with contextlib.suppress(OSError):
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+            s.setblocking(False)  # the checks below must not wait
+            return s
+        return None
+
+    @staticmethod
+    def _closed(s: socket.socket | None) -> bool:
+        """Whether the server closed ``s`` (end of stream, a reset, or an answer before the head was done)."""
+        if s is None:
+            return True
+        try:
+            s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            return True
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            for i, s in enumerate(self.sockets):
+                if self._closed(s):
+                    if s is not None:
+                        self.closed_by_server += 1
+                        self.first_close_s = self.first_close_s or round(time.monotonic() - self.started, 2)
+                        s.close()
+                    self.sockets[i], self.sent[i] = self._connect(), 0
+                elif self.slow and self.sent[i] < len(self.HEAD) - 1:  # never the last byte: the head never ends
+                    with contextlib.suppress(OSError):
+                        self.sent[i] += s.send(self.HEAD[self.sent[i] : self.sent[i] + 1])
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=30)
+        for s in self.sockets:
+            with contextlib.suppress(OSError, AttributeError):
+                s.close()
+
+
 class SlowBodies:
     """``n`` connections that declare a body and send it one byte every ``interval`` seconds, forever."""
 
-    HEAD = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 1000000\r\n\r\n"
+    HEAD = (
+        b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\nContent-Length: 1000000\r\n\r\n"
+    )
 
     def __init__(self, port: int, n: int, interval: float = 0.5):
         self.port, self.interval, self.stopped = port, interval, threading.Event()
@@ -139,36 +199,73 @@ def sample_jpeg(size=(480, 640)) -> bytes:
     return cv2.imencode(".jpg", image)[1].tobytes()
 
 
+def raise_open_files_limit(needed: int) -> None:
+    """Lift this process's soft limit on open files to ``needed`` (within the hard limit): one per attacker."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
+
+
+def start_attack(kind: str, port: int, n: int):
+    if kind == "slow-body":
+        return SlowBodies(port, n)
+    return HeldConnections(port, n, slow=kind == "slow-head")
+
+
+def attack_row(kind: str, n: int, attack, results: list, idle: dict) -> dict:
+    row = {"attack": kind, "connections": n, **summarize(results)}
+    row["p99_over_no_attack"] = round(row["p99_ms"] / idle["p99_ms"], 2) if row["p99_ms"] and idle["p99_ms"] else None
+    if isinstance(attack, HeldConnections):
+        row["closed_by_server"], row["first_close_s"] = attack.closed_by_server, attack.first_close_s
+    else:
+        row["closed_by_server"] = attack.reconnects
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--image", type=Path, default=None, help="default: a synthetic 640x480 JPEG")
-    p.add_argument("--slow", type=int, default=50, help="attacker connections (default: %(default)s)")
+    p.add_argument(
+        "--attacks", type=lambda t: t.split(","), default=["idle", "slow-head", "slow-body"],
+        help="comma-separated, of idle, slow-head, slow-body (default: all three)",
+    )  # fmt: skip
+    p.add_argument("--n", type=lambda t: [int(x) for x in t.split(",")], default=[50], help="attacker connections, "
+                   "comma-separated: one phase per count (default: 50)")  # fmt: skip
     p.add_argument("--requests", type=int, default=200, help="legitimate requests per phase (default: %(default)s)")
     p.add_argument("--interval", type=float, default=0.05, help="seconds between them (default: %(default)s)")
+    p.add_argument("--settle", type=float, default=2.0, help="seconds between opening the attack and measuring")
     p.add_argument(
-        "--body-timeout", type=float, default=10.0, help="the server's --body-timeout (default: %(default)s)"
+        "--server-flags", default="--body-timeout 10", help="more `floraedge serve` flags (default: %(default)s)"
     )
     args = p.parse_args(argv)
+    unknown = set(args.attacks) - {"idle", "slow-head", "slow-body"}
+    if unknown:
+        p.error(f"unknown attack(s) {sorted(unknown)}; choose from idle, slow-head, slow-body")
+    raise_open_files_limit(max(args.n) + 256)
     body = args.image.read_bytes() if args.image else sample_jpeg()
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "serve.log"
-        with serve_process(args.model, "--body-timeout", str(args.body_timeout), log=log) as (base, _):
+        with serve_process(args.model, *args.server_flags.split(), log=log) as (base, _):
+            port = int(base.rsplit(":", 1)[1])
             legitimate_client(base, body, 20, 0.0)  # warm-up
             idle = summarize(legitimate_client(base, body, args.requests, args.interval))
-            attack = SlowBodies(int(base.rsplit(":", 1)[1]), args.slow)
-            time.sleep(1.0)
-            attacked = summarize(legitimate_client(base, body, args.requests, args.interval))
-            attack.stop()
-            time.sleep(0.5)
+            for kind in args.attacks:
+                for n in args.n:
+                    attack = start_attack(kind, port, n)
+                    time.sleep(args.settle)
+                    results = legitimate_client(base, body, args.requests, args.interval)
+                    attack.stop()
+                    rows.append(attack_row(kind, n, attack, results, idle))
+                    time.sleep(1.0)
         text = log.read_text()
     result = {
-        "slow_connections": args.slow,
-        "body_timeout_s": args.body_timeout,
-        "attacker_reconnects": attack.reconnects,
-        "idle": idle,
-        "under_attack": attacked,
-        "p99_ratio": round(attacked["p99_ms"] / idle["p99_ms"], 2) if attacked["p99_ms"] and idle["p99_ms"] else None,
+        "server_flags": args.server_flags,
+        "no_attack": idle,
+        "rows": rows,
         "server_tracebacks": text.count("Traceback"),
     }
     print(json.dumps(result, indent=1))

@@ -25,14 +25,20 @@ from edge_runtime.backends import load
 from edge_runtime.options import comma_separated
 from edge_runtime.preprocess import preprocess, read_image_bgr
 from edge_runtime.serve.app import ServeConfig, create_app
+from edge_runtime.serve.cli import UVICORN_LIMITS
+from edge_runtime.serve.connections import guarded_protocol
 
 
 def start_server(model: Path, threads: int, workers: int) -> tuple[int, uvicorn.Server]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(ServeConfig(model=model, threads=threads, workers=workers, queue=64))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = ServeConfig(model=model, threads=threads, workers=workers, queue=64)
+    protocol = guarded_protocol(head_timeout=config.head_timeout, max_open=config.max_open_connections)
+    uvicorn_config = uvicorn.Config(
+        create_app(config), host="127.0.0.1", port=port, log_level="warning", http=protocol, **UVICORN_LIMITS
+    )  # the connection limits of `floraedge serve`
+    server = uvicorn.Server(uvicorn_config)
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)

@@ -10,15 +10,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_runtime.cli import BACKEND_CHOICES, number
+from edge_runtime.errors import FloraEdgeError
 from edge_runtime.options import Option, add_command, add_config_options, config_from_args
 from edge_runtime.serve.config import ServeConfig
 
-SPACE_APP = '''"""FloraEdge demo: `uvicorn app:app --host 0.0.0.0 --port 7860` (a hosted Space runs this file)."""
+# uvicorn's --http takes this class: the head deadline and connection cap that `floraedge serve` runs with
+GUARDED_PROTOCOL = "edge_runtime.serve.connections:GuardedH11Protocol"
+SPACE_APP = '''"""FloraEdge demo (a hosted Space runs this file). By hand, with the head deadline and connection cap of
+`floraedge serve`: `uvicorn app:app --host 0.0.0.0 --port 7860 --http {protocol} --ws none`."""
 from pathlib import Path
 
 from edge_runtime.serve.app import ServeConfig, create_app
 
-app = create_app(ServeConfig(model=Path(__file__).parent / {model}))
+# allowed_hosts "*": a hosted Space answers under the platform's own domain names, which check the Host
+app = create_app(ServeConfig(model=Path(__file__).parent / {model}, allowed_hosts=("*",)))
 '''
 SPACE_REQUIREMENTS = """numpy
 opencv-python-headless
@@ -35,7 +40,10 @@ SERVE_OPTIONS = {
     "model": Option(".onnx or .tflite file"),
     "backend": Option(choices=BACKEND_CHOICES),
     "threads": Option("inference threads", parse=number(low=1)),
-    "token": Option("require 'Authorization: Bearer TOKEN' on /v1/*"),
+    "token": Option(
+        "require 'Authorization: Bearer TOKEN' on /v1/* and the camera (letters, digits, - . _ ~ + /); "
+        "the web page asks for it"
+    ),
     "max_pixels": Option(parse=number(low=1)),
     "workers": Option("concurrent inferences", parse=number(low=1)),
     "camera": Option("show the live camera: the --publish folder of a `floraedge run` on this device"),
@@ -43,12 +51,30 @@ SERVE_OPTIONS = {
     "body_timeout": Option(
         "seconds a client has to send its whole upload; slower ones get 408", parse=number(float, low=0, low_open=True)
     ),
+    "max_connections": Option(
+        "requests in progress beyond which new ones get 503. Connections still sending a head do not count, "
+        "and uploads still arriving count by their bytes: all together hold at most this x --max-body-mb",
+        parse=number(low=1),
+    ),
+    "head_timeout": Option(
+        "seconds a connection has to send a complete request head (after opening or after its previous answer); "
+        "then it is closed, so idle or stalled connections hold nothing",
+        parse=number(float, low=0, low_open=True),
+    ),
+    "max_open_connections": Option(
+        "open TCP connections; a new one past this closes the idle, stalled or trickling connection that has "
+        "made the least progress (a request past its upload is never closed); must exceed --max-connections",
+        parse=number(low=1),
+    ),
+    "allowed_hosts": Option(
+        "more host names the server answers to, comma-separated (by default only IP addresses, localhost and this "
+        "machine's name: other Host headers get 400, against DNS rebinding); '*' allows any (behind a proxy)"
+    ),
 }
 # the server's own options: where it listens and how many connections it holds (uvicorn's, not the app's)
 SERVE_OWN = {
     "host": "the address uvicorn listens on",
     "port": "the port uvicorn listens on",
-    "max_connections": "uvicorn's limit_concurrency",
 }
 
 
@@ -88,22 +114,17 @@ def add_serve_parser(subparsers) -> None:
         default=ServeConfig.max_body / MIB,
         help="largest upload, in MiB (default: %(default)s)",
     )
-    p.add_argument(
-        "--max-connections",
-        type=number(low=1),
-        default=100,
-        help="open connections beyond which new requests get 503; bounds memory at this x --max-body-mb "
-        "(default: %(default)s)",
-    )
 
 
 # Connection-level limits (uvicorn + h11): they bound what a client can hold without sending a request.
+# The request-head deadline and the open-connection cap are the protocol's (connections.py): run_serve
+# passes it as `http`. No limit_concurrency: uvicorn would count idle connections (the app counts requests).
 UVICORN_LIMITS = dict(
-    http="h11",  # the limits below are h11's; httptools, when installed, would ignore them
     h11_max_incomplete_event_size=64 * 1024,  # request line + headers
     timeout_keep_alive=5,  # an idle keep-alive connection is closed after this many seconds
     backlog=256,
     timeout_graceful_shutdown=5,  # SIGTERM/Ctrl-C: stop waiting for slow clients after this
+    ws="none",  # no WebSocket routes: an Upgrade request stays HTTP, under the limits above
 )
 
 
@@ -111,9 +132,16 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from edge_runtime.serve.app import create_app
+    from edge_runtime.serve.connections import guarded_protocol
 
-    config = config_from_args(args)  # host, port and max_connections stay in args: they are uvicorn's
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not config.token:
+    config = config_from_args(args)  # host and port stay in args: they are uvicorn's
+    if config.max_connections >= config.max_open_connections:  # else requests in progress could fill every place
+        raise FloraEdgeError(
+            f"--max-connections ({config.max_connections}) must be below --max-open-connections "
+            f"({config.max_open_connections}): a new client takes the place of an idle connection, never of a request"
+        )
+    ensure_open_files(config.max_open_connections)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and config.token is None:
         print(
             f"WARNING: serving on {args.host} without authentication: anyone on the network can use the API "
             "(pass --token to require a bearer token)",
@@ -124,10 +152,28 @@ def run_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level="info",
-        limit_concurrency=args.max_connections,
+        http=guarded_protocol(head_timeout=config.head_timeout, max_open=config.max_open_connections),
         **UVICORN_LIMITS,
     )
     return 0
+
+
+FILES_BESIDES_CONNECTIONS = 128  # the model, the runtime's libraries, the log, the listening socket
+
+
+def ensure_open_files(connections: int) -> None:
+    """Lift the soft limit on open files so that ``connections`` sockets fit (within the hard limit), or refuse."""
+    import resource
+
+    needed = connections + FILES_BESIDES_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise FloraEdgeError(
+                f"--max-open-connections {connections} needs {needed} open files but this process may open {hard}: "
+                f"lower it to {max(1, hard - FILES_BESIDES_CONNECTIONS)} or raise the limit (ulimit -Hn)"
+            )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 def run_space(args: argparse.Namespace) -> int:
@@ -145,7 +191,9 @@ def run_space(args: argparse.Namespace) -> int:
         shutil.copy2(config.model, tmp / config.model.name)
         package = Path(__file__).resolve().parents[1]
         shutil.copytree(package, tmp / "edge_runtime", ignore=shutil.ignore_patterns("__pycache__"))
-        (tmp / "app.py").write_text(SPACE_APP.format(model=repr(config.model.name)))  # a literal, never code
+        (tmp / "app.py").write_text(
+            SPACE_APP.format(model=repr(config.model.name), protocol=GUARDED_PROTOCOL)
+        )  # a literal, never code
         runtime = BACKENDS[backend.name].package
         (tmp / "requirements.txt").write_text(SPACE_REQUIREMENTS.format(runtime=runtime))
         (tmp / "labels.txt").write_text("\n".join(backend.info.labels) + "\n")
@@ -166,5 +214,5 @@ def space_readme(model: Path, backend) -> str:
         f"# FloraEdge flower classifier\n\n`{model.name}` ({model.stat().st_size / 1e6:.2f} MB, "
         f"{backend.info.info.get('precision', '?')}, {backend.info.info.get('arch', '?')}): {accuracy}.\n"
         f"Dataset: {backend.info.info.get('dataset', {}).get('name', 'unknown')}.\n\n"
-        "Run: `pip install -r requirements.txt && uvicorn app:app --host 0.0.0.0 --port 7860`\n"
+        f"Run: `pip install -r requirements.txt && uvicorn app:app --host 0.0.0.0 --port 7860 --http {GUARDED_PROTOCOL} --ws none`\n"
     )

@@ -43,14 +43,15 @@ UPLOAD = {
 def error_responses(config) -> dict:
     """The error answers of ``POST /v1/classify``, with this server's limits."""
     return {
-        "400": _json(ERROR, "no image in the request"),
+        "400": _json(ERROR, "no image in the request, or a Host header this server does not answer to"),
         "401": _json(ERROR, "bearer token missing or wrong"),
         "408": _json(ERROR, f"the body did not arrive within {config.body_timeout:g} s"),
         "413": _json(
             ERROR, f"body over {config.max_body} bytes, or an image over {config.max_pixels} pixels or too elongated"
         ),
         "415": _json(ERROR, "not a decodable image"),
-        "503": _json(ERROR, "queue full; see Retry-After"),
+        "500": _json(ERROR, "the model or the server failed (one line; the log says more)"),
+        "503": _json(ERROR, f"queue full, or {config.max_connections} requests in progress; see Retry-After"),
     }
 
 
@@ -75,13 +76,23 @@ def paths(errors: dict) -> dict:
         "/v1/camera": {
             "get": {
                 "summary": "the newest result of `floraedge run --publish` (with --camera)",
-                "responses": {"200": _json({"type": "object"}, "result"), "404": no_camera},
+                "responses": {
+                    "200": _json({"type": "object"}, "result"),
+                    "401": errors["401"],
+                    "404": no_camera,
+                    "502": _json(ERROR, "the camera result file is malformed"),
+                },
             }
         },
         "/camera.mjpg": {
             "get": {
                 "summary": "MJPEG stream of the newest annotated frame (with --camera)",
-                "responses": {"200": {"description": "multipart/x-mixed-replace"}, "404": no_camera},
+                "responses": {
+                    "200": {"description": "multipart/x-mixed-replace"},
+                    "401": errors["401"],
+                    "404": no_camera,
+                    "503": _json(ERROR, "too many camera streams open"),
+                },
             }
         },
         "/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "JSON"}}}},
