@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import zlib
+from pathlib import Path
 
 import cv2
 import httpx
@@ -518,3 +519,13 @@ def test_an_oversized_camera_frame_is_skipped_not_sent(tmp_path, monkeypatch):
     (camera / "latest.jpg").write_bytes(b"\xff\xd8" + b"y" * 100)
     part = asyncio.run(first_part())
     assert part is not None and part.endswith(b"y" * 100 + b"\r\n")
+
+
+def test_space_bundles_the_released_model_with_its_card(tmp_path):
+    """The release's card maps file names to entries (an export's card lists them): both shapes are read."""
+    released = Path(__file__).resolve().parents[1] / "models" / "oxford102-lite0" / "model_int8.tflite"
+    out = tmp_path / "space"
+    assert cli_main(["space", "--model", str(released), "--out", str(out)]) == 0
+    readme = (out / "README.md").read_text()
+    assert "model_int8.tflite" in readme and "GuardedH11Protocol" in readme
+    assert "GuardedH11Protocol" in (out / "app.py").read_text()

@@ -202,11 +202,24 @@ def run_space(args: argparse.Namespace) -> int:
     return 0
 
 
+def card_row(card: Path, name: str) -> dict:
+    """The card's entry for file ``name``: an export's card lists its files, a release's card maps names to
+    entries; a card of another shape, or none, gives {} (the README then points to the card)."""
+    try:
+        files = json.loads(card.read_text())["files"] if card.is_file() and card.stat().st_size < 1 << 20 else []
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if isinstance(files, dict):
+        row = files.get(name)
+    elif isinstance(files, list):
+        row = next((f for f in files if isinstance(f, dict) and f.get("file") == name), None)
+    else:
+        row = None
+    return row if isinstance(row, dict) and isinstance(row.get("accuracy"), float) and "n" in row else {}
+
+
 def space_readme(model: Path, backend) -> str:
-    card = model.parent / "model_card.json"
-    row = {}
-    if card.is_file():
-        row = next((f for f in json.loads(card.read_text())["files"] if f.get("file") == model.name), {})
+    row = card_row(model.parent / "model_card.json", model.name)
     accuracy = (
         f"{row['accuracy']:.4f} top-1 on {row['n']} validation images" if "accuracy" in row else "see the model card"
     )
