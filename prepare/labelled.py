@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import re
+import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict
@@ -232,7 +233,7 @@ def prepare_labelled(
     split_of, split_how = assign_splits(config, items, sorted({item.label for item in items}))
     (work / "images").mkdir()
     (work / "cache").mkdir()
-    print(f"layout: {listing.layout} ({len(items)} image files; split {split_how})", flush=True)
+    print(f"layout: {listing.layout} ({len(items)} image files; split {split_how})", file=sys.stderr, flush=True)
     results = run_workers(tasks, config.workers, worker=check_image)
     for r in results:
         if r.error:

@@ -29,6 +29,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from tqdm import tqdm
+
 from edge_runtime.errors import FloraEdgeError
 
 LAYOUTS = ("auto", "oxford102", "folders", "csv")
@@ -85,6 +87,7 @@ class Listing:
     empty_classes: list[str] = field(default_factory=list)  # class folders without one image file
     missing_files: list[str] = field(default_factory=list)  # CSV rows whose file does not exist
     duplicate_rows: int = 0  # CSV rows repeating an earlier row
+    entries: int = 0  # files and folders walked, or CSV rows read
 
     @property
     def splits_given(self) -> bool:
@@ -169,11 +172,16 @@ def _has_csv_header(path: Path) -> bool:
 
 def read_listing(source: Path, layout: str) -> Listing:
     """The labelled image files of ``source`` read as ``layout`` (``folders`` or ``csv``)."""
-    if layout == "csv":
-        return read_csv(find_csv(source))
-    if layout == "folders":
-        return read_folders(source)
-    raise LayoutError(f"layout {layout!r} has no listing reader")  # oxford102 is read by prepare.release
+    readers = {
+        "csv": lambda progress: read_csv(find_csv(source), progress),
+        "folders": lambda progress: read_folders(source, progress),
+    }
+    if layout not in readers:
+        raise LayoutError(f"layout {layout!r} has no listing reader")  # oxford102 is read by prepare.release
+    with tqdm(desc=f"listing {source}", unit=" entries", unit_scale=True, mininterval=0.5) as progress:
+        listing = readers[layout](progress)
+        progress.update(listing.entries - progress.n)
+    return listing
 
 
 # ---------------------------------------------------------------------------------------------- names
@@ -234,12 +242,12 @@ def _not_utf8(name: str) -> bool:
 class Walker:
     """Walks folders inside one root: never out of it, never twice into a folder, bounded in size and depth."""
 
-    def __init__(self, root: Path, listing: Listing):
+    def __init__(self, root: Path, listing: Listing, progress: tqdm | None = None):
         self.root = root
         self.real_root = os.path.realpath(root)
         self.listing = listing
         self.seen_dirs: dict[tuple[int, int], str] = {}
-        self.entries = 0
+        self.progress = tqdm(disable=True) if progress is None else progress
         self.enter(str(root))
 
     def relative(self, path: str) -> str:
@@ -281,22 +289,33 @@ class Walker:
                 for entry in sorted(entries, key=lambda e: e.name):
                     yield from self._entry(entry, depth, stack)
 
+    def count(self) -> None:
+        """One more entry (or CSV row) read: refused past ``MAX_ENTRIES``, shown on the progress line."""
+        self.listing.entries += 1
+        if self.listing.entries > MAX_ENTRIES:
+            raise LayoutError(f"{self.root} holds more than {MAX_ENTRIES:,} entries (files, folders or rows); split it")
+        if self.listing.entries % 1000 == 0:
+            self.progress.update(1000)
+
+    def skip(self, reason: str, path: str) -> None:
+        """Count a skipped entry (its relative path is worked out only while examples are still kept)."""
+        examples = self.listing.skipped_examples.get(reason, ())
+        rel = self.relative(path) if len(examples) < SKIP_EXAMPLES else ""
+        self.listing.skip(reason, rel.encode("utf-8", "backslashreplace").decode())
+
     def _entry(self, entry: os.DirEntry, depth: int, stack: list):
-        self.entries += 1
-        if self.entries > MAX_ENTRIES:
-            raise LayoutError(f"{self.root} holds more than {MAX_ENTRIES:,} files and folders; split the dataset")
-        rel = self.relative(entry.path)
+        self.count()
         if entry.name.startswith("."):
-            self.listing.skip("hidden", rel)
+            self.skip("hidden", entry.path)
             return
         if _not_utf8(entry.name):
-            self.listing.skip("name not valid UTF-8", rel.encode("utf-8", "backslashreplace").decode())
+            self.skip("name not valid UTF-8", entry.path)
             return
         if entry.is_symlink():
             try:
                 self.resolve(entry.path)
             except FileNotFoundError:
-                self.listing.skip("broken symlink", rel)
+                self.skip("broken symlink", entry.path)
                 return
         if entry.is_dir():
             if depth + 1 > MAX_DEPTH:
@@ -304,26 +323,26 @@ class Walker:
             self.enter(entry.path)
             stack.append((entry.path, depth + 1))
             return
-        st = os.stat(entry.path)
+        if os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
+            self.skip("not an image", entry.path)  # never opened, whatever kind of file it is
+            return
+        st = entry.stat()  # follows a symlink, whose target is checked above
         if not stat.S_ISREG(st.st_mode):
             raise LayoutError(f"{entry.path} is not a regular file (a FIFO, socket or device); remove it")
-        if Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
-            self.listing.skip("not an image", rel)
-            return
         yield entry.path, st.st_size
 
 
 # ---------------------------------------------------------------------------------------------- folders
 
 
-def read_folders(source: Path) -> Listing:
+def read_folders(source: Path, progress: tqdm | None = None) -> Listing:
     """A class-per-folder tree, or a split tree when every top-level folder is a split spelling."""
     if not source.is_dir():
         raise LayoutError(f"--source {source} is not a folder; --layout folders reads SOURCE/<class>/<image>")
     folders = top_folders(source)
     splits = {d: split_name(d.name) for d in folders}
     if folders and all(splits.values()):
-        return _read_split_tree(source, splits)
+        return _read_split_tree(source, splits, progress)
     named = [d.name for d in folders if splits[d]]
     if named:
         others = [d.name for d in folders if not splits[d]]
@@ -332,14 +351,14 @@ def read_folders(source: Path) -> Listing:
             "put every class folder inside a split folder, or rename the split folders"
         )
     listing = Listing("folders", source)
-    walker = Walker(source, listing)
+    walker = Walker(source, listing, progress)
     _skip_loose_files(source, listing)
     for folder in folders:
         _read_class(walker, folder, None)
     return listing
 
 
-def _read_split_tree(source: Path, splits: dict[Path, str]) -> Listing:
+def _read_split_tree(source: Path, splits: dict[Path, str], progress: tqdm | None) -> Listing:
     listing = Listing("split-folders", source)
     seen: dict[str, str] = {}
     for folder, split in splits.items():
@@ -348,7 +367,7 @@ def _read_split_tree(source: Path, splits: dict[Path, str]) -> Listing:
                 f"{source}: {seen[split]}/ and {folder.name}/ both name the {split} split; merge them into one folder"
             )
         seen[split] = folder.name
-    walker = Walker(source, listing)
+    walker = Walker(source, listing, progress)
     for folder, split in splits.items():
         walker.enter(str(folder))
         _skip_loose_files(folder, listing, root=source)
@@ -394,7 +413,7 @@ def find_csv(source: Path) -> Path:
     return csvs[0]
 
 
-def read_csv(path: Path) -> Listing:
+def read_csv(path: Path, progress: tqdm | None = None) -> Listing:
     """The rows of a ``path,label[,split]`` CSV; paths are relative to its folder and may not leave it."""
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
@@ -408,7 +427,7 @@ def read_csv(path: Path) -> Listing:
     reader = csv.reader(io.StringIO(text, newline=""))
     columns = _csv_columns(path, next(reader, None))
     listing = Listing("csv", path.parent)
-    walker = Walker(path.parent, listing)
+    walker = Walker(path.parent, listing, progress)
     rows: dict[str, tuple[str, str | None, int]] = {}
     try:
         for cells in reader:
@@ -434,9 +453,7 @@ def _csv_row(path: Path, line: int, cells: list[str], columns: dict[str, int], w
     listing = walker.listing
     if not any(c.strip() for c in cells):
         return  # a blank line
-    walker.entries += 1
-    if walker.entries > MAX_ENTRIES:
-        raise LayoutError(f"{path} holds more than {MAX_ENTRIES:,} rows; split the dataset")
+    walker.count()
     if len(cells) <= max(columns.values()):
         raise LayoutError(f"{path} line {line}: {len(cells)} cells, fewer than the header's columns")
     where = f"{path} line {line}"
