@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.prepare_layouts_bench import oxford_as_folders
 from floraedge import main as cli_main
 from prepare.build import PrepareConfig, prepare_dataset
 from prepare.categories import class_names
@@ -386,26 +387,6 @@ def test_a_csv_symlink_through_a_folder_outside_is_refused(tmp_path):
 # ---------------------------------------------------------------------------------------------- real data
 
 
-def oxford_as_folders(root: Path, *, split_tree: bool) -> Path:
-    """The shared Oxford-102 train+val images as ``<name>/`` folders (or ``train/<name>/`` + ``valid/<name>/``),
-    hard-linked (copied where the filesystem cannot link): nothing is copied into git."""
-    import scipy.io
-
-    labels = scipy.io.loadmat(REAL_DATA / "imagelabels.mat")["labels"].ravel()
-    setid = scipy.io.loadmat(REAL_DATA / "setid.mat")
-    split_of = {int(i): "train" for i in setid["trnid"].ravel()} | {int(i): "valid" for i in setid["valid"].ravel()}
-    for jpg in (REAL_DATA / "jpg").glob("image_*.jpg"):
-        image_id = int(jpg.stem.split("_")[1])
-        folder = root / split_of[image_id] if split_tree else root
-        target = folder / class_names()[labels[image_id - 1] - 1] / jpg.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(jpg, target)
-        except OSError:
-            shutil.copyfile(jpg, target)
-    return root
-
-
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_oxford_images_as_folders_and_as_a_split_tree_match_the_official_path(tmp_path):
@@ -415,13 +396,13 @@ def test_oxford_images_as_folders_and_as_a_split_tree_match_the_official_path(tm
     expected = {(r["sha256"], r["class_name"], r["split"]) for r in read_manifest(tmp_path / "official")}
     assert len(expected) == 2040 and official["layout"] == "oxford102"
 
-    folders = oxford_as_folders(tmp_path / "folders", split_tree=False)
+    folders = oxford_as_folders(REAL_DATA, tmp_path / "folders", split_tree=False)  # hard links, not copies
     summary = prepare_dataset(PrepareConfig(source=folders, out=tmp_path / "a", cache_size=32))
     assert summary["layout"] == "folders" and summary["class_names"] == sorted(class_names())
     got = {(r["sha256"], r["class_name"]) for r in read_manifest(tmp_path / "a")}
     assert got == {(sha, name) for sha, name, _ in expected}
 
-    tree = oxford_as_folders(tmp_path / "tree", split_tree=True)
+    tree = oxford_as_folders(REAL_DATA, tmp_path / "tree", split_tree=True)
     summary = prepare_dataset(PrepareConfig(source=tree, out=tmp_path / "b", cache_size=32))
     assert summary["layout"] == "split-folders" and summary["counts"] == official["counts"]
     assert {(r["sha256"], r["class_name"], r["split"]) for r in read_manifest(tmp_path / "b")} == expected
