@@ -56,6 +56,7 @@ MAX_ENTRIES = 5_000_000  # files and folders walked (or CSV rows)
 MAX_DEPTH = 64  # nested folders below a class folder
 MAX_CLASSES = 100_000
 MAX_NAME_CHARS = 255  # a class name (a folder name is at most 255 bytes anyway)
+MAX_DATASET_NAME_CHARS = 100
 MAX_CSV_BYTES = 512 * 1024 * 1024
 SKIP_EXAMPLES = 5  # example paths kept per skip reason
 
@@ -159,7 +160,12 @@ def labelled_csvs(source: Path) -> list[Path]:
     """The ``*.csv`` files directly in ``source`` whose header names a path and a label column."""
     with os.scandir(source) as entries:
         csvs = sorted(Path(e.path) for e in entries if e.name.lower().endswith(".csv") and e.is_file())
-    return [p for p in csvs if _has_csv_header(p)]
+    inside = [p for p in csvs if _inside(os.path.realpath(p), os.path.realpath(source))]  # a link out is not read
+    return [p for p in inside if _has_csv_header(p)]
+
+
+def _inside(real: str, real_root: str) -> bool:
+    return os.path.commonpath([real, real_root]) == real_root
 
 
 def _has_csv_header(path: Path) -> bool:
@@ -192,7 +198,7 @@ def split_name(name: str) -> str | None:
     return SPLIT_NAMES.get(name.strip().lower())
 
 
-def check_class_name(name: str, where: str) -> str:
+def check_class_name(name: str, where: str, *, what: str = "class name", longest: int = MAX_NAME_CHARS) -> str:
     """``name`` if it can be a class name (it travels as one line of labels.txt); else a one-line error."""
     problem = None
     if not name:
@@ -203,11 +209,11 @@ def check_class_name(name: str, where: str) -> str:
         problem = "starts or ends with a space, or holds a line break"
     elif any(unicodedata.category(c) == "Cc" for c in name):
         problem = "holds a control character"
-    elif len(name) > MAX_NAME_CHARS:
-        problem = f"is longer than {MAX_NAME_CHARS} characters"
+    elif len(name) > longest:
+        problem = f"is longer than {longest} characters"
     if problem:
         shown = name.encode("utf-8", "backslashreplace").decode("utf-8")[:80]
-        raise LayoutError(f"{where}: the class name {shown!r} {problem}; rename it")
+        raise LayoutError(f"{where}: the {what} {shown!r} {problem}; rename it")
     return name
 
 
@@ -216,7 +222,10 @@ def check_classes(names: set[str], where: str) -> list[str]:
     ordered = sorted(names)
     if len(ordered) < 2:
         found = f"one class ({ordered[0]!r})" if ordered else "no class"
-        raise LayoutError(f"{where} holds {found} with images; a classifier needs at least 2: add a class")
+        raise LayoutError(
+            f"{where} holds {found} with images; a classifier needs at least 2: add a class, or point --source "
+            "at the folder that holds the class folders"
+        )
     if len(ordered) > MAX_CLASSES:
         raise LayoutError(f"{where} holds {len(ordered):,} classes, over the limit of {MAX_CLASSES:,}")
     normalized = Counter(unicodedata.normalize("NFC", n) for n in ordered)
@@ -226,6 +235,11 @@ def check_classes(names: set[str], where: str) -> list[str]:
             f"{where}: two classes are spelled {twins[0]!r} in different Unicode normal forms; rename one"
         )
     return ordered
+
+
+def check_dataset_name(name: str) -> str:
+    """``--name`` if it can name a dataset (one line of text that cards and pages show); else a one-line error."""
+    return check_class_name(name, "--name", what="dataset name", longest=MAX_DATASET_NAME_CHARS)
 
 
 def _not_utf8(name: str) -> bool:
@@ -261,7 +275,7 @@ class Walker:
             if isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP:
                 raise LayoutError(f"{path} is a symlink loop; remove the link") from None
             raise
-        if os.path.commonpath([real, self.real_root]) != self.real_root:
+        if not _inside(real, self.real_root):
             raise LayoutError(
                 f"{path} is a symlink to {real}, outside {self.root}; refusing to read outside the source: "
                 "copy or hard-link the file into it"

@@ -407,3 +407,14 @@ def test_oxford_images_as_folders_and_as_a_split_tree_match_the_official_path(tm
     assert summary["layout"] == "split-folders" and summary["counts"] == official["counts"]
     assert {(r["sha256"], r["class_name"], r["split"]) for r in read_manifest(tmp_path / "b")} == expected
     assert summary["corrupt"] == [] and summary["leakage"] == [] and summary["class_warnings"] == []  # 10 + 10 each
+
+
+def test_the_dataset_name_is_the_folder_name_or_name(tmp_path, mini_release):
+    src = make_tree(tmp_path / "Tomatoes à la ferme", {"ripe": 2, "unripe": 2})
+    assert prepare(src, tmp_path / "a")["dataset"] == "Tomatoes à la ferme"
+    assert prepare(src, tmp_path / "b", name="Shop shelf v2")["dataset"] == "Shop shelf v2"
+    assert prepare(mini_release, tmp_path / "c", name="My flowers")["dataset"] == "My flowers"
+    assert prepare(mini_release, tmp_path / "d")["dataset"].startswith("Oxford 102 Flowers")
+    with pytest.raises(LayoutError, match="--name: the dataset name 'two\\\\nlines' .*line break"):
+        prepare(src, tmp_path / "e", name="two\nlines")
+    assert not (tmp_path / "e").exists()
