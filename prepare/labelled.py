@@ -50,7 +50,7 @@ def decode_checked(data: bytes) -> np.ndarray:
     return decode_bgr(data)
 
 
-def check_image(task: tuple[int, Path, Path, Path, int]) -> ImageResult:
+def check_image(task: tuple[int, str, Path, Path, int]) -> ImageResult:
     """One image: read (bounded), fully decoded, hashed, placed, and its resized copy cached."""
     image_id, src, dst, cache_dst, cache_size = task
     try:

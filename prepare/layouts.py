@@ -69,7 +69,7 @@ class LayoutError(FloraEdgeError):
 class Item:
     """One labelled image file of a source."""
 
-    file: Path  # where to read it: inside the source folder (a symlink's target checked to be inside too)
+    file: str  # where to read it: inside the source folder (a symlink's target checked to be inside too)
     source: str  # its path relative to the source folder (POSIX), as the manifest records it
     label: str
     split: str | None = None  # "train" / "val" / "test" when the source gives the split
@@ -258,6 +258,7 @@ class Walker:
 
     def __init__(self, root: Path, listing: Listing, progress: tqdm | None = None):
         self.root = root
+        self.prefix = os.path.join(str(root), "")
         self.real_root = os.path.realpath(root)
         self.listing = listing
         self.seen_dirs: dict[tuple[int, int], str] = {}
@@ -265,7 +266,10 @@ class Walker:
         self.enter(str(root))
 
     def relative(self, path: str) -> str:
-        return PurePosixPath(os.path.relpath(path, self.root)).as_posix()
+        """``path`` relative to the root; every path walked starts with the root's own spelling (scandir joins)."""
+        prefix = self.prefix
+        rel = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, self.root)
+        return rel if os.sep == "/" else PurePosixPath(Path(rel)).as_posix()
 
     def resolve(self, path: str) -> str:
         """``path``'s real location, refused when it is a symlink loop or leads outside the root."""
@@ -394,7 +398,7 @@ def _read_class(walker: Walker, folder: Path, split: str | None) -> None:
     label = check_class_name(folder.name, f"class folder {folder}")
     before = len(walker.listing.items)
     for path, size in walker.files(str(folder)):
-        walker.listing.items.append(Item(Path(path), walker.relative(path), label, split, size))
+        walker.listing.items.append(Item(path, walker.relative(path), label, split, size))
     if len(walker.listing.items) == before:
         walker.listing.empty_classes.append(walker.relative(str(folder)))
 
@@ -523,4 +527,4 @@ def _csv_file(walker: Walker, rel: str, label: str, split: str | None) -> None:
     if file.suffix.lower() not in IMAGE_SUFFIXES:
         listing.skip("not an image", rel)
         return
-    listing.items.append(Item(file, rel, label, split, st.st_size))
+    listing.items.append(Item(str(file), rel, label, split, st.st_size))
