@@ -418,3 +418,29 @@ def test_the_dataset_name_is_the_folder_name_or_name(tmp_path, mini_release):
     with pytest.raises(LayoutError, match="--name: the dataset name 'two\\\\nlines' .*line break"):
         prepare(src, tmp_path / "e", name="two\nlines")
     assert not (tmp_path / "e").exists()
+
+
+def test_thousands_of_classes_keep_their_order_and_safe_folder_names(tmp_path):
+    names = [f"species {k}" for k in range(1200)]
+    rng = np.random.default_rng(6)
+    for name in names:
+        (tmp_path / "src" / name).mkdir(parents=True)
+        ok, data = cv2.imencode(".png", rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8))
+        (tmp_path / "src" / name / "x.png").write_bytes(data.tobytes())
+    summary = prepare(tmp_path / "src", tmp_path / "out")
+    assert summary["num_classes"] == 1200 and summary["class_names"] == sorted(names)
+    assert summary["class_names"][:3] == ["species 0", "species 1", "species 10"]  # code points, not numbers
+    folders = sorted(p.name for p in (tmp_path / "out" / "train").iterdir())
+    assert len(folders) == 1200 and folders[2] == "0002_species_10" and folders[-1] == "1199_species_999"
+
+
+@pytest.mark.torch
+def test_the_training_loader_reads_a_prepared_folder_tree(tmp_path):
+    from train.data import CachedImages
+
+    src = make_tree(tmp_path / "src", {"zeta": 3, "alpha": 5})
+    prepare(src, tmp_path / "out", val_frac=0, test_frac=0)
+    images = CachedImages(tmp_path / "out", ["train"])
+    by_source = {r["source"]: t for r, t in zip(images.rows, images.targets, strict=True)}
+    assert len(images) == 8 and by_source["alpha/0.jpg"] == 0 and by_source["zeta/2.jpg"] == 1
+    assert images.images[0].shape[:2] == (32, 39)  # the 36x44 photo's cached copy: shorter side 32
