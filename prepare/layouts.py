@@ -307,8 +307,8 @@ class Walker:
         stack = [(top, 0)]
         while stack:
             folder, depth = stack.pop()
-            with os.scandir(folder) as entries:
-                for entry in sorted(entries, key=lambda e: e.name):
+            with os.scandir(folder) as entries:  # streamed, not sorted: a huge folder costs no memory (ids sort later)
+                for entry in entries:
                     yield from self._entry(entry, depth, stack)
 
     def count(self) -> None:
