@@ -291,7 +291,10 @@ def test_a_fifo_is_refused_without_blocking(tmp_path):
 def test_names_that_are_not_utf8(tmp_path):
     src = make_tree(tmp_path / "src", {"a": 2, "b": 2})
     raw = os.fsencode(src / "a") + b"/caf\xe9.jpg"
-    shutil.copyfile(src / "a" / "0.jpg", raw)
+    try:
+        shutil.copyfile(src / "a" / "0.jpg", raw)
+    except OSError:  # a filesystem that allows only UTF-8 names (APFS) cannot hold the input under test
+        pytest.skip("this filesystem refuses names that are not UTF-8")
     summary = prepare(src, tmp_path / "out")
     assert summary["skipped"] == {"name not valid UTF-8": 1}
     assert summary["skipped_examples"]["name not valid UTF-8"] == ["a/caf\\udce9.jpg"]
