@@ -47,8 +47,8 @@ class BenchConfig:
     threads: tuple[int, ...] = (1, 2, 4)
     limit: int | None = None  # at most this many evaluation images
     warmup: int = 10  # untimed runs before a row's first round (later rounds: REWARM)
-    rounds: int = 5  # every row timed once per round, the order rotated
-    runs: int = 10  # timed runs per row, thread count and round
+    rounds: int = 10  # every row timed once per round, the order rotated (short visits pair rows closely)
+    runs: int = 5  # timed runs per row, thread count and round (rounds x runs: the 50 runs of earlier versions)
     loop_frames: int = 120
     timeout_s: int = 1800
 
