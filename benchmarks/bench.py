@@ -297,8 +297,11 @@ def file_row(fmt, backend: str, models: Path, data: Path, images: list[dict], ca
     store = cached_batch(cache, data, images, load(path, fmt.runtime).info.spec)
     pred_path = cache / f"pred-{fmt.name}-{backend}.npy"
     worker = start_worker(path, backend, store, cache / "targets.npy", pred_path, video, config)
-    row |= worker.result
-    return row, np.load(pred_path), worker
+    try:
+        return row | worker.result, np.load(pred_path), worker
+    except Exception:
+        worker.close()
+        raise
 
 
 def add_latency(results: list[dict], times: dict[int, dict], failed: dict[int, str], threads: tuple[int, ...]) -> list:
@@ -356,6 +359,7 @@ def bench(config: BenchConfig) -> dict:
             "name": fmt.name,
             "backend": backend,
             "file": fmt.filename,
+            "bytes": (models / fmt.filename).stat().st_size,
             "format": fmt.format,
             "precision": fmt.precision,
         }
