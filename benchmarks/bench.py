@@ -198,10 +198,11 @@ class InProcess:
     predict: Callable
     sample: object
     set_threads: Callable[[int], None] = lambda threads: None
+    clock: Callable[[], float] = time.perf_counter  # seconds; a test's modelled machine brings its own
 
     def time(self, threads: int, warmup: int, runs: int) -> list[float]:
         self.set_threads(threads)
-        return timed_runs(self, self.sample, warmup, runs)
+        return timed_runs(self, self.sample, warmup, runs, clock=self.clock)
 
     def close(self) -> None:
         pass
