@@ -78,7 +78,7 @@ def commands(args, n: int, prepared: Path, work: Path) -> dict[str, list[str]]:
                     "--split", "stratified", "--val-frac", "0.5", "--test-frac", "0", "--cache-size", "293",
                     "--workers", "1", "--overwrite"],
         "evaluate": [*py, "-m", "floraedge", "evaluate", "--checkpoint", str(args.checkpoint), "--data", str(prepared),
-                     "--split", "val", "--batch-size", "32"],  # batches of 32 at both sizes: the split is what varies
+                     "--split", "val"],  # batches of 64: compare sizes whose val split fills them (130, 1300)
         "bench": [*py, "-m", "floraedge", "bench", "--models", str(args.models), "--data", str(prepared),
                   "--split", "val", "--out", str(work / "bench"), "--threads", "1", "--loop-frames", "10"],
         "calibration (--calib-n 50)": [*py, "-c", IMAGE_SET, "calibration", tflite, str(prepared), "50"],
