@@ -150,7 +150,11 @@ class Worker:
             self.proc = subprocess.Popen(
                 cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, bufsize=0, cwd=REPO
             )
-        self.result = self._answer()
+        try:
+            self.result = self._answer()
+        except BaseException:  # Ctrl-C, SIGTERM: no measuring process outlives the bench
+            self.kill()
+            raise
 
     def time(self, threads: int, warmup: int, runs: int) -> list[float]:
         try:
@@ -181,14 +185,23 @@ class Worker:
         return lines[-1] if lines else otherwise
 
     def close(self) -> None:
+        """End an idle process: its request loop ends with its input."""
         if self.proc.poll() is None:
-            self.proc.stdin.close()  # its request loop ends
+            self.proc.stdin.close()
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
         self.proc.stdout.close()
+
+    def kill(self) -> None:
+        """End it now, whatever it is doing (the bench was interrupted)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            pipe.close()
 
 
 @dataclass
@@ -205,6 +218,9 @@ class InProcess:
         return timed_runs(self, self.sample, warmup, runs, clock=self.clock)
 
     def close(self) -> None:
+        pass
+
+    def kill(self) -> None:
         pass
 
 
@@ -332,21 +348,12 @@ def add_loop_ratios(loop: dict, model: dict) -> None:
     }
 
 
-def bench(config: BenchConfig) -> dict:
-    """Benchmark every exported file; writes report.md, results.csv, results.json and plots into ``config.out``."""
-    from benchmarks.report import write_report
-
-    cores = os.cpu_count() or 1
-    config = BenchConfig(**{**asdict(config), "threads": tuple(sorted({min(t, cores) for t in config.threads}))})
-    models, data, out = Path(config.models), Path(config.data), Path(config.out)
-    check_disjoint(out, [models, data, config.checkpoint])
-    images, rows = eval_images(data, config.split, config.limit), bench_rows(models)  # checked before writing
-    cache = out / ".cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    video = make_loop_video(cache / "loop.avi", data, images, config.loop_frames)
+def measure_rows(config: BenchConfig, rows, images: list[dict], cache: Path, video: Path, timers: list) -> list[dict]:
+    """One pass per row (accuracy, memory, loop FPS); each row's timer is appended to ``timers`` as
+    (row index, timer), as soon as it exists, so that an interruption can end every process."""
+    models, data = Path(config.models), Path(config.data)
     targets = np.load(cached_targets(cache, images))
-    before = read_conditions()
-    results, timers, reference = [], [], None
+    results, reference = [], None
     if config.checkpoint:
         try:
             row, reference, timer = torch_row(config.checkpoint, data, images, cache, targets)
@@ -373,16 +380,34 @@ def bench(config: BenchConfig) -> dict:
             row["error"] = f"{type(exc).__name__}: {exc}"
         print(f"   {row.get('error') or json.dumps(row.get('accuracy'))}", flush=True)
         results.append(row)
-    print(
-        f"== latency: {config.rounds} rounds x {config.runs} runs per row and thread count, rows alternated", flush=True
-    )
+    return results
+
+
+def bench(config: BenchConfig) -> dict:
+    """Benchmark every exported file; writes report.md, results.csv, results.json and plots into ``config.out``."""
+    from benchmarks.report import write_report
+
+    cores = os.cpu_count() or 1
+    config = BenchConfig(**{**asdict(config), "threads": tuple(sorted({min(t, cores) for t in config.threads}))})
+    models, data, out = Path(config.models), Path(config.data), Path(config.out)
+    check_disjoint(out, [models, data, config.checkpoint])
+    images, rows = eval_images(data, config.split, config.limit), bench_rows(models)  # checked before writing
+    cache = out / ".cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    video = make_loop_video(cache / "loop.avi", data, images, config.loop_frames)
+    before, timers = read_conditions(), []
     try:
+        results = measure_rows(config, rows, images, cache, video, timers)
+        print(f"== latency: {config.rounds} rounds x {config.runs} runs per row and thread count, rows alternated")
         times, failed = latency_rounds(
             [t for _, t in timers], config.threads, rounds=config.rounds, warmup=config.warmup, runs=config.runs
         )
-    finally:
+    except BaseException:  # Ctrl-C, SIGTERM: no measuring process outlives the bench
         for _, timer in timers:
-            timer.close()
+            timer.kill()
+        raise
+    for _, timer in timers:
+        timer.close()
     after = read_conditions()
     index = [i for i, _ in timers]  # timer k times row index[k]
     by_row, failed = dict(zip(index, times, strict=True)), {index[k]: error for k, error in failed.items()}

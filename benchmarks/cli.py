@@ -21,8 +21,8 @@ BENCH_OPTIONS = {
         "latency rounds: each visits every row once, the order rotated, so drift slows every row alike",
         parse=number(low=1, high=1000),
     ),
-    "runs": Option("timed runs per row, thread count and round", parse=number(low=1, high=100000)),
-    "warmup": Option("untimed runs before a row's first round", parse=number(low=0, high=100000)),
+    "runs": Option("timed runs per row, thread count and round", parse=number(low=1, high=10**7)),
+    "warmup": Option("untimed runs before a row's first round", parse=number(low=0, high=10**7)),
     "loop_frames": Option("frames of the camera-loop FPS clip", parse=number(low=1)),
 }
 
