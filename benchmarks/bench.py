@@ -2,6 +2,11 @@
 
 Rows come from the export format table (plus each row's extra backends, plus the PyTorch model when a
 checkpoint is given). Each file is measured in its own process; a failure becomes a row with its error.
+Accuracy is one pass per file over the split, streamed image by image (memory does not grow with the
+split). Latency is timed in rounds that visit every row once, in an order rotated each round, so that
+a machine whose speed drifts (heat, other work) slows every row alike: each row's ratio to the
+reference row is taken within a round, and the report gives its spread across rounds and the
+machine's conditions before and after.
 """
 
 from __future__ import annotations
@@ -10,9 +15,11 @@ import hashlib
 import json
 import os
 import platform
+import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -20,8 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.measure import latency, metrics_from_logits
-from edge_runtime.atomic import atomic_path
+from benchmarks.conditions import changes, drift, read_conditions
+from benchmarks.measure import iter_stream, metrics_from_logits, summarize, timed_runs, write_stream
 from edge_runtime.backends import BACKENDS, load
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.outdir import check_disjoint
@@ -39,8 +46,9 @@ class BenchConfig:
     checkpoint: str | None = None
     threads: tuple[int, ...] = (1, 2, 4)
     limit: int | None = None  # at most this many evaluation images
-    warmup: int = 10
-    runs: int = 50
+    warmup: int = 10  # untimed runs before a row's first round (later rounds: REWARM)
+    rounds: int = 10  # every row timed once per round, the order rotated (short visits pair rows closely)
+    runs: int = 5  # timed runs per row, thread count and round (rounds x runs: the 50 runs of earlier versions)
     loop_frames: int = 120
     timeout_s: int = 1800
 
@@ -99,13 +107,20 @@ def eval_images(data: Path, split: str, limit: int | None) -> list[dict]:
 
 
 def cached_batch(cache: Path, data: Path, rows: list[dict], spec) -> Path:
-    """The evaluation images preprocessed for ``spec``, stored once per distinct spec."""
-    key = hashlib.sha256((spec.to_json() + str(len(rows))).encode()).hexdigest()[:12]
-    path = cache / f"eval-{key}.npz"
+    """The evaluation images preprocessed for ``spec`` into one .npy, written image by image and stored
+    once per distinct spec (memory holds one image, whatever the split's size)."""
+    images = "\n".join(r["path"] for r in rows)
+    key = hashlib.sha256((spec.to_json() + images).encode()).hexdigest()[:12]
+    path = cache / f"eval-{key}.npy"
     if not path.exists():
-        batch = np.concatenate([preprocess(read_image_bgr(data / r["path"]), spec) for r in rows])
-        with atomic_path(path) as tmp, tmp.open("wb") as f:  # an interrupted run leaves no bad cache
-            np.savez(f, batch=batch, targets=np.array([r["class_index"] for r in rows]))
+        arrays = (preprocess(read_image_bgr(data / r["path"]), spec) for r in rows)
+        write_stream(path, arrays, len(rows), tuple(spec.input_shape[1:]))
+    return path
+
+
+def cached_targets(cache: Path, rows: list[dict]) -> Path:
+    path = cache / "targets.npy"
+    np.save(path, np.array([r["class_index"] for r in rows]))
     return path
 
 
@@ -118,44 +133,149 @@ def make_loop_video(path: Path, data: Path, rows: list[dict], frames: int) -> Pa
     return path
 
 
-def run_measure(model: Path, backend: str, npz: Path, pred_path: Path, video: Path, config: BenchConfig) -> dict:
-    model, npz, pred_path, video = (Path(p).resolve() for p in (model, npz, pred_path, video))  # it runs elsewhere
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.measure",
-        "--model",
-        str(model),
-        "--backend",
-        backend,
-        "--data",
-        str(npz),
-        "--predictions",
-        str(pred_path),
-        "--threads",
-        ",".join(map(str, config.threads)),
-        "--warmup",
-        str(config.warmup),
-        "--runs",
-        str(config.runs),
-        "--video",
-        str(video),
-    ]
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=config.timeout_s, cwd=Path(__file__).resolve().parents[1]
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {config.timeout_s} s"}
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+REWARM = 2  # untimed runs when a row's turn comes round again: its caches, not its first-call set-up
+REPO = Path(__file__).resolve().parents[1]
 
 
-def torch_row(
-    checkpoint: str, data: Path, rows: list[dict], config: BenchConfig, cache: Path
-) -> tuple[dict, np.ndarray]:
-    """The PyTorch model as the reference row (needs torch: skipped on an edge-only device)."""
+class MeasureError(Exception):
+    """A row's measuring process failed, timed out or was cut off."""
+
+
+class Worker:
+    """One file's measuring process (``benchmarks.measure``): its one-pass results, then latency on request."""
+
+    def __init__(self, cmd: list[str], log: Path, timeout_s: float):
+        self.timeout_s, self.log = timeout_s, log
+        with log.open("wb") as err:  # a file, not a pipe: a chatty runtime cannot fill it and stall the process
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, bufsize=0, cwd=REPO
+            )
+        try:
+            self.result = self._answer()
+        except BaseException:  # Ctrl-C, SIGTERM: no measuring process outlives the bench
+            self.kill()
+            raise
+
+    def time(self, threads: int, warmup: int, runs: int) -> list[float]:
+        try:
+            self.proc.stdin.write((json.dumps({"threads": threads, "warmup": warmup, "runs": runs}) + "\n").encode())
+        except OSError as exc:
+            self.close()
+            raise MeasureError(self._last_words(f"its process is gone ({exc})")) from None
+        return self._answer()["ms"]
+
+    def _answer(self) -> dict:
+        deadline, line = time.monotonic() + self.timeout_s, b""
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                self.close()
+                raise MeasureError(f"timed out after {self.timeout_s:g} s")
+            chunk = self.proc.stdout.readline()
+            if not chunk:
+                self.close()
+                raise MeasureError(self._last_words(f"exit code {self.proc.returncode}"))
+            line += chunk
+        return json.loads(line)
+
+    def _last_words(self, otherwise: str) -> str:
+        with self.log.open("rb") as f:  # its last line, read from the end: a log can be long
+            f.seek(max(0, self.log.stat().st_size - 4096))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else otherwise
+
+    def close(self) -> None:
+        """End an idle process: its request loop ends with its input."""
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+
+    def kill(self) -> None:
+        """End it now, whatever it is doing (the bench was interrupted)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            pipe.close()
+
+
+@dataclass
+class InProcess:
+    """A row timed in this process (the PyTorch model, a test's stand-in): ``predict`` on one sample."""
+
+    predict: Callable
+    sample: object
+    set_threads: Callable[[int], None] = lambda threads: None
+    clock: Callable[[], float] = time.perf_counter  # seconds; a test's modelled machine brings its own
+
+    def time(self, threads: int, warmup: int, runs: int) -> list[float]:
+        self.set_threads(threads)
+        return timed_runs(self, self.sample, warmup, runs, clock=self.clock)
+
+    def close(self) -> None:
+        pass
+
+    def kill(self) -> None:
+        pass
+
+
+def start_worker(model: Path, backend: str, npz: Path, targets: Path, pred_path: Path, video: Path, config) -> Worker:
+    paths = (Path(p).resolve() for p in (model, npz, targets, pred_path, video))  # it runs elsewhere
+    model, npz, targets, pred_path, video = paths
+    cmd = [sys.executable, "-m", "benchmarks.measure", "--model", str(model), "--backend", backend]
+    cmd += ["--data", str(npz), "--targets", str(targets), "--predictions", str(pred_path), "--video", str(video)]
+    cmd += ["--threads", ",".join(map(str, config.threads))]
+    return Worker(cmd, pred_path.with_suffix(".log"), config.timeout_s)
+
+
+def latency_rounds(timers: list, threads: tuple[int, ...], *, rounds: int, warmup: int, runs: int):
+    """Each row's run times (ms) per thread count and round, and the rows that failed (index -> error).
+
+    Round ``r`` visits every row once per thread count, the rows' order rotated by ``r``: drift in the
+    machine's speed lands on every row alike, and the rows of one round share its conditions."""
+    times = [{t: [] for t in threads} for _ in timers]
+    failed: dict[int, str] = {}
+    for r in range(rounds):
+        order = [(r + k) % len(timers) for k in range(len(timers))]
+        for t in threads:
+            for i in order:
+                if i in failed:
+                    continue
+                try:
+                    times[i][t].append(timers[i].time(t, warmup if r == 0 else min(REWARM, warmup), runs))
+                except MeasureError as exc:
+                    failed[i] = str(exc)
+    return times, failed
+
+
+def latency_summary(rounds_ms: list[list[float]], reference: list[list[float]] | None) -> dict:
+    """Median, p90, p99 over every run; the spread (IQR) of the round medians; the per-round ratio to
+    ``reference`` (its median and IQR across rounds)."""
+    medians = [float(np.median(r)) for r in rounds_ms]
+    q1, q3 = np.percentile(medians, [25, 75])
+    out = summarize([t for r in rounds_ms for t in r]) | {
+        "iqr_ms": round(float(q3 - q1), 3),
+        "round_medians_ms": [round(m, 3) for m in medians],
+    }
+    if reference:
+        ratios = [m / float(np.median(ref)) for m, ref in zip(medians, reference, strict=True)]
+        q1, q2, q3 = np.percentile(ratios, [25, 50, 75])
+        out |= {
+            "ratio": round(float(q2), 4),
+            "ratio_iqr": round(float(q3 - q1), 4),
+            "round_ratios": [round(x, 4) for x in ratios],
+        }
+    return out
+
+
+def torch_row(checkpoint: str, data: Path, rows: list[dict], cache: Path, targets: np.ndarray):
+    """The PyTorch model as the reference row (needs torch: skipped on an edge-only device): the row,
+    its top-1 predictions and its timer."""
     import torch
 
     from train.checkpoint import load_bundle, model_from_bundle
@@ -169,25 +289,98 @@ def torch_row(
         "bytes": Path(checkpoint).stat().st_size,
         "load_ms": round((time.perf_counter() - t) * 1e3, 1),
     }
-    npz = np.load(cached_batch(cache, data, rows, spec))
-    batch, targets = torch.from_numpy(npz["batch"]), npz["targets"]
-    with torch.no_grad():
-        logits = torch.cat([model(batch[i : i + 32]) for i in range(0, len(batch), 32)]).numpy()
-    row["accuracy"], pred = metrics_from_logits(logits, targets)
-    row["latency"] = {}
-    for threads in config.threads:
-        torch.set_num_threads(threads)
+
+    def predict(batch):
         with torch.no_grad():
-            row["latency"][str(threads)] = _torch_latency(model, batch[:1], config)
-    return row, pred
+            return model(batch)
+
+    store = cached_batch(cache, data, rows, spec)
+    logits = np.concatenate([predict(torch.from_numpy(b)).numpy() for b in iter_stream(store, chunk=32)])
+    row["accuracy"], pred = metrics_from_logits(logits, targets)
+    return row, pred, InProcess(predict, torch.from_numpy(next(iter_stream(store))), torch.set_num_threads)
 
 
-def _torch_latency(model, sample, config: BenchConfig) -> dict:
-    class Runner:
-        def predict(self, x):
-            return model(x)
+def file_row(fmt, backend: str, models: Path, data: Path, images: list[dict], cache: Path, video: Path, config):
+    """One exported file's row after its one pass (accuracy, memory, loop), and its measuring process."""
+    path = models / fmt.filename
+    row = {
+        "name": fmt.name,
+        "backend": backend,
+        "file": fmt.filename,
+        "bytes": path.stat().st_size,
+        "format": fmt.format,
+        "precision": fmt.precision,
+    }
+    store = cached_batch(cache, data, images, load(path, fmt.runtime).info.spec)
+    pred_path = cache / f"pred-{fmt.name}-{backend}.npy"
+    worker = start_worker(path, backend, store, cache / "targets.npy", pred_path, video, config)
+    try:
+        return row | worker.result, np.load(pred_path), worker
+    except Exception:
+        worker.close()
+        raise
 
-    return latency(Runner(), sample, config.warmup, config.runs)
+
+def add_latency(results: list[dict], times: dict[int, dict], failed: dict[int, str], threads: tuple[int, ...]) -> list:
+    """Each timed row's latency per thread count, with its ratios to the reference (the first row timed
+    in full); returns the reference's round medians at the highest thread count."""
+    for i, error in failed.items():
+        results[i]["error"] = f"latency: {error}"
+    ok = sorted(i for i in times if i not in failed)
+    if not ok:
+        return []
+    reference = times[ok[0]]
+    for i in ok:
+        row = results[i]
+        row["latency"] = {str(t): latency_summary(times[i][t], reference[t]) for t in threads}
+        row["reference"] = f"{results[ok[0]]['name']} ({results[ok[0]]['backend']})"
+        if "loop" in row:
+            add_loop_ratios(row["loop"], row["latency"][str(max(threads))])
+    return [float(np.median(r)) for r in reference[max(threads)]]
+
+
+def add_loop_ratios(loop: dict, model: dict) -> None:
+    model_fps = 1000 / model["median_ms"]
+    loop |= {
+        "model_only_fps": round(model_fps, 1),
+        "ratio": round(loop["fps"] / model_fps, 3),
+        "latency_p99_over_model_p99": round(loop["latency_p99_ms"] / model["p99_ms"], 3),
+    }
+
+
+def measure_rows(config: BenchConfig, rows, images: list[dict], cache: Path, video: Path, timers: list) -> list[dict]:
+    """One pass per row (accuracy, memory, loop FPS); each row's timer is appended to ``timers`` as
+    (row index, timer), as soon as it exists, so that an interruption can end every process."""
+    models, data = Path(config.models), Path(config.data)
+    targets = np.load(cached_targets(cache, images))
+    results, reference = [], None
+    if config.checkpoint:
+        try:
+            row, reference, timer = torch_row(config.checkpoint, data, images, cache, targets)
+            timers.append((len(results), timer))
+            results.append(row)
+        except ImportError as exc:
+            results.append({"name": "pytorch-fp32", "backend": "torch", "error": f"torch not installed ({exc})"})
+    for fmt, backend in rows:
+        print(f"== {fmt.name} on {backend}", flush=True)
+        row = {
+            "name": fmt.name,
+            "backend": backend,
+            "file": fmt.filename,
+            "bytes": (models / fmt.filename).stat().st_size,
+            "format": fmt.format,
+            "precision": fmt.precision,
+        }
+        try:
+            row, pred, worker = file_row(fmt, backend, models, data, images, cache, video, config)
+            timers.append((len(results), worker))
+            reference = pred if reference is None else reference  # no checkpoint: the first row is the reference
+            row["agreement"] = float((pred == reference).mean())
+        except Exception as exc:  # a broken artifact is a failed row, the others still run
+            row["error"] = f"{type(exc).__name__}: {exc}"
+        print(f"   {row.get('error') or json.dumps(row.get('accuracy'))}", flush=True)
+        results.append(row)
+    return results
 
 
 def bench(config: BenchConfig) -> dict:
@@ -202,36 +395,29 @@ def bench(config: BenchConfig) -> dict:
     cache = out / ".cache"
     cache.mkdir(parents=True, exist_ok=True)
     video = make_loop_video(cache / "loop.avi", data, images, config.loop_frames)
-    results, reference = [], None
-    if config.checkpoint:
-        try:
-            row, reference = torch_row(config.checkpoint, data, images, config, cache)
-            results.append(row)
-        except ImportError as exc:
-            results.append({"name": "pytorch-fp32", "backend": "torch", "error": f"torch not installed ({exc})"})
-    for fmt, backend in rows:
-        path = models / fmt.filename
-        print(f"== {fmt.name} on {backend}", flush=True)
-        row = {
-            "name": fmt.name,
-            "backend": backend,
-            "file": fmt.filename,
-            "bytes": path.stat().st_size,
-            "format": fmt.format,
-            "precision": fmt.precision,
-        }
-        try:
-            npz = cached_batch(cache, data, images, load(path, fmt.runtime).info.spec)
-            pred_path = cache / f"pred-{fmt.name}-{backend}.npy"
-            row |= run_measure(path, backend, npz, pred_path, video, config)
-            if "error" not in row:
-                pred = np.load(pred_path)
-                reference = pred if reference is None else reference  # no checkpoint: the first row is the reference
-                row["agreement"] = float((pred == reference).mean())
-        except Exception as exc:  # a broken artifact is a failed row, the others still run
-            row["error"] = f"{type(exc).__name__}: {exc}"
-        print(f"   {row.get('error') or json.dumps(row.get('accuracy'))}", flush=True)
-        results.append(row)
-    report = {"machine": machine_info(config.threads), "config": asdict(config), "rows": results}
+    before, timers = read_conditions(), []
+    try:
+        results = measure_rows(config, rows, images, cache, video, timers)
+        print(f"== latency: {config.rounds} rounds x {config.runs} runs per row and thread count, rows alternated")
+        times, failed = latency_rounds(
+            [t for _, t in timers], config.threads, rounds=config.rounds, warmup=config.warmup, runs=config.runs
+        )
+    except BaseException:  # Ctrl-C, SIGTERM: no measuring process outlives the bench
+        for _, timer in timers:
+            timer.kill()
+        raise
+    for _, timer in timers:
+        timer.close()
+    after = read_conditions()
+    index = [i for i, _ in timers]  # timer k times row index[k]
+    by_row, failed = dict(zip(index, times, strict=True)), {index[k]: error for k, error in failed.items()}
+    reference_medians = add_latency(results, by_row, failed, config.threads)
+    changed = changes(before, after, max(config.threads)) + [line for line in [drift(reference_medians)] if line]
+    report = {
+        "machine": machine_info(config.threads),
+        "config": asdict(config),
+        "conditions": {"before": before, "after": after, "changed": changed},
+        "rows": results,
+    }
     write_report(out, report)
     return report

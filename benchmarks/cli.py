@@ -17,8 +17,12 @@ BENCH_OPTIONS = {
     "checkpoint": Option("add the PyTorch model as the reference row (needs torch)"),
     "threads": Option("thread counts, capped at the cores present"),
     "limit": Option("at most this many evaluation images", parse=number(low=1)),
-    "runs": Option("timed runs per latency", parse=number(low=1)),
-    "warmup": Option(parse=number(low=0)),
+    "rounds": Option(
+        "latency rounds: each visits every row once, the order rotated, so drift slows every row alike",
+        parse=number(low=1, high=1000),
+    ),
+    "runs": Option("timed runs per row, thread count and round", parse=number(low=1, high=10**7)),
+    "warmup": Option("untimed runs before a row's first round", parse=number(low=0, high=10**7)),
     "loop_frames": Option("frames of the camera-loop FPS clip", parse=number(low=1)),
 }
 
@@ -32,7 +36,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         run,
         help="accuracy / latency / size / memory / loop FPS of every exported file, side by side",
         description="Benchmark every file of an export folder (the export format table decides which), plus the "
-        "PyTorch model when --checkpoint is given. Writes report.md (with plots), results.csv, results.json.",
+        "PyTorch model when --checkpoint is given. Accuracy: one pass per file, the images streamed. Latency: "
+        "--rounds rounds that time every row in turn (order rotated each round), so each row's ratio to the "
+        "reference row (the first) is measured under the same conditions; the report gives the spread across "
+        "rounds and flags a run whose load, clock, temperature or throttling changed (docs/benchmarking.md). "
+        "Writes report.md (with plots), results.csv, results.json.",
         epilog="example:\n  floraedge bench --models exports/lite0 --checkpoint runs/lite0/best.pt --data data/flowers "
         "--out bench/lite0",
     )

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.bench import cached_batch, eval_images
-from benchmarks.measure import accuracy, latency
+from benchmarks.measure import accuracy, iter_stream, latency
 from edge_runtime.atomic import write_json_atomic
 from edge_runtime.backends import load
 
@@ -44,11 +44,11 @@ def measure_candidates(candidates, data: Path, split: str, threads: int, rounds:
     results, samples = [], []
     with tempfile.TemporaryDirectory() as cache:
         for (name, path), backend in zip(candidates, backends, strict=True):
-            npz = np.load(cached_batch(Path(cache), data, rows, backend.info.spec))
-            metrics, _ = accuracy(backend, npz["batch"], npz["targets"])
+            store = cached_batch(Path(cache), data, rows, backend.info.spec)
+            metrics, _ = accuracy(backend, iter_stream(store), np.array([r["class_index"] for r in rows]))
             results.append({"name": name, "file": str(path), "mb": round(path.stat().st_size / 2**20, 2),
                             "input": backend.info.spec.crop_size, **metrics, "rounds_ms": []})  # fmt: skip
-            samples.append(np.ascontiguousarray(npz["batch"][:1]))
+            samples.append(next(iter_stream(store)))
     for _ in range(rounds):  # alternate: each round sees every candidate under the same load
         for r, backend, sample in zip(results, backends, samples, strict=True):
             r["rounds_ms"].append(latency(backend, sample, 5, runs)["median_ms"])

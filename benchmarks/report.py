@@ -29,6 +29,9 @@ def flat(row: dict, threads: list[int]) -> dict:
             f"p90_ms_t{t}": lat.get("p90_ms"),
             f"p99_ms_t{t}": lat.get("p99_ms"),
             f"ips_t{t}": lat.get("throughput_ips"),
+            f"iqr_ms_t{t}": lat.get("iqr_ms"),
+            f"ratio_t{t}": lat.get("ratio"),
+            f"ratio_iqr_t{t}": lat.get("ratio_iqr"),
         }
     loop = row.get("loop", {})
     out |= {
@@ -59,19 +62,23 @@ def write_report(out: Path, report: dict) -> None:
 
 
 def markdown(report: dict, rows: list[dict], threads: list[int], plots: list[str]) -> str:
-    m = report["machine"]
+    m, config = report["machine"], report["config"]
     head = (
         ["model", "backend", "MB", "top-1", "top-5", "mean/class", "agree"]
-        + [f"ms @{t}T" for t in threads]
+        + [h for t in threads for h in (f"ms @{t}T [IQR]", f"x ref @{t}T [IQR]")]
         + ["p99 ms", "loop FPS", "loop/model", "loop p99 ms", "model RSS MB"]
     )
+    reference = next((r["reference"] for r in report["rows"] if r.get("reference")), "none")
     lines = [
         "# FloraEdge benchmark",
         "",
+        *conditions_lines(report.get("conditions")),
         f"{m['cpu']} ({m['machine']}, {m['cores']} cores), {m['os']}, Python {m['python']}; {m['date']}.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v) + ".",
-        f"Latency: batch 1, median of {report['config']['runs']} runs after {report['config']['warmup']} "
-        f"warm-up; accuracy on {report['config']['split']} images of `{report['config']['data']}`. "
+        f"Latency: batch 1, {config['rounds']} rounds x {config['runs']} runs per row and thread count, the rows "
+        f"alternated (order rotated each round); ms = median of every run, [IQR] = interquartile range of the round "
+        f"medians; x ref = the ratio to the reference row, {reference}, taken within each round (median [IQR] over "
+        f"rounds): compare rows by it. Accuracy: one pass over the {config['split']} images of `{config['data']}`. "
         "Loop: end-to-end over a 640x480 MJPEG clip at the highest thread count; loop p99 = capture to result.",
         "",
         "| " + " | ".join(head) + " |",
@@ -81,7 +88,14 @@ def markdown(report: dict, rows: list[dict], threads: list[int], plots: list[str
         if r["error"]:
             lines.append(f"| {r['name']} | {r['backend']} | {fmt(r['size_mb'], 2)} | FAILED: {r['error'][:150]} |")
             continue
-        lat = [fmt(r[f"median_ms_t{t}"], 2) for t in threads]
+        lat = [
+            cell
+            for t in threads
+            for cell in (
+                f"{fmt(r[f'median_ms_t{t}'], 2)} [{fmt(r[f'iqr_ms_t{t}'], 2)}]",
+                f"{fmt(r[f'ratio_t{t}'], 3)} [{fmt(r[f'ratio_iqr_t{t}'], 3)}]",
+            )
+        ]
         cells = [
             r["name"],
             r["backend"],
@@ -98,8 +112,46 @@ def markdown(report: dict, rows: list[dict], threads: list[int], plots: list[str
             fmt(r["model_rss_mb"], 0),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", *[f"![{p}]({p})" for p in plots], ""]
+    lines += ["", *[f"![{p}]({p})" for p in plots], "", *conditions_table(report.get("conditions")), ""]
     return "\n".join(lines)
+
+
+def conditions_lines(conditions: dict | None) -> list[str]:
+    """The report's first word on trust: what changed during the run, or that nothing visible did."""
+    if not conditions:
+        return []
+    if conditions["changed"]:
+        return [
+            "**Conditions changed during this run** (compare rows by their per-round ratio `x ref`, not their "
+            "milliseconds, and re-run before quoting a figure):",
+            "",
+            *[f"- {line}" for line in conditions["changed"]],
+            "",
+        ]
+    before, after = conditions["before"]["load_avg"][0], conditions["after"]["load_avg"][0]
+    return [f"Conditions steady as far as this machine shows (1-min load {before:.2f} -> {after:.2f}).", ""]
+
+
+def conditions_table(conditions: dict | None) -> list[str]:
+    if not conditions:
+        return []
+    lines = ["## Conditions", "", "| | before | after |", "|---|---|---|"]
+    before, after = conditions["before"], conditions["after"]
+    lines.append(f"| load average (1, 5, 15 min) | {before['load_avg']} | {after['load_avg']} |")
+    for cpu in sorted(before.get("cpu_freq", {}), key=lambda c: int(c[3:])):
+        b, a = before["cpu_freq"][cpu], after.get("cpu_freq", {}).get(cpu, {})
+        lines.append(
+            f"| {cpu} MHz (max {b['max_mhz']}), governor | {b['mhz']}, {b['governor']} | "
+            f"{a.get('mhz')}, {a.get('governor')} |"
+        )
+    for zone, celsius in before.get("temperature_c", {}).items():
+        lines.append(f"| {zone} C | {celsius:.1f} | {after.get('temperature_c', {}).get(zone, float('nan')):.1f} |")
+    if "throttled" in before or "throttled" in after:
+        lines.append(f"| vcgencmd get_throttled | {before.get('throttled')} | {after.get('throttled')} |")
+    missing = [k for k in ("cpu_freq", "temperature_c", "throttled") if k not in before]
+    if missing:
+        lines += ["", f"Not exposed on this machine: {', '.join(missing)}."]
+    return lines
 
 
 def write_plots(out: Path, report: dict, threads: list[int]) -> list[str]:

@@ -34,9 +34,12 @@ def balanced_sample(rows: list[dict], n: int, seed: int) -> list[dict]:
 
 
 def load_batch(prepared: Path, rows: list[dict], spec: PreprocessSpec, desc: str) -> np.ndarray:
-    """The original JPEGs, preprocessed exactly as on the device, stacked into one float32 batch."""
-    images = [preprocess(read_image_bgr(prepared / r["path"]), spec) for r in tqdm(rows, desc=desc, unit="img")]
-    return np.concatenate(images)
+    """The original JPEGs, preprocessed exactly as on the device, into one float32 batch (filled in
+    place: its peak memory is the batch, not a list of images plus their concatenation)."""
+    batch = np.empty((len(rows), *spec.input_shape[1:]), np.float32)
+    for i, r in enumerate(tqdm(rows, desc=desc, unit="img")):
+        batch[i] = preprocess(read_image_bgr(prepared / r["path"]), spec)[0]
+    return batch
 
 
 def calibration_set(prepared: Path, spec: PreprocessSpec, *, n: int, minimum: int, seed: int, split: str = "train"):

@@ -41,6 +41,7 @@ def test_bench_writes_every_output_and_survives_a_broken_file(onnx_exports, tiny
             out=str(out),
             checkpoint=str(tiny_checkpoint),
             threads=(1, 2, 4),
+            rounds=2,
             runs=5,
             warmup=2,
             loop_frames=10,

@@ -72,7 +72,16 @@ def test_bench_runs_torch_free_and_reports_every_backend_of_the_file(tmp_path):
     assert rows["opencv"]["agreement"] == 1.0 and rows["onnxruntime"]["accuracy"]["n"] == 8
     loop = rows["onnxruntime"]["loop"]
     assert loop["frames"] == 5 and loop["latency_p99_ms"] >= loop["latency_p50_ms"] > 0  # capture to result
-    assert (tmp_path / "bench" / "report.md").is_file() and (tmp_path / "bench" / "results.csv").is_file()
+    # latency in alternating rounds (10 by default), each row's ratio to the first row taken per round
+    first, second = rows["onnxruntime"]["latency"]["1"], rows["opencv"]["latency"]["1"]
+    assert len(first["round_medians_ms"]) == len(second["round_ratios"]) == 10
+    assert first["ratio"] == 1.0 and first["ratio_iqr"] == 0.0 and second["ratio"] > 0
+    assert rows["opencv"]["reference"] == "onnx-fp32 (onnxruntime)"
+    assert report["conditions"]["before"]["load_avg"] and isinstance(report["conditions"]["changed"], list)
+    md = (tmp_path / "bench" / "report.md").read_text()
+    assert "x ref @1T [IQR]" in md and "## Conditions" in md and "load average" in md
+    assert md.splitlines()[2].startswith(("Conditions steady", "**Conditions changed"))  # the first word on trust
+    assert (tmp_path / "bench" / "results.csv").is_file()
     assert snapshot(data, models) == before  # nothing outside --out is changed
 
 

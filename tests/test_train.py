@@ -358,3 +358,21 @@ def test_ddp_with_two_gloo_processes(tiny_prepared, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert [h["epoch"] for h in history(run)] == [1, 2]
     assert load_bundle(run / "best.pt")["num_classes"] == 102
+
+
+def test_evaluation_reads_each_image_when_asked_not_at_once(tiny_prepared, monkeypatch):
+    """`evaluate` walks a split once: its dataset holds no decoded images, so memory stays flat in the split."""
+    from edge_runtime.spec import PreprocessSpec
+    from train import data, evaluate
+    from train.config import EvaluateConfig
+
+    spec = PreprocessSpec(crop_size=32, resize_size=36)
+    eager, lazy = (data.CachedImages(tiny_prepared, ["val"], spec=spec, in_memory=m) for m in (True, False))
+    assert lazy.images is None and len(lazy) == len(eager) == 16
+    assert all(torch.equal(lazy[i][0], eager[i][0]) and lazy[i][1] == eager[i][1] for i in range(len(lazy)))
+    made = []
+    monkeypatch.setattr(evaluate, "CachedImages", lambda *a, **k: made.append(k) or data.CachedImages(*a, **k))
+    bundle = {"arch": "x"}
+    monkeypatch.setattr(evaluate, "model_from_bundle", lambda b: (torch.nn.Flatten(), spec))
+    logits, targets = evaluate.split_logits(bundle, EvaluateConfig(checkpoint="-", data=str(tiny_prepared)))
+    assert made == [{"spec": spec, "in_memory": False}] and len(targets) == 16 == len(logits)

@@ -44,20 +44,30 @@ def train_transform(spec: PreprocessSpec, *, min_scale: float = 0.35, trivial_au
 
 
 class CachedImages(Dataset):
-    """Images of a prepared dataset's cache, decoded once and kept in memory as uint8."""
+    """Images of a prepared dataset's cache as uint8: decoded once and kept in memory (training reads
+    them every epoch), or with ``in_memory=False`` read at each access (a single pass, such as
+    ``evaluate``: memory then does not grow with the split)."""
 
-    def __init__(self, prepared: str | Path, splits: list[str], transform=None, spec: PreprocessSpec | None = None):
+    def __init__(
+        self,
+        prepared: str | Path,
+        splits: list[str],
+        transform=None,
+        spec: PreprocessSpec | None = None,
+        *,
+        in_memory: bool = True,
+    ):
         self.root = Path(prepared)
         self.rows = select_rows(self.root, splits)
         self.targets = [r["class_index"] for r in self.rows]
         self.transform, self.spec = transform, spec
-        self.images = [read_image_bgr(self.root / r["cache_path"]) for r in self.rows]
+        self.images = [read_image_bgr(self.root / r["cache_path"]) for r in self.rows] if in_memory else None
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        bgr = self.images[i]
+        bgr = self.images[i] if self.images is not None else read_image_bgr(self.root / self.rows[i]["cache_path"])
         if self.transform is None:  # evaluation: the runtime's own preprocessing
             return torch.from_numpy(preprocess(bgr, self.spec.replace(layout="NCHW"))[0]), self.targets[i]
         rgb = torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1)

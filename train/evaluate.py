@@ -60,7 +60,7 @@ def evaluate_bundle(bundle: dict, config: EvaluateConfig) -> dict:
 def split_logits(bundle: dict, config: EvaluateConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The bundle's logits on the split, each image prepared as its own spec asks, and the targets."""
     model, spec = model_from_bundle(bundle)
-    dataset = CachedImages(config.data, [config.split], spec=spec)
+    dataset = CachedImages(config.data, [config.split], spec=spec, in_memory=False)  # one pass: streamed
     loader = eval_loader(dataset, config.workers, config.batch_size)
     return predict(model, loader, torch.device("cpu"), tta_flip=config.tta_flip, progress=True)
 
