@@ -325,10 +325,12 @@ def test_run_and_the_bench_measurement_report_a_failing_model_in_one_line(tmp_pa
     (tmp_path / "frames" / "a.jpg").write_bytes(photo.read_bytes())
     done = python_m("floraedge", "run", "--model", path, "--source", tmp_path / "frames", "--headless")
     assert_one_line_error(done, "onnxruntime failed to run the model")
-    batch = np.ones((2, 3, 32, 32), np.float32)
-    np.savez(tmp_path / "data.npz", batch=batch, targets=np.zeros(2, np.int64))
+    np.save(tmp_path / "data.npy", np.ones((2, 3, 32, 32), np.float32))
+    np.save(tmp_path / "targets.npy", np.zeros(2, np.int64))
     done = python_m(
-        "benchmarks.measure", "--model", path, "--data", tmp_path / "data.npz", "--predictions", tmp_path / "p.npy"
+        "benchmarks.measure",
+        *("--model", path, "--data", tmp_path / "data.npy", "--targets", tmp_path / "targets.npy"),
+        *("--predictions", tmp_path / "p.npy"),
     )
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1].startswith("InferenceError: onnxruntime failed to run the model")
