@@ -127,6 +127,8 @@ def test_int8_kernels_bench_reports_the_x86_presets_file_computed_as_it_means(on
     )
     result = report["files"][str(path)]
     assert result["n"] == 16 and result["weights"]["weight_abs_max"] == 64
-    assert result["top1_agreement"] == 1.0 and result["max_abs_diff"] < 0.05, result
+    # near-ties may flip with the rounding of a CPU's kernels; nothing else may
+    assert result["flips_beyond_rounding"] == 0 and result["max_abs_diff"] < 0.05, result
+    assert result["top1_agreement"] >= 0.9, result
     assert len(result["rounds_ms"]) == 2 and result["median_ms"] > 0
     assert json.loads(capsys.readouterr().out) == report
