@@ -8,12 +8,19 @@ import json
 
 from edge_runtime.cli import number
 from edge_runtime.options import Option, add_command, config_from_args
-from train.config import PRECISIONS, EvaluateConfig, FixresConfig, SoupConfig, TrainConfig
+from train.config import PRECISIONS, RECIPES, EvaluateConfig, FixresConfig, SoupConfig, TrainConfig
 from train.models import ARCH_NAMES
 
 TRAIN_OPTIONS = {
     "data": Option("a folder written by `floraedge prepare`"),
     "out": Option("run directory"),
+    "recipe": Option(
+        "finetune: the whole recipe below (best accuracy, hours on a CPU); linear: a first model in minutes: the "
+        "pretrained backbone stays frozen, its features of every training image and its mirror are computed once "
+        "and a linear head is fitted on them for --epochs passes with --lr, --weight-decay, --label-smoothing and "
+        "--batch-size (the augmentation, backbone, precision and schedule options do not apply); same best.pt",
+        choices=RECIPES,
+    ),
     "arch": Option("backbone; the README's recipe uses efficientnet_lite0", choices=ARCH_NAMES),
     "weights": Option(
         "'imagenet' (offline for efficientnet_lite*, downloaded for torchvision models), 'none', or a local state_dict file"
@@ -156,6 +163,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         "(resumable), metrics.jsonl/.csv, curves.png, config.json and an evaluation report to --out.",
         epilog="examples:\n"
         "  floraedge train --data data/flowers --arch efficientnet_lite0 --out runs/lite0\n"
+        "  floraedge train --data data/my-photos --recipe linear --out runs/my-linear   # minutes on a CPU\n"
         "  floraedge train --data data/flowers --arch efficientnet_lite0 --train-splits train,val --no-val "
         "--out runs/lite0-final\n"
         "  floraedge train --data data/flowers --arch resnet50 --weights resnet50-imagenet.pth --out runs/r50\n"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import html
 import json
 import threading
 import time
@@ -28,7 +29,7 @@ from starlette.routing import Route
 from edge_runtime.admission import header_size
 from edge_runtime.backends import load
 from edge_runtime.classify import Classifier
-from edge_runtime.metadata import file_sha256
+from edge_runtime.metadata import describe, file_sha256
 from edge_runtime.preprocess import preprocess
 from edge_runtime.serve.config import ServeConfig
 from edge_runtime.serve.images import BadImage, decode_upload
@@ -141,7 +142,9 @@ class Service:
         self.pool = ThreadPoolExecutor(max_workers=config.workers + 1, thread_name_prefix="decode-infer")
         self.gate = Gate(config.workers, config.queue)
         self.model_slots = threading.BoundedSemaphore(config.workers)  # concurrent inferences
-        self.page = files("edge_runtime.serve").joinpath("index.html").read_text(encoding="utf-8")
+        page = files("edge_runtime.serve").joinpath("index.html").read_text(encoding="utf-8")
+        # the dataset's name comes from the model file: escaped, so a crafted name cannot inject markup
+        self.page = page.replace("__MODEL_TITLE__", html.escape(describe(backend.info)))
 
     def check_token(self, request: Request) -> None:
         if self.config.token is None:
