@@ -32,6 +32,7 @@ from edge_runtime.preprocess import resize_shorter_side
 from edge_runtime.spec import IMAGENET_SPEC
 from prepare.categories import NUM_CLASSES, class_names, folder_name
 from prepare.config import PrepareConfig
+from prepare.layouts import detect_layout, read_listing
 from prepare.manifest import write_manifest
 from prepare.release import (
     ARCHIVE,
@@ -135,13 +136,13 @@ def resolve_splits(config: PrepareConfig, labels: np.ndarray, present: set[int])
     return stratified_split(labels, ids, val_frac=config.val_frac, test_frac=config.test_frac, seed=config.seed)
 
 
-def run_workers(tasks: list, workers: int) -> list[ImageResult]:
+def run_workers(tasks: list, workers: int, worker=process_image) -> list[ImageResult]:
     progress = dict(total=len(tasks), desc="checking + caching images", unit="img", smoothing=0.1)
     if workers <= 1:
-        return [process_image(t) for t in tqdm(tasks, **progress)]
+        return [worker(t) for t in tqdm(tasks, **progress)]
     # spawn, not fork: a caller may already run threads (torch, OpenCV) that a forked child would deadlock on
     with get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-        return list(tqdm(pool.imap_unordered(process_image, tasks, chunksize=8), **progress))
+        return list(tqdm(pool.imap_unordered(worker, tasks, chunksize=8), **progress))
 
 
 def link_image_folder(out: Path, rows: list[dict]) -> str:
@@ -231,9 +232,11 @@ def build_summary(config: PrepareConfig, rows, missing, corrupt, duplicates, una
     }
 
 
-def write_outputs(work: Path, config: PrepareConfig, rows: list[dict], summary: dict, missing: dict) -> None:
+def write_outputs(
+    work: Path, config: PrepareConfig, rows: list[dict], summary: dict, missing: dict, names=None
+) -> None:
     write_manifest(work / "manifest.csv", rows)
-    (work / "labels.txt").write_text("\n".join(class_names()) + "\n", encoding="utf-8")
+    (work / "labels.txt").write_text("\n".join(names or class_names()) + "\n", encoding="utf-8")
     spec = IMAGENET_SPEC.replace(
         resize_size=config.cache_size, crop_size=min(IMAGENET_SPEC.crop_size, config.cache_size)
     )
@@ -257,14 +260,24 @@ def prepare_dataset(config: PrepareConfig) -> dict:
     """Label, split, validate and cache a raw release into ``config.out``; returns the summary."""
     if not 32 <= config.cache_size <= 4096:
         raise FloraEdgeError(f"--cache-size {config.cache_size} must be between 32 and 4096 pixels")
-    if not config.source.is_dir():
+    layout = detect_layout(config.source, config.layout)
+    if layout == "oxford102" and not config.source.is_dir():
         raise ReleaseError(f"--source {config.source} is not a directory; point it at the release folder")
-    check_output(config.out, DATASET, overwrite=config.overwrite, inputs=[config.source])
+    listing = None if layout == "oxford102" else read_listing(config.source, layout)  # walked before --out is touched
+    check_output(config.out, DATASET, overwrite=config.overwrite, inputs=[config.source, listing and listing.root])
     start = time.perf_counter()
     config.out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{config.out.name}.tmp-", dir=config.out.parent))
     shareable(work)
     try:
+        if listing is not None:  # class folders, a split tree or a CSV: prepare/labelled.py
+            from prepare.labelled import prepare_labelled  # it imports this module
+
+            summary, rows, names = prepare_labelled(config, listing, work, start)
+            write_outputs(work, config, rows, summary, {"files": listing.missing_files}, names)
+            write_marker(work, DATASET)
+            publish(work, config.out)
+            return summary
         labels = load_labels(config.source / LABELS_MAT)
         images_dir = locate_images(config.source, work)
         present = {int(p.stem.split("_")[-1]) for p in images_dir.glob("image_*.jpg") if p.stem[6:].isdigit()}
@@ -289,6 +302,7 @@ def prepare_dataset(config: PrepareConfig) -> dict:
             time.perf_counter() - start,
         )
         summary["image_folder"] = link_image_folder(work, rows)
+        summary["layout"] = "oxford102"
         write_outputs(work, config, rows, summary, missing)
         write_marker(work, DATASET)
         publish(work, config.out)

@@ -9,15 +9,22 @@ from edge_runtime.cli import number
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.options import Option, add_command, config_from_args
 from prepare.config import PrepareConfig
+from prepare.layouts import LAYOUTS
 from prepare.splits import SPLIT_MODES
 
 PREPARE_OPTIONS = {
-    "source": Option("folder holding the release files (or --download)"),
+    "source": Option("your dataset: a folder of class folders, a split tree, a CSV, or the Oxford-102 release"),
+    "layout": Option("how --source is laid out; auto recognizes it (see the layouts below)", choices=LAYOUTS),
+    "name": Option("the dataset's name in the summary and what follows (default: the source folder's name)"),
     "download": Option("fetch the release (md5-checked, resumable) into --download-dir first"),
     "download_dir": Option("where --download keeps the raw files"),
     "mirror": Option("base URL to download from instead of the dataset's home page"),
     "out": Option("output folder for the prepared dataset"),
-    "split": Option("official setid.mat splits, or a class-stratified random split", choices=SPLIT_MODES),
+    "split": Option(
+        "official: the source's own split (setid.mat, split folders, a CSV split column), stratified where it "
+        "has none; stratified: a class-stratified random split",
+        choices=SPLIT_MODES,
+    ),
     "val_frac": Option("stratified: share of each class for val"),
     "test_frac": Option("stratified: share of each class for test"),
     "seed": Option("stratified: random seed"),
@@ -34,19 +41,35 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         PrepareConfig,
         PREPARE_OPTIONS,
         run,
-        help="raw Oxford-102 release -> labelled, split, validated, cached dataset",
+        help="labelled photos (class folders, a CSV, the Oxford-102 release) -> split, validated, cached dataset",
         description=(
-            "Read a raw Oxford-102 release (102flowers.tgz or an extracted jpg/, imagelabels.mat, setid.mat), "
-            "label every image with its official name, split it, check every JPEG, and write a manifest, "
-            "a summary, labels.txt, spec.json, an ImageFolder tree and a resized cache to --out."
+            "Read your labelled photos (class folders, a split tree or a CSV; or the raw Oxford-102 release), "
+            "label every image, split it, check every image, and write a manifest, a summary, labels.txt, "
+            "spec.json, an ImageFolder tree and a resized cache to --out."
         ),
         epilog=(
             "examples:\n"
             "  floraedge prepare --source ../shared/data/oxford102-trainval --out data/flowers\n"
             "  floraedge prepare --download --out data/flowers          # fetch the release first\n"
-            "  floraedge prepare --source DIR --out data/strat --split stratified --val-frac 0.1 --test-frac 0.2"
+            "  floraedge prepare --source ~/photos/tomatoes --out data/tomatoes   # SOURCE/<class>/*.jpg\n"
+            "  floraedge prepare --source DIR --out data/strat --split stratified --val-frac 0.1 --test-frac 0.2\n"
+            + LAYOUTS_HELP
         ),
     )
+
+
+LAYOUTS_HELP = """
+layouts (--layout; auto recognizes them and refuses to guess between two):
+  oxford102  the Oxford-102 release: imagelabels.mat, setid.mat, jpg/ or 102flowers.tgz; official splits
+  folders    class folders SOURCE/<class>/**/<image>, split class-stratified (--val-frac/--test-frac/--seed);
+             or a split tree SOURCE/<split>/<class>/**/<image>, split kept as given; split folders are
+             train|training, val|valid|validation|dev, test|testing, any case
+  csv        a CSV with a header path,label[,split]; paths relative to the CSV's folder, never outside it
+  Class names are the folder names or CSV labels as written, in code-point order (Python's sorted(),
+  like torchvision's ImageFolder): class i is line i+1 of labels.txt. Image files are read by suffix
+  (.jpg .jpeg .png .bmp .webp .tif .tiff .gif .pnm ...); other and hidden files are counted and skipped.
+  Every image is fully decoded; corrupt, duplicate and cross-split identical files are reported.
+"""
 
 
 def with_source(config: PrepareConfig) -> PrepareConfig:

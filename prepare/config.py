@@ -24,3 +24,5 @@ class PrepareConfig:
     cache_size: int = 256
     overwrite: bool = False
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    layout: str = "auto"  # how --source is laid out (prepare.layouts.LAYOUTS); auto recognizes it
+    name: str | None = None  # the dataset's name; default: the Oxford-102 name, or the source folder's

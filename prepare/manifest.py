@@ -11,8 +11,10 @@ MANIFEST_FIELDS = ("path", "cache_path", "image_id", "class_index", "class_name"
 
 
 def write_manifest(path: Path, rows: list[dict]) -> None:
+    """The rows as CSV: the ``MANIFEST_FIELDS``, then any extra column the rows carry (e.g. ``source``)."""
+    extra = [key for key in (rows[0] if rows else {}) if key not in MANIFEST_FIELDS]
     with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=[*MANIFEST_FIELDS, *extra])
         writer.writeheader()
         writer.writerows(rows)
 
