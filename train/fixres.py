@@ -36,14 +36,14 @@ class FixresError(FloraEdgeError):
 
 @torch.no_grad()
 def head_inputs(
-    model: nn.Module, head: nn.Module, loader, device: torch.device | None = None
+    model: nn.Module, head: nn.Module, loader, device: torch.device | None = None, progress: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What ``head`` receives for every image of ``loader`` and then for every mirror (fp32, CPU; the first
     half of the rows are the images in loader order, the second half their mirrors), and the labels of both."""
     captured, originals, mirrors, labels = [], [], [], []
     hook = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].float().flatten(1).cpu()))
     try:
-        for images, targets in tqdm(loader, desc="features", unit="batch", leave=False):
+        for images, targets in tqdm(loader, desc="features", unit="batch", leave=False, disable=not progress):
             images = images.to(device or "cpu").contiguous(memory_format=torch.channels_last)  # as predict() runs it
             model(images)
             originals.append(captured.pop())

@@ -66,7 +66,7 @@ def fit_linear(config: TrainConfig) -> dict:
     head = model.get_submodule(get_entry(config.arch).head)
     if not isinstance(head, nn.Linear):
         raise FloraEdgeError(f"{config.arch}'s head is a {type(head).__name__}, not the nn.Linear --recipe linear fits")
-    features, labels = head_inputs(model, head, eval_loader(train_set, config.workers), device)
+    features, labels = head_inputs(model, head, eval_loader(train_set, config.workers), device, config.progress)
     features_s = time.perf_counter() - start
     head.cpu()
     fit_head(head, features, labels, config)
@@ -74,7 +74,7 @@ def fit_linear(config: TrainConfig) -> dict:
     summary = {"recipe": "linear", "train_views": len(labels), "features_s": round(features_s, 1)}
     metrics = {"train": {"images": len(train_set)}, "epoch": config.epochs}
     if val_set is not None:
-        reports = validate_linear(model, head, val_set, len(class_names), config.workers, device)
+        reports = validate_linear(model, head, val_set, len(class_names), config, device)
         model.cpu()
         for name, report in reports.items():
             write_report(out / name, report, class_names)
@@ -98,12 +98,17 @@ def fit_linear(config: TrainConfig) -> dict:
 
 @torch.no_grad()
 def validate_linear(
-    model: nn.Module, head: nn.Linear, val_set: CachedImages, num_classes: int, workers: int, device: torch.device
+    model: nn.Module,
+    head: nn.Linear,
+    val_set: CachedImages,
+    num_classes: int,
+    config: TrainConfig,
+    device: torch.device,
 ) -> dict[str, dict]:
     """Val metrics of the fitted head, from one pass over the images and their mirrors: "eval" (the image
     alone, as a device runs it) and "eval_tta" (the mirror's logits averaged in, as ``evaluate --tta``)."""
     model.to(device)
-    features, labels = head_inputs(model, head, eval_loader(val_set, workers), device)
+    features, labels = head_inputs(model, head, eval_loader(val_set, config.workers), device, config.progress)
     head.cpu()
     logits = head(features)
     n = len(val_set)
