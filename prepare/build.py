@@ -32,7 +32,7 @@ from edge_runtime.preprocess import resize_shorter_side
 from edge_runtime.spec import IMAGENET_SPEC
 from prepare.categories import NUM_CLASSES, class_names, folder_name
 from prepare.config import PrepareConfig
-from prepare.layouts import detect_layout, read_listing
+from prepare.layouts import check_dataset_name, detect_layout, read_listing
 from prepare.manifest import write_manifest
 from prepare.release import (
     ARCHIVE,
@@ -261,6 +261,8 @@ def prepare_dataset(config: PrepareConfig) -> dict:
     if not 32 <= config.cache_size <= 4096:
         raise FloraEdgeError(f"--cache-size {config.cache_size} must be between 32 and 4096 pixels")
     layout = detect_layout(config.source, config.layout)
+    if config.name is not None:
+        check_dataset_name(config.name)
     if layout == "oxford102" and not config.source.is_dir():
         raise ReleaseError(f"--source {config.source} is not a directory; point it at the release folder")
     listing = None if layout == "oxford102" else read_listing(config.source, layout)  # walked before --out is touched
@@ -303,6 +305,7 @@ def prepare_dataset(config: PrepareConfig) -> dict:
         )
         summary["image_folder"] = link_image_folder(work, rows)
         summary["layout"] = "oxford102"
+        summary["dataset"] = config.name or summary["dataset"]
         write_outputs(work, config, rows, summary, missing)
         write_marker(work, DATASET)
         publish(work, config.out)

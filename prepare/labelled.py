@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import re
+import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict
@@ -27,7 +28,7 @@ from edge_runtime.admission import DEFAULT_LIMITS, admit
 from edge_runtime.preprocess import decode_bgr, read_file_bytes, resize_shorter_side
 from prepare.build import CACHE_JPEG_QUALITY, ImageResult, _place_file, decode_strict, run_workers
 from prepare.config import PrepareConfig
-from prepare.layouts import Item, LayoutError, Listing, check_classes
+from prepare.layouts import Item, LayoutError, Listing, check_classes, check_dataset_name
 from prepare.release import SPLITS
 from prepare.splits import stratified_split
 
@@ -49,7 +50,7 @@ def decode_checked(data: bytes) -> np.ndarray:
     return decode_bgr(data)
 
 
-def check_image(task: tuple[int, Path, Path, Path, int]) -> ImageResult:
+def check_image(task: tuple[int, str, Path, Path, int]) -> ImageResult:
     """One image: read (bounded), fully decoded, hashed, placed, and its resized copy cached."""
     image_id, src, dst, cache_dst, cache_size = task
     try:
@@ -158,8 +159,13 @@ def class_report(rows: list[dict], names: list[str]) -> tuple[dict[str, list[int
 
 
 def dataset_name(config: PrepareConfig, listing: Listing) -> str:
-    """``--name``, else the name of the source folder (for a CSV: of the folder it lies in)."""
-    return config.name or listing.root.resolve().name or "dataset"
+    """``--name``, else the name of the source folder (for a CSV: of the folder it lies in), else "dataset"."""
+    if config.name:
+        return config.name
+    try:
+        return check_dataset_name(listing.root.resolve().name)
+    except LayoutError:  # a folder name that cannot title a card (empty, a line break, too long): --name can
+        return "dataset"
 
 
 def labelled_summary(config, listing, rows, names, results, items, split_how, elapsed) -> dict:
@@ -232,7 +238,7 @@ def prepare_labelled(
     split_of, split_how = assign_splits(config, items, sorted({item.label for item in items}))
     (work / "images").mkdir()
     (work / "cache").mkdir()
-    print(f"layout: {listing.layout} ({len(items)} image files; split {split_how})", flush=True)
+    print(f"layout: {listing.layout} ({len(items)} image files; split {split_how})", file=sys.stderr, flush=True)
     results = run_workers(tasks, config.workers, worker=check_image)
     for r in results:
         if r.error:

@@ -29,6 +29,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from tqdm import tqdm
+
 from edge_runtime.errors import FloraEdgeError
 
 LAYOUTS = ("auto", "oxford102", "folders", "csv")
@@ -54,6 +56,7 @@ MAX_ENTRIES = 5_000_000  # files and folders walked (or CSV rows)
 MAX_DEPTH = 64  # nested folders below a class folder
 MAX_CLASSES = 100_000
 MAX_NAME_CHARS = 255  # a class name (a folder name is at most 255 bytes anyway)
+MAX_DATASET_NAME_CHARS = 100
 MAX_CSV_BYTES = 512 * 1024 * 1024
 SKIP_EXAMPLES = 5  # example paths kept per skip reason
 
@@ -66,7 +69,7 @@ class LayoutError(FloraEdgeError):
 class Item:
     """One labelled image file of a source."""
 
-    file: Path  # where to read it: inside the source folder (a symlink's target checked to be inside too)
+    file: str  # where to read it: inside the source folder (a symlink's target checked to be inside too)
     source: str  # its path relative to the source folder (POSIX), as the manifest records it
     label: str
     split: str | None = None  # "train" / "val" / "test" when the source gives the split
@@ -85,6 +88,7 @@ class Listing:
     empty_classes: list[str] = field(default_factory=list)  # class folders without one image file
     missing_files: list[str] = field(default_factory=list)  # CSV rows whose file does not exist
     duplicate_rows: int = 0  # CSV rows repeating an earlier row
+    entries: int = 0  # files and folders walked, or CSV rows read
 
     @property
     def splits_given(self) -> bool:
@@ -156,7 +160,12 @@ def labelled_csvs(source: Path) -> list[Path]:
     """The ``*.csv`` files directly in ``source`` whose header names a path and a label column."""
     with os.scandir(source) as entries:
         csvs = sorted(Path(e.path) for e in entries if e.name.lower().endswith(".csv") and e.is_file())
-    return [p for p in csvs if _has_csv_header(p)]
+    inside = [p for p in csvs if _inside(os.path.realpath(p), os.path.realpath(source))]  # a link out is not read
+    return [p for p in inside if _has_csv_header(p)]
+
+
+def _inside(real: str, real_root: str) -> bool:
+    return os.path.commonpath([real, real_root]) == real_root
 
 
 def _has_csv_header(path: Path) -> bool:
@@ -169,11 +178,16 @@ def _has_csv_header(path: Path) -> bool:
 
 def read_listing(source: Path, layout: str) -> Listing:
     """The labelled image files of ``source`` read as ``layout`` (``folders`` or ``csv``)."""
-    if layout == "csv":
-        return read_csv(find_csv(source))
-    if layout == "folders":
-        return read_folders(source)
-    raise LayoutError(f"layout {layout!r} has no listing reader")  # oxford102 is read by prepare.release
+    readers = {
+        "csv": lambda progress: read_csv(find_csv(source), progress),
+        "folders": lambda progress: read_folders(source, progress),
+    }
+    if layout not in readers:
+        raise LayoutError(f"layout {layout!r} has no listing reader")  # oxford102 is read by prepare.release
+    with tqdm(desc=f"listing {source}", unit=" entries", unit_scale=True, mininterval=0.5) as progress:
+        listing = readers[layout](progress)
+        progress.update(listing.entries - progress.n)
+    return listing
 
 
 # ---------------------------------------------------------------------------------------------- names
@@ -184,7 +198,7 @@ def split_name(name: str) -> str | None:
     return SPLIT_NAMES.get(name.strip().lower())
 
 
-def check_class_name(name: str, where: str) -> str:
+def check_class_name(name: str, where: str, *, what: str = "class name", longest: int = MAX_NAME_CHARS) -> str:
     """``name`` if it can be a class name (it travels as one line of labels.txt); else a one-line error."""
     problem = None
     if not name:
@@ -195,11 +209,11 @@ def check_class_name(name: str, where: str) -> str:
         problem = "starts or ends with a space, or holds a line break"
     elif any(unicodedata.category(c) == "Cc" for c in name):
         problem = "holds a control character"
-    elif len(name) > MAX_NAME_CHARS:
-        problem = f"is longer than {MAX_NAME_CHARS} characters"
+    elif len(name) > longest:
+        problem = f"is longer than {longest} characters"
     if problem:
         shown = name.encode("utf-8", "backslashreplace").decode("utf-8")[:80]
-        raise LayoutError(f"{where}: the class name {shown!r} {problem}; rename it")
+        raise LayoutError(f"{where}: the {what} {shown!r} {problem}; rename it")
     return name
 
 
@@ -208,7 +222,10 @@ def check_classes(names: set[str], where: str) -> list[str]:
     ordered = sorted(names)
     if len(ordered) < 2:
         found = f"one class ({ordered[0]!r})" if ordered else "no class"
-        raise LayoutError(f"{where} holds {found} with images; a classifier needs at least 2: add a class")
+        raise LayoutError(
+            f"{where} holds {found} with images; a classifier needs at least 2: add a class, or point --source "
+            "at the folder that holds the class folders"
+        )
     if len(ordered) > MAX_CLASSES:
         raise LayoutError(f"{where} holds {len(ordered):,} classes, over the limit of {MAX_CLASSES:,}")
     normalized = Counter(unicodedata.normalize("NFC", n) for n in ordered)
@@ -218,6 +235,11 @@ def check_classes(names: set[str], where: str) -> list[str]:
             f"{where}: two classes are spelled {twins[0]!r} in different Unicode normal forms; rename one"
         )
     return ordered
+
+
+def check_dataset_name(name: str) -> str:
+    """``--name`` if it can name a dataset (one line of text that cards and pages show); else a one-line error."""
+    return check_class_name(name, "--name", what="dataset name", longest=MAX_DATASET_NAME_CHARS)
 
 
 def _not_utf8(name: str) -> bool:
@@ -234,16 +256,20 @@ def _not_utf8(name: str) -> bool:
 class Walker:
     """Walks folders inside one root: never out of it, never twice into a folder, bounded in size and depth."""
 
-    def __init__(self, root: Path, listing: Listing):
+    def __init__(self, root: Path, listing: Listing, progress: tqdm | None = None):
         self.root = root
+        self.prefix = os.path.join(str(root), "")
         self.real_root = os.path.realpath(root)
         self.listing = listing
         self.seen_dirs: dict[tuple[int, int], str] = {}
-        self.entries = 0
+        self.progress = tqdm(disable=True) if progress is None else progress
         self.enter(str(root))
 
     def relative(self, path: str) -> str:
-        return PurePosixPath(os.path.relpath(path, self.root)).as_posix()
+        """``path`` relative to the root; every path walked starts with the root's own spelling (scandir joins)."""
+        prefix = self.prefix
+        rel = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, self.root)
+        return rel if os.sep == "/" else PurePosixPath(Path(rel)).as_posix()
 
     def resolve(self, path: str) -> str:
         """``path``'s real location, refused when it is a symlink loop or leads outside the root."""
@@ -253,7 +279,7 @@ class Walker:
             if isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP:
                 raise LayoutError(f"{path} is a symlink loop; remove the link") from None
             raise
-        if os.path.commonpath([real, self.real_root]) != self.real_root:
+        if not _inside(real, self.real_root):
             raise LayoutError(
                 f"{path} is a symlink to {real}, outside {self.root}; refusing to read outside the source: "
                 "copy or hard-link the file into it"
@@ -281,22 +307,33 @@ class Walker:
                 for entry in sorted(entries, key=lambda e: e.name):
                     yield from self._entry(entry, depth, stack)
 
+    def count(self) -> None:
+        """One more entry (or CSV row) read: refused past ``MAX_ENTRIES``, shown on the progress line."""
+        self.listing.entries += 1
+        if self.listing.entries > MAX_ENTRIES:
+            raise LayoutError(f"{self.root} holds more than {MAX_ENTRIES:,} entries (files, folders or rows); split it")
+        if self.listing.entries % 1000 == 0:
+            self.progress.update(1000)
+
+    def skip(self, reason: str, path: str) -> None:
+        """Count a skipped entry (its relative path is worked out only while examples are still kept)."""
+        examples = self.listing.skipped_examples.get(reason, ())
+        rel = self.relative(path) if len(examples) < SKIP_EXAMPLES else ""
+        self.listing.skip(reason, rel.encode("utf-8", "backslashreplace").decode())
+
     def _entry(self, entry: os.DirEntry, depth: int, stack: list):
-        self.entries += 1
-        if self.entries > MAX_ENTRIES:
-            raise LayoutError(f"{self.root} holds more than {MAX_ENTRIES:,} files and folders; split the dataset")
-        rel = self.relative(entry.path)
+        self.count()
         if entry.name.startswith("."):
-            self.listing.skip("hidden", rel)
+            self.skip("hidden", entry.path)
             return
         if _not_utf8(entry.name):
-            self.listing.skip("name not valid UTF-8", rel.encode("utf-8", "backslashreplace").decode())
+            self.skip("name not valid UTF-8", entry.path)
             return
         if entry.is_symlink():
             try:
                 self.resolve(entry.path)
             except FileNotFoundError:
-                self.listing.skip("broken symlink", rel)
+                self.skip("broken symlink", entry.path)
                 return
         if entry.is_dir():
             if depth + 1 > MAX_DEPTH:
@@ -304,26 +341,26 @@ class Walker:
             self.enter(entry.path)
             stack.append((entry.path, depth + 1))
             return
-        st = os.stat(entry.path)
+        if os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
+            self.skip("not an image", entry.path)  # never opened, whatever kind of file it is
+            return
+        st = entry.stat()  # follows a symlink, whose target is checked above
         if not stat.S_ISREG(st.st_mode):
             raise LayoutError(f"{entry.path} is not a regular file (a FIFO, socket or device); remove it")
-        if Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
-            self.listing.skip("not an image", rel)
-            return
         yield entry.path, st.st_size
 
 
 # ---------------------------------------------------------------------------------------------- folders
 
 
-def read_folders(source: Path) -> Listing:
+def read_folders(source: Path, progress: tqdm | None = None) -> Listing:
     """A class-per-folder tree, or a split tree when every top-level folder is a split spelling."""
     if not source.is_dir():
         raise LayoutError(f"--source {source} is not a folder; --layout folders reads SOURCE/<class>/<image>")
     folders = top_folders(source)
     splits = {d: split_name(d.name) for d in folders}
     if folders and all(splits.values()):
-        return _read_split_tree(source, splits)
+        return _read_split_tree(source, splits, progress)
     named = [d.name for d in folders if splits[d]]
     if named:
         others = [d.name for d in folders if not splits[d]]
@@ -332,14 +369,14 @@ def read_folders(source: Path) -> Listing:
             "put every class folder inside a split folder, or rename the split folders"
         )
     listing = Listing("folders", source)
-    walker = Walker(source, listing)
+    walker = Walker(source, listing, progress)
     _skip_loose_files(source, listing)
     for folder in folders:
         _read_class(walker, folder, None)
     return listing
 
 
-def _read_split_tree(source: Path, splits: dict[Path, str]) -> Listing:
+def _read_split_tree(source: Path, splits: dict[Path, str], progress: tqdm | None) -> Listing:
     listing = Listing("split-folders", source)
     seen: dict[str, str] = {}
     for folder, split in splits.items():
@@ -348,7 +385,7 @@ def _read_split_tree(source: Path, splits: dict[Path, str]) -> Listing:
                 f"{source}: {seen[split]}/ and {folder.name}/ both name the {split} split; merge them into one folder"
             )
         seen[split] = folder.name
-    walker = Walker(source, listing)
+    walker = Walker(source, listing, progress)
     for folder, split in splits.items():
         walker.enter(str(folder))
         _skip_loose_files(folder, listing, root=source)
@@ -361,7 +398,7 @@ def _read_class(walker: Walker, folder: Path, split: str | None) -> None:
     label = check_class_name(folder.name, f"class folder {folder}")
     before = len(walker.listing.items)
     for path, size in walker.files(str(folder)):
-        walker.listing.items.append(Item(Path(path), walker.relative(path), label, split, size))
+        walker.listing.items.append(Item(path, walker.relative(path), label, split, size))
     if len(walker.listing.items) == before:
         walker.listing.empty_classes.append(walker.relative(str(folder)))
 
@@ -394,7 +431,7 @@ def find_csv(source: Path) -> Path:
     return csvs[0]
 
 
-def read_csv(path: Path) -> Listing:
+def read_csv(path: Path, progress: tqdm | None = None) -> Listing:
     """The rows of a ``path,label[,split]`` CSV; paths are relative to its folder and may not leave it."""
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
@@ -408,7 +445,7 @@ def read_csv(path: Path) -> Listing:
     reader = csv.reader(io.StringIO(text, newline=""))
     columns = _csv_columns(path, next(reader, None))
     listing = Listing("csv", path.parent)
-    walker = Walker(path.parent, listing)
+    walker = Walker(path.parent, listing, progress)
     rows: dict[str, tuple[str, str | None, int]] = {}
     try:
         for cells in reader:
@@ -434,9 +471,7 @@ def _csv_row(path: Path, line: int, cells: list[str], columns: dict[str, int], w
     listing = walker.listing
     if not any(c.strip() for c in cells):
         return  # a blank line
-    walker.entries += 1
-    if walker.entries > MAX_ENTRIES:
-        raise LayoutError(f"{path} holds more than {MAX_ENTRIES:,} rows; split the dataset")
+    walker.count()
     if len(cells) <= max(columns.values()):
         raise LayoutError(f"{path} line {line}: {len(cells)} cells, fewer than the header's columns")
     where = f"{path} line {line}"
@@ -492,4 +527,4 @@ def _csv_file(walker: Walker, rel: str, label: str, split: str | None) -> None:
     if file.suffix.lower() not in IMAGE_SUFFIXES:
         listing.skip("not an image", rel)
         return
-    listing.items.append(Item(file, rel, label, split, st.st_size))
+    listing.items.append(Item(str(file), rel, label, split, st.st_size))
