@@ -16,7 +16,7 @@ from export.release import DEFAULT_NAME, ReleaseConfig, card_markdown
 from tests.conftest import REPO, write_jpeg
 
 # a space, markup that a page must escape, and letters outside ASCII: the class and dataset names a user may bring
-CLASSES = ["ripe tomato", "unripe <b>tomato</b>", "Čerešňa"]
+CLASSES = ["ripe tomato", "unripe &<b>tomato", "Čerešňa"]
 DATASET = "Tomato <i>ripeness</i>"
 TITLE = f"{DATASET} classifier (3 classes)"
 
