@@ -178,7 +178,8 @@ def run_train(args: argparse.Namespace) -> int:
     summary = train(config_from_args(args))
     if summary:
         print(json.dumps(summary, indent=2))
-        print(f"wrote {args.out}/best.pt, last.pt, metrics.csv, curves.png")
+        written = "summary.json" if args.recipe == "linear" else "last.pt, metrics.csv, curves.png"
+        print(f"wrote {args.out}/best.pt, {written}")
     return 0
 
 
