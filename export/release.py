@@ -46,6 +46,7 @@ RELEASE_FILES = tuple(
 RELEASE_TFLITE = RELEASE_FILES[0]
 MEASUREMENTS = Path(__file__).resolve().parent.parent / "docs" / "independent_test_measurements.json"
 DEFAULT_NAME = "oxford102-lite0"
+DEFAULT_OUT = f"models/{DEFAULT_NAME}"  # the committed Oxford-102 release
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -54,8 +55,8 @@ class ReleaseConfig:
     source: str = "../shared/data/oxford102-trainval"
     name: str = DEFAULT_NAME
     download: bool = False
-    work: str | None = None  # None: runs/release (the default name), else runs/release-<name>
-    out: str | None = None  # None: models/<name>
+    work: str | None = None  # None: runs/release (the default name), else runs/release-<name> (with_folders)
+    out: str | None = None  # None: models/<name> (with_folders)
     arch: str = "efficientnet_lite0"
     img_size: int = 256
     epochs: int = 30
@@ -73,21 +74,22 @@ class ReleaseConfig:
                 f"--name {self.name!r} must be a folder name: letters, digits, '.', '_' or '-', at most 64 "
                 "characters, starting with a letter or digit"
             )
-        if self.out is None:  # frozen: the defaults that follow from the name are filled in once, here
-            object.__setattr__(self, "out", f"models/{self.name}")
-        if self.work is None:
-            object.__setattr__(
-                self, "work", "runs/release" if self.name == DEFAULT_NAME else f"runs/release-{self.name}"
-            )
 
     @property
     def data(self) -> Path:
         """The prepared dataset inside ``work`` (its folder keeps the Oxford release's recorded name)."""
+        assert self.work is not None, "resolve the folders with with_folders() first"
         return Path(self.work) / ("flowers" if self.name == DEFAULT_NAME else "data")
 
     @property
     def resize_size(self) -> int:
         return input_spec(self.arch, self.img_size).resize_size
+
+
+def with_folders(config: ReleaseConfig) -> ReleaseConfig:
+    """--out and --work made concrete from --name where they were not given."""
+    default_work = "runs/release" if config.name == DEFAULT_NAME else f"runs/release-{config.name}"
+    return replace(config, out=config.out or f"models/{config.name}", work=config.work or default_work)
 
 
 RELEASE_OPTIONS = {
@@ -376,7 +378,7 @@ def build_card(config: ReleaseConfig, staging: Path, val: dict, repro: dict | No
     data = data_info(config)
     card_test = None if data["oxford102"] else test_figures(config)
     return {
-        "name": Path(config.out).name,
+        "name": config.name,
         "out": config.out,
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "arch": export_card["arch"],
@@ -570,7 +572,7 @@ def assemble(config: ReleaseConfig) -> dict:
 
 def release(config: ReleaseConfig) -> dict:
     """Run (or resume) the recipe and write the release folder; returns its card."""
-    config = replace(config, precision=training_precision(config.precision))
+    config = replace(with_folders(config), precision=training_precision(config.precision))
     Path(config.work).mkdir(parents=True, exist_ok=True)
     run_steps(["prepare"], config)
     run_steps(["train-split", "trainval"], config)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.errors import FloraEdgeError
-from export.release import DEFAULT_NAME, ReleaseConfig, card_markdown
+from export.release import DEFAULT_NAME, DEFAULT_OUT, ReleaseConfig, card_markdown, with_folders
 from tests.conftest import REPO, write_jpeg
 
 # a space, markup that a page must escape, and letters outside ASCII: the class and dataset names a user may bring
@@ -169,14 +169,15 @@ def test_the_oxford_release_card_is_unchanged():
 
 
 def test_release_name_sets_the_folders_unless_given_and_must_be_a_folder_name():
-    assert (ReleaseConfig().out, ReleaseConfig().work) == (f"models/{DEFAULT_NAME}", "runs/release")
-    mine = ReleaseConfig(source="photos", name="tomatoes-lite0")
+    oxford = with_folders(ReleaseConfig())
+    assert (oxford.out, oxford.work, oxford.data) == (DEFAULT_OUT, "runs/release", Path("runs/release/flowers"))
+    mine = with_folders(ReleaseConfig(source="photos", name="tomatoes-lite0"))
     assert (mine.out, mine.work, mine.data) == (
         "models/tomatoes-lite0",
         "runs/release-tomatoes-lite0",
         Path("runs/release-tomatoes-lite0/data"),
     )
-    assert ReleaseConfig(name="t", out="elsewhere").out == "elsewhere"
+    assert with_folders(ReleaseConfig(name="t", out="elsewhere")).out == "elsewhere"
     for bad in ("../up", "", ".hidden", "a/b", "x" * 65):
         with pytest.raises(FloraEdgeError, match="--name"):
             ReleaseConfig(name=bad)
