@@ -69,6 +69,7 @@ def timed_prepare(source: Path, out: Path, workers: int, cache_size: int) -> dic
     shutil.rmtree(out)
     images = sum(summary["counts"].values()) + len(summary["corrupt"])
     return {
+        "listing_s": summary.get("listing_s"),
         "layout": summary["layout"],
         "images": images,
         "seconds": round(seconds, 2),

@@ -260,13 +260,14 @@ def prepare_dataset(config: PrepareConfig) -> dict:
     """Label, split, validate and cache a raw release into ``config.out``; returns the summary."""
     if not 32 <= config.cache_size <= 4096:
         raise FloraEdgeError(f"--cache-size {config.cache_size} must be between 32 and 4096 pixels")
-    layout = detect_layout(config.source, config.layout)
     if config.name is not None:
         check_dataset_name(config.name)
+    csv_folder = config.source.parent if config.source.is_file() else None  # a CSV's images lie beside it
+    check_output(config.out, DATASET, overwrite=config.overwrite, inputs=[config.source, csv_folder])
+    layout = detect_layout(config.source, config.layout)
     if layout == "oxford102" and not config.source.is_dir():
         raise ReleaseError(f"--source {config.source} is not a directory; point it at the release folder")
-    listing = None if layout == "oxford102" else read_listing(config.source, layout)  # walked before --out is touched
-    check_output(config.out, DATASET, overwrite=config.overwrite, inputs=[config.source, listing and listing.root])
+    listing = None if layout == "oxford102" else read_listing(config.source, layout)  # before anything is written
     start = time.perf_counter()
     config.out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{config.out.name}.tmp-", dir=config.out.parent))

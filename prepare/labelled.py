@@ -205,6 +205,8 @@ def labelled_summary(config, listing, rows, names, results, items, split_how, el
         "leakage": leakage(rows),
         "unassigned_images": 0,
         "elapsed_s": round(elapsed, 2),
+        "listing_s": round(listing.seconds, 2),  # before elapsed_s started: listing comes before --out is checked
+        "entries_listed": listing.entries,
         "images_per_s": round(len(results) / max(elapsed, 1e-9), 1),
         "floraedge_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -24,6 +24,7 @@ import io
 import os
 import posixpath
 import stat
+import time
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ class Listing:
     missing_files: list[str] = field(default_factory=list)  # CSV rows whose file does not exist
     duplicate_rows: int = 0  # CSV rows repeating an earlier row
     entries: int = 0  # files and folders walked, or CSV rows read
+    seconds: float = 0.0  # how long the listing took
 
     @property
     def splits_given(self) -> bool:
@@ -184,9 +186,11 @@ def read_listing(source: Path, layout: str) -> Listing:
     }
     if layout not in readers:
         raise LayoutError(f"layout {layout!r} has no listing reader")  # oxford102 is read by prepare.release
+    start = time.perf_counter()
     with tqdm(desc=f"listing {source}", unit=" entries", unit_scale=True, mininterval=0.5) as progress:
         listing = readers[layout](progress)
         progress.update(listing.entries - progress.n)
+    listing.seconds = time.perf_counter() - start
     return listing
 
 
@@ -303,8 +307,8 @@ class Walker:
         stack = [(top, 0)]
         while stack:
             folder, depth = stack.pop()
-            with os.scandir(folder) as entries:
-                for entry in sorted(entries, key=lambda e: e.name):
+            with os.scandir(folder) as entries:  # streamed, not sorted: a huge folder costs no memory (ids sort later)
+                for entry in entries:
                     yield from self._entry(entry, depth, stack)
 
     def count(self) -> None:

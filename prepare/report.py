@@ -9,6 +9,8 @@ def print_summary(summary: dict, out: Path) -> None:
     print(f"dataset: {summary['dataset']}")
     if "split_from" in summary:  # a labelled source (prepare/labelled.py): what was read, and what it lacks
         print_labelled(summary)
+    elif "layout" in summary:
+        print(f"  layout read: {summary['layout']}; split {summary['config']['split']}")
     for split, n in summary["counts"].items():
         missing = summary["missing"].get(split, 0)
         note = f", {missing} missing from the release" if missing else ""

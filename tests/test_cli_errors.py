@@ -108,7 +108,7 @@ EDGE_CASES = {
     "unknown-command": ("bogus", "invalid choice"),
 }
 TRAINING_CASES = {
-    "prepare-no-source": ("prepare --source {w}/missing --out {w}/p1", "not a directory"),
+    "prepare-no-source": ("prepare --source {w}/missing --out {w}/p1", "does not exist"),
     "prepare-neither-source-nor-download": ("prepare --out {w}/p4", "--source DIR, or --download"),
     "prepare-source-and-download": ("prepare --source {w}/empty --download --out {w}/p5", "one of the two"),
     "prepare-out-in-source": ("prepare --source {w}/foreign --out {w}/foreign/prepared", "overlaps"),

@@ -233,7 +233,8 @@ def test_parallel_workers_give_the_same_manifest(mini_release, tmp_path):
 
 def test_cli_prepare_and_errors(mini_release, tmp_path, capsys):
     assert cli_main(["prepare", "--source", str(mini_release), "--out", str(tmp_path / "out"), "--workers", "1"]) == 0
-    assert "train      9 images in   3 classes" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "train      9 images in   3 classes" in printed and "layout read: oxford102; split official" in printed
     assert cli_main(["prepare", "--source", str(mini_release), "--out", str(tmp_path / "out")]) == 1
     assert "already exists" in capsys.readouterr().err
 

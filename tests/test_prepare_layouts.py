@@ -291,7 +291,10 @@ def test_a_fifo_is_refused_without_blocking(tmp_path):
 def test_names_that_are_not_utf8(tmp_path):
     src = make_tree(tmp_path / "src", {"a": 2, "b": 2})
     raw = os.fsencode(src / "a") + b"/caf\xe9.jpg"
-    shutil.copyfile(src / "a" / "0.jpg", raw)
+    try:
+        shutil.copyfile(src / "a" / "0.jpg", raw)
+    except OSError:  # a filesystem that allows only UTF-8 names (APFS) cannot hold the input under test
+        pytest.skip("this filesystem refuses names that are not UTF-8")
     summary = prepare(src, tmp_path / "out")
     assert summary["skipped"] == {"name not valid UTF-8": 1}
     assert summary["skipped_examples"]["name not valid UTF-8"] == ["a/caf\\udce9.jpg"]
@@ -444,3 +447,34 @@ def test_the_training_loader_reads_a_prepared_folder_tree(tmp_path):
     by_source = {r["source"]: t for r, t in zip(images.rows, images.targets, strict=True)}
     assert len(images) == 8 and by_source["alpha/0.jpg"] == 0 and by_source["zeta/2.jpg"] == 1
     assert images.images[0].shape[:2] == (32, 39)  # the 36x44 photo's cached copy: shorter side 32
+
+
+def test_class_names_that_differ_only_in_unicode_normal_form_are_refused(tmp_path):
+    make_tree(tmp_path / "src", {"caf\u00e9": 2, "cafe\u0301": 2, "tea": 2})  # NFC and NFD spellings of café
+    with pytest.raises(LayoutError, match="different Unicode normal forms; rename one"):
+        prepare(tmp_path / "src", tmp_path / "out")
+
+
+def test_a_split_tree_is_re_split_only_when_asked(tmp_path):
+    src = tmp_path / "src"
+    make_tree(src / "train", {"a": 8, "b": 8})
+    make_tree(src / "test", {"a": 2, "b": 2}, seed=1)
+    summary = prepare(src, tmp_path / "out", split="stratified", val_frac=0.2, test_frac=0.2)
+    assert summary["split_from"].startswith("class-stratified") and summary["per_class"]["val"] == [2, 2]
+    assert summary["counts"] == {"train": 12, "val": 4, "test": 4}
+
+
+def test_listing_is_bounded_in_entries_and_depth(tmp_path, monkeypatch):
+    import prepare.layouts as layouts
+
+    src = make_tree(tmp_path / "src", {"a": 6, "b": 6})
+    monkeypatch.setattr(layouts, "MAX_ENTRIES", 10)
+    with pytest.raises(LayoutError, match="more than 10 entries"):
+        prepare(src, tmp_path / "out")
+    monkeypatch.setattr(layouts, "MAX_ENTRIES", 1000)
+    monkeypatch.setattr(layouts, "MAX_DEPTH", 2)
+    deep = src / "a" / "1" / "2" / "3"
+    deep.mkdir(parents=True)
+    with pytest.raises(LayoutError, match="nested more than 2 folders deep"):
+        prepare(src, tmp_path / "out")
+    assert nothing_but(tmp_path, "src")
