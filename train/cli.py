@@ -160,7 +160,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         run_train,
         help="fine-tune a backbone into a self-describing checkpoint (best.pt, last.pt)",
         description="Fine-tune a backbone on a prepared dataset. Writes best.pt (best by validation), last.pt "
-        "(resumable), metrics.jsonl/.csv, curves.png, config.json and an evaluation report to --out.",
+        "(resumable), metrics.jsonl/.csv, curves.png, config.json and an evaluation report to --out "
+        "(--recipe linear: best.pt, config.json, summary.json and the evaluation report).",
         epilog="examples:\n"
         "  floraedge train --data data/flowers --arch efficientnet_lite0 --out runs/lite0\n"
         "  floraedge train --data data/my-photos --recipe linear --out runs/my-linear   # minutes on a CPU\n"
