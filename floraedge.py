@@ -46,7 +46,8 @@ def _terminate(signum, frame):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="floraedge",
-        description="Oxford-102 flowers from the raw release to a live camera on a Raspberry Pi or a Jetson.",
+        description="An image classifier for your own classes (or the Oxford-102 flowers), from labelled photos "
+        "to a live camera on a Raspberry Pi or a Jetson.",
     )
     parser.add_argument("--version", action="version", version=f"floraedge {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

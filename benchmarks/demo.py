@@ -186,10 +186,9 @@ def released_model(out: Path, timings: dict, count: int = 8) -> list[dict]:
     from edge_runtime.backends import load
     from edge_runtime.classify import Classifier
     from edge_runtime.preprocess import read_image_bgr
-    from export.release import RELEASE_TFLITE, ReleaseConfig
+    from export.release import DEFAULT_OUT, RELEASE_TFLITE, ReleaseConfig
 
-    config = ReleaseConfig()
-    model, source = REPO / config.out / RELEASE_TFLITE, (REPO / config.source).resolve()
+    model, source = REPO / DEFAULT_OUT / RELEASE_TFLITE, (REPO / ReleaseConfig().source).resolve()
     if not (model.is_file() and (source / "setid.mat").is_file()):
         print(f"\n(the released model on real images: skipped, {source} is not on this machine)")
         return []

@@ -49,6 +49,17 @@ class ModelInfo:
         return self.info.get("output", LOGITS)
 
 
+def classifier_title(dataset_name: str | None, num_classes: int) -> str:
+    """What a model tells apart, in words (file descriptions, cards, page titles): its dataset and class count."""
+    return f"{dataset_name or 'image'} classifier ({num_classes} classes)"
+
+
+def describe(info: ModelInfo) -> str:
+    """``classifier_title`` of a loaded model, from the dataset record embedded at export."""
+    dataset = info.info.get("dataset")
+    return classifier_title(dataset.get("name") if isinstance(dataset, dict) else None, len(info.labels))
+
+
 def parse_labels(text: str) -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 

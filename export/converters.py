@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_runtime.metadata import classifier_title
 from export.config import ExportConfig
 from export.formats import CALIB_METHODS, ORT_PRESETS
 
@@ -200,10 +201,12 @@ def copy_base(base: Path, dest: Path, ctx: ExportContext) -> None:
     dest.write_bytes(base.read_bytes())
 
 
-def embed_onnx_metadata(path: Path, props: dict[str, str]) -> None:
+def embed_onnx_metadata(path: Path, props: dict[str, str], description: str = "") -> None:
+    """``props`` as the file's metadata_props (replacing any), ``description`` as its doc_string."""
     import onnx
 
     model = onnx.load(str(path))
+    model.doc_string = description
     del model.metadata_props[:]
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
@@ -221,7 +224,7 @@ def embed_tflite_metadata(path: Path, out: Path, *, labels: list[str], spec, inf
         mean=tuple(m * 255 for m in spec.mean),
         std=tuple(s * 255 for s in spec.std),
         name=f"FloraEdge {info.get('arch', '')} {info.get('precision', '')}".strip(),
-        description="Oxford-102 flower classifier exported by FloraEdge",
+        description=f"{classifier_title(info.get('dataset', {}).get('name'), len(labels))}, exported by FloraEdge",
         output_description=f"Softmax probabilities of the {len(labels)} classes.",
         extra_files=extra,
     )

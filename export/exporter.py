@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_runtime.metadata import INFO_KEY, LABELS_KEY, PROBABILITIES, SPEC_KEY
+from edge_runtime.metadata import INFO_KEY, LABELS_KEY, PROBABILITIES, SPEC_KEY, classifier_title
 from edge_runtime.outdir import check_output, write_marker
 from edge_runtime.spec import PreprocessSpec
 from export import converters
@@ -65,7 +65,9 @@ def file_info(row: Format, bundle: dict, config: ExportConfig, calib_info: dict 
 def embed(tmp: Path, row: Format, labels: list[str], spec, info: dict) -> Path:
     """Labels, spec and provenance into the file itself; returns the file that carries them."""
     if row.format == "onnx":
-        embed_onnx_metadata(tmp, {SPEC_KEY: spec.to_json(), LABELS_KEY: json.dumps(labels), INFO_KEY: json.dumps(info)})
+        props = {SPEC_KEY: spec.to_json(), LABELS_KEY: json.dumps(labels), INFO_KEY: json.dumps(info)}
+        title = classifier_title(info.get("dataset", {}).get("name"), len(labels))
+        embed_onnx_metadata(tmp, props, description=f"{title}, exported by FloraEdge")
         return tmp
     with_meta = tmp.with_name(tmp.name.replace(".tmp-", ".tmp-meta-"))
     embed_tflite_metadata(tmp, with_meta, labels=labels, spec=spec, info=info)

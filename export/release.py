@@ -1,4 +1,5 @@
-"""``floraedge release``: the released Oxford-102 model, from the raw release to ``models/oxford102-lite0/``.
+"""``floraedge release``: the released Oxford-102 model, from the raw release to ``models/oxford102-lite0/``,
+or the same folder of ready files for any photos ``floraedge prepare`` reads (``--source``, ``--name``).
 
 The recipe is a fixed list of ``floraedge`` commands, recorded verbatim in the model card:
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -31,7 +33,7 @@ import numpy as np
 
 from edge_runtime.cli import number
 from edge_runtime.errors import FloraEdgeError
-from edge_runtime.metadata import file_sha256
+from edge_runtime.metadata import classifier_title, file_sha256
 from edge_runtime.options import Option, add_command, config_from_args
 from export.formats import FORMATS
 from train.config import PRECISIONS
@@ -43,14 +45,18 @@ RELEASE_FILES = tuple(
 )
 RELEASE_TFLITE = RELEASE_FILES[0]
 MEASUREMENTS = Path(__file__).resolve().parent.parent / "docs" / "independent_test_measurements.json"
+DEFAULT_NAME = "oxford102-lite0"
+DEFAULT_OUT = f"models/{DEFAULT_NAME}"  # the committed Oxford-102 release
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ReleaseConfig:
     source: str = "../shared/data/oxford102-trainval"
+    name: str = DEFAULT_NAME
     download: bool = False
-    work: str = "runs/release"
-    out: str = "models/oxford102-lite0"
+    work: str | None = None  # None: runs/release (the default name), else runs/release-<name> (with_folders)
+    out: str | None = None  # None: models/<name> (with_folders)
     arch: str = "efficientnet_lite0"
     img_size: int = 256
     epochs: int = 30
@@ -62,16 +68,41 @@ class ReleaseConfig:
     example_png: str = "docs/release_example.png"
     note: str = ""  # how this cut departs from the recorded commands (a resumed run, another thread count)
 
+    def __post_init__(self):
+        if not SAFE_NAME.fullmatch(self.name):
+            raise FloraEdgeError(
+                f"--name {self.name!r} must be a folder name: letters, digits, '.', '_' or '-', at most 64 "
+                "characters, starting with a letter or digit"
+            )
+
+    @property
+    def data(self) -> Path:
+        """The prepared dataset inside ``work`` (its folder keeps the Oxford release's recorded name)."""
+        assert self.work is not None, "resolve the folders with with_folders() first"
+        return Path(self.work) / ("flowers" if self.name == DEFAULT_NAME else "data")
+
     @property
     def resize_size(self) -> int:
         return input_spec(self.arch, self.img_size).resize_size
 
 
+def with_folders(config: ReleaseConfig) -> ReleaseConfig:
+    """--out and --work made concrete from --name where they were not given."""
+    default_work = "runs/release" if config.name == DEFAULT_NAME else f"runs/release-{config.name}"
+    return replace(config, out=config.out or f"models/{config.name}", work=config.work or default_work)
+
+
 RELEASE_OPTIONS = {
-    "source": Option("folder holding the raw Oxford-102 release"),
-    "download": Option("fetch the raw release first instead of reading --source (needs internet)"),
-    "work": Option("intermediate runs and exports"),
-    "out": Option("the release folder"),
+    "source": Option(
+        "the photos: the raw Oxford-102 release or any layout `floraedge prepare` reads (class folders, a split "
+        "tree, a CSV)"
+    ),
+    "name": Option("the release's name, on its card; --out and --work follow it unless given"),
+    "download": Option("fetch the raw Oxford-102 release first instead of reading --source (needs internet)"),
+    "work": Option(
+        "intermediate runs and exports (default: runs/release for the Oxford-102 release, else runs/release-NAME)"
+    ),
+    "out": Option("the release folder (default: models/NAME)"),
     "arch": Option(choices=ARCH_NAMES),
     "img_size": Option("training and input resolution", parse=number(low=16)),
     "epochs": Option(parse=number(low=1)),
@@ -97,12 +128,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ReleaseConfig,
         RELEASE_OPTIONS,
         run,
-        help="train, export and package the released Oxford-102 model (models/oxford102-lite0/)",
-        description="Run the release recipe from the raw Oxford-102 release to a folder of ready model files "
-        "(int8 TFLite + int8 ONNX, labels, model card). Hours on a 2-core CPU (3-4 in fp32 on a 2-core AMD EPYC VM; "
+        help="train, export and package a model: the released Oxford-102 one (models/oxford102-lite0/) or yours",
+        description="Run the release recipe from the raw Oxford-102 release (or your own photos, --source and "
+        "--name) to a folder of ready model files (int8 TFLite + int8 ONNX, labels, model card). Hours on a 2-core CPU (3-4 in fp32 on a 2-core AMD EPYC VM; "
         "bf16, chosen by default where the CPU has it, makes the training steps ~1.6x faster); "
         "each finished step and epoch is reused when the command is run again.",
-        epilog="example:\n  floraedge release --source ../shared/data/oxford102-trainval",
+        epilog="examples:\n  floraedge release --source ../shared/data/oxford102-trainval\n"
+        "  floraedge release --source ~/photos/tomatoes --name tomatoes-lite0   # writes models/tomatoes-lite0/",
     )
 
 
@@ -118,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
 def commands(config: ReleaseConfig) -> dict[str, list[str]]:
     """Every step of the recipe as the ``floraedge`` arguments that run it."""
     w = Path(config.work)
-    data = str(w / "flowers")
+    data = str(config.data)
     source = ["--download"] if config.download else ["--source", str(config.source)]
     train = [
         "train", "--data", data, "--arch", config.arch, "--img-size", str(config.img_size),
@@ -133,6 +165,8 @@ def commands(config: ReleaseConfig) -> dict[str, list[str]]:
         "trainval": [*train, "--train-splits", "train,val", "--no-val", "--out", str(w / "trainval")],
         "export-train-split": [*export, "--checkpoint", str(w / "train-split/best.pt"), "--out", str(w / "exports-train-split")],
         "export-trainval": [*export, "--checkpoint", str(w / "trainval/best.pt"), "--out", str(w / "exports-trainval")],
+        "evaluate-test": ["evaluate", "--checkpoint", str(w / "train-split/best.pt"), "--data", data, "--split", "test",
+                          "--out", str(w / "evaluate-test")],
     }  # fmt: skip
 
 
@@ -158,7 +192,9 @@ def done(step: str, config: ReleaseConfig) -> bool:
     if step.startswith("export-"):  # a card is written even when a file fails its gate: check the files
         folder = w / step.replace("export-", "exports-")
         return all((folder / f).is_file() for f in ("model_card.json", *RELEASE_FILES))
-    return (w / {"prepare": "flowers"}.get(step, step) / "summary.json").is_file()
+    if step == "evaluate-test":
+        return (w / step / "metrics.json").is_file()
+    return ((config.data if step == "prepare" else w / step) / "summary.json").is_file()
 
 
 def start(step: str, args: list[str], config: ReleaseConfig) -> subprocess.Popen:
@@ -231,7 +267,7 @@ def val_figures(config: ReleaseConfig, labels: list[str]) -> dict:
         for r in export_card["files"]
         if r.get("kept")
     }
-    paths, targets = split_images(w / "flowers", ("val",))
+    paths, targets = split_images(config.data, ("val",))
     predicted = predict_files(w / "exports-train-split" / RELEASE_TFLITE, paths).argmax(1)
     return {
         "n": len(targets),
@@ -247,6 +283,25 @@ def val_figures(config: ReleaseConfig, labels: list[str]) -> dict:
     }
 
 
+def test_figures(config: ReleaseConfig) -> dict | None:
+    """The train-split model (PyTorch, and each int8 file through the device runtime) on the test split; None
+    without one (the Oxford-102 test images are withheld here)."""
+    from edge_runtime.metrics import classification_metrics
+
+    paths, targets = split_images(config.data, ("test",))
+    if not paths:
+        return None
+    w = Path(config.work)
+    pytorch = json.loads((w / "evaluate-test/metrics.json").read_text())
+    models = {"PyTorch fp32 (device preprocessing)": pytorch}
+    num_classes = len(pytorch["per_class"])
+    for f in RELEASE_FILES:
+        probabilities = predict_files(w / "exports-train-split" / f, paths)
+        models[f"`{f}`"] = classification_metrics(np.log(probabilities + 1e-12), targets, num_classes)
+    keys = ("top1", "mean_per_class")
+    return {"n": len(paths), "models": {m: {k: round(float(v[k]), 5) for k in keys} for m, v in models.items()}}
+
+
 def reproducibility(old: Path, new: Path, config: ReleaseConfig) -> dict | None:
     """Top-1 agreement of a previous release's int8 TFLite with the new one on every train + val image."""
     old_file, new_file = old / RELEASE_TFLITE, new / RELEASE_TFLITE
@@ -254,7 +309,7 @@ def reproducibility(old: Path, new: Path, config: ReleaseConfig) -> dict | None:
         return None
     if old_file.read_bytes() == new_file.read_bytes():  # every step was reused: nothing was reproduced
         return {"identical_files": True}
-    paths, targets = split_images(Path(config.work) / "flowers", ("train", "val"))
+    paths, targets = split_images(config.data, ("train", "val"))
     labels = (new / "labels.txt").read_text().splitlines()
     old_p, new_p = predict_files(old_file, paths), predict_files(new_file, paths)
     a, b = old_p.argmax(1), new_p.argmax(1)
@@ -293,13 +348,21 @@ def git_commit() -> dict:
     }
 
 
+def is_oxford(config: ReleaseConfig) -> bool:
+    """Whether the prepared data is the Oxford-102 release (summaries from before other layouts are)."""
+    return json.loads((config.data / "summary.json").read_text()).get("layout", "oxford102") == "oxford102"
+
+
 def data_info(config: ReleaseConfig) -> dict:
     from prepare.download import md5sum  # the prepare extra (tqdm): not on a device
 
-    summary = json.loads((Path(config.work) / "flowers/summary.json").read_text())
+    summary = json.loads((config.data / "summary.json").read_text())
     source = Path(summary["config"]["source"])
+    oxford = is_oxford(config)
     return {
-        "dataset": "Oxford 102 Flowers (Nilsback & Zisserman 2008), official splits",
+        "dataset": "Oxford 102 Flowers (Nilsback & Zisserman 2008), official splits" if oxford else summary["dataset"],
+        "oxford102": oxford,
+        "num_classes": summary["num_classes"],
         "source": str(source),
         "counts": summary["counts"],
         "md5": {n: md5sum(source / n) for n in ("imagelabels.mat", "setid.mat") if (source / n).is_file()},
@@ -312,21 +375,27 @@ def build_card(config: ReleaseConfig, staging: Path, val: dict, repro: dict | No
     w = Path(config.work)
     export_card = json.loads((w / "exports-trainval/model_card.json").read_text())
     train_config = json.loads((w / "trainval/config.json").read_text())
+    data = data_info(config)
+    card_test = None if data["oxford102"] else test_figures(config)
     return {
-        "name": Path(config.out).name,
+        "name": config.name,
         "out": config.out,
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "arch": export_card["arch"],
         "input": f"{config.img_size}x{config.img_size} RGB, resized to {config.resize_size} then center-cropped",
         "output": "class probabilities (softmax in the file)",
         "recipe": {
-            "commands": {s: "floraedge " + " ".join(a) for s, a in commands(config).items()},
+            "commands": {
+                s: "floraedge " + " ".join(a)
+                for s, a in commands(config).items()
+                if s != "evaluate-test" or card_test is not None
+            },
             "train_config": train_config,
             "seeds": {"train": config.seed, "calibration": config.seed, "data_order_and_augmentation": config.seed},
             "calibration": export_card.get("calibration"),
         },
         **git_commit(),
-        "data": data_info(config),
+        "data": data,
         "tool_versions": tool_versions(),
         "files": {
             f: {"bytes": (staging / f).stat().st_size, "sha256": file_sha256(staging / f)}
@@ -335,7 +404,9 @@ def build_card(config: ReleaseConfig, staging: Path, val: dict, repro: dict | No
         "shipped_model": {"trained_on": ["train", "val"], "epochs": train_config["epochs"], "verification": {
             r["file"]: r["gate"] for r in export_card["files"] if r.get("kept")}},
         "val": val,
-        "independent_test_measurements": json.loads(MEASUREMENTS.read_text()) if MEASUREMENTS.is_file() else [],
+        "independent_test_measurements": json.loads(MEASUREMENTS.read_text())
+        if data["oxford102"] and MEASUREMENTS.is_file() else [],
+        "test": card_test,
         "reproducibility": repro,
         "note": config.note,
     }  # fmt: skip
@@ -346,17 +417,20 @@ def card_markdown(card: dict) -> str:
         f"| `{f}` | {v['bytes']:,} | {'LiteRT / MediaPipe' if f.endswith('.tflite') else 'ONNX Runtime'} |"
         for f, v in card["files"].items()
     ]
+    data = card["data"]
+    oxford = data.get("oxford102", True)
+    title = "Oxford-102 flower classifier" if oxford else classifier_title(data["dataset"], data["num_classes"])
     lines = [
-        f"# {card['name']}: Oxford-102 flower classifier ({card['arch']}, int8)",
+        f"# {card['name']}: {title} ({card['arch']}, int8)",
         "",
-        f"102 flower species. Input {card['input']}; normalization in the runtime from the embedded spec; "
+        f"{'102 flower species' if oxford else str(data['num_classes']) + ' classes (labels.txt)'}. Input {card['input']}; normalization in the runtime from the embedded spec; "
         f"output {card['output']}. Labels and the preprocessing spec are inside each file.",
         "",
         "| file | bytes | runs on |",
         "|---|---|---|",
         *files,
         *accuracy_section(card),
-        *weakness_section(card["val"]),
+        *weakness_section(card["val"], None if oxford else data["num_classes"]),
         *reproduce_section(card),
     ]
     return "\n".join(lines) + "\n"
@@ -364,11 +438,13 @@ def card_markdown(card: dict) -> str:
 
 def accuracy_section(card: dict) -> list[str]:
     val, pt = card["val"], card["val"]["pytorch_fp32"]
+    counts = card["data"]["counts"]
     return [
         "",
         "## Accuracy",
         "",
-        f"The shipped files were trained on train + val (2040 images), so val says nothing about them. "
+        f"The shipped files were trained on train + val ({counts['train'] + counts['val']} images), so val says "
+        "nothing about them. "
         f"The recipe's figures come from the same recipe trained on the train split only, on the "
         f"{val['n']} val images (standard error about {val['standard_error_points']} points):",
         "",
@@ -379,6 +455,12 @@ def accuracy_section(card: dict) -> list[str]:
             f"| `{f}` | {v['top1']:.4f} | {v['drop_points_vs_pytorch']:.2f} | {v['top1_agreement_with_pytorch']:.2%} |"
             for f, v in val["files"].items()
         ],
+        *(test_section(card["test"]) if card.get("test") else oxford_test_section(card)),
+    ]
+
+
+def oxford_test_section(card: dict) -> list[str]:
+    return [
         "",
         "Independent measurements on the 6149 withheld official test images (not run in this repository):",
         "",
@@ -386,7 +468,27 @@ def accuracy_section(card: dict) -> list[str]:
     ]
 
 
-def weakness_section(val: dict) -> list[str]:
+def test_section(test: dict) -> list[str]:
+    return [
+        "",
+        f"The same train-split model on the {test['n']} images of the test split, which no step trained or chose on:",
+        "",
+        "| model (train split) | test top-1 | test mean per-class |",
+        "|---|---|---|",
+        *[f"| {m} | {v['top1']:.4f} | {v['mean_per_class']:.4f} |" for m, v in test["models"].items()],
+    ]
+
+
+def weakness_section(val: dict, num_classes: int | None = None) -> list[str]:
+    """The most confused classes and what the model cannot know (``num_classes`` None: the Oxford-102 text)."""
+    limits = (
+        "It knows only these 102 species: anything else (other flowers, leaves, people) gets one of "
+        "them, often with a high score. Photos are from the web (Oxford-102); camera images in poor "
+        "light, at odd scales or with several flowers are out of its distribution."
+        if num_classes is None
+        else f"It knows only these {num_classes} classes: anything else gets one of them, often with a high score. "
+        "Photos unlike its training photos (other light, scale, background or camera) are out of its distribution."
+    )
     return [
         "",
         "## What it is not good at",
@@ -400,9 +502,7 @@ def weakness_section(val: dict) -> list[str]:
             for c in val["most_confused_int8_tflite"]
         ],
         "",
-        "It knows only these 102 species: anything else (other flowers, leaves, people) gets one of "
-        "them, often with a high score. Photos are from the web (Oxford-102); camera images in poor "
-        "light, at odd scales or with several flowers are out of its distribution.",
+        limits,
     ]
 
 
@@ -472,13 +572,15 @@ def assemble(config: ReleaseConfig) -> dict:
 
 def release(config: ReleaseConfig) -> dict:
     """Run (or resume) the recipe and write the release folder; returns its card."""
-    config = replace(config, precision=training_precision(config.precision))
+    config = replace(with_folders(config), precision=training_precision(config.precision))
     Path(config.work).mkdir(parents=True, exist_ok=True)
     run_steps(["prepare"], config)
     run_steps(["train-split", "trainval"], config)
     run_steps(["export-train-split", "export-trainval"], config)
+    if not is_oxford(config) and split_images(config.data, ("test",))[0]:  # Oxford's test images are withheld
+        run_steps(["evaluate-test"], config)
     card = assemble(config)
-    example = Path(config.work) / "flowers" / "jpg" / config.example
+    example = config.data / "jpg" / config.example
     if config.example_png and example.is_file():
         example_picture(Path(config.out) / RELEASE_TFLITE, example, Path(config.example_png))
     (Path(config.work) / "release_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")

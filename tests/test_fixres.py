@@ -31,10 +31,11 @@ def test_the_cached_features_are_what_the_classifier_sees_for_each_image_and_its
     images = CachedImages(tiny_prepared, ["val"], spec=spec)
     features, labels = head_inputs(model, head, eval_loader(images, workers=0, batch_size=5))
     batch, targets = next(iter(eval_loader(images, workers=0, batch_size=5)))
+    n = len(images)  # every image in loader order, then every mirror in the same order
     with torch.no_grad():
-        torch.testing.assert_close(head(features[:5]), model(batch))  # the first batch, then its mirror
-        torch.testing.assert_close(head(features[5:10]), model(batch.flip(3)))
-    assert len(features) == 2 * len(images) and torch.equal(labels[:5], targets) and torch.equal(labels[5:10], targets)
+        torch.testing.assert_close(head(features[:5]), model(batch))
+        torch.testing.assert_close(head(features[n : n + 5]), model(batch.flip(3)))
+    assert len(features) == 2 * n and torch.equal(labels[:5], targets) and torch.equal(labels[n : n + 5], targets)
 
 
 def test_fitting_the_head_lowers_its_loss_on_the_features(tiny_checkpoint, tiny_prepared):

@@ -13,11 +13,11 @@ from benchmarks.demo import real_val_images
 from edge_runtime.backends import load
 from edge_runtime.metadata import PROBABILITIES
 from edge_runtime.preprocess import read_image_bgr
-from export.release import RELEASE_FILES, ReleaseConfig
+from export.release import DEFAULT_OUT, RELEASE_FILES
 from prepare.categories import class_names
 from tests.conftest import REAL_DATA, REPO, mediapipe_vs_runtime, square_photo
 
-RELEASE = REPO / ReleaseConfig().out
+RELEASE = REPO / DEFAULT_OUT
 MODEL_SUFFIXES = (".tflite", ".onnx", ".pt", ".pth", ".ckpt", ".safetensors", ".bin", ".h5", ".pb")
 
 
@@ -41,7 +41,7 @@ def test_release_folder_is_complete_small_and_matches_its_card():
 def test_no_other_model_file_is_tracked():
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     models = [p for p in tracked.splitlines() if p.lower().endswith(MODEL_SUFFIXES)]
-    assert sorted(models) == sorted(f"{ReleaseConfig().out}/{name}" for name in RELEASE_FILES)
+    assert sorted(models) == sorted(f"{DEFAULT_OUT}/{name}" for name in RELEASE_FILES)
 
 
 @pytest.mark.slow

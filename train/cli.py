@@ -8,12 +8,19 @@ import json
 
 from edge_runtime.cli import number
 from edge_runtime.options import Option, add_command, config_from_args
-from train.config import PRECISIONS, EvaluateConfig, FixresConfig, SoupConfig, TrainConfig
+from train.config import PRECISIONS, RECIPES, EvaluateConfig, FixresConfig, SoupConfig, TrainConfig
 from train.models import ARCH_NAMES
 
 TRAIN_OPTIONS = {
     "data": Option("a folder written by `floraedge prepare`"),
     "out": Option("run directory"),
+    "recipe": Option(
+        "finetune: the whole recipe below (best accuracy, hours on a CPU); linear: a first model in minutes: the "
+        "pretrained backbone stays frozen, its features of every training image and its mirror are computed once "
+        "and a linear head is fitted on them for --epochs passes with --lr, --weight-decay, --label-smoothing and "
+        "--batch-size (the augmentation, backbone, precision and schedule options do not apply); same best.pt",
+        choices=RECIPES,
+    ),
     "arch": Option("backbone; the README's recipe uses efficientnet_lite0", choices=ARCH_NAMES),
     "weights": Option(
         "'imagenet' (offline for efficientnet_lite*, downloaded for torchvision models), 'none', or a local state_dict file"
@@ -153,9 +160,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         run_train,
         help="fine-tune a backbone into a self-describing checkpoint (best.pt, last.pt)",
         description="Fine-tune a backbone on a prepared dataset. Writes best.pt (best by validation), last.pt "
-        "(resumable), metrics.jsonl/.csv, curves.png, config.json and an evaluation report to --out.",
+        "(resumable), metrics.jsonl/.csv, curves.png, config.json and an evaluation report to --out "
+        "(--recipe linear: best.pt, config.json, summary.json and the evaluation report).",
         epilog="examples:\n"
         "  floraedge train --data data/flowers --arch efficientnet_lite0 --out runs/lite0\n"
+        "  floraedge train --data data/my-photos --recipe linear --out runs/my-linear   # minutes on a CPU\n"
         "  floraedge train --data data/flowers --arch efficientnet_lite0 --train-splits train,val --no-val "
         "--out runs/lite0-final\n"
         "  floraedge train --data data/flowers --arch resnet50 --weights resnet50-imagenet.pth --out runs/r50\n"
@@ -170,7 +179,8 @@ def run_train(args: argparse.Namespace) -> int:
     summary = train(config_from_args(args))
     if summary:
         print(json.dumps(summary, indent=2))
-        print(f"wrote {args.out}/best.pt, last.pt, metrics.csv, curves.png")
+        written = "summary.json" if args.recipe == "linear" else "last.pt, metrics.csv, curves.png"
+        print(f"wrote {args.out}/best.pt, {written}")
     return 0
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from train.models import DEFAULT_ARCH
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RECIPES = ("finetune", "linear")  # linear: the backbone frozen, a linear head on its cached features
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -17,6 +18,7 @@ class TrainConfig:
 
     data: str
     out: str
+    recipe: str = "finetune"  # one of RECIPES
     arch: str = DEFAULT_ARCH
     weights: str = "imagenet"
     epochs: int = 30

@@ -106,6 +106,31 @@ def read_summary(data: Path) -> dict:
     return summary
 
 
+def dataset_classes(data: str | Path) -> list[str]:
+    """The prepared dataset's class names, index order: its labels.txt, else (older or hand-made folders) the
+    manifest's class_name of each class_index."""
+    data = Path(data)
+    labels = data / "labels.txt"
+    if labels.is_file():
+        names = [line for line in labels.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        by_index = {r["class_index"]: r["class_name"] for r in read_manifest(data)}
+        names = [by_index.get(i, f"class_{i}") for i in range(max(by_index, default=-1) + 1)]
+    if len(names) < 2:
+        raise FloraEdgeError(f"{data} holds {len(names)} class(es); a classifier needs at least 2")
+    return names
+
+
+def check_labels(images: CachedImages, class_names: list[str]) -> None:
+    """Every manifest label is one of the dataset's classes (a hand-edited manifest is refused here, not mid-epoch)."""
+    outside = sorted({t for t in images.targets if not 0 <= t < len(class_names)})
+    if outside:
+        raise FloraEdgeError(
+            f"the manifest has class indices {outside[:5]} but labels.txt lists {len(class_names)} classes; "
+            "re-create the dataset with `floraedge prepare`"
+        )
+
+
 def warn_if_cache_too_small(data: Path, spec: PreprocessSpec) -> None:
     cache_size = read_summary(data)["config"]["cache_size"]
     if spec.resize_size > cache_size:

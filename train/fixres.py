@@ -11,6 +11,7 @@ features that cost next to nothing. The result is an ordinary checkpoint with th
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -34,20 +35,37 @@ class FixresError(FloraEdgeError):
 
 
 @torch.no_grad()
-def head_inputs(model: nn.Module, head: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
-    """What ``head`` receives for every image of ``loader`` and for its mirror (fp32, in that order per
-    batch), and the labels of both."""
-    features, labels = [], []
-    hook = head.register_forward_pre_hook(lambda module, args: features.append(args[0].float().flatten(1)))
+def head_inputs(
+    model: nn.Module, head: nn.Module, loader, device: torch.device | None = None, progress: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``head`` receives for every image of ``loader`` and then for every mirror (fp32, CPU; the first
+    half of the rows are the images in loader order, the second half their mirrors), and the labels of both."""
+    captured, originals, mirrors, labels = [], [], [], []
+    hook = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].float().flatten(1).cpu()))
     try:
-        for images, targets in tqdm(loader, desc="features", unit="batch", leave=False):
-            images = images.contiguous(memory_format=torch.channels_last)  # as predict() runs it on a CPU
+        for images, targets in tqdm(loader, desc="features", unit="batch", leave=False, disable=not progress):
+            images = images.to(device or "cpu").contiguous(memory_format=torch.channels_last)  # as predict() runs it
             model(images)
+            originals.append(captured.pop())
             model(images.flip(3))
-            labels += [targets, targets]
+            mirrors.append(captured.pop())
+            labels.append(targets)
     finally:
         hook.remove()
-    return torch.cat(features), torch.cat(labels)
+    labels = torch.cat(labels)
+    return torch.cat(originals + mirrors), torch.cat([labels, labels])
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch on one CPU thread inside the block: a linear layer's steps are too small to gain from several,
+    and on a busy CPU the threads' synchronisation costs more than the step (docs/own_classes.md)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def fit_head(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor, config: FixresConfig) -> None:
@@ -57,7 +75,7 @@ def fit_head(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor, conf
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     generator = torch.Generator().manual_seed(config.seed)
-    with torch.enable_grad():
+    with torch.enable_grad(), one_thread():
         for _ in range(config.epochs):
             for batch in torch.randperm(len(labels), generator=generator).split(config.batch_size):
                 loss = criterion(head(features[batch]), labels[batch])

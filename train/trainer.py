@@ -20,11 +20,18 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from edge_runtime.atomic import write_json_atomic
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metrics import classification_metrics
-from prepare.categories import class_names
 from train import distributed as dist
 from train.checkpoint import load_bundle, make_bundle, save_atomic
 from train.config import EvaluateConfig, TrainConfig
-from train.data import CachedImages, dataset_info, epoch_loader, eval_loader, training_sets
+from train.data import (
+    CachedImages,
+    check_labels,
+    dataset_classes,
+    dataset_info,
+    epoch_loader,
+    eval_loader,
+    training_sets,
+)
 from train.distill import Distiller, check_resumed_teachers, make_distiller
 from train.engine import (
     TrainError,
@@ -98,7 +105,9 @@ def start_run(config: TrainConfig) -> Run:
     replace = check_run_dir(config)
     spec = input_spec(config.arch, config.img_size)
     train_set, val_set = training_sets(config, spec)  # bad --data fails here, before any folder is made
-    distiller = make_distiller(config, list(class_names()), spec, device)  # and so does a teacher that cannot teach
+    class_names = dataset_classes(config.data)
+    check_labels(train_set, class_names)
+    distiller = make_distiller(config, class_names, spec, device)  # and so does a teacher that cannot teach
     amp_dtype, scaler = mixed_precision(config.precision, device)  # and a --precision this device cannot run
     dist.barrier()  # every rank has checked --out before the main one makes it (else a slower rank finds it made)
     out = make_run_dir(config, replace)
@@ -107,7 +116,7 @@ def start_run(config: TrainConfig) -> Run:
     if steps == 0:
         raise FloraEdgeError(f"{len(train_set)} training images is less than one batch of {config.batch_size}")
     with seeded(config.seed, device):  # the new head's initial weights
-        model = build_model(config.arch, len(class_names()), config.weights).to(device)
+        model = build_model(config.arch, len(class_names), config.weights).to(device)
     if uses_channels_last(device):
         model = model.to(memory_format=torch.channels_last)
     if amp_dtype == torch.bfloat16 and device.type == "cpu":
@@ -115,7 +124,7 @@ def start_run(config: TrainConfig) -> Run:
     optimizer, scheduler = make_optimizer(model, config, steps)
     bundle_args = dict(
         arch=config.arch,
-        class_names=list(class_names()),
+        class_names=class_names,
         spec=spec,
         config=asdict(config),
         dataset=dataset_info(config, train_set),
@@ -207,7 +216,7 @@ def validate(run: Run) -> dict:
     loader = eval_loader(run.val_set, run.config.workers)
     # at the training precision, as the teachers' passes are; the final report (finish) is in fp32
     logits, targets = predict(run.eval_model, loader, run.device, tta_flip=run.config.tta_flip, amp_dtype=run.amp_dtype)
-    return classification_metrics(logits.numpy(), targets.numpy(), len(class_names()))
+    return classification_metrics(logits.numpy(), targets.numpy(), len(run.bundle_args["class_names"]))
 
 
 def end_epoch(run: Run, epoch: int, stats: dict, started: float) -> bool:
@@ -243,7 +252,12 @@ def end_epoch(run: Run, epoch: int, stats: dict, started: float) -> bool:
 
 
 def train(config: TrainConfig) -> dict:
-    """Fine-tune ``config.arch`` on a prepared dataset; returns the best epoch's metrics."""
+    """Fine-tune ``config.arch`` on a prepared dataset (or, with recipe "linear", fit only a new head on the
+    frozen backbone's features); returns the best epoch's metrics."""
+    if config.recipe == "linear":
+        from train.linear import fit_linear
+
+        return fit_linear(config)
     run = start_run(config)
     try:
         for epoch in range(run.state.epoch + 1, config.epochs + 1):

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hmac
+import html
 import ipaddress
 import json
 import logging
@@ -39,7 +40,7 @@ from edge_runtime.admission import DEFAULT_LIMITS, header_size
 from edge_runtime.backends import load
 from edge_runtime.classify import Classifier
 from edge_runtime.errors import FloraEdgeError
-from edge_runtime.metadata import file_sha256
+from edge_runtime.metadata import describe, file_sha256
 from edge_runtime.preprocess import preprocess
 from edge_runtime.serve.config import ServeConfig
 from edge_runtime.serve.images import BadImage, decode_upload
@@ -202,7 +203,9 @@ class Service:
         self.model_slots = threading.BoundedSemaphore(config.workers)  # concurrent inferences
         self.camera_streams = Gate(CAMERA_STREAMS, 0, "too many camera streams open")
         self.host_allowed = allowed_hosts(config.allowed_hosts)
-        self.page = files("edge_runtime.serve").joinpath("index.html").read_text(encoding="utf-8")
+        page = files("edge_runtime.serve").joinpath("index.html").read_text(encoding="utf-8")
+        # the dataset's name comes from the model file: escaped, so a crafted name cannot inject markup
+        self.page = page.replace("__MODEL_TITLE__", html.escape(describe(backend.info)))
 
     def check_token(self, request: Request) -> None:
         if self.config.token is None:

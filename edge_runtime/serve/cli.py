@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edge_runtime.cli import BACKEND_CHOICES, number
 from edge_runtime.errors import FloraEdgeError
+from edge_runtime.metadata import describe
 from edge_runtime.options import Option, add_command, add_config_options, config_from_args
 from edge_runtime.serve.config import ServeConfig
 
@@ -224,7 +225,7 @@ def space_readme(model: Path, backend) -> str:
         f"{row['accuracy']:.4f} top-1 on {row['n']} validation images" if "accuracy" in row else "see the model card"
     )
     return (
-        f"# FloraEdge flower classifier\n\n`{model.name}` ({model.stat().st_size / 1e6:.2f} MB, "
+        f"# FloraEdge: {describe(backend.info)}\n\n`{model.name}` ({model.stat().st_size / 1e6:.2f} MB, "
         f"{backend.info.info.get('precision', '?')}, {backend.info.info.get('arch', '?')}): {accuracy}.\n"
         f"Dataset: {backend.info.info.get('dataset', {}).get('name', 'unknown')}.\n\n"
         f"Run: `pip install -r requirements.txt && uvicorn app:app --host 0.0.0.0 --port 7860 --http {GUARDED_PROTOCOL} --ws none`\n"
