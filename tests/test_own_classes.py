@@ -125,7 +125,8 @@ def test_the_serve_page_and_the_space_readme_name_the_dataset(own_exports, tmp_p
     from edge_runtime.serve.app import ServeConfig, create_app
     from floraedge import main
 
-    with TestClient(create_app(ServeConfig(model=own_exports / "model_int8.onnx"))) as client:
+    app = create_app(ServeConfig(model=own_exports / "model_int8.onnx"))
+    with TestClient(app, base_url="http://localhost") as client:  # the host check answers localhost
         page = client.get("/").text
     assert "<title>FloraEdge: Tomato &lt;i&gt;ripeness&lt;/i&gt; classifier (3 classes)</title>" in page
     assert "<i>" not in page and "flower" not in page.lower()
