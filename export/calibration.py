@@ -6,8 +6,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from edge_runtime import console
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.preprocess import preprocess, read_image_bgr
 from edge_runtime.spec import PreprocessSpec
@@ -35,7 +35,9 @@ def balanced_sample(rows: list[dict], n: int, seed: int) -> list[dict]:
 
 def load_batch(prepared: Path, rows: list[dict], spec: PreprocessSpec, desc: str) -> np.ndarray:
     """The original JPEGs, preprocessed exactly as on the device, stacked into one float32 batch."""
-    images = [preprocess(read_image_bgr(prepared / r["path"]), spec) for r in tqdm(rows, desc=desc, unit="img")]
+    images = [
+        preprocess(read_image_bgr(prepared / r["path"]), spec) for r in console.progress(rows, desc=desc, unit="img")
+    ]
     return np.concatenate(images)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from edge_runtime import console
 from edge_runtime.cli import number
 from edge_runtime.options import Option, add_command, config_from_args
 from export.config import ExportConfig
@@ -38,7 +39,7 @@ EXPORT_OPTIONS = {
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    return add_command(
+    parser = add_command(
         subparsers,
         "export",
         ExportConfig,
@@ -49,9 +50,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "spec, and verify each file with its own runtime against the PyTorch model on validation images. "
         "A file that fails the gate is not written (or, with --allow-drop, is kept with a warning).",
         epilog="example:\n  floraedge export --checkpoint runs/lite0/best.pt --data data/flowers --out exports/lite0",
+        own=console.VERBOSE_OWN,
     )
+    return console.add_verbose_flag(parser)
 
 
+@console.quiet_unless_verbose
 def run(args: argparse.Namespace) -> int:
     from export.exporter import export_all
 

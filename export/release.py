@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime import console
 from edge_runtime.cli import number
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metadata import file_sha256
@@ -91,7 +92,7 @@ RELEASE_OPTIONS = {
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    return add_command(
+    parser = add_command(
         subparsers,
         "release",
         ReleaseConfig,
@@ -103,9 +104,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "bf16, chosen by default where the CPU has it, makes the training steps ~1.6x faster); "
         "each finished step and epoch is reused when the command is run again.",
         epilog="example:\n  floraedge release --source ../shared/data/oxford102-trainval",
+        own=console.VERBOSE_OWN,
     )
+    return console.add_verbose_flag(parser)
 
 
+@console.quiet_unless_verbose
 def run(args: argparse.Namespace) -> int:
     card = release(config_from_args(args))
     print(json.dumps({k: card[k] for k in ("out", "files", "val")}, indent=1))
