@@ -25,8 +25,10 @@ EXPORT_OPTIONS = {
     "calib_method": Option("ONNX Runtime calibration", choices=tuple(CALIB_METHODS)),
     "per_channel": Option("ONNX int8 weights per tensor (default: per channel)", flag="--per-tensor"),
     "ort_preset": Option(
-        "ONNX int8 types: x86 = uint8 x 7-bit weights, right on every CPU; arm = int8 x int8 for ARM64's "
-        "SDOT kernels (an x86 host verifies it by QDQ emulation)",
+        "ONNX int8 types: x86 = uint8 x int8 with 7-bit weights wherever x86's kernel sums product pairs (8-bit "
+        "depthwise weights; the layers 7 bits hurt most in float), right on every CPU; x86-all-7bit = 7-bit "
+        "weights everywhere (the former default); arm = int8 x int8 for ARM64's SDOT kernels (an x86 host "
+        "verifies it by QDQ emulation)",
         choices=tuple(ORT_PRESETS),
     ),
     "verify_split": Option(),
