@@ -84,21 +84,24 @@ def output(verbose: bool) -> Iterator[None]:
 @contextlib.contextmanager
 def harmless(*, category: type[Warning] = Warning, message: str = "", module: str = "", loggers: tuple = ()):
     """Silence, in this block and unless --verbose, the Python warnings that match (``message``: a regex the
-    warning's text starts with, ``module``: the warning's module) and the Python ``loggers`` named below
-    WARNING. The caller's comment says why they are harmless."""
+    warning's text starts with, ``module``: the warning's module) and, of the Python ``loggers`` named
+    ("root": the root logger), the records below ERROR whose text starts with ``message``. The caller's
+    comment says why they are harmless."""
     if _verbose:
         yield
         return
-    levels = {name: logging.getLogger(name).level for name in loggers}
+    pattern = re.compile(message)
+    drop = logging.Filter()
+    drop.filter = lambda record: record.levelno >= logging.ERROR or not pattern.match(record.getMessage())
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
         for name in loggers:
-            logging.getLogger(name).setLevel(logging.ERROR)
+            logging.getLogger(name).addFilter(drop)
         try:
             yield
         finally:
-            for name, level in levels.items():
-                logging.getLogger(name).setLevel(level)
+            for name in loggers:
+                logging.getLogger(name).removeFilter(drop)
 
 
 @contextlib.contextmanager

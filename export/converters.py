@@ -152,9 +152,10 @@ def seven_bit(weight: np.ndarray) -> np.ndarray:
     return (np.clip(np.round(flat / scale), -64, 64) * scale).reshape(weight.shape).astype(weight.dtype)
 
 
-def most_sensitive_to_7_bit_weights(model_path: Path, batch: np.ndarray, count: int) -> list[str]:
-    """The ``count`` pair-summing nodes whose weights, rounded to 7 bits alone in the float model, move its
-    probabilities most (mean KL divergence on ``batch``). Weight-only and in float, so one cheap pass per layer."""
+def most_sensitive_to_7_bit_weights(model_path: Path, batch: np.ndarray, count: int) -> list[tuple[str, str]]:
+    """(node, weight) of the ``count`` pair-summing nodes whose weights, rounded to 7 bits alone in the float
+    model, move its probabilities most (mean KL divergence on ``batch``). Weight-only and in float, so one
+    cheap pass per layer."""
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
@@ -175,8 +176,35 @@ def most_sensitive_to_7_bit_weights(model_path: Path, batch: np.ndarray, count: 
         weights[weight].CopyFrom(numpy_helper.from_array(seven_bit(original), weight))
         moved = probabilities(model)
         weights[weight].CopyFrom(numpy_helper.from_array(original, weight))
-        scores[node] = float(np.mean(np.sum(reference * (np.log(reference + 1e-12) - np.log(moved + 1e-12)), axis=1)))
+        kl = np.sum(reference * (np.log(reference + 1e-12) - np.log(moved + 1e-12)), axis=1)
+        scores[(node, weight)] = float(np.mean(kl))
     return sorted(scores, key=scores.get, reverse=True)[:count]
+
+
+def on_graph_input(model_path: Path) -> set[str]:
+    """The nodes that read a graph input (the float image): left unquantized they stay float in ONNX Runtime.
+    A float node between a DequantizeLinear and a QuantizeLinear does not: ONNX Runtime's session quantizes
+    its weights to 8 bits at load (checked on its optimized graph), which x86 without VNNI saturates on."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    inputs = {i.name for i in graph.input}
+    return {n.name for n in graph.node if n.input and n.input[0] in inputs}
+
+
+def exact_layer_overrides(sensitive: list[tuple[str, str]], model_path: Path, per_channel: bool):
+    """(nodes left in float, weight overrides): the ``sensitive`` layers keep 8-bit weights in a form no CPU
+    saturates on: float where the layer reads the float input, else uint8 weights (symmetric, zero point 128),
+    which ONNX Runtime runs with its uint8 x uint8 kernel (16-bit products summed in int32, documented as
+    free of the saturation of uint8 x int8)."""
+    from onnxruntime.quantization import QuantType
+
+    first = on_graph_input(model_path)
+    in_float = [node for node, _ in sensitive if node in first]
+    uint8 = {"quant_type": QuantType.QUInt8, "symmetric": True, "reduce_range": False} | (
+        {"axis": 0} if per_channel else {}
+    )
+    return in_float, {weight: [uint8] for node, weight in sensitive if node not in first}
 
 
 def onnx_int8(base: Path, dest: Path, ctx: ExportContext) -> None:
@@ -189,29 +217,34 @@ def onnx_int8(base: Path, dest: Path, ctx: ExportContext) -> None:
         preset = ORT_PRESETS[ctx.ort_preset]
         method = getattr(CalibrationMethod, CALIB_METHODS[ctx.calib_method])
         overrides = weight_range_overrides(prepped, preset["weights_7bit"], ctx.per_channel)
-        # the layers that 7-bit weights hurt most run in float (their kernels cannot saturate either)
-        in_float = most_sensitive_to_7_bit_weights(
-            prepped, ctx.calibration[:SENSITIVITY_IMAGES], preset["float_layers"]
+        # the layers that 7-bit weights hurt most keep 8 bits in a form whose kernels cannot saturate
+        sensitive = most_sensitive_to_7_bit_weights(
+            prepped, ctx.calibration[:SENSITIVITY_IMAGES], preset["exact_layers"]
         )
-        quantize_static(
-            str(prepped),
-            str(dest),
-            _Reader(ctx.calibration),
-            quant_format=QuantFormat.QDQ,
-            per_channel=ctx.per_channel,
-            activation_type=getattr(QuantType, preset["activation_type"]),
-            weight_type=getattr(QuantType, preset["weight_type"]),
-            reduce_range=preset["weights_7bit"] != "none",  # onnxruntime's reduced range: [-64, 64]
-            calibrate_method=method,
-            extra_options={
-                # the classifier's logits stay float (int8 weights and input, int32 accumulation): rounded onto
-                # an 8-bit grid, close top-2 classes would fall on one step before the float softmax
-                "OpTypesToExcludeOutputQuantization": ["Gemm"],
-                "TensorQuantOverrides": overrides,
-            },
-            # probabilities stay float32: quantized, they no longer sum to 1
-            nodes_to_exclude=softmax_nodes(prepped) + in_float,
-        )
+        in_float, uint8 = exact_layer_overrides(sensitive, prepped, ctx.per_channel)
+        # onnxruntime logs (root logger) each bias it clips to int32: the bias of a channel whose weights are
+        # all ~0 (its scale ~1e-11), whose constant output is then lost, as in the int8 TFLite file (see the
+        # cast warning in _quantize_tflite); the gate measures the file with it
+        with console.harmless(message="Quantized bias .* exceeds the range of a int32", loggers=("root",)):
+            quantize_static(
+                str(prepped),
+                str(dest),
+                _Reader(ctx.calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=ctx.per_channel,
+                activation_type=getattr(QuantType, preset["activation_type"]),
+                weight_type=getattr(QuantType, preset["weight_type"]),
+                reduce_range=preset["weights_7bit"] != "none",  # onnxruntime's reduced range: [-64, 64]
+                calibrate_method=method,
+                extra_options={
+                    # the classifier's logits stay float (int8 weights and input, int32 accumulation): rounded onto
+                    # an 8-bit grid, close top-2 classes would fall on one step before the float softmax
+                    "OpTypesToExcludeOutputQuantization": ["Gemm"],
+                    "TensorQuantOverrides": overrides | uint8,
+                },
+                # probabilities stay float32: quantized, they no longer sum to 1
+                nodes_to_exclude=softmax_nodes(prepped) + in_float,
+            )
     finally:
         prepped.unlink(missing_ok=True)
 

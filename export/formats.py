@@ -107,7 +107,7 @@ ORT_PRESETS = {
         "activation_type": "QUInt8",
         "weight_type": "QInt8",
         "weights_7bit": "paired",
-        "float_layers": 3,
+        "exact_layers": 3,
         "native_on": None,
     },
     # the x86 preset before issue 37: 7-bit weights in every layer, the depthwise ones included
@@ -115,7 +115,7 @@ ORT_PRESETS = {
         "activation_type": "QUInt8",
         "weight_type": "QInt8",
         "weights_7bit": "all",
-        "float_layers": 0,
+        "exact_layers": 0,
         "native_on": None,
     },
     # ARM64: int8 x int8 maps onto the SDOT/I8MM kernels. x86 CPUs without VNNI saturate on it, so an x86
@@ -125,7 +125,7 @@ ORT_PRESETS = {
         "activation_type": "QInt8",
         "weight_type": "QInt8",
         "weights_7bit": "none",
-        "float_layers": 0,
+        "exact_layers": 0,
         "native_on": ("aarch64", "arm64"),
     },
 }
@@ -142,7 +142,7 @@ def onnx_int8_info(preset: str) -> dict:
         "activations": types["activation_type"],
         "weight_abs_max": weight_abs_max,
         "weights_7bit": types["weights_7bit"],
-        "float_layers": types["float_layers"],
+        "exact_layers": types["exact_layers"],
     }
 
 
