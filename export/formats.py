@@ -101,8 +101,9 @@ ORT_PRESETS = {
     # so the file computes what it means on every x86 CPU and on ARM (8-bit weights lost 6 points of accuracy
     # on an AVX2 CPU: docs/results.md). weights_7bit: which weights get the reduced range: "paired" = only
     # those of kernels that pair products (the depthwise kernel widens to 16 bits and cannot saturate, see
-    # export.converters.depthwise_weights), "all", or "none". float_layers: how many of the pair-summing
-    # layers that 7-bit weights hurt most stay in float (export.converters.most_sensitive_to_7_bit_weights).
+    # export.converters.depthwise_weights), "all", or "none". exact_layers: how many of the pair-summing
+    # layers that 7-bit weights hurt most keep 8 bits in a form no kernel saturates on: uint8 weights, or
+    # float for a layer reading the float input (export.converters.exact_layer_overrides).
     "x86": {
         "activation_type": "QUInt8",
         "weight_type": "QInt8",
