@@ -259,7 +259,11 @@ def export_tflite_base(ctx: ExportContext, dest: Path) -> None:
     model, sample = ctx.model, ctx.sample
     if ctx.nhwc:
         model, sample = litert_torch.to_channel_last_io(model, args=[0]), sample.permute(0, 2, 3, 1).contiguous()
-    litert_torch.convert(model.eval(), (sample,)).export(str(dest))
+    # The converter's native code logs before anything set up absl's logging, so absl first says where its
+    # lines go ("All log messages before absl::InitializeLog() is called are written to STDERR"): a note
+    # about logging itself (its INFO lines are off by TF_CPP_MIN_LOG_LEVEL, edge_runtime/console.py)
+    with console.native_stderr(r"WARNING: All log messages before absl::InitializeLog\(\) is called"):
+        litert_torch.convert(model.eval(), (sample,)).export(str(dest))
 
 
 def _quantize_tflite(base: Path, dest: Path, recipe, calibration: np.ndarray | None, nhwc: bool) -> None:
