@@ -252,17 +252,20 @@ def onnx_int8(base: Path, dest: Path, ctx: ExportContext) -> None:
 def export_tflite_base(ctx: ExportContext, dest: Path) -> None:
     """fp32 TFLite with litert-torch; NHWC input (what mobile apps feed) unless asked otherwise."""
     # litert-torch's import registers an Enum with torch's pytree, which torch now supports natively and
-    # logs as deprecated: a note to litert-torch's authors, nothing about our model
-    with console.harmless(loggers=("torch.utils._pytree",)):
+    # logs as deprecated: a note to litert-torch's authors, nothing about our model. Its converter's native
+    # code logs before anything set up absl's logging, so absl first says where its lines go ("All log
+    # messages before absl::InitializeLog() is called are written to STDERR"): a note about logging itself
+    # (the INFO lines that follow are off by TF_CPP_MIN_LOG_LEVEL, edge_runtime/console.py).
+    with (
+        console.harmless(loggers=("torch.utils._pytree",)),
+        console.native_stderr(r"WARNING: All log messages before absl::InitializeLog\(\) is called"),
+    ):
         import litert_torch
 
-    model, sample = ctx.model, ctx.sample
-    if ctx.nhwc:
-        model, sample = litert_torch.to_channel_last_io(model, args=[0]), sample.permute(0, 2, 3, 1).contiguous()
-    # The converter's native code logs before anything set up absl's logging, so absl first says where its
-    # lines go ("All log messages before absl::InitializeLog() is called are written to STDERR"): a note
-    # about logging itself (its INFO lines are off by TF_CPP_MIN_LOG_LEVEL, edge_runtime/console.py)
-    with console.native_stderr(r"WARNING: All log messages before absl::InitializeLog\(\) is called"):
+        model, sample = ctx.model, ctx.sample
+        if ctx.nhwc:
+            model = litert_torch.to_channel_last_io(model, args=[0])
+            sample = sample.permute(0, 2, 3, 1).contiguous()
         litert_torch.convert(model.eval(), (sample,)).export(str(dest))
 
 
