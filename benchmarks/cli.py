@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from benchmarks.bench import BenchConfig
+from edge_runtime import console
 from edge_runtime.cli import number
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.options import Option, add_command, config_from_args
@@ -28,7 +29,7 @@ BENCH_OPTIONS = {
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    return add_command(
+    parser = add_command(
         subparsers,
         "bench",
         BenchConfig,
@@ -43,9 +44,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "Writes report.md (with plots), results.csv, results.json.",
         epilog="example:\n  floraedge bench --models exports/lite0 --checkpoint runs/lite0/best.pt --data data/flowers "
         "--out bench/lite0",
+        own=console.VERBOSE_OWN,
     )
+    return console.add_verbose_flag(parser)
 
 
+@console.quiet_unless_verbose
 def run(args: argparse.Namespace) -> int:
     from benchmarks.bench import bench
 

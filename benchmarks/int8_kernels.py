@@ -1,10 +1,13 @@
-"""Does this CPU's ONNX Runtime compute an int8 ONNX file as the file means?
+"""Does this CPU's ONNX Runtime compute an int8 ONNX file as the file means, and how far is it from PyTorch?
 
 Each file runs through the fused integer kernels and through its exact QDQ emulation in float (graph
 optimizations off: what an ARM64 or VNNI CPU computes, to rounding), on a prepared split: accuracy of
 both, their top-1 agreement and max abs difference, and the kernels' batch-1 latency, the files
 alternated round by round so that their latencies share the machine's state (docs/results.md, "int8
-ONNX on x86 CPUs without VNNI").
+ONNX on x86 CPUs without VNNI"). ``--checkpoint`` adds the PyTorch model's top-1 and each result's drop
+against it and top-1 agreement with it. ``--no-vnni-cpu Haswell`` also runs the fused kernels under
+QEMU's user-mode emulation of that x86 CPU model, which has no VNNI (``apt-get install qemu-user``,
+QEMU >= 7.2 for AVX2): there ONNX Runtime picks the int16 pair-summing kernel that can saturate.
 
     python -m benchmarks.int8_kernels --data runs/flowers293 --models exp-a/model_int8.onnx exp-b/model_int8.onnx
 """
@@ -13,6 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,20 +43,66 @@ def flips_beyond_rounding(fused: np.ndarray, exact: np.ndarray) -> int:
     return int(((fused.argmax(1) != exact.argmax(1)) & (margin > 2 * diff)).sum())
 
 
-def kernels_vs_emulation(path: Path, data: Path, split: str, limit: int | None) -> tuple[dict, object]:
-    kernels = load(path, "onnxruntime", threads=1)
-    batch, targets, _ = verification_set(data, kernels.info.spec, split=split, limit=limit)
+def top1_figures(name: str, outputs: np.ndarray, targets: np.ndarray, torch_logits: np.ndarray | None) -> dict:
+    """top-1 of ``outputs``; with a PyTorch reference, the drop against it (points) and the agreement."""
+    top1 = float((outputs.argmax(1) == targets).mean())
+    figures = {f"{name}_top1": top1}
+    if torch_logits is not None:
+        figures[f"{name}_drop_points"] = round((float((torch_logits.argmax(1) == targets).mean()) - top1) * 100, 3)
+        figures[f"{name}_agreement_with_torch"] = float((outputs.argmax(1) == torch_logits.argmax(1)).mean())
+    return figures
+
+
+def kernels_vs_emulation(path: Path, batch: np.ndarray, targets: np.ndarray, torch_logits, no_vnni_cpu) -> dict:
     fused = run_file(path, ONNX_INT8, batch, threads=1)
     exact = run_file(path, ONNX_INT8, batch, threads=1, qdq_emulation=True)
-    return {
-        "kernels_top1": float((fused.argmax(1) == targets).mean()),
-        "emulation_top1": float((exact.argmax(1) == targets).mean()),
+    result = {
+        **top1_figures("kernels", fused, targets, torch_logits),
+        **top1_figures("emulation", exact, targets, torch_logits),
         "top1_agreement": float((fused.argmax(1) == exact.argmax(1)).mean()),
         "flips_beyond_rounding": flips_beyond_rounding(fused, exact),
         "max_abs_diff": float(np.abs(fused - exact).max()),
-        "weights": kernels.info.info.get("onnx_int8"),
+        "weights": load(path, "onnxruntime").info.info.get("onnx_int8"),
         "n": len(targets),
-    }, (kernels, np.ascontiguousarray(batch[:1]))
+    }
+    if no_vnni_cpu:
+        emulated_cpu = kernels_on_emulated_cpu(path, batch, no_vnni_cpu)
+        result |= {
+            **top1_figures(f"kernels_{no_vnni_cpu}", emulated_cpu, targets, torch_logits),
+            f"kernels_{no_vnni_cpu}_vs_emulation_agreement": float((emulated_cpu.argmax(1) == exact.argmax(1)).mean()),
+            f"kernels_{no_vnni_cpu}_vs_emulation_max_abs_diff": float(np.abs(emulated_cpu - exact).max()),
+        }
+    return result
+
+
+def kernels_on_emulated_cpu(path: Path, batch: np.ndarray, cpu: str) -> np.ndarray:
+    """The file's fused kernels run by QEMU as the x86 CPU model ``cpu`` (only onnxruntime is imported there)."""
+    qemu = shutil.which("qemu-x86_64")
+    if not qemu:
+        raise SystemExit("--no-vnni-cpu needs QEMU's user-mode emulator: apt-get install qemu-user")
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs, outputs = Path(tmp) / "batch.npy", Path(tmp) / "outputs.npy"
+        np.save(inputs, batch)
+        code = (
+            "import sys, numpy as np, onnxruntime as ort\n"
+            "o = ort.SessionOptions(); o.intra_op_num_threads = 1\n"
+            "s = ort.InferenceSession(sys.argv[1], o, providers=['CPUExecutionProvider'])\n"
+            "b = np.load(sys.argv[2]); n = s.get_inputs()[0].name\n"
+            "np.save(sys.argv[3], np.concatenate([s.run(None, {n: b[i:i + 32]})[0] for i in range(0, len(b), 32)]))\n"
+        )
+        cmd = [qemu, "-cpu", cpu, sys.executable, "-c", code, str(path), str(inputs), str(outputs)]
+        subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)  # QEMU lists every CPUID bit TCG lacks
+        return np.load(outputs)
+
+
+def torch_reference(checkpoint: Path | None, batch: np.ndarray) -> np.ndarray | None:
+    if checkpoint is None:
+        return None
+    from export.exporter import reference
+    from train.checkpoint import load_bundle, model_from_bundle
+
+    model, _ = model_from_bundle(load_bundle(str(checkpoint)))
+    return reference(model.eval(), batch, np.zeros(len(batch), dtype=int)).logits
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,18 +113,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, default=None, help="class-balanced subset of the split")
     parser.add_argument("--rounds", type=int, default=5, help="latency rounds, the files alternated")
     parser.add_argument("--runs", type=int, default=30, help="timed inferences per file and round")
+    parser.add_argument("--checkpoint", type=Path, help="the PyTorch model the files were exported from")
+    parser.add_argument("--no-vnni-cpu", help="also run the kernels on this QEMU x86 CPU model (e.g. Haswell)")
     args = parser.parse_args(argv)
-    results, timing = {}, {}
-    for path in args.models:
-        results[str(path)], timing[str(path)] = kernels_vs_emulation(path, args.data, args.split, args.limit)
+    spec = load(args.models[0], "onnxruntime").info.spec
+    batch, targets, _ = verification_set(args.data, spec, split=args.split, limit=args.limit)
+    torch_logits = torch_reference(args.checkpoint, batch)
+    results = {str(p): kernels_vs_emulation(p, batch, targets, torch_logits, args.no_vnni_cpu) for p in args.models}
+    timing = {str(p): (load(p, "onnxruntime", threads=1), np.ascontiguousarray(batch[:1])) for p in args.models}
     rounds = {name: [] for name in timing}
     for _ in range(args.rounds):
         for name, (backend, sample) in timing.items():
             rounds[name].append(latency(backend, sample, warmup=3, runs=args.runs)["median_ms"])
     for name, values in rounds.items():
         results[name] |= {"median_ms": float(np.median(values)), "rounds_ms": values}
-    flags = linux_cpu_flags()
-    report = {"vnni_flags": sorted(flags & set(VNNI_FLAGS)), "files": results}
+    report = {"vnni_flags": sorted(linux_cpu_flags() & set(VNNI_FLAGS)), "files": results}
+    if torch_logits is not None:
+        report["torch_top1"] = float((torch_logits.argmax(1) == targets).mean())
     print(json.dumps(report, indent=1))
     return report
 

@@ -6,8 +6,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from edge_runtime import console
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.preprocess import preprocess, read_image_bgr
 from edge_runtime.spec import PreprocessSpec
@@ -37,7 +37,7 @@ def load_batch(prepared: Path, rows: list[dict], spec: PreprocessSpec, desc: str
     """The original JPEGs, preprocessed exactly as on the device, into one float32 batch (filled in
     place: its peak memory is the batch, not a list of images plus their concatenation)."""
     batch = np.empty((len(rows), *spec.input_shape[1:]), np.float32)
-    for i, r in enumerate(tqdm(rows, desc=desc, unit="img")):
+    for i, r in enumerate(console.progress(rows, desc=desc, unit="img")):
         batch[i] = preprocess(read_image_bgr(prepared / r["path"]), spec)[0]
     return batch
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from edge_runtime import console
 from edge_runtime.cli import number
 from edge_runtime.options import Option, add_command, config_from_args
 from export.config import ExportConfig
@@ -24,8 +25,10 @@ EXPORT_OPTIONS = {
     "calib_method": Option("ONNX Runtime calibration", choices=tuple(CALIB_METHODS)),
     "per_channel": Option("ONNX int8 weights per tensor (default: per channel)", flag="--per-tensor"),
     "ort_preset": Option(
-        "ONNX int8 types: x86 = uint8 x 7-bit weights, right on every CPU; arm = int8 x int8 for ARM64's "
-        "SDOT kernels (an x86 host verifies it by QDQ emulation)",
+        "ONNX int8 types: x86 = uint8 x int8 with 7-bit weights wherever x86's kernel sums product pairs (8-bit "
+        "depthwise weights; the layers 7 bits hurt most as uint8 x uint8 or float), right on every CPU; x86-all-7bit = 7-bit "
+        "weights everywhere (the former default); arm = int8 x int8 for ARM64's SDOT kernels (an x86 host "
+        "verifies it by QDQ emulation)",
         choices=tuple(ORT_PRESETS),
     ),
     "verify_split": Option(),
@@ -38,7 +41,7 @@ EXPORT_OPTIONS = {
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    return add_command(
+    parser = add_command(
         subparsers,
         "export",
         ExportConfig,
@@ -49,9 +52,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "spec, and verify each file with its own runtime against the PyTorch model on validation images. "
         "A file that fails the gate is not written (or, with --allow-drop, is kept with a warning).",
         epilog="example:\n  floraedge export --checkpoint runs/lite0/best.pt --data data/flowers --out exports/lite0",
+        own=console.VERBOSE_OWN,
     )
+    return console.add_verbose_flag(parser)
 
 
+@console.quiet_unless_verbose
 def run(args: argparse.Namespace) -> int:
     from export.exporter import export_all
 

@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_runtime import console
 from edge_runtime.metadata import classifier_title
 from export.config import ExportConfig
 from export.formats import CALIB_METHODS, ORT_PRESETS
 
 ONNX_OPSET = 17
+SENSITIVITY_IMAGES = 32  # calibration images that rank the layers' sensitivity to 7-bit weights
 
 
 class WithSoftmax(torch.nn.Module):
@@ -73,7 +75,10 @@ def onnx_fp16(base: Path, dest: Path, ctx: ExportContext) -> None:
     import onnx
     from onnxconverter_common import float16
 
-    model = float16.convert_float_to_float16(onnx.load(str(base)), keep_io_types=True)
+    # The converter clamps weights smaller than float16 can hold (|w| < 1e-7) to +-1e-7 and warns once per
+    # weight: such weights add nothing a float16 output can show, and the fp16 gate checks the whole file.
+    with console.harmless(category=UserWarning, message="the float32 number", module="onnxconverter_common"):
+        model = float16.convert_float_to_float16(onnx.load(str(base)), keep_io_types=True)
     onnx.save(model, str(dest))
 
 
@@ -96,6 +101,113 @@ def softmax_nodes(model_path: Path) -> list[str]:
     return [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node if n.op_type == "Softmax"]
 
 
+def depthwise_weights(model_path: Path) -> list[str]:
+    """The weight initializers of the depthwise convolutions (one input and one output channel per group).
+
+    ONNX Runtime runs these with its depthwise kernel (MlasConvDepthwise), which subtracts the zero points
+    and widens every operand to 16 bits before multiplying, and sums in int32: no pair of products is
+    squeezed into int16 as in the GEMM kernel of every other Conv, Gemm and MatMul, so 8-bit weights cannot
+    saturate there on any CPU (checked on an emulated CPU without VNNI: docs/results.md).
+    """
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+    names = []
+    for node in graph.node:
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        shape = shapes.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        if shape and group > 1 and shape[1] == 1 and shape[0] == group:
+            names.append(node.input[1])
+    return names
+
+
+def weight_range_overrides(model_path: Path, weights_7bit: str, per_channel: bool) -> dict:
+    """ONNX Runtime's TensorQuantOverrides that give the depthwise weights their full 8 bits when only the
+    weights of pair-summing kernels must be 7-bit (``weights_7bit == "paired"``; export.formats.ORT_PRESETS)."""
+    if weights_7bit != "paired":
+        return {}
+    full = {"axis": 0, "reduce_range": False} if per_channel else {"reduce_range": False}
+    return {name: [full] for name in depthwise_weights(model_path)}
+
+
+def pair_summing_nodes(model_path: Path) -> list[tuple[str, str]]:
+    """(node, weight) of every Conv and Gemm that x86's GEMM kernel runs (every one but the depthwise ones)."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    depthwise = set(depthwise_weights(model_path))
+    return [
+        (n.name, n.input[1])
+        for n in graph.node
+        if n.op_type in ("Conv", "Gemm") and len(n.input) > 1 and n.input[1] in initializers
+        if n.input[1] not in depthwise
+    ]
+
+
+def seven_bit(weight: np.ndarray) -> np.ndarray:
+    """``weight`` rounded as onnxruntime's reduced range stores it: symmetric per output channel, [-64, 64]."""
+    flat = weight.reshape(weight.shape[0], -1)
+    scale = np.maximum(np.abs(flat).max(1, keepdims=True), 1e-12) / 64
+    return (np.clip(np.round(flat / scale), -64, 64) * scale).reshape(weight.shape).astype(weight.dtype)
+
+
+def most_sensitive_to_7_bit_weights(model_path: Path, batch: np.ndarray, count: int) -> list[tuple[str, str]]:
+    """(node, weight) of the ``count`` pair-summing nodes whose weights, rounded to 7 bits alone in the float
+    model, move its probabilities most (mean KL divergence on ``batch``). Weight-only and in float, so one
+    cheap pass per layer."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    if count <= 0:
+        return []
+    model = onnx.load(str(model_path))
+    weights = {t.name: t for t in model.graph.initializer}
+
+    def probabilities(proto) -> np.ndarray:
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: batch})[0]
+
+    reference = probabilities(model)
+    scores = {}
+    for node, weight in pair_summing_nodes(model_path):
+        original = numpy_helper.to_array(weights[weight])
+        weights[weight].CopyFrom(numpy_helper.from_array(seven_bit(original), weight))
+        moved = probabilities(model)
+        weights[weight].CopyFrom(numpy_helper.from_array(original, weight))
+        kl = np.sum(reference * (np.log(reference + 1e-12) - np.log(moved + 1e-12)), axis=1)
+        scores[(node, weight)] = float(np.mean(kl))
+    return sorted(scores, key=scores.get, reverse=True)[:count]
+
+
+def on_graph_input(model_path: Path) -> set[str]:
+    """The nodes that read a graph input (the float image): left unquantized they stay float in ONNX Runtime.
+    A float node between a DequantizeLinear and a QuantizeLinear does not: ONNX Runtime's session quantizes
+    its weights to 8 bits at load (checked on its optimized graph), which x86 without VNNI saturates on."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    inputs = {i.name for i in graph.input}
+    return {n.name for n in graph.node if n.input and n.input[0] in inputs}
+
+
+def exact_layer_overrides(sensitive: list[tuple[str, str]], model_path: Path, per_channel: bool):
+    """(nodes left in float, weight overrides): the ``sensitive`` layers keep 8-bit weights in a form no CPU
+    saturates on: float where the layer reads the float input, else uint8 weights (symmetric, zero point 128),
+    which ONNX Runtime runs with its uint8 x uint8 kernel (16-bit products summed in int32, documented as
+    free of the saturation of uint8 x int8)."""
+    from onnxruntime.quantization import QuantType
+
+    first = on_graph_input(model_path)
+    in_float = [node for node, _ in sensitive if node in first]
+    uint8 = {"quant_type": QuantType.QUInt8, "symmetric": True, "reduce_range": False} | (
+        {"axis": 0} if per_channel else {}
+    )
+    return in_float, {weight: [uint8] for node, weight in sensitive if node not in first}
+
+
 def onnx_int8(base: Path, dest: Path, ctx: ExportContext) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -105,33 +217,57 @@ def onnx_int8(base: Path, dest: Path, ctx: ExportContext) -> None:
         quant_pre_process(str(base), str(prepped), skip_symbolic_shape=True)
         preset = ORT_PRESETS[ctx.ort_preset]
         method = getattr(CalibrationMethod, CALIB_METHODS[ctx.calib_method])
-        quantize_static(
-            str(prepped),
-            str(dest),
-            _Reader(ctx.calibration),
-            quant_format=QuantFormat.QDQ,
-            per_channel=ctx.per_channel,
-            activation_type=getattr(QuantType, preset["activation_type"]),
-            weight_type=getattr(QuantType, preset["weight_type"]),
-            reduce_range=preset["reduce_range"],
-            calibrate_method=method,
-            # the classifier's logits stay float (int8 weights and input, int32 accumulation): rounded onto
-            # an 8-bit grid, close top-2 classes would fall on one step before the float softmax
-            extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"]},
-            nodes_to_exclude=softmax_nodes(prepped),  # probabilities stay float32: quantized, they no longer sum to 1
+        overrides = weight_range_overrides(prepped, preset["weights_7bit"], ctx.per_channel)
+        # the layers that 7-bit weights hurt most keep 8 bits in a form whose kernels cannot saturate
+        sensitive = most_sensitive_to_7_bit_weights(
+            prepped, ctx.calibration[:SENSITIVITY_IMAGES], preset["exact_layers"]
         )
+        in_float, uint8 = exact_layer_overrides(sensitive, prepped, ctx.per_channel)
+        # onnxruntime logs (root logger) each bias it clips to int32: the bias of a channel whose weights are
+        # all ~0 (its scale ~1e-11), whose constant output is then lost, as in the int8 TFLite file (see the
+        # cast warning in _quantize_tflite); the gate measures the file with it
+        with console.harmless(message="Quantized bias .* exceeds the range of a int32", loggers=("root",)):
+            quantize_static(
+                str(prepped),
+                str(dest),
+                _Reader(ctx.calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=ctx.per_channel,
+                activation_type=getattr(QuantType, preset["activation_type"]),
+                weight_type=getattr(QuantType, preset["weight_type"]),
+                reduce_range=preset["weights_7bit"] != "none",  # onnxruntime's reduced range: [-64, 64]
+                calibrate_method=method,
+                extra_options={
+                    # the classifier's logits stay float (int8 weights and input, int32 accumulation): rounded onto
+                    # an 8-bit grid, close top-2 classes would fall on one step before the float softmax
+                    "OpTypesToExcludeOutputQuantization": ["Gemm"],
+                    "TensorQuantOverrides": overrides | uint8,
+                },
+                # probabilities stay float32: quantized, they no longer sum to 1
+                nodes_to_exclude=softmax_nodes(prepped) + in_float,
+            )
     finally:
         prepped.unlink(missing_ok=True)
 
 
 def export_tflite_base(ctx: ExportContext, dest: Path) -> None:
     """fp32 TFLite with litert-torch; NHWC input (what mobile apps feed) unless asked otherwise."""
-    import litert_torch
+    # litert-torch's import registers an Enum with torch's pytree, which torch now supports natively and
+    # logs as deprecated: a note to litert-torch's authors, nothing about our model. Its converter's native
+    # code logs before anything set up absl's logging, so absl first says where its lines go ("All log
+    # messages before absl::InitializeLog() is called are written to STDERR"): a note about logging itself
+    # (the INFO lines that follow are off by TF_CPP_MIN_LOG_LEVEL, edge_runtime/console.py).
+    with (
+        console.harmless(loggers=("torch.utils._pytree",)),
+        console.native_stderr(r"WARNING: All log messages before absl::InitializeLog\(\) is called"),
+    ):
+        import litert_torch
 
-    model, sample = ctx.model, ctx.sample
-    if ctx.nhwc:
-        model, sample = litert_torch.to_channel_last_io(model, args=[0]), sample.permute(0, 2, 3, 1).contiguous()
-    litert_torch.convert(model.eval(), (sample,)).export(str(dest))
+        model, sample = ctx.model, ctx.sample
+        if ctx.nhwc:
+            model = litert_torch.to_channel_last_io(model, args=[0])
+            sample = sample.permute(0, 2, 3, 1).contiguous()
+        litert_torch.convert(model.eval(), (sample,)).export(str(dest))
 
 
 def _quantize_tflite(base: Path, dest: Path, recipe, calibration: np.ndarray | None, nhwc: bool) -> None:
@@ -141,15 +277,29 @@ def _quantize_tflite(base: Path, dest: Path, recipe, calibration: np.ndarray | N
     qt = quantizer.Quantizer(str(base))
     qt.load_quantization_recipe(recipe)
     result = None
-    if qt.need_calibration:
-        signature = Interpreter(model_path=str(base)).get_signature_list()
-        key = next(iter(signature))
-        name = signature[key]["inputs"][0]
-        batch = calibration.transpose(0, 2, 3, 1) if nhwc else calibration
-        result = qt.calibrate(
-            {key: [{name: batch[i : i + 1]} for i in range(len(batch))]}, num_threads=os.cpu_count() or 1
-        )
-    qt.quantize(result, enable_progress_report=False).export_model(str(dest), overwrite=True)
+    # ai-edge-quantizer draws tqdm bars for calibration and for its tensor transformations, with no switch;
+    # its calibration interpreter keeps every intermediate tensor (to read their ranges), for which LiteRT
+    # warns "intended for debugging purposes only": here it is the intent. Its "invalid value encountered in
+    # cast" is no NaN: a channel whose folded weights are all ~0 (scale ~1e-11) has an int32 bias
+    # (bias / (input scale x weight scale)) of ~1e10-1e12, clipped to int32's range; the float32 upper
+    # bound, 2**31, overflows the cast. Such a channel's constant output (its bias) is lost either way;
+    # the int8 gate measures the file with it (docs/results.md, "int8 ONNX as accurate as the int8 TFLite").
+    with (
+        console.third_party_progress(),
+        console.harmless(category=UserWarning, message="Warning: Enabling `experimental_preserve_all_tensors`"),
+        console.harmless(
+            category=RuntimeWarning, message="invalid value encountered in cast", module="ai_edge_quantizer"
+        ),
+    ):
+        if qt.need_calibration:
+            signature = Interpreter(model_path=str(base)).get_signature_list()
+            key = next(iter(signature))
+            name = signature[key]["inputs"][0]
+            batch = calibration.transpose(0, 2, 3, 1) if nhwc else calibration
+            result = qt.calibrate(
+                {key: [{name: batch[i : i + 1]} for i in range(len(batch))]}, num_threads=os.cpu_count() or 1
+            )
+        qt.quantize(result, enable_progress_report=False).export_model(str(dest), overwrite=True)
 
 
 def tflite_fp16(base: Path, dest: Path, ctx: ExportContext) -> None:

@@ -96,27 +96,55 @@ PRECISIONS = tuple(dict.fromkeys(f.precision for f in FORMATS))
 CALIB_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 ORT_PRESETS = {
     # x86: uint8 activations x int8 weights is the fast kernel path. Without VNNI (AVX2, AVX512F: many AMD
-    # and older Intel CPUs) that kernel sums pairs of u8*s8 products in int16 (VPMADDUBSW) and saturates;
-    # 7-bit weights (reduce_range) keep every pair in range (255*64*2 < 2**15), so the file computes what it
-    # means on every x86 CPU and on ARM (8-bit weights lost 6 points of accuracy on an AVX2 CPU: docs/results.md).
-    "x86": {"activation_type": "QUInt8", "weight_type": "QInt8", "reduce_range": True, "native_on": None},
+    # and older Intel CPUs) the GEMM kernel behind Conv, Gemm and MatMul sums pairs of u8*s8 products in int16
+    # (VPMADDUBSW) and saturates; 7-bit weights (reduce_range) keep every pair in range (255*64*2 < 2**15),
+    # so the file computes what it means on every x86 CPU and on ARM (8-bit weights lost 6 points of accuracy
+    # on an AVX2 CPU: docs/results.md). weights_7bit: which weights get the reduced range: "paired" = only
+    # those of kernels that pair products (the depthwise kernel widens to 16 bits and cannot saturate, see
+    # export.converters.depthwise_weights), "all", or "none". exact_layers: how many of the pair-summing
+    # layers that 7-bit weights hurt most keep 8 bits in a form no kernel saturates on: uint8 weights, or
+    # float for a layer reading the float input (export.converters.exact_layer_overrides).
+    "x86": {
+        "activation_type": "QUInt8",
+        "weight_type": "QInt8",
+        "weights_7bit": "paired",
+        "exact_layers": 3,
+        "native_on": None,
+    },
+    # the x86 preset before issue 37: 7-bit weights in every layer, the depthwise ones included
+    "x86-all-7bit": {
+        "activation_type": "QUInt8",
+        "weight_type": "QInt8",
+        "weights_7bit": "all",
+        "exact_layers": 0,
+        "native_on": None,
+    },
     # ARM64: int8 x int8 maps onto the SDOT/I8MM kernels. x86 CPUs without VNNI saturate on it, so an x86
     # host verifies this file by exact QDQ emulation. native_on: the machines whose integer kernels are the
     # file's target (None: every machine).
     "arm": {
         "activation_type": "QInt8",
         "weight_type": "QInt8",
-        "reduce_range": False,
+        "weights_7bit": "none",
+        "exact_layers": 0,
         "native_on": ("aarch64", "arm64"),
     },
 }
 
 
 def onnx_int8_info(preset: str) -> dict:
-    """What an int8 ONNX file records of its types (the runtime warns where its weights can saturate)."""
+    """What an int8 ONNX file records of its types (the runtime warns where its weights can saturate).
+    ``weight_abs_max``: the largest |int8 weight| that a pair-summing kernel multiplies (the depthwise
+    weights of the x86 preset use all 8 bits: their kernel cannot saturate)."""
     types = ORT_PRESETS[preset]
-    weight_abs_max = SATURATION_FREE_WEIGHT_ABS_MAX if types["reduce_range"] else 127  # onnxruntime's int8 ranges
-    return {"preset": preset, "activations": types["activation_type"], "weight_abs_max": weight_abs_max}
+    weight_abs_max = 127 if types["weights_7bit"] == "none" else SATURATION_FREE_WEIGHT_ABS_MAX  # onnxruntime's ranges
+    return {
+        "preset": preset,
+        "activations": types["activation_type"],
+        "weight_abs_max": weight_abs_max,
+        "weights_7bit": types["weights_7bit"],
+        "exact_layers": types["exact_layers"],
+    }
 
 
 def needs_qdq_emulation(row: Format, preset: str, machine: str) -> bool:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime import console
 from edge_runtime.cli import number
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metadata import classifier_title, file_sha256
@@ -122,7 +123,7 @@ RELEASE_OPTIONS = {
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    return add_command(
+    parser = add_command(
         subparsers,
         "release",
         ReleaseConfig,
@@ -135,9 +136,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "each finished step and epoch is reused when the command is run again.",
         epilog="examples:\n  floraedge release --source ../shared/data/oxford102-trainval\n"
         "  floraedge release --source ~/photos/tomatoes --name tomatoes-lite0   # writes models/tomatoes-lite0/",
+        own=console.VERBOSE_OWN,
     )
+    return console.add_verbose_flag(parser)
 
 
+@console.quiet_unless_verbose
 def run(args: argparse.Namespace) -> int:
     card = release(config_from_args(args))
     print(json.dumps({k: card[k] for k in ("out", "files", "val")}, indent=1))

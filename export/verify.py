@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime import console
 from edge_runtime.backends import load
 from export.formats import Format
 
@@ -43,10 +44,15 @@ class Reference:
 def run_file(
     path: Path, row: Format, batch: np.ndarray, threads: int | None = None, qdq_emulation: bool = False
 ) -> np.ndarray:
-    backend = load(path, row.runtime, threads=threads, qdq_emulation=qdq_emulation)
-    if backend.info.spec.layout == "NHWC":
-        batch = batch.transpose(0, 2, 3, 1)
-    return np.concatenate([backend.predict(np.ascontiguousarray(batch[i : i + 32])) for i in range(0, len(batch), 32)])
+    # LiteRT logs "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." from native code the first time
+    # an interpreter runs: XNNPACK is its default CPU path, the one every TFLite file is meant to run on
+    with console.native_stderr(r"INFO: Created TensorFlow Lite XNNPACK delegate"):
+        backend = load(path, row.runtime, threads=threads, qdq_emulation=qdq_emulation)
+        if backend.info.spec.layout == "NHWC":
+            batch = batch.transpose(0, 2, 3, 1)
+        return np.concatenate(
+            [backend.predict(np.ascontiguousarray(batch[i : i + 32])) for i in range(0, len(batch), 32)]
+        )
 
 
 def fp32_limit(row: Format, ref: Reference) -> float:

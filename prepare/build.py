@@ -22,9 +22,8 @@ import cv2
 import numpy as np
 import simplejpeg
 from PIL import Image
-from tqdm import tqdm
 
-from edge_runtime import __version__
+from edge_runtime import __version__, console
 from edge_runtime.admission import admit
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.outdir import OutputError, check_output, shareable, write_marker
@@ -137,12 +136,12 @@ def resolve_splits(config: PrepareConfig, labels: np.ndarray, present: set[int])
 
 
 def run_workers(tasks: list, workers: int, worker=process_image) -> list[ImageResult]:
-    progress = dict(total=len(tasks), desc="checking + caching images", unit="img", smoothing=0.1)
+    progress = dict(total=len(tasks), desc="checking + caching images", unit="img")
     if workers <= 1:
-        return [worker(t) for t in tqdm(tasks, **progress)]
+        return [worker(t) for t in console.progress(tasks, **progress)]
     # spawn, not fork: a caller may already run threads (torch, OpenCV) that a forked child would deadlock on
     with get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-        return list(tqdm(pool.imap_unordered(worker, tasks, chunksize=8), **progress))
+        return list(console.progress(pool.imap_unordered(worker, tasks, chunksize=8), **progress))
 
 
 def link_image_folder(out: Path, rows: list[dict]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from edge_runtime import console
 from edge_runtime.cli import number
 from edge_runtime.options import Option, add_command, config_from_args
 from train.config import PRECISIONS, RECIPES, EvaluateConfig, FixresConfig, SoupConfig, TrainConfig
@@ -152,7 +153,7 @@ def add_parser(subparsers) -> None:
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
-    return add_command(
+    parser = add_command(
         subparsers,
         "train",
         TrainConfig,
@@ -170,9 +171,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         "  floraedge train --data data/flowers --arch resnet50 --weights resnet50-imagenet.pth --out runs/r50\n"
         "  floraedge train --data data/flowers --arch efficientnet_lite0 --teachers runs/r50/best.pt --out runs/lite0-kd\n"
         "  torchrun --nproc_per_node 2 -m train --data data/flowers --out runs/ddp   # data-parallel",
+        own=console.VERBOSE_OWN,
     )
+    return console.add_verbose_flag(parser)
 
 
+@console.quiet_unless_verbose
 def run_train(args: argparse.Namespace) -> int:
     from train.trainer import train
 

@@ -9,8 +9,8 @@ import time
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from edge_runtime import console
 from edge_runtime.errors import FloraEdgeError
 
 
@@ -119,7 +119,7 @@ def train_one_epoch(
     is updated after every optimizer step; a ``distill.Distiller`` blends its teachers' loss, on the very
     batch the model sees, into the label loss."""
     total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
+    bar = console.progress(loader, desc=f"epoch {epoch}", unit="batch", enabled=progress)
     for step, (images, targets) in enumerate(bar):
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         if uses_channels_last(device):
@@ -158,7 +158,7 @@ def predict(model: nn.Module, loader, device, *, tta_flip: bool = False, progres
     if uses_channels_last(device):
         model.to(memory_format=torch.channels_last)
     all_logits, all_targets = [], []
-    for images, targets in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
+    for images, targets in console.progress(loader, desc="evaluating", unit="batch", enabled=progress):
         images = images.to(device)
         if uses_channels_last(device):
             images = images.contiguous(memory_format=torch.channels_last)
