@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from edge_runtime.outdir import staged_output
 
 
 @contextlib.contextmanager
@@ -45,15 +46,9 @@ def write_json_atomic(path: str | Path, obj) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """A temporary folder beside ``path`` to fill; renamed to ``path`` (which must not exist) when the block
-    succeeds, removed with its contents if not."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
+    """A temporary folder beside ``path`` to fill; renamed to ``path`` (which must not exist, or be an empty
+    folder) when the block succeeds, removed with its contents if not. ``outdir.staged_output`` does the
+    work: a folder that appears at ``path`` meanwhile is never replaced, and a killed run's leftovers are
+    removed by the next one."""
+    with staged_output(path, None, overwrite=False) as tmp:
         yield tmp
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700; an ordinary shareable folder
-        os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

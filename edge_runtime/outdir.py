@@ -69,8 +69,9 @@ def check_disjoint(out: Path, inputs: Iterable[Path | str | None]) -> None:
             )
 
 
-def check_output(out: Path, kind: str, *, overwrite: bool, inputs: Iterable[Path | str | None] = ()) -> bool:
-    """Refuse an ``out`` that overlaps an input, or exists and may not be replaced; True if it will be replaced."""
+def check_output(out: Path, kind: str | None, *, overwrite: bool, inputs: Iterable[Path | str | None] = ()) -> bool:
+    """Refuse an ``out`` that overlaps an input, or exists and may not be replaced; True if it will be replaced.
+    ``kind=None``: a folder without a marker, whose replacement the caller has checked by other means."""
     out = Path(out)
     check_disjoint(out, inputs)
     if not out.exists() and not out.is_symlink():
@@ -79,7 +80,7 @@ def check_output(out: Path, kind: str, *, overwrite: bool, inputs: Iterable[Path
         return False  # an empty folder: nothing to lose
     if not overwrite:
         raise OutputError(f"{out} already exists; choose another --out or pass --overwrite to replace it")
-    if not out.is_dir() or out.is_symlink() or marker_kind(out) != kind:
+    if not out.is_dir() or out.is_symlink() or (kind is not None and marker_kind(out) != kind):
         raise OutputError(
             f"--overwrite refused: {out} is not a folder written by `floraedge {kind}` (it has no {MARKER} "
             f"saying so); delete it yourself if you mean it, or choose another --out"
@@ -186,7 +187,7 @@ def recover_leftovers(out: Path) -> None:
             _note(f"restored {out} from {old}, where an interrupted run had moved it aside")
 
 
-def _check_replaceable(out: Path, kind: str, seen, *, overwrite: bool) -> None:
+def _check_replaceable(out: Path, kind: str | None, seen, *, overwrite: bool) -> None:
     """Refuse, at publish time, whatever is at ``out`` now unless the run was allowed to replace it."""
     now = _identity(out)
     if now is None:
@@ -197,13 +198,14 @@ def _check_replaceable(out: Path, kind: str, seen, *, overwrite: bool) -> None:
             "run's output is discarded (another run to the same --out?); choose another --out or run again"
         )
     empty = out.is_dir() and not out.is_symlink() and not any(out.iterdir())
-    if not empty and not (overwrite and marker_kind(out) == kind):
+    if not empty and not (overwrite and (kind is None or marker_kind(out) == kind)):
         raise OutputError(f"{out} may not be replaced; choose another --out or pass --overwrite")
 
 
-def publish(stage: Path, out: Path, kind: str, seen, *, overwrite: bool) -> None:
+def publish(stage: Path, out: Path, kind: str | None, seen, *, overwrite: bool) -> None:
     """Swap the complete ``stage`` in at ``out``: the old folder aside, the new one in, the old one deleted."""
-    write_marker(stage, kind)
+    if kind is not None:
+        write_marker(stage, kind)
     os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; an output is an ordinary shareable folder
     with _parent_lock(out):
         _check_replaceable(out, kind, seen, overwrite=overwrite)
@@ -218,7 +220,7 @@ def publish(stage: Path, out: Path, kind: str, seen, *, overwrite: bool) -> None
 
 @contextlib.contextmanager
 def staged_output(
-    out: Path | str, kind: str, *, overwrite: bool, inputs: Iterable[Path | str | None] = ()
+    out: Path | str, kind: str | None, *, overwrite: bool, inputs: Iterable[Path | str | None] = ()
 ) -> Iterator[Path]:
     """A staging folder to fill; published at ``out`` (see ``publish``) when the block succeeds, deleted if not.
 
