@@ -42,7 +42,7 @@ def image_name(image_id: int) -> str:
 
 def _load_mat(path: Path, key: str) -> np.ndarray:
     """The 1-D values of ``key`` in a MATLAB file: read only after its size and the variable's shape are checked."""
-    if not path.is_file():
+    if not path.exists():
         raise ReleaseError(f"{path} is missing: copy it from the release next to the images, or use --download")
     hint = "re-download it (--download)"
     try:
@@ -78,9 +78,13 @@ def check_mat_shape(path: Path, key: str, shape: tuple[int, ...]) -> None:
 def integer_values(path: Path, key: str, values) -> np.ndarray:
     """The values as int64, refusing what a cast would silently change: fractions, NaN, text, cells, structs."""
     values = np.asarray(values)
-    if values.dtype.kind not in "iuf" or values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+    if values.dtype.kind not in "iuf":
         raise ReleaseError(
             f"{path}: {key!r} holds {values.dtype} values, not numbers; is this the official {path.name}?"
+        )
+    if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+        raise ReleaseError(
+            f"{path}: {key!r} holds NaN or infinite values; the file is damaged or not an Oxford-102 file"
         )
     values = values.ravel()
     if values.dtype.kind == "f" and np.any(values != np.round(values)):
@@ -186,5 +190,8 @@ def extract_images(archive_path: Path, dest: Path) -> Path:
             f"the disk filled up while extracting {archive_path}; free some space and run again"
         ) from exc
     except (tarfile.TarError, EOFError, ValueError, zlib.error) as exc:
-        raise ReleaseError(f"{archive_path} is truncated or corrupt ({exc}); {hint}") from exc
+        why = " ".join(str(exc).split())  # tarfile's "r:*" error lists every method tried, one per line
+        raise ReleaseError(
+            f"{archive_path} is not a readable tar archive, or is truncated or corrupt ({why}); {hint}"
+        ) from exc
     return dest / "jpg"
