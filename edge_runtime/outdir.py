@@ -170,10 +170,17 @@ def _owner_alive(stage: Path) -> bool:
         os.close(fd)
 
 
-def recover_leftovers(out: Path) -> None:
-    """Clean up after killed runs to ``out`` (call it holding ``_parent_lock``): delete their staging
-    folders, and finish or undo their swaps. A live run holds the lock on its staging folder, and
-    swaps only under the parent lock, so what is found here belongs to dead runs."""
+def recover_leftovers(out: Path | str) -> None:
+    """Clean up after killed runs to ``out``: delete their staging folders, and finish or undo their swaps."""
+    out = Path(out)
+    if out.parent.is_dir():
+        with _parent_lock(out):
+            _recover(out)
+
+
+def _recover(out: Path) -> None:
+    """``recover_leftovers`` for a caller holding ``_parent_lock``. A live run holds the lock on its
+    staging folder, and swaps only under the parent lock, so what is found here belongs to dead runs."""
     for stage in _siblings(out, STAGING):
         if not _owner_alive(stage):
             _remove(stage)
@@ -227,10 +234,11 @@ def staged_output(
     ``out`` is checked now (``check_output``) and again at publish time: a folder that appears there
     meanwhile, or changes, is never replaced."""
     out = Path(out)
+    recover_leftovers(out)  # first: an interrupted swap may put the previous folder back at --out
     check_output(out, kind, overwrite=overwrite, inputs=inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     with _parent_lock(out):
-        recover_leftovers(out)
+        _recover(out)  # again, under the lock: a run killed since
         seen = _identity(out)
         stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{STAGING}-"))
         fd = os.open(stage, os.O_RDONLY)
