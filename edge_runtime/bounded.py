@@ -76,7 +76,7 @@ def read_member(archive: zipfile.ZipFile, name: str, limit: int, where: str = "t
             f"{where}: member {name!r} declares {info.file_size:,} bytes, over the {limit:,}-byte limit"
         )
     with archive.open(info) as member:
-        data = member.read(limit + 1)
+        data = member.read(info.file_size + 1)  # asking for more than declared would inflate that much at once
     if len(data) > limit:
         raise TooLargeError(f"{where}: member {name!r} inflates past the {limit:,}-byte limit")
     return data
