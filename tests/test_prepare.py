@@ -407,3 +407,32 @@ def test_tar_member_count_and_total_size_are_capped(mini_release, tmp_path, monk
     with pytest.raises(ReleaseError, match=error):
         prepare(mini_release, tmp_path / "out")
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs (needs root): a disk that fills up mid-run."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)]).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+def test_a_full_disk_mid_run_keeps_the_previous_dataset_and_leaves_nothing(tmp_path, small_disk, capsys):
+    source = build_release(tmp_path / "rel", archive=False)
+    out = small_disk / "out"
+    args = ["prepare", "--source", str(source), "--out", str(out), "--workers", "1", "--overwrite"]
+    assert cli_main(args) == 0
+    before = (out / "manifest.csv").read_bytes()
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize - 16 * 1024))
+    capsys.readouterr()
+    assert cli_main(args) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.replace("\r", "\n").splitlines() if "error:" in line]  # not the progress bar
+    assert len(errors) == 1 and "No space left on device" in errors[0] and "Traceback" not in err, err
+    assert (out / "manifest.csv").read_bytes() == before and leftovers(small_disk) == []
+    filler.unlink()
+    assert cli_main(args) == 0 and leftovers(small_disk) == []
