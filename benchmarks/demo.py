@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -206,17 +207,30 @@ def released_model(out: Path, timings: dict, count: int = 8) -> list[dict]:
     return rows
 
 
+DEMO = "demo"  # the marker kind of a demo folder: only such a folder is replaced by a new run
+
+
 def run(args: argparse.Namespace) -> int:
-    args = config_from_args(args)  # a DemoConfig
+    from edge_runtime.outdir import staged_output
+
+    config = config_from_args(args)  # a DemoConfig
+    # built aside: a previous demo folder stays whole until this one is complete, then is swapped out
+    with staged_output(config.out, DEMO, overwrite=True, inputs=[config.source]) as folder:
+        print(f"building the demo in {folder}; it becomes {config.out} when every stage has run", flush=True)
+        report = run_into(dataclasses.replace(config, out=folder))
+    print(f"\nreport: {(config.out / report.name).resolve()}")
+    return 0
+
+
+def run_into(args: DemoConfig) -> Path:
+    """Every stage into the folder ``args.out``; returns the report's path."""
     timings: dict[str, float] = {}
     source = args.source or synthetic_release(args, timings)
     summary, result = prepare_and_train(args, source, timings)
     exports = export_and_bench(args, timings)
     live = live_loop(args.out, timings)
     released = released_model(args.out, timings)
-    report = write_report(args.out, summary, result, exports, live, timings, args, released)
-    print(f"\nreport: {report.resolve()}")
-    return 0
+    return write_report(args.out, summary, result, exports, live, timings, args, released)
 
 
 OUTPUTS = {

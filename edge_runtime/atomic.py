@@ -13,22 +13,43 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from edge_runtime.outdir import staged_output
+from edge_runtime.outdir import OutputError, staged_output
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path in ``path``'s folder to write to; renamed to ``path`` when the block succeeds, removed if not."""
+def atomic_path(path: str | Path, *, replace: bool = True) -> Iterator[Path]:
+    """A temporary path in ``path``'s folder to write to; renamed to ``path`` when the block succeeds, removed
+    if not. ``replace=False``: a file that appeared at ``path`` meanwhile is never replaced (refused)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary shareable files
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            publish_new(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def publish_new(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` to ``path`` unless something is there: a hard link fails atomically if it is."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputError(
+            f"{path} appeared while this run was writing it; it is left untouched and this run's output is "
+            "discarded; choose another --out or pass --overwrite"
+        ) from None
+    except OSError:  # a filesystem without hard links (FAT): checked, then renamed
+        if os.path.lexists(path):
+            raise OutputError(f"{path} appeared while this run was writing it; choose another --out") from None
+        os.rename(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

@@ -88,6 +88,17 @@ def check_output(out: Path, kind: str | None, *, overwrite: bool, inputs: Iterab
     return True
 
 
+def claim(folder: Path, kind: str) -> None:
+    """Write ``folder``'s marker, refusing if one is already there: of two runs that found the folder
+    absent or empty and start writing into it in place, only the first goes on."""
+    try:
+        fd = os.open(Path(folder) / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise OutputError(f"{folder} was taken by another run that started meanwhile; choose another --out") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"kind": kind}) + "\n")
+
+
 def write_marker(folder: Path, kind: str) -> None:
     (Path(folder) / MARKER).write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")
 

@@ -213,3 +213,15 @@ def test_killed_at_random_moments_out_is_always_one_complete_version(tmp_path):
         versions = {(out / f"part{i}.txt").read_text() for i in range(20)}
         assert len(versions) == 1, versions
         assert hidden(tmp_path) == []
+
+
+def test_without_replace_a_file_that_appeared_meanwhile_is_kept(tmp_path):
+    target = tmp_path / "soup.pt"
+    with pytest.raises(OutputError, match="appeared while this run"), atomic_path(target, replace=False) as tmp:
+        tmp.write_bytes(b"ours")
+        target.write_bytes(b"theirs")  # another run, or the user
+    assert target.read_bytes() == b"theirs" and [p.name for p in tmp_path.iterdir()] == ["soup.pt"]
+    with atomic_path(tmp_path / "new.pt", replace=False) as tmp:
+        tmp.write_bytes(b"ours")
+    assert (tmp_path / "new.pt").read_bytes() == b"ours" and stat.S_IMODE((tmp_path / "new.pt").stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.pt", "soup.pt"]

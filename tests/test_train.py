@@ -358,3 +358,32 @@ def test_ddp_with_two_gloo_processes(tiny_prepared, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert [h["epoch"] for h in history(run)] == [1, 2]
     assert load_bundle(run / "best.pt")["num_classes"] == 102
+
+
+def test_overwrite_keeps_the_previous_run_until_the_new_one_completes(tiny_prepared, tmp_path, monkeypatch, capsys):
+    config = dict(data=str(tiny_prepared), out=str(tmp_path / "run"), epochs=2, **TINY)
+    train(TrainConfig(**config))
+    before = (tmp_path / "run" / "best.pt").read_bytes()
+    train_interrupted(TrainConfig(overwrite=True, **config), monkeypatch)  # a Ctrl-C midway through the new run
+    assert "the previous" in capsys.readouterr().out and (tmp_path / "run" / "best.pt").read_bytes() == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # the half-made run is gone
+    train(TrainConfig(overwrite=True, seed=1, **config))
+    assert (tmp_path / "run" / "best.pt").read_bytes() != before and (tmp_path / "run" / "summary.json").is_file()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_two_new_runs_into_one_folder_do_not_share_it(tiny_prepared, tmp_path, monkeypatch):
+    from edge_runtime.outdir import OutputError, claim
+
+    run = tmp_path / "run"
+    real_sets = trainer.training_sets
+
+    def another_run_starts_meanwhile(*args, **kwargs):  # after this run checked --out, before it made it
+        run.mkdir()
+        claim(run, "train")
+        return real_sets(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "training_sets", another_run_starts_meanwhile)
+    with pytest.raises(OutputError, match="taken by another run"):
+        train(TrainConfig(data=str(tiny_prepared), out=str(run), epochs=1, **TINY))
+    assert [p.name for p in run.iterdir()] == [".floraedge-output.json"]  # nothing written into the other run
