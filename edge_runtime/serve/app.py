@@ -25,8 +25,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from edge_runtime.admission import header_size
+from edge_runtime.admission import DEFAULT_LIMITS, header_size
 from edge_runtime.backends import load
+from edge_runtime.bounded import read_bounded, read_text_bounded
 from edge_runtime.classify import Classifier
 from edge_runtime.metadata import file_sha256
 from edge_runtime.preprocess import preprocess
@@ -46,7 +47,7 @@ def mjpeg_frames(folder: Path, interval: float = 0.1):
             stamp = path.stat().st_mtime_ns if path.exists() else None
             if stamp is not None and stamp != last:
                 last = stamp
-                data = path.read_bytes()
+                data = read_bounded(path, DEFAULT_LIMITS.max_bytes, "camera frame")  # never more than an image
                 yield b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data) + data + b"\r\n"
             await asyncio.sleep(interval)
 
@@ -208,7 +209,7 @@ class Service:
         latest = self.config.camera / "latest.json" if self.config.camera else None
         if latest is None or not latest.exists():
             raise HTTPException(404, "no camera result yet: is `floraedge run --publish DIR` running?")
-        return JSONResponse(json.loads(latest.read_text()))
+        return JSONResponse(json.loads(read_text_bounded(latest, what="camera result")))
 
     def routes(self) -> list[Route]:
         return [

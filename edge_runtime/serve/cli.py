@@ -153,10 +153,13 @@ def run_space(args: argparse.Namespace) -> int:
 
 
 def space_readme(model: Path, backend) -> str:
+    from edge_runtime.bounded import read_text_bounded
+
     card = model.parent / "model_card.json"
     row = {}
     if card.is_file():
-        row = next((f for f in json.loads(card.read_text())["files"] if f.get("file") == model.name), {})
+        files = json.loads(read_text_bounded(card, what="model card"))["files"]
+        row = next((f for f in files if f.get("file") == model.name), {})
     accuracy = (
         f"{row['accuracy']:.4f} top-1 on {row['n']} validation images" if "accuracy" in row else "see the model card"
     )
