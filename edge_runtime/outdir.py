@@ -103,11 +103,6 @@ def write_marker(folder: Path, kind: str) -> None:
     (Path(folder) / MARKER).write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")
 
 
-def shareable(folder: Path) -> None:
-    """Give a folder made by ``tempfile.mkdtemp`` (mode 0700) the permissions of a plain ``mkdir``."""
-    os.chmod(folder, 0o777 & ~_umask())
-
-
 # ---------------------------------------------------------------- building aside, publishing at the end
 
 STAGING, OLD = "floraedge-new", "floraedge-old"  # the hidden siblings of --out: .<name>.<tag>-<random>
@@ -224,7 +219,7 @@ def publish(stage: Path, out: Path, kind: str | None, seen, *, overwrite: bool) 
     """Swap the complete ``stage`` in at ``out``: the old folder aside, the new one in, the old one deleted."""
     if kind is not None:
         write_marker(stage, kind)
-    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; an output is an ordinary shareable folder
+    shareable(stage)
     with _parent_lock(out):
         _check_replaceable(out, kind, seen, overwrite=overwrite)
         old = None
@@ -264,7 +259,8 @@ def staged_output(
         os.close(fd)
 
 
-def _umask() -> int:
+def shareable(folder: Path) -> None:
+    """Give a folder made by ``tempfile.mkdtemp`` (mode 0700) the permissions of a plain ``mkdir``."""
     umask = os.umask(0)
     os.umask(umask)
-    return umask
+    os.chmod(folder, 0o777 & ~umask)
