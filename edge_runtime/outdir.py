@@ -164,10 +164,14 @@ def _parent_lock(out: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+ALIVE = ".floraedge-building"  # inside a staging folder, locked by its run (removed before the swap)
+
+
 def _owner_alive(stage: Path) -> bool:
-    """True while the run that created the staging folder still holds its lock on it."""
+    """True while the run that created the staging folder still holds its lock on the file inside it.
+    (A file, not the folder itself: a nested output built inside the folder locks the folder as its parent.)"""
     try:
-        fd = os.open(stage, os.O_RDONLY)
+        fd = os.open(stage / ALIVE, os.O_RDONLY)
     except OSError:
         return False
     try:
@@ -222,6 +226,7 @@ def publish(stage: Path, out: Path, kind: str | None, seen, *, overwrite: bool) 
     shareable(stage)
     with _parent_lock(out):
         _check_replaceable(out, kind, seen, overwrite=overwrite)
+        (stage / ALIVE).unlink()  # the lock stays on the open file: no recovery runs while this lock is held
         old = None
         if os.path.lexists(out):
             old = stage.with_name(stage.name.replace(STAGING, OLD, 1))
@@ -247,7 +252,7 @@ def staged_output(
         _recover(out)  # again, under the lock: a run killed since
         seen = _identity(out)
         stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{STAGING}-"))
-        fd = os.open(stage, os.O_RDONLY)
+        fd = os.open(stage / ALIVE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         _try_lock(fd)  # held until fd closes: the next run knows this one is alive
     try:
         yield stage

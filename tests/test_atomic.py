@@ -225,3 +225,22 @@ def test_without_replace_a_file_that_appeared_meanwhile_is_kept(tmp_path):
         tmp.write_bytes(b"ours")
     assert (tmp_path / "new.pt").read_bytes() == b"ours" and stat.S_IMODE((tmp_path / "new.pt").stat().st_mode) == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new.pt", "soup.pt"]
+
+
+def test_an_output_built_inside_another_ones_staging_folder_does_not_wait_on_it(tmp_path):
+    """`demo` builds `prepare`, `export`, ... outputs inside its own staging folder."""
+    import threading
+
+    def nested():
+        with (
+            staged_output(tmp_path / "demo", "demo", overwrite=False) as demo,
+            staged_output(demo / "prepared", "prepare", overwrite=False) as inner,
+        ):
+            (inner / "data.txt").write_text("inner")
+
+    worker = threading.Thread(target=nested, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "deadlocked on its own staging folder"
+    assert (tmp_path / "demo" / "prepared" / "data.txt").read_text() == "inner"
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == [MARKER, "prepared"] and hidden(tmp_path) == []
