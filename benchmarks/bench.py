@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import select
+import shutil
 import subprocess
 import sys
 import time
@@ -31,10 +32,12 @@ from benchmarks.conditions import changes, drift, read_conditions
 from benchmarks.measure import iter_stream, metrics_from_logits, summarize, timed_runs, write_stream
 from edge_runtime.backends import BACKENDS, load
 from edge_runtime.errors import FloraEdgeError
-from edge_runtime.outdir import check_disjoint
+from edge_runtime.outdir import check_output, staged_output
 from edge_runtime.preprocess import preprocess, read_image_bgr
 from export.formats import FORMATS
 from prepare.manifest import read_manifest
+
+BENCH = "bench"  # the marker kind of a bench folder: only such a folder is replaced by a new run
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -385,15 +388,37 @@ def measure_rows(config: BenchConfig, rows, images: list[dict], cache: Path, vid
 
 def bench(config: BenchConfig) -> dict:
     """Benchmark every exported file; writes report.md, results.csv, results.json and plots into ``config.out``."""
-    from benchmarks.report import write_report
-
     cores = os.cpu_count() or 1
     config = BenchConfig(**{**asdict(config), "threads": tuple(sorted({min(t, cores) for t in config.threads}))})
     models, data, out = Path(config.models), Path(config.data), Path(config.out)
-    check_disjoint(out, [models, data, config.checkpoint])
+    check_output(out, BENCH, overwrite=True, inputs=[models, data, config.checkpoint])
     images, rows = eval_images(data, config.split, config.limit), bench_rows(models)  # checked before writing
-    cache = out / ".cache"
-    cache.mkdir(parents=True, exist_ok=True)
+    # built aside: a previous report at --out stays whole until this one is complete (its cache is reused)
+    with staged_output(out, BENCH, overwrite=True, inputs=[models, data, config.checkpoint]) as stage:
+        cache = reuse_cache(out / ".cache", stage / ".cache")
+        report = bench_into(stage, cache, config, models, data, images, rows)
+    return report
+
+
+def reuse_cache(old: Path, new: Path) -> Path:
+    """``new``, holding hard links to (else copies of) the preprocessed batches of a previous run's cache
+    ``old``. Those are only ever written whole under a new name (``atomic_path``), never changed in place,
+    so sharing them leaves the previous folder intact; the other cache files are rewritten each run."""
+    new.mkdir()
+    if old.is_dir() and not old.is_symlink():
+        for f in old.glob("eval-*.npy"):
+            if f.is_file() and not f.is_symlink():
+                try:
+                    os.link(f, new / f.name)
+                except OSError:
+                    shutil.copy2(f, new / f.name)
+    return new
+
+
+def bench_into(out: Path, cache: Path, config: BenchConfig, models: Path, data: Path, images, rows) -> dict:
+    """Every row measured, the report written into the folder ``out``."""
+    from benchmarks.report import write_report
+
     video = make_loop_video(cache / "loop.avi", data, images, config.loop_frames)
     before, timers = read_conditions(), []
     try:

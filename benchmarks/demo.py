@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from edge_runtime import console
 from edge_runtime.cli import number
 from edge_runtime.options import Option, add_command, config_from_args
 from export.formats import FORMATS
-from export.release import RELEASE_TFLITE, ReleaseConfig
+from export.release import DEFAULT_OUT, RELEASE_TFLITE, ReleaseConfig
 from train.models import ARCH_NAMES, input_spec
 
 
@@ -194,7 +195,6 @@ def released_model(out: Path, timings: dict, count: int = 8) -> list[dict]:
     from edge_runtime.backends import load
     from edge_runtime.classify import Classifier
     from edge_runtime.preprocess import read_image_bgr
-    from export.release import DEFAULT_OUT, RELEASE_TFLITE, ReleaseConfig
 
     model, source = REPO / DEFAULT_OUT / RELEASE_TFLITE, (REPO / ReleaseConfig().source).resolve()
     if not (model.is_file() and (source / "setid.mat").is_file()):
@@ -214,20 +214,34 @@ def released_model(out: Path, timings: dict, count: int = 8) -> list[dict]:
     return rows
 
 
+DEMO = "demo"  # the marker kind of a demo folder: only such a folder is replaced by a new run
+
+
 @console.quiet_unless_verbose
 def run(args: argparse.Namespace) -> int:
-    args = config_from_args(args)  # a DemoConfig
+    from edge_runtime.outdir import staged_output
+
+    config = config_from_args(args)  # a DemoConfig
+    # built aside: a previous demo folder stays whole until this one is complete, then is swapped out
+    with staged_output(config.out, DEMO, overwrite=True, inputs=[config.source]) as folder:
+        print(f"building the demo in {folder}; it becomes {config.out} when every stage has run", flush=True)
+        report, exports = run_into(dataclasses.replace(config, out=folder), final=config.out)
+    print(f"\n{gate_summary(exports)}")
+    print(f"report: {(config.out / report.name).resolve()}")
+    print(*next_steps(config.out), sep="\n")
+    return 0
+
+
+def run_into(args: DemoConfig, final: Path) -> tuple[Path, list[dict]]:
+    """Every stage into the folder ``args.out`` (which becomes ``final``); returns the report's path and the
+    export gate's rows."""
     timings: dict[str, float] = {}
     source = args.source or synthetic_release(args, timings)
     summary, result = prepare_and_train(args, source, timings)
     exports = export_and_bench(args, timings)
     live = live_loop(args.out, timings)
     released = released_model(args.out, timings)
-    report = write_report(args.out, summary, result, exports, live, timings, args, released)
-    print(f"\n{gate_summary(exports)}")
-    print(f"report: {report.resolve()}")
-    print(*next_steps(args.out), sep="\n")
-    return 0
+    return write_report(args.out, summary, result, exports, live, timings, args, released, final), exports
 
 
 def gate_summary(exports: list[dict]) -> str:
@@ -240,11 +254,13 @@ def gate_summary(exports: list[dict]) -> str:
 
 def next_steps(out: Path) -> list[str]:
     """The commands to try after the demo, as the report and the console end with them."""
-    release = f"{ReleaseConfig().out}/{RELEASE_TFLITE}"
+    release = f"{DEFAULT_OUT}/{RELEASE_TFLITE}"
     return [
         "next:",
-        f"  floraedge run --model {release} --source 0    # the released flower model on a USB camera",
-        f"  floraedge run --model {out}/exports/model_int8.tflite --source {out}/camera.avi    # the demo's model, with an overlay",
+        f"  floraedge run --model {release} --source 0 --headless    # the released flower model on a USB camera",
+        f"  floraedge run --model {out}/exports/model_int8.tflite --source {out}/camera.avi --record {out}/overlay.mp4"
+        "    # the demo's model, its overlay into a video",
+        "  floraedge prepare --source ~/photos --out data/mine    # your own classes: a folder per class",
         "  floraedge demo --source ../shared/data/oxford102-trainval --epochs 3    # the same pipeline on the real photos",
     ]
 
@@ -261,7 +277,15 @@ OUTPUTS = {
 
 
 def write_report(
-    out: Path, data: dict, result: dict, exports: list[dict], live: dict, timings: dict, args, released: list[dict]
+    out: Path,
+    data: dict,
+    result: dict,
+    exports: list[dict],
+    live: dict,
+    timings: dict,
+    args,
+    released: list[dict],
+    final: Path,
 ) -> Path:
     lines = [
         "# FloraEdge demo report",
@@ -314,7 +338,7 @@ def write_report(
             *[f"| {r['image']} | {r['true']} | {r['predicted']} | {r['probability']} |" for r in released],
         ]
         lines.append("")
-    lines += ["## Next", "", "```", *next_steps(out)[1:], "```", ""]
+    lines += ["## Next", "", "```", *next_steps(final)[1:], "```", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -17,13 +17,19 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_runtime.bounded import SMALL_FILE_BYTES, TooLargeError, open_zip, read_member, read_text_bounded
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.spec import PreprocessSpec
 
 
 def file_sha256(path: str | Path) -> str:
-    """The hex sha256 of a file: how a model file, a checkpoint or a released file is identified."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """The hex sha256 of a file: how a model file, a checkpoint or a released file is identified.
+    Read in blocks: memory stays flat whatever the file's size."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 SPEC_KEY = "floraedge.spec"
@@ -31,6 +37,10 @@ LABELS_KEY = "floraedge.labels"
 INFO_KEY = "floraedge.info"
 EMBEDDED_JSON = "floraedge.json"  # inside a .tflite's zip: {"spec": ..., "info": ...}
 PROBABILITIES, LOGITS = "probabilities", "logits"  # the values of info["output"]
+# The zip appended to a .tflite holds a few kilobytes of labels and JSON; a member declaring (or
+# inflating to) more is refused before it is read: a few MB of model could otherwise inflate to GBs.
+MEMBER_MAX_BYTES = SMALL_FILE_BYTES
+MEMBERS_MAX = 1000  # ours holds two; a central directory of millions of entries would fill memory when listed
 
 
 class MetadataError(FloraEdgeError):
@@ -71,6 +81,8 @@ def malformed(where: str):
         yield
     except MetadataError:
         raise
+    except TooLargeError as exc:
+        raise MetadataError(f"{where}: {exc}; re-export the model with `floraedge export`") from exc
     except (ValueError, TypeError, KeyError, AttributeError, zipfile.BadZipFile, OSError) as exc:
         raise MetadataError(
             f"{where} holds malformed metadata ({type(exc).__name__}: {exc}); re-export the model with `floraedge export`"
@@ -97,12 +109,16 @@ def from_tflite_zip(path: Path) -> ModelInfo | None:
     """From the zip appended to a ``.tflite`` file (``None`` when it has none or no spec)."""
     if not zipfile.is_zipfile(path):
         return None
-    with malformed(f"the zip inside {path}"), zipfile.ZipFile(path) as z:
+    with malformed(f"the zip inside {path}"), open_zip(path, MEMBERS_MAX) as z:
         names = set(z.namelist())
         if EMBEDDED_JSON not in names:
             return None
-        meta = json.loads(z.read(EMBEDDED_JSON))
-        labels = parse_labels(z.read("labels.txt").decode()) if "labels.txt" in names else ()
+        meta = json.loads(read_member(z, EMBEDDED_JSON, MEMBER_MAX_BYTES, str(path)))
+        labels = (
+            parse_labels(read_member(z, "labels.txt", MEMBER_MAX_BYTES, str(path)).decode())
+            if "labels.txt" in names
+            else ()
+        )
         return _info(meta["spec"], labels, meta.get("info", {}))
 
 
@@ -110,14 +126,14 @@ def from_sidecar(path: Path) -> ModelInfo | None:
     card = path.with_name(path.name + ".json")  # model_fp32.onnx.json: one per file, never shared
     if card.is_file():
         with malformed(str(card)):
-            meta = json.loads(card.read_text())
+            meta = json.loads(read_text_bounded(card, what="model card"))
             if "spec" in meta:
                 return _info(meta["spec"], meta.get("labels", ()), meta)
     spec_file, labels_file = path.parent / "spec.json", path.parent / "labels.txt"
     if spec_file.is_file():
         with malformed(f"{spec_file} or {labels_file.name}"):
-            labels = parse_labels(labels_file.read_text()) if labels_file.is_file() else ()
-            return _info(PreprocessSpec.from_json(spec_file.read_text()), labels, {})
+            labels = parse_labels(read_text_bounded(labels_file, what="labels file")) if labels_file.is_file() else ()
+            return _info(PreprocessSpec.from_json(read_text_bounded(spec_file, what="spec file")), labels, {})
     return None
 
 

@@ -13,14 +13,13 @@ shorter side (see ``REDUCED_DECODE_MARGIN``).
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from edge_runtime.admission import DEFAULT_LIMITS, ImageLimits, ImageRejected, admit
+from edge_runtime.bounded import TooLargeError, read_bounded
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.spec import PreprocessSpec
 
@@ -38,22 +37,12 @@ class ImageReadError(FloraEdgeError, ValueError):
 
 
 def read_file_bytes(path: str | Path, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """The bytes of a regular file. A FIFO, device or folder is refused without blocking on it."""
+    """The bytes of a regular file. A FIFO, device or folder is refused without blocking on it,
+    a file over ``limits.max_bytes`` without reading it."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO with no writer would block a plain open()
-    except OSError as exc:
-        raise ImageReadError(f"{path}: cannot open ({exc.strerror})") from exc
-    info = os.fstat(fd)
-    problem = None
-    if not stat.S_ISREG(info.st_mode):
-        problem = "not a regular file (a FIFO, device or folder)"
-    elif info.st_size > limits.max_bytes:
-        problem = f"{info.st_size:,} bytes, over the {limits.max_bytes:,}-byte limit"
-    if problem:
-        os.close(fd)
-        raise ImageReadError(f"{path}: {problem}")
-    with os.fdopen(fd, "rb") as f:
-        return np.frombuffer(f.read(), np.uint8)
+        return np.frombuffer(read_bounded(path, limits.max_bytes, "image"), np.uint8)
+    except TooLargeError as exc:
+        raise ImageReadError(str(exc)) from exc
 
 
 # libjpeg's scaled IDCT is sharper than area averaging: on real photos the model input differs by

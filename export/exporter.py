@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from edge_runtime.metadata import INFO_KEY, LABELS_KEY, PROBABILITIES, SPEC_KEY, classifier_title
-from edge_runtime.outdir import check_output, write_marker
+from edge_runtime.outdir import staged_output
 from edge_runtime.spec import PreprocessSpec
 from export import converters
 from export.calibration import calibration_set, verification_set
@@ -36,6 +36,8 @@ from export.isolation import run_converter
 from export.verify import Reference, verify
 from train.checkpoint import dataset_record, load_bundle, model_from_bundle
 from train.data import seen_in_training
+
+EXPORT = "export"  # the marker kind of an export folder: only such a folder is replaced by --overwrite
 
 
 def reference(model: torch.nn.Module, batch: np.ndarray, targets: np.ndarray) -> Reference:
@@ -118,21 +120,19 @@ def file_spec(bundle: dict, row: Format, config: ExportConfig) -> PreprocessSpec
     return spec.replace(layout="NHWC" if row.format == "tflite" and config.nhwc else "NCHW")
 
 
-def check_out(out: Path, overwrite: bool, inputs: list) -> None:
-    """An empty ``out`` (an export folder is replaced only with --overwrite; never one holding an input)."""
-    if check_output(out, "export", overwrite=overwrite, inputs=inputs):
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_marker(out, "export")
-
-
 def export_all(config: ExportConfig) -> list[dict]:
     """Export, embed and verify every selected row; returns one result per row (failures included)."""
     rows = select(list(config.formats), list(config.precisions))
     bundle = load_bundle(config.checkpoint)
     model, spec = model_from_bundle(bundle)
-    data, out = Path(config.data), Path(config.out)
-    check_out(out, config.overwrite, [config.checkpoint, data])
+    data = Path(config.data)
+    # built aside; an earlier export at --out stays whole until this one is complete, then is swapped out
+    with staged_output(config.out, EXPORT, overwrite=config.overwrite, inputs=[config.checkpoint, data]) as out:
+        return export_into(out, config, rows, bundle, model, spec, data)
+
+
+def export_into(out: Path, config: ExportConfig, rows, bundle: dict, model, spec, data: Path) -> list[dict]:
+    """Every row exported, verified and carded into the folder ``out``."""
     batch, targets, verify_info = verification_set(data, spec, split=config.verify_split, limit=config.verify_n)
     verify_info["seen_in_training"] = seen = seen_in_training(bundle, data, config.verify_split)
     if seen:

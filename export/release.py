@@ -36,6 +36,7 @@ from edge_runtime.cli import number
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metadata import classifier_title, file_sha256
 from edge_runtime.options import Option, add_command, config_from_args
+from edge_runtime.outdir import staged_output
 from export.formats import FORMATS
 from train.config import PRECISIONS
 from train.models import ARCH_NAMES, input_spec
@@ -311,7 +312,7 @@ def reproducibility(old: Path, new: Path, config: ReleaseConfig) -> dict | None:
     old_file, new_file = old / RELEASE_TFLITE, new / RELEASE_TFLITE
     if not old_file.is_file():
         return None
-    if old_file.read_bytes() == new_file.read_bytes():  # every step was reused: nothing was reproduced
+    if file_sha256(old_file) == file_sha256(new_file):  # every step was reused: nothing was reproduced
         return {"identical_files": True}
     paths, targets = split_images(config.data, ("train", "val"))
     labels = (new / "labels.txt").read_text().splitlines()
@@ -559,18 +560,29 @@ def example_picture(model: Path, image: Path, png: Path) -> None:
 
 def assemble(config: ReleaseConfig) -> dict:
     w, out = Path(config.work), Path(config.out)
-    staging = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    check_previous_release(out)
+    # built aside and swapped in whole: the previous release stays intact (and is compared with) until then
+    with staged_output(out, None, overwrite=True, inputs=[w]) as staging:
+        return assemble_into(staging, config)
+
+
+def check_previous_release(out: Path) -> None:
+    """Refuse to replace an ``out`` that is not a release folder (a mistyped --out is never deleted)."""
+    if out.is_dir() and not out.is_symlink() and any(out.iterdir()) and not (out / "model_card.json").is_file():
+        raise FloraEdgeError(
+            f"--out {out} holds files but no model_card.json: it is not a release folder this command may "
+            "replace; choose another --out or delete it yourself"
+        )
+
+
+def assemble_into(staging: Path, config: ReleaseConfig) -> dict:
+    w, out = Path(config.work), Path(config.out)
     for f in (*RELEASE_FILES, "labels.txt"):
         shutil.copy2(w / "exports-trainval" / f, staging / f)
     labels = (staging / "labels.txt").read_text().splitlines()
     card = build_card(config, staging, val_figures(config, labels), reproducibility(out, staging, config))
     (staging / "model_card.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
     (staging / "MODEL_CARD.md").write_text(card_markdown(card))
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
     return card
 
 

@@ -28,6 +28,8 @@ from ai_edge_litert import schema_py_generated as tfl
 from flatbuffers.table import Table
 
 from edge_runtime.atomic import write_bytes_atomic
+from edge_runtime.bounded import open_zip, read_member
+from edge_runtime.metadata import MEMBER_MAX_BYTES, MEMBERS_MAX
 
 METADATA_NAME = "TFLITE_METADATA"
 MODEL_IDENTIFIER = b"TFL3"
@@ -511,9 +513,10 @@ def read_metadata(path: str | Path) -> dict:
         "labels": [],
     }
     if zipfile.is_zipfile(io.BytesIO(raw)):
-        with zipfile.ZipFile(io.BytesIO(raw)) as z:
+        with open_zip(io.BytesIO(raw), MEMBERS_MAX) as z:
             result["files"] = z.namelist()
             label_file = result["output"].get("label_file")
             if label_file in result["files"]:
-                result["labels"] = [line for line in z.read(label_file).decode().splitlines() if line]
+                labels = read_member(z, label_file, MEMBER_MAX_BYTES, str(path)).decode()
+                result["labels"] = [line for line in labels.splitlines() if line]
     return result

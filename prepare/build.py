@@ -11,7 +11,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -24,9 +23,10 @@ import simplejpeg
 from PIL import Image
 
 from edge_runtime import __version__, console
-from edge_runtime.admission import admit
+from edge_runtime.admission import DEFAULT_LIMITS, admit
+from edge_runtime.bounded import read_bounded
 from edge_runtime.errors import FloraEdgeError
-from edge_runtime.outdir import OutputError, check_output, shareable, write_marker
+from edge_runtime.outdir import OutputError, check_output, staged_output
 from edge_runtime.preprocess import resize_shorter_side
 from edge_runtime.spec import IMAGENET_SPEC
 from prepare.categories import NUM_CLASSES, class_names, folder_name
@@ -98,7 +98,7 @@ def process_image(task: tuple[int, Path, Path, Path, int]) -> ImageResult:
     """Check one JPEG fully decodes, hash it, place the original and write its resized cache copy."""
     image_id, src, dst, cache_dst, cache_size = task
     try:
-        data = src.read_bytes()
+        data = read_bounded(src, DEFAULT_LIMITS.max_bytes, "image")  # a huge or sparse file is refused unread
         rgb = decode_strict(data)
     except Exception as exc:  # decoders raise many types for bad files; each is reported by name
         return ImageResult(image_id, error=f"{type(exc).__name__}: {exc}")
@@ -244,17 +244,6 @@ def write_outputs(
     (work / "missing.json").write_text(json.dumps(missing) + "\n", encoding="utf-8")
 
 
-def publish(work: Path, out: Path) -> None:
-    """Move the finished ``work`` directory to ``out``, replacing an old one only at the very end."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    work.rename(out)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
-
-
 def prepare_dataset(config: PrepareConfig) -> dict:
     """Label, split, validate and cache a raw release into ``config.out``; returns the summary."""
     if not 32 <= config.cache_size <= 4096:
@@ -268,17 +257,13 @@ def prepare_dataset(config: PrepareConfig) -> dict:
         raise ReleaseError(f"--source {config.source} is not a directory; point it at the release folder")
     listing = None if layout == "oxford102" else read_listing(config.source, layout)  # before anything is written
     start = time.perf_counter()
-    config.out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{config.out.name}.tmp-", dir=config.out.parent))
-    shareable(work)
-    try:
+    inputs = [config.source, csv_folder]
+    with staged_output(config.out, DATASET, overwrite=config.overwrite, inputs=inputs) as work:
         if listing is not None:  # class folders, a split tree or a CSV: prepare/labelled.py
             from prepare.labelled import prepare_labelled  # it imports this module
 
             summary, rows, names = prepare_labelled(config, listing, work, start)
             write_outputs(work, config, rows, summary, {"files": listing.missing_files}, names)
-            write_marker(work, DATASET)
-            publish(work, config.out)
             return summary
         labels = load_labels(config.source / LABELS_MAT)
         images_dir = locate_images(config.source, work)
@@ -303,13 +288,16 @@ def prepare_dataset(config: PrepareConfig) -> dict:
             len(present - set(split_of)),
             time.perf_counter() - start,
         )
+        summary |= unassigned_ids(labels.size, split_of)
         summary["image_folder"] = link_image_folder(work, rows)
         summary["layout"] = "oxford102"
         summary["dataset"] = config.name or summary["dataset"]
         write_outputs(work, config, rows, summary, missing)
-        write_marker(work, DATASET)
-        publish(work, config.out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return summary
+
+
+def unassigned_ids(num_labelled: int, split_of: dict[int, str], shown: int = 20) -> dict:
+    """How many labelled image ids no split names, and the first ``shown`` of them (the official
+    setid.mat names every one of the 8,189; a damaged or foreign split file may not)."""
+    ids = sorted(set(range(1, num_labelled + 1)) - set(split_of))
+    return {"labelled_in_no_split": len(ids), "labelled_in_no_split_first": ids[:shown]}

@@ -41,6 +41,9 @@ OFFLINE_HINT = (
 
 USER_AGENT = "floraedge-prepare (python urllib)"
 _CHUNK = 1 << 16
+# The largest release file (102flowers.tgz) is 0.33 GB: a server (or --mirror) sending more, or declaring
+# more, is refused before it can fill the disk.
+MAX_DOWNLOAD_BYTES = 2 * 1024**3
 
 # Network failures: no route, DNS, refused, reset, timed out, TLS, a broken HTTP reply.
 _NETWORK_ERRORS = (
@@ -127,6 +130,11 @@ def _total_size(resp: http.client.HTTPResponse, start: int) -> int | None:
 def _stream(resp: http.client.HTTPResponse, url: str, part: Path, start: int, progress: bool) -> None:
     """Write the response body into ``part`` from byte ``start`` on (0: truncate), with a progress bar."""
     total = _total_size(resp, start)
+    if total is not None and total > MAX_DOWNLOAD_BYTES:
+        raise DownloadError(
+            f"{url} declares {total:,} bytes, over the {MAX_DOWNLOAD_BYTES:,}-byte limit of a release file; "
+            "is --mirror serving the Oxford-102 release?"
+        )
     written = start
     name = part.name.removesuffix(".part")
     with (
@@ -146,6 +154,11 @@ def _stream(resp: http.client.HTTPResponse, url: str, part: Path, start: int, pr
             while block := resp.read(_CHUNK):
                 f.write(block)
                 written += len(block)
+                if written > MAX_DOWNLOAD_BYTES:
+                    raise DownloadError(
+                        f"{url} sent over {MAX_DOWNLOAD_BYTES:,} bytes, the limit of a release file; the download "
+                        f"was stopped (the partial file is {part}: delete it). Is --mirror serving the release?"
+                    )
                 bar.update(len(block))
         except _NETWORK_ERRORS as exc:
             raise DownloadError(

@@ -17,6 +17,11 @@ def print_summary(summary: dict, out: Path) -> None:
         print(f"  {split:5s} {n:6d} images in {summary['classes_present'][split]:3d} classes{note}")
     if summary["partial_release"]:
         print("  partial release: missing images are listed in missing.json; work went on without them")
+    if summary.get("labelled_in_no_split"):
+        print(
+            f"  {summary['labelled_in_no_split']} labelled images are in no split (e.g. ids "
+            f"{summary['labelled_in_no_split_first']}); they are left out"
+        )
     for item in summary["corrupt"]:
         print(f"  skipped corrupt image {item['file']}: {item['error']}")
     if summary["duplicates"]:

@@ -11,12 +11,17 @@ Threats, and what must hold for each (torch-free: runs in the device environment
 4. Random corruption of valid files: only the project's own error (``FloraEdgeError``) comes
    out, never a crash or another exception type, and allocation stays bounded.
 5. Unknown formats are refused, not decoded blindly.
+6. Model metadata and sidecar files that inflate (a zip member declaring, or inflating to, gigabytes;
+   millions of zip entries; a sparse 64 GiB spec.json): refused from the declared size first, with
+   flat memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 import struct
 import subprocess
 import sys
@@ -346,3 +351,92 @@ def test_limits_are_one_object_shared_by_every_reader():
     assert served.max_aspect == DEFAULT_LIMITS.max_aspect and served.max_side == DEFAULT_LIMITS.max_side
     with pytest.raises(BadImage, match="pixels"):
         decode_upload(encode("png", np.zeros((4, 4, 3), np.uint8)), max_pixels=10)
+
+
+# --- 6. model metadata that inflates: every read bounded before it happens ------------------------
+
+
+def _zip_bytes(files: dict[str, bytes], compression=None) -> bytes:
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=compression or zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return out.getvalue()
+
+
+def _spec_json() -> bytes:
+    return json.dumps({"spec": IMAGENET_SPEC.to_dict(), "info": {}}).encode()
+
+
+def _lie_about_sizes(data: bytes, declared: int) -> bytes:
+    """The zip with every member's uncompressed size (local header and central directory) set to ``declared``."""
+    data = bytearray(data)
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        start = data.find(signature)
+        while start != -1:
+            data[start + offset : start + offset + 4] = struct.pack("<I", declared)
+            start = data.find(signature, start + 4)
+    return bytes(data)
+
+
+ZIP_BOMBS = {
+    "member-declares-100MB": ({"floraedge.json": _spec_json() + b" " * 100_000_000}, None, "declares 100,0"),
+    "labels-declare-100MB": (
+        {"floraedge.json": _spec_json(), "labels.txt": b"a\n" * 50_000_000},
+        None,
+        "declares 100,0",
+    ),
+    "2000-members": ({f"f{i}": b"" for i in range(2000)}, None, "declares 2,000 members"),
+    "member-lies-small": ({"floraedge.json": _spec_json() + b" " * 100_000_000}, 1000, "malformed|Bad CRC"),
+}
+
+
+@pytest.mark.parametrize("files, declared, error", list(ZIP_BOMBS.values()), ids=list(ZIP_BOMBS))
+def test_a_model_whose_metadata_zip_inflates_is_refused_with_flat_memory(tmp_path, files, declared, error):
+    from edge_runtime.metadata import MetadataError, from_tflite_zip
+
+    data = _zip_bytes(files)
+    model = tmp_path / "model.tflite"
+    model.write_bytes(b"TFL3" + b"\0" * 60 + (data if declared is None else _lie_about_sizes(data, declared)))
+    assert model.stat().st_size < 1_000_000  # a small file ...
+    result, peak = peak_allocation(lambda: from_tflite_zip(model))
+    assert isinstance(result, MetadataError) and re.search(error, str(result)), result
+    assert "\n" not in str(result) and peak < 20_000_000, peak  # ... that never inflates past the limit
+
+
+@pytest.mark.parametrize("name", ["model.onnx.json", "spec.json", "labels.txt"])
+def test_huge_sidecar_files_are_refused_unread(tmp_path, name):
+    from edge_runtime.metadata import MetadataError, from_sidecar
+
+    model = tmp_path / "model.onnx"
+    (tmp_path / "spec.json").write_text(IMAGENET_SPEC.to_json())
+    (tmp_path / name).touch()
+    os.truncate(tmp_path / name, 2**36)  # 64 GiB of holes: reading it would end the process
+    result, peak = peak_allocation(lambda: from_sidecar(model))
+    assert isinstance(result, MetadataError) and "over the 16,777,216-byte limit" in str(result), result
+    assert peak < 1_000_000
+
+
+def test_a_huge_or_special_marker_file_is_not_read(tmp_path):
+    from edge_runtime.outdir import MARKER, marker_kind
+
+    (tmp_path / MARKER).touch()
+    os.truncate(tmp_path / MARKER, 2**36)
+    assert peak_allocation(lambda: marker_kind(tmp_path))[0] is None
+    (tmp_path / MARKER).unlink()
+    os.mkfifo(tmp_path / MARKER)  # a FIFO without a writer: a plain open() would block forever
+    assert marker_kind(tmp_path) is None
+
+
+def test_a_file_that_grows_past_its_limit_while_read_is_refused(tmp_path, monkeypatch):
+    from edge_runtime import bounded
+
+    path = tmp_path / "grows.json"
+    path.write_bytes(b"x" * 100)
+    real_fstat = os.fstat
+    monkeypatch.setattr(bounded.os, "fstat", lambda fd: os.stat_result((*real_fstat(fd)[:6], 10, *real_fstat(fd)[7:])))
+    with pytest.raises(bounded.TooLargeError, match="grew past the 50-byte limit"):
+        bounded.read_bounded(path, 50)  # st_size said 10; the read still stops at 51 bytes

@@ -218,3 +218,17 @@ def test_download_release_fetches_every_file(server: Fixture, tmp_path: Path) ->
     assert sorted(p for p, _ in server.requests) == ["/a.mat", "/b.mat"]
     download_release(out, base_url=server.base_url, files=files, progress=False)  # all present: no requests
     assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "streamed-without-length"])
+def test_a_file_over_the_size_limit_is_refused(server: Fixture, tmp_path: Path, monkeypatch, declared) -> None:
+    import prepare.download as download
+
+    monkeypatch.setattr(download, "MAX_DOWNLOAD_BYTES", 100_000)
+    if not declared:  # a server that never says how much it will send
+        monkeypatch.setattr(download, "_total_size", lambda resp, start: None)
+    with pytest.raises(DownloadError, match="declares 307,323 bytes" if declared else "sent over 100,000 bytes"):
+        download_file(server.url("big.bin"), tmp_path / "big.bin", expected_md5=md5(BIG), progress=False)
+    assert not (tmp_path / "big.bin").exists()
+    part = tmp_path / "big.bin.part"
+    assert not part.exists() or part.stat().st_size <= 100_000 + 65_536  # stopped within one chunk

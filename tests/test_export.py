@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import warnings
@@ -433,3 +434,28 @@ def test_card_says_when_the_verification_images_were_trained_on(tiny_checkpoint,
     assert card["verification"]["seen_in_training"] == sum(r["split"] == "val" for r in rows) > 0
     assert card["dataset"]["trained_images"] == len(rows)  # a count in the card and the files, not the list
     assert "the checkpoint was trained on them" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_overwrite_keeps_the_previous_export_until_the_new_one_is_complete(
+    tiny_checkpoint, tiny_prepared, tmp_path, monkeypatch
+):
+    out = tmp_path / "x"
+    config = ExportConfig(
+        checkpoint=str(tiny_checkpoint),
+        data=str(tiny_prepared),
+        out=str(out),
+        formats=("onnx",),
+        precisions=("fp32",),
+        **FAST,
+    )
+    export_all(config)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def killed(*args, **kwargs):  # a Ctrl-C (or a crash) midway through the new export
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(converters, "copy_base", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_all(dataclasses.replace(config, overwrite=True))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -294,3 +295,145 @@ def test_a_jpeg_with_garbage_in_the_middle_is_reported_corrupt(mini_release, tmp
     victim.write_bytes(bytes(data))
     summary = prepare(mini_release, tmp_path / "out")
     assert [c["file"] for c in summary["corrupt"]] == ["image_00001.jpg"], summary["corrupt"]
+
+
+# ---------------------------------------------------------------- malformed release files: one line, never a cast
+
+
+def _save(name: str, **variables):
+    return lambda source: scipy.io.savemat(source / name, variables)
+
+
+def _replace_with(name: str, make):
+    def edit(source):
+        (source / name).unlink()
+        make(source / name)
+
+    return edit
+
+
+MALFORMED = {
+    "float-labels": (_save("imagelabels.mat", labels=np.full((1, 21), 1.5)), r"21 non-integer values \(e\.g\. \[1\.5"),
+    "nan-labels": (_save("imagelabels.mat", labels=np.full((1, 21), np.nan)), "NaN or infinite"),
+    "text-labels": (_save("imagelabels.mat", labels=np.array(["abc"])), "not numbers"),
+    "cell-labels": (_save("imagelabels.mat", labels=np.array([[1, 2], [3]], dtype=object)), "not numbers"),
+    "struct-labels": (_save("imagelabels.mat", labels={"a": 1}), "not numbers"),
+    "complex-labels": (_save("imagelabels.mat", labels=np.full((1, 21), 1 + 1j)), "not numbers"),
+    "matrix-labels": (_save("imagelabels.mat", labels=np.ones((3, 7), np.uint8)), "3x7 array"),
+    "3d-labels": (_save("imagelabels.mat", labels=np.ones((1, 3, 7))), "1x3x7 array"),
+    "float-split-ids": (
+        _save("setid.mat", trnid=np.array([[1.5, 2]]), valid=np.array([[3]]), tstid=np.array([[4]])),
+        "'trnid' holds 1 non-integer",
+    ),
+    "text-file": (lambda s: (s / "imagelabels.mat").write_text("hello"), "not a readable MATLAB file"),
+    "empty-file": (lambda s: (s / "setid.mat").write_bytes(b""), "not a readable MATLAB file"),
+    "truncated": (lambda s: (s / "setid.mat").write_bytes((s / "setid.mat").read_bytes()[:200]), "not a readable"),
+    "folder": (_replace_with("imagelabels.mat", Path.mkdir), "not a regular file"),
+    "fifo": (_replace_with("setid.mat", os.mkfifo), "not a regular file"),  # refused without blocking on it
+    "huge-sparse": (lambda s: os.truncate(s / "setid.mat", 2**36), "over the .*-byte limit"),  # never read
+}
+
+
+@pytest.mark.parametrize("edit, error", list(MALFORMED.values()), ids=list(MALFORMED))
+def test_malformed_mat_files_are_one_line_errors_and_never_truncated(tmp_path, edit, error):
+    source = build_release(tmp_path / "rel", archive=False)
+    edit(source)
+    with pytest.raises(ReleaseError, match=error) as caught:
+        prepare(source, tmp_path / "out")
+    assert "\n" not in str(caught.value) and not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_a_compressed_mat_variable_is_refused_from_its_declared_shape(tmp_path, monkeypatch):
+    import prepare.release as release
+
+    source = build_release(tmp_path / "rel", archive=False)
+    monkeypatch.setattr(release, "MAT_MAX_VALUES", 10)  # 21 labels: over it, whatever the file weighs
+    scipy.io.savemat(source / "imagelabels.mat", {"labels": np.ones((1, 21), np.uint8)}, do_compression=True)
+    with pytest.raises(ReleaseError, match="declares 21 values, over the limit of 10"):
+        prepare(source, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "content", [b"not a tgz at all" * 100, gzip.compress(b"x" * 5000)], ids=["junk", "gzip-not-tar"]
+)
+def test_an_archive_that_is_not_a_tar_is_a_one_line_error(tmp_path, content):
+    source = build_release(tmp_path / "rel")
+    (source / "102flowers.tgz").write_bytes(content)
+    with pytest.raises(ReleaseError, match="not a readable tar archive") as caught:
+        prepare(source, tmp_path / "out")
+    assert "\n" not in str(caught.value) and leftovers(tmp_path) == []
+
+
+def test_labelled_images_in_no_split_are_reported(tmp_path, capsys):
+    source = build_release(tmp_path / "rel", archive=False)
+    scipy.io.savemat(source / "setid.mat", {"trnid": [[1, 2]], "valid": [[3]], "tstid": [[4]]})
+    assert cli_main(["prepare", "--source", str(source), "--out", str(tmp_path / "out"), "--workers", "1"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["labelled_in_no_split"] == 17 and summary["labelled_in_no_split_first"][:3] == [5, 6, 7]
+    assert "17 labelled images are in no split (e.g. ids [5, 6, 7" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- reads bounded before they happen
+
+
+def test_a_huge_sparse_file_posing_as_an_image_is_refused_unread(tmp_path):
+    source = build_release(tmp_path / "rel", archive=False)
+    os.truncate(source / "jpg" / "image_00001.jpg", 2**40)  # 1 TiB of holes: reading it would end the process
+    summary = prepare(source, tmp_path / "out")
+    (corrupt,) = summary["corrupt"]
+    assert corrupt["file"] == "image_00001.jpg" and "over the 268,435,456-byte limit" in corrupt["error"]
+    assert summary["counts"]["train"] == 8
+
+
+def test_a_tar_member_declaring_a_huge_size_is_refused_before_extraction(tmp_path):
+    source = build_release(tmp_path / "rel")
+    huge = tarfile.TarInfo("jpg/image_00001.jpg")
+    huge.size = 300 * 1024**2  # declared only: the archive ends after the header, so nothing backs it
+    header = huge.tobuf(tarfile.USTAR_FORMAT)
+    (source / "102flowers.tgz").write_bytes(gzip.compress(header))
+    with pytest.raises(ReleaseError, match="declares 314,572,800 bytes, over the 268,435,456-byte limit"):
+        prepare(source, tmp_path / "out")
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "limit, value, error",
+    [("ARCHIVE_MAX_MEMBERS", 5, "over 5 members"), ("ARCHIVE_MAX_BYTES", 1000, "add up to .* over the 1,000-byte")],
+    ids=["member-count", "total-size"],
+)
+def test_tar_member_count_and_total_size_are_capped(mini_release, tmp_path, monkeypatch, limit, value, error):
+    import prepare.release as release
+
+    monkeypatch.setattr(release, limit, value)
+    with pytest.raises(ReleaseError, match=error):
+        prepare(mini_release, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs (needs root): a disk that fills up mid-run."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)]).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+def test_a_full_disk_mid_run_keeps_the_previous_dataset_and_leaves_nothing(tmp_path, small_disk, capsys):
+    source = build_release(tmp_path / "rel", archive=False)
+    out = small_disk / "out"
+    args = ["prepare", "--source", str(source), "--out", str(out), "--workers", "1", "--overwrite"]
+    assert cli_main(args) == 0
+    before = (out / "manifest.csv").read_bytes()
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize - 16 * 1024))
+    capsys.readouterr()
+    assert cli_main(args) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.replace("\r", "\n").splitlines() if "error:" in line]  # not the progress bar
+    assert len(errors) == 1 and "No space left on device" in errors[0] and "Traceback" not in err, err
+    assert (out / "manifest.csv").read_bytes() == before and leftovers(small_disk) == []
+    filler.unlink()
+    assert cli_main(args) == 0 and leftovers(small_disk) == []

@@ -172,3 +172,64 @@ def test_prepare_removes_its_temporary_folder(tmp_path, sig):
     assert code == EXIT[sig] and "Traceback" not in output, output[-3000:]
     assert not out.exists()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no hidden temporary folder
+
+
+def _dataset_state(out: Path) -> tuple[bytes, bytes] | None:
+    """(manifest, marker) of a complete prepared dataset at ``out``; None when there is none."""
+    if not out.exists():
+        return None
+    return (out / "manifest.csv").read_bytes(), (out / ".floraedge-output.json").read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.torch  # prepare needs scipy and Pillow: the training environment
+def test_prepare_killed_at_random_moments_keeps_the_previous_dataset_whole(tmp_path):
+    """SIGKILL (no handler runs) at random moments of `prepare --overwrite`: --out is always the previous
+    complete dataset or the new complete one, and the next run removes what the killed ones left."""
+    import random
+
+    from prepare.synthetic import make_synthetic_release
+
+    release = make_synthetic_release(
+        tmp_path / "release", num_classes=102, train_per_class=4, val_per_class=2, test_per_class=2, size=160
+    )
+    out = tmp_path / "prepared"
+    args = ("prepare", "--source", str(release), "--out", str(out), "--workers", "2", "--overwrite")
+    first = Command(*args)
+    assert first.proc.wait(timeout=300) == 0, bytes(first.output[-2000:])
+    complete = _dataset_state(out)
+    rng = random.Random(0)
+    for _ in range(4):
+        cmd = Command(*args)
+        cmd.wait_for(b"checking + caching images")
+        time.sleep(rng.uniform(0, 3))
+        cmd.kill()
+        assert _dataset_state(out) == complete  # the same release: old and new datasets are equal
+    last = Command(*args)
+    assert last.proc.wait(timeout=300) == 0, bytes(last.output[-2000:])
+    last.reader.join(timeout=5)
+    assert _dataset_state(out) == complete
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # killed runs' folders removed
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.parametrize("overwrite", [False, True], ids=["plain", "overwrite"])
+def test_two_prepare_runs_to_one_out_at_once_never_both_succeed(tmp_path, overwrite):
+    from prepare.synthetic import make_synthetic_release
+
+    release = make_synthetic_release(
+        tmp_path / "release", num_classes=102, train_per_class=4, val_per_class=2, test_per_class=2, size=160
+    )
+    out = tmp_path / "prepared"
+    args = ["prepare", "--source", str(release), "--out", str(out), "--workers", "1"] + ["--overwrite"] * overwrite
+    runs = [Command(*args), Command(*args)]
+    for run in runs:
+        run.wait_for(b"checking + caching images")  # both are building before either publishes
+    codes = sorted(run.proc.wait(timeout=300) for run in runs)
+    loser = next(run for run in runs if run.proc.returncode)
+    loser.reader.join(timeout=5)
+    text = loser.output.decode(errors="replace")
+    assert codes == [0, 1] and "appeared or changed while this run" in text and "Traceback" not in text, text
+    assert _dataset_state(out) is not None
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -242,3 +242,24 @@ def test_mediapipe_runs_the_int8_file_with_float_edges(models, tmp_path):
     assert [c[0] for c in categories] == order[:3].tolist() and categories[0][1] == LABELS[order[0]]
     np.testing.assert_allclose([c[2] for c in categories], ours[order[:3]], atol=1e-3)
     assert ours.sum() == pytest.approx(1.0, abs=1e-5)  # float32 probabilities, not int8 steps
+
+
+def test_a_label_file_that_inflates_to_100MB_is_refused_by_the_reader_and_the_runtime(models, tmp_path):
+    from edge_runtime.bounded import TooLargeError
+    from edge_runtime.metadata import MetadataError
+
+    card = {"spec": SPEC.to_dict(), "info": {"precision": "fp32"}}
+    good = _add(models["fp32"], tmp_path / "m.tflite", extra_files={"floraedge.json": json.dumps(card).encode()})
+    with zipfile.ZipFile(good) as z:
+        flatbuffer = good.read_bytes()[: z.infolist()[0].header_offset]
+    bomb = tmp_path / "bomb.tflite"
+    with bomb.open("wb") as f:
+        f.write(flatbuffer)
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            z.writestr(LABELS_FILE, b"a\n" * 50_000_000)  # 100 MB of labels in ~100 kB
+            z.writestr("floraedge.json", json.dumps(card))
+    assert bomb.stat().st_size < good.stat().st_size + 1_000_000
+    with pytest.raises(TooLargeError, match="declares 100,000,000 bytes, over the 16,777,216-byte limit"):
+        read_metadata(bomb)
+    with pytest.raises(MetadataError, match="declares 100,000,000 bytes"):
+        load(bomb)

@@ -20,6 +20,7 @@ from prepare.manifest import read_manifest
 from tests.conftest import REAL_DATA, REPO
 from train import trainer
 from train.checkpoint import CheckpointError, load_bundle, model_from_bundle
+from train.config import EvaluateConfig
 from train.data import image_key, seen_in_training
 from train.engine import cpu_has_native_bf16, depthwise_in_fp32
 from train.models import MODELS, WeightsError, build_model, get_entry
@@ -376,3 +377,49 @@ def test_evaluation_reads_each_image_when_asked_not_at_once(tiny_prepared, monke
     monkeypatch.setattr(evaluate, "model_from_bundle", lambda b: (torch.nn.Flatten(), spec))
     logits, targets = evaluate.split_logits(bundle, EvaluateConfig(checkpoint="-", data=str(tiny_prepared)))
     assert made == [{"spec": spec, "in_memory": False}] and len(targets) == 16 == len(logits)
+
+
+def test_overwrite_keeps_the_previous_run_until_the_new_one_completes(tiny_prepared, tmp_path, monkeypatch, capsys):
+    config = dict(data=str(tiny_prepared), out=str(tmp_path / "run"), epochs=2, **TINY)
+    train(TrainConfig(**config))
+    before = (tmp_path / "run" / "best.pt").read_bytes()
+    train_interrupted(TrainConfig(overwrite=True, **config), monkeypatch)  # a Ctrl-C midway through the new run
+    assert "the previous" in capsys.readouterr().out and (tmp_path / "run" / "best.pt").read_bytes() == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # the half-made run is gone
+    train(TrainConfig(overwrite=True, seed=1, **config))
+    assert (tmp_path / "run" / "best.pt").read_bytes() != before and (tmp_path / "run" / "summary.json").is_file()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_two_new_runs_into_one_folder_do_not_share_it(tiny_prepared, tmp_path, monkeypatch):
+    from edge_runtime.outdir import OutputError, claim
+
+    run = tmp_path / "run"
+    real_sets = trainer.training_sets
+
+    def another_run_starts_meanwhile(*args, **kwargs):  # after this run checked --out, before it made it
+        run.mkdir()
+        claim(run, "train")
+        return real_sets(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "training_sets", another_run_starts_meanwhile)
+    with pytest.raises(OutputError, match="taken by another run"):
+        train(TrainConfig(data=str(tiny_prepared), out=str(run), epochs=1, **TINY))
+    assert [p.name for p in run.iterdir()] == [".floraedge-output.json"]  # nothing written into the other run
+
+
+def test_evaluate_replaces_a_report_whole_and_never_writes_into_another_folder(
+    tiny_checkpoint, tiny_prepared, tmp_path
+):
+    from edge_runtime.outdir import OutputError
+    from train.evaluate import evaluate_checkpoint
+
+    out = tmp_path / "eval"
+    config = EvaluateConfig(checkpoint=str(tiny_checkpoint), data=str(tiny_prepared), out=str(out))
+    evaluate_checkpoint(config)
+    evaluate_checkpoint(config)  # a previous report is replaced
+    assert sorted(p.name for p in out.iterdir()) == ["confusion.csv", "metrics.json", "per_class.csv"]
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="holds files other than an evaluation report"):
+        evaluate_checkpoint(config)
+    assert (out / "notes.txt").read_text() == "mine" and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

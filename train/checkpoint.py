@@ -71,9 +71,10 @@ def dataset_record(bundle: dict) -> dict:
     return dataset
 
 
-def save_atomic(obj: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
-    with atomic_path(path) as tmp:
+def save_atomic(obj: dict, path: Path, *, replace: bool = True) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file.
+    ``replace=False``: a file that appeared at ``path`` during the run is refused, not replaced."""
+    with atomic_path(path, replace=replace) as tmp:
         torch.save(obj, tmp)
 
 

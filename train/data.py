@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 
+from edge_runtime.bounded import read_text_bounded
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.preprocess import preprocess, read_image_bgr
 from edge_runtime.spec import PreprocessSpec
@@ -97,7 +98,7 @@ def read_summary(data: Path) -> dict:
         )
     read_manifest(data)  # a malformed one is a one-line error here, before anything is loaded
     try:
-        summary = json.loads((data / "summary.json").read_text())
+        summary = json.loads(read_text_bounded(data / "summary.json", what="dataset summary"))
         int(summary["config"]["cache_size"])
     except (ValueError, KeyError, TypeError) as exc:
         raise FloraEdgeError(

@@ -51,6 +51,15 @@ def broadcast_flag(value: bool) -> bool:
     return bool(flag.item())
 
 
+def broadcast_object(value):
+    """rank 0's ``value`` (any picklable object, e.g. the folder it made) for every process."""
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return value
+    box = [value]
+    tdist.broadcast_object_list(box, 0)
+    return box[0]
+
+
 def wrap(model: torch.nn.Module) -> torch.nn.Module:
     if world_size() == 1:
         return model

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from edge_runtime.metrics import classification_metrics
+from edge_runtime.outdir import OutputError, staged_output
 from train.checkpoint import load_bundle, model_from_bundle
 from train.config import EvaluateConfig
 from train.data import CachedImages, eval_loader, seen_in_training
@@ -65,8 +66,21 @@ def split_logits(bundle: dict, config: EvaluateConfig) -> tuple[torch.Tensor, to
     return predict(model, loader, torch.device("cpu"), tta_flip=config.tta_flip, progress=True)
 
 
+REPORT_FILES = ("metrics.json", "per_class.csv", "confusion.csv")
+
+
 def write_report(out: Path, metrics: dict, names: list[str]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    """The report, built aside and swapped in at ``out``: a previous report stays whole until then, and a
+    folder holding anything but a report is refused, never written into."""
+    if out.is_dir() and not out.is_symlink() and not {p.name for p in out.iterdir()} <= set(REPORT_FILES):
+        raise OutputError(
+            f"--out {out} holds files other than an evaluation report ({', '.join(REPORT_FILES)}); choose another --out"
+        )
+    with staged_output(out, None, overwrite=True) as stage:
+        write_report_files(stage, metrics, names)
+
+
+def write_report_files(out: Path, metrics: dict, names: list[str]) -> None:
     (out / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "confusion"}, indent=2))
     confusion = metrics["confusion"]
     with (out / "per_class.csv").open("w", newline="") as f:

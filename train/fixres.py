@@ -127,7 +127,7 @@ def refit(config: FixresConfig) -> dict:
         report |= evaluate_before_and_after(config, original, bundle)
         bundle["metrics"] = {config.val_split: report.pop("after")}
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic(bundle, out)
+    save_atomic(bundle, out, replace=config.overwrite)  # without --overwrite, never a file that appeared meanwhile
     return report
 
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
-import shutil
 from pathlib import Path
 
 from edge_runtime.errors import FloraEdgeError
-from edge_runtime.outdir import OutputError, check_output, write_marker
+from edge_runtime.outdir import OutputError, check_output, claim, staged_output, write_marker
 from train import distributed as dist
 from train.config import TrainConfig
 
 RUN = "train"  # the marker kind of a run directory
+
+
+def run_inputs(config: TrainConfig) -> list:
+    """What a run reads, which its folder may not overlap: the dataset, a weights file, the teachers."""
+    weights = config.weights if Path(config.weights).is_file() else None
+    return [config.data, weights, *config.teachers]
 
 
 def check_run_dir(config: TrainConfig) -> bool:
@@ -22,20 +28,30 @@ def check_run_dir(config: TrainConfig) -> bool:
         if not (out / "last.pt").is_file():
             raise FloraEdgeError(f"--resume: {out}/last.pt does not exist; start a new run without --resume")
         return False
-    weights = config.weights if Path(config.weights).is_file() else None
     try:
-        return check_output(out, RUN, overwrite=config.overwrite, inputs=[config.data, weights, *config.teachers])
+        return check_output(out, RUN, overwrite=config.overwrite, inputs=run_inputs(config))
     except OutputError as exc:
         raise OutputError(f"{exc} (or --resume to continue a run)") from exc
 
 
-def make_run_dir(config: TrainConfig, replace: bool) -> Path:
+def make_run_dir(config: TrainConfig, replace: bool, stack: contextlib.ExitStack) -> Path:
+    """The folder this run writes to: ``--out`` itself (new, or resumed in place), or, when it replaces a
+    previous run, a staging folder swapped in at ``--out`` when the run completes (entered on ``stack``):
+    the previous run stays whole until then, and a failed or killed run leaves it as it was."""
     out = Path(config.out)
+    if replace:
+        stage = (
+            stack.enter_context(staged_output(out, RUN, overwrite=True, inputs=run_inputs(config)))
+            if dist.is_main()
+            else None
+        )
+        return Path(dist.broadcast_object(str(stage) if stage else None))
     if dist.is_main():
-        if replace:
-            shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_marker(out, RUN)
+        if config.resume:
+            write_marker(out, RUN)
+        else:
+            claim(out, RUN)  # two new runs started at once to one --out: the second stops here
     return out
 
 

@@ -118,7 +118,7 @@ def make_soup(config: SoupConfig) -> dict:
     if metrics:
         soup["metrics"] = {config.split: metrics}  # under "val" (the usual split) export's model card shows it
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic(soup, out)
+    save_atomic(soup, out, replace=config.overwrite)  # without --overwrite, never a file that appeared meanwhile
     return {"out": str(out), **soup["soup"], "top1": metrics["top1"] if metrics else None}
 
 

@@ -8,6 +8,7 @@ lives in ``schedule.py``, the run directory and its log in ``runlog.py``, the da
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -97,7 +98,7 @@ def make_ema(model: nn.Module, config: TrainConfig, steps_per_epoch: int) -> Ave
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-def start_run(config: TrainConfig) -> Run:
+def start_run(config: TrainConfig, stack: contextlib.ExitStack) -> Run:
     """Run directory, data, model, optimizer and schedule; restored from last.pt with ``resume``."""
     device = dist.setup(pick_device(config.device))
     if config.threads:
@@ -110,7 +111,7 @@ def start_run(config: TrainConfig) -> Run:
     distiller = make_distiller(config, class_names, spec, device)  # and so does a teacher that cannot teach
     amp_dtype, scaler = mixed_precision(config.precision, device)  # and a --precision this device cannot run
     dist.barrier()  # every rank has checked --out before the main one makes it (else a slower rank finds it made)
-    out = make_run_dir(config, replace)
+    out = make_run_dir(config, replace, stack)
     dist.barrier()
     steps = len(train_set) // config.batch_size
     if steps == 0:
@@ -258,22 +259,29 @@ def train(config: TrainConfig) -> dict:
         from train.linear import fit_linear
 
         return fit_linear(config)
-    run = start_run(config)
-    try:
-        for epoch in range(run.state.epoch + 1, config.epochs + 1):
-            start = time.perf_counter()
-            stats = run_epoch(run, epoch)
-            stop = end_epoch(run, epoch, stats, start) if dist.is_main() else False
-            if dist.broadcast_flag(stop):
-                break
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {run.out}/last.pt holds epoch {run.state.epoch}; continue with --resume")
-        raise
-    except torch.OutOfMemoryError as exc:
-        raise TrainError(f"out of memory ({exc}); lower --batch-size or --img-size") from exc
-    finally:
-        dist.cleanup()
-    return finish(run) if dist.is_main() else {}
+    with contextlib.ExitStack() as stack:  # a run replacing another is published when this closes
+        run = start_run(config, stack)
+        try:
+            for epoch in range(run.state.epoch + 1, config.epochs + 1):
+                start = time.perf_counter()
+                stats = run_epoch(run, epoch)
+                stop = end_epoch(run, epoch, stats, start) if dist.is_main() else False
+                if dist.broadcast_flag(stop):
+                    break
+        except KeyboardInterrupt:
+            print(f"\n{interrupted_note(run)}")
+            raise
+        except torch.OutOfMemoryError as exc:
+            raise TrainError(f"out of memory ({exc}); lower --batch-size or --img-size") from exc
+        finally:
+            dist.cleanup()
+        return finish(run) if dist.is_main() else {}
+
+
+def interrupted_note(run: Run) -> str:
+    if run.out == Path(run.config.out):
+        return f"interrupted: {run.out}/last.pt holds epoch {run.state.epoch}; continue with --resume"
+    return f"interrupted: the new run is discarded and the previous {run.config.out} is kept as it was"
 
 
 def finish(run: Run) -> dict:

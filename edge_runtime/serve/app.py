@@ -38,6 +38,7 @@ from starlette.routing import Route
 
 from edge_runtime.admission import DEFAULT_LIMITS, header_size
 from edge_runtime.backends import load
+from edge_runtime.bounded import TooLargeError, read_bounded
 from edge_runtime.classify import Classifier
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metadata import describe, file_sha256
@@ -65,7 +66,7 @@ def mjpeg_frames(folder: Path, interval: float = 0.1):
                 last = stamp
                 data = None
                 with contextlib.suppress(ValueError):  # over the limit: not a frame `floraedge run` wrote
-                    data = read_bounded(path, MAX_CAMERA_FRAME)
+                    data = read_if_present(path, MAX_CAMERA_FRAME, "camera frame")
                 if data is None:
                     await asyncio.sleep(interval)
                     continue
@@ -75,16 +76,15 @@ def mjpeg_frames(folder: Path, interval: float = 0.1):
     return stream()
 
 
-def read_bounded(path: Path, limit: int) -> bytes | None:
-    """``path``'s bytes, or None when it is not there; ValueError when it is over ``limit`` bytes (never read whole)."""
+def read_if_present(path: Path, limit: int, what: str) -> bytes | None:
+    """``path``'s bytes, or None when it is not there; a TooLargeError (a ValueError) when it is over ``limit``
+    bytes or not a regular file, refused before it is read."""
     try:
-        with path.open("rb") as f:
-            data = f.read(limit + 1)
-    except (FileNotFoundError, IsADirectoryError):
-        return None
-    if len(data) > limit:
-        raise ValueError(f"{path.name} is over {limit:,} bytes")
-    return data
+        return read_bounded(path, limit, what)
+    except TooLargeError as exc:
+        if isinstance(exc.__cause__, FileNotFoundError):
+            return None
+        raise
 
 
 def camera_result(camera: Path | None) -> dict:
@@ -93,7 +93,7 @@ def camera_result(camera: Path | None) -> dict:
     if camera is None:
         raise missing
     try:
-        data = read_bounded(camera / "latest.json", MAX_CAMERA_RESULT)
+        data = read_if_present(camera / "latest.json", MAX_CAMERA_RESULT, "camera result")
         result = None if data is None else json.loads(data)
     except ValueError as exc:  # too large, no JSON or no UTF-8: not what `floraedge run` writes
         raise HTTPException(502, f"the camera result file is unreadable ({one_line(str(exc), 120)})") from None
