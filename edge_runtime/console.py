@@ -34,10 +34,18 @@ QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "LITERT_TORCH_SHOW_PROGRESS": "n"}
 
 VERBOSE_ENV = "FLORAEDGE_VERBOSE"  # "1": a parent command runs with --verbose (floraedge release's steps)
 _verbose = False
+_native_passthrough = False
 
 
 def is_verbose() -> bool:
     return _verbose
+
+
+def pass_native_stderr() -> None:
+    """Leave file descriptor 2 alone in ``native_stderr`` blocks: for a process whose whole stderr its parent
+    reads (export's converter child), where a native fatal exit would take a captured last line with it."""
+    global _native_passthrough
+    _native_passthrough = True
 
 
 def add_verbose_flag(parser):
@@ -109,7 +117,7 @@ def native_stderr(*patterns: str) -> Iterator[None]:
     """Unless --verbose, drop the lines of file descriptor 2 written in this block (by native code, which
     Python's warnings and loggers cannot reach) that start with one of ``patterns`` (regexes); every other
     line is written to stderr after the block. The caller's comment says why the dropped lines are harmless."""
-    if _verbose:
+    if _verbose or _native_passthrough:
         yield
         return
     sys.stderr.flush()

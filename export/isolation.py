@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from edge_runtime import console
 from edge_runtime.errors import FloraEdgeError
 
 MIB = 1024 * 1024
@@ -78,6 +79,8 @@ def run_converter(convert: Callable, ctx, dest: Path, base: Path | None = None) 
     if child.returncode != 0:
         dest.unlink(missing_ok=True)
         raise ConverterError(f"{name}: {last_words(stderr[-STDERR_TAIL:], child.returncode)}")
+    if console.is_verbose():  # --verbose shows everything, the converter's own lines included
+        sys.stderr.write(stderr.decode(errors="replace"))
 
 
 def last_words(stderr: bytes, returncode: int) -> str:
@@ -93,6 +96,7 @@ def last_words(stderr: bytes, returncode: int) -> str:
 
 def child_main() -> int:
     """Run the job the parent pickled on stdin; an exception becomes one line on stderr and exit code 1."""
+    console.pass_native_stderr()  # the parent reads this stderr whole: a fatal exit's last line must reach it
     try:
         convert, ctx, dest, base = pickle.load(sys.stdin.buffer)
         convert(ctx, dest) if base is None else convert(base, dest, ctx)
