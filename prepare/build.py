@@ -144,11 +144,13 @@ def run_workers(tasks: list, workers: int, worker=process_image) -> list[ImageRe
         return list(console.progress(pool.imap_unordered(worker, tasks, chunksize=8), **progress))
 
 
-def link_image_folder(out: Path, rows: list[dict]) -> str:
-    """``<split>/<NNN_class>/image.jpg`` pointing at ``jpg/``; returns how ("symlink" or "copy")."""
+def link_image_folder(out: Path, rows: list[dict], folders: list[str] | None = None) -> str:
+    """``<split>/<class folder>/<image>`` pointing at the cached copy; ``folders`` names each class's folder
+    (default: the Oxford-102 ``NNN_name``). Returns how ("symlink" or "copy")."""
+    folders = folders or [folder_name(k) for k in range(NUM_CLASSES)]
     how = "symlink"
     for row in rows:
-        folder = out / row["split"] / folder_name(row["class_index"])
+        folder = out / row["split"] / folders[row["class_index"]]
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / Path(row["path"]).name
         try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
 import sys
 import time
@@ -26,7 +25,7 @@ from PIL import Image
 from edge_runtime import __version__
 from edge_runtime.admission import DEFAULT_LIMITS, admit
 from edge_runtime.preprocess import decode_bgr, read_file_bytes, resize_shorter_side
-from prepare.build import CACHE_JPEG_QUALITY, ImageResult, _place_file, decode_strict, run_workers
+from prepare.build import CACHE_JPEG_QUALITY, ImageResult, _place_file, decode_strict, link_image_folder, run_workers
 from prepare.config import PrepareConfig
 from prepare.layouts import Item, LayoutError, Listing, check_classes, check_dataset_name
 from prepare.release import SPLITS
@@ -213,21 +212,10 @@ def labelled_summary(config, listing, rows, names, results, items, split_how, el
     }
 
 
-def link_image_folder(out: Path, rows: list[dict], names: list[str]) -> str:
-    """``<split>/<NNN_class>/<id>.<ext>`` pointing at ``images/``; returns how ("symlink" or "copy")."""
+def class_folders(names: list[str]) -> list[str]:
+    """Each class's ImageFolder folder: ``NNN_name``, zero-padded so that sorting keeps the class order."""
     width = max(3, len(str(len(names) - 1)))
-    folders = [folder_name(k, n, width) for k, n in enumerate(names)]
-    how = "symlink"
-    for row in rows:
-        folder = out / row["split"] / folders[row["class_index"]]
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / Path(row["path"]).name
-        try:
-            target.symlink_to(os.path.relpath(out / row["path"], folder))
-        except OSError:  # e.g. Windows without symlink rights
-            _place_file(out / row["path"], target)
-            how = "copy"
-    return how
+    return [folder_name(k, n, width) for k, n in enumerate(names)]
 
 
 def prepare_labelled(
@@ -251,5 +239,5 @@ def prepare_labelled(
     except LayoutError as exc:
         raise LayoutError(f"{exc} (after skipping {sum(bool(r.error) for r in results)} unreadable images)") from None
     summary = labelled_summary(config, listing, rows, names, results, items, split_how, time.perf_counter() - start)
-    summary["image_folder"] = link_image_folder(work, rows, names)
+    summary["image_folder"] = link_image_folder(work, rows, class_folders(names))
     return summary, rows, names
