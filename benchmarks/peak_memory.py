@@ -36,7 +36,7 @@ spec = load(model).info.spec.replace(layout="NCHW")
 if kind == "calibration":
     batch, _ = calibration_set(data, spec, n=n, minimum=1, seed=0)
 else:
-    batch, _, _ = verification_set(data, spec, split="val", limit=None)
+    batch, _, _ = verification_set(data, spec, split="val", limit=None, scratch=data)
 print(len(batch))
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -61,11 +62,33 @@ def calibration_set(prepared: Path, spec: PreprocessSpec, *, n: int, minimum: in
     return load_batch(prepared, picked, spec, "calibration images"), info
 
 
-def verification_set(prepared: Path, spec: PreprocessSpec, *, split: str, limit: int | None):
-    """(batch, targets, info): the images every exported file is checked on."""
+def mapped_batch(prepared: Path, rows: list[dict], spec: PreprocessSpec, desc: str, scratch: Path) -> np.ndarray:
+    """``load_batch``'s images in a file-backed array: written one image at a time into a .npy under
+    ``scratch`` that is unlinked at once (the mapping lives on), so the batch is page cache the kernel can
+    drop, not this process's memory, whatever the split's size. ``scratch`` should be on a disk (beside the
+    output), not a RAM-backed /tmp."""
+    with tempfile.TemporaryDirectory(dir=scratch, prefix=".verification-") as tmp:
+        batch = np.lib.format.open_memmap(
+            Path(tmp) / "batch.npy", mode="w+", dtype=np.float32, shape=(len(rows), *spec.input_shape[1:])
+        )
+        for i, r in enumerate(console.progress(rows, desc=desc, unit="img")):
+            batch[i] = preprocess(read_image_bgr(prepared / r["path"]), spec)[0]
+        batch.flush()
+    return batch
+
+
+def verification_set(
+    prepared: Path, spec: PreprocessSpec, *, split: str, limit: int | None, scratch: Path | None = None
+):
+    """(batch, targets, info): the images every exported file is checked on; with ``scratch``, a
+    file-backed batch there (``mapped_batch``: memory flat in the split's size), else one in memory."""
     rows = [r for r in read_manifest(prepared) if r["split"] == split]
     if not rows:
         raise FloraEdgeError(f"{prepared} has no {split!r} images to verify the exports on")
     rows = balanced_sample(rows, limit, seed=0) if limit else rows
     targets = np.array([r["class_index"] for r in rows])
-    return load_batch(prepared, rows, spec, f"{split} images"), targets, {"split": split, "n": len(rows)}
+    desc = f"{split} images"
+    batch = (
+        load_batch(prepared, rows, spec, desc) if scratch is None else mapped_batch(prepared, rows, spec, desc, scratch)
+    )
+    return batch, targets, {"split": split, "n": len(rows)}

@@ -133,7 +133,8 @@ def export_all(config: ExportConfig) -> list[dict]:
 
 def export_into(out: Path, config: ExportConfig, rows, bundle: dict, model, spec, data: Path) -> list[dict]:
     """Every row exported, verified and carded into the folder ``out``."""
-    batch, targets, verify_info = verification_set(data, spec, split=config.verify_split, limit=config.verify_n)
+    verify_split, verify_n = config.verify_split, config.verify_n
+    batch, targets, verify_info = verification_set(data, spec, split=verify_split, limit=verify_n, scratch=out)
     verify_info["seen_in_training"] = seen = seen_in_training(bundle, data, config.verify_split)
     if seen:
         print(
@@ -164,7 +165,7 @@ def export_into(out: Path, config: ExportConfig, rows, bundle: dict, model, spec
 def export_context(model: torch.nn.Module, batch: np.ndarray, calib, config: ExportConfig) -> ExportContext:
     return ExportContext(
         model=WithSoftmax(model).eval(),
-        sample=torch.from_numpy(batch[:1]),
+        sample=torch.from_numpy(np.array(batch[:1])),  # a copy: the batch may be a file mapping
         calibration=calib,
         calib_method=config.calib_method,
         per_channel=config.per_channel,
