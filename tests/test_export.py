@@ -17,7 +17,7 @@ from edge_runtime.classify import Classifier
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.outdir import MARKER
 from edge_runtime.preprocess import preprocess, read_image_bgr
-from export import converters
+from export import converters, exporter
 from export.calibration import CalibrationError, balanced_sample, verification_set
 from export.exporter import ExportConfig, export_all
 from export.formats import FORMATS, needs_qdq_emulation, select
@@ -454,7 +454,7 @@ def test_overwrite_keeps_the_previous_export_until_the_new_one_is_complete(
     def killed(*args, **kwargs):  # a Ctrl-C (or a crash) midway through the new export
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(converters, "copy_base", killed)
+    monkeypatch.setattr(exporter, "verify", killed)  # in this process: the converters run in a child
     with pytest.raises(KeyboardInterrupt):
         export_all(dataclasses.replace(config, overwrite=True))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
