@@ -45,7 +45,12 @@ def open_regular(path: str | Path, limit: int, what: str) -> int:
 def read_bounded(path: str | Path, limit: int = SMALL_FILE_BYTES, what: str = "file") -> bytes:
     """The bytes of the regular file ``path``, refused unread when over ``limit`` bytes."""
     with os.fdopen(open_regular(path, limit, what), "rb") as f:
-        data = f.read(limit + 1)
+        # ask for the size the file has (read(n) allocates n bytes up front, whatever the file holds), plus
+        # one byte that tells whether it grew meanwhile; a grown file is read on, never past limit + 1
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(size + 1)
+        if len(data) > size:
+            data += f.read(max(0, limit + 1 - len(data)))
     if len(data) > limit:
         raise TooLargeError(f"{path}: the {what} grew past the {limit:,}-byte limit while being read")
     return data
