@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 import zlib
-from pathlib import Path
 
 import cv2
 import httpx
@@ -521,11 +520,22 @@ def test_an_oversized_camera_frame_is_skipped_not_sent(tmp_path, monkeypatch):
     assert part is not None and part.endswith(b"y" * 100 + b"\r\n")
 
 
-def test_space_bundles_the_released_model_with_its_card(tmp_path):
-    """The release's card maps file names to entries (an export's card lists them): both shapes are read."""
-    released = Path(__file__).resolve().parents[1] / "models" / "oxford102-lite0" / "model_int8.tflite"
+@pytest.mark.parametrize(
+    ("files", "shown"),
+    [
+        ({"model_fp32.onnx": {"bytes": 1, "sha256": "0" * 64}}, "see the model card"),  # a release's card
+        ([{"file": "model_fp32.onnx", "accuracy": 0.5, "n": 4}], "0.5000 top-1 on 4 validation images"),  # an export's
+        ({"model_fp32.onnx": {"accuracy": 0.25, "n": 8}}, "0.2500 top-1 on 8 validation images"),
+        ("not a list", "see the model card"),
+    ],
+    ids=["release", "export", "release-with-accuracy", "malformed"],
+)
+def test_space_reads_either_shape_of_model_card(model, tmp_path, files, shown):
+    """A release's card maps file names to entries, an export's lists them (the released model's card ended
+    `space` in a traceback); a malformed card only loses the accuracy line."""
+    (model.parent / "model_card.json").write_text(json.dumps({"files": files}))
     out = tmp_path / "space"
-    assert cli_main(["space", "--model", str(released), "--out", str(out)]) == 0
+    assert cli_main(["space", "--model", str(model), "--out", str(out)]) == 0
     readme = (out / "README.md").read_text()
-    assert "model_int8.tflite" in readme and "GuardedH11Protocol" in readme
+    assert shown in readme and "GuardedH11Protocol" in readme  # the run line keeps serve's connection guard
     assert "GuardedH11Protocol" in (out / "app.py").read_text()

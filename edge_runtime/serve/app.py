@@ -82,7 +82,7 @@ def read_if_present(path: Path, limit: int, what: str) -> bytes | None:
     try:
         return read_bounded(path, limit, what)
     except TooLargeError as exc:
-        if isinstance(exc.__cause__, FileNotFoundError):
+        if isinstance(exc.__cause__, FileNotFoundError) or path.is_dir():  # not written yet (or not by `run`)
             return None
         raise
 
