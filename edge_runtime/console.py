@@ -181,6 +181,8 @@ class PlainProgress:
         self.postfix = " ".join(f"{k}={v}" for k, v in values.items())
 
     def __iter__(self) -> Iterator:
+        if self.every_s is not None:  # the step's start, so that a log shows what is running now
+            print(f"   {self.desc}: 0{f'/{self.total}' if self.total else ''} {self.unit}", flush=True)
         last = time.monotonic()
         for done, item in enumerate(self.items, 1):
             yield item
