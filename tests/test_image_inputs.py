@@ -127,10 +127,10 @@ def test_serve_max_pixels_above_the_default_is_honoured_through_preprocess(tmp_p
 
     ok, data = cv2.imencode(".png", np.zeros((6400, 6400, 3), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     model = tiny_onnx(tmp_path / "model.onnx")
-    with TestClient(create_app(ServeConfig(model=model, max_pixels=50_000_000))) as client:
+    with TestClient(create_app(ServeConfig(model=model, max_pixels=50_000_000)), base_url="http://localhost") as client:
         answer = client.post("/v1/classify", content=data.tobytes(), headers={"content-type": "image/png"})
     assert answer.status_code == 200, answer.text
     assert (answer.json()["width"], answer.json()["height"]) == (6400, 6400)
-    with TestClient(create_app(ServeConfig(model=model, max_pixels=40_000_000))) as client:
+    with TestClient(create_app(ServeConfig(model=model, max_pixels=40_000_000)), base_url="http://localhost") as client:
         answer = client.post("/v1/classify", content=data.tobytes(), headers={"content-type": "image/png"})
     assert answer.status_code == 413 and "40,000,000" in answer.json()["error"]

@@ -9,6 +9,7 @@ two steps. The result is the usual ``best.pt``: evaluate, export, classify and r
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -46,6 +47,11 @@ def check_linear_config(config: TrainConfig) -> None:
 def fit_linear(config: TrainConfig) -> dict:
     """A linear classifier on the frozen backbone's features, saved as ``best.pt`` in ``config.out``;
     returns the summary (val metrics from the same features, with and without the mirror averaged in)."""
+    with contextlib.ExitStack() as stack:  # a run replacing another (--overwrite) is swapped in when this closes
+        return fit_linear_into(config, stack)
+
+
+def fit_linear_into(config: TrainConfig, stack: contextlib.ExitStack) -> dict:
     check_linear_config(config)
     start = time.perf_counter()
     device = pick_device(config.device)
@@ -58,7 +64,7 @@ def fit_linear(config: TrainConfig) -> dict:
     train_set = CachedImages(config.data, list(config.train_splits), spec=spec)  # the test preprocessing
     check_labels(train_set, class_names)
     val_set = CachedImages(config.data, [config.val_split], spec=spec) if config.val_split else None
-    out = make_run_dir(config, replace)
+    out = make_run_dir(config, replace, stack)
     write_json_atomic(out / "config.json", asdict(config))
     with seeded(config.seed, device):  # the new head's initial weights
         model = build_model(config.arch, len(class_names), config.weights)
