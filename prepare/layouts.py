@@ -29,8 +29,10 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING
 
-from tqdm import tqdm
+if TYPE_CHECKING:  # tqdm is imported where it is used: the `floraedge` CLI (run, serve) loads this module
+    from tqdm import tqdm  # on devices whose environment has no tqdm
 
 from edge_runtime.errors import FloraEdgeError
 
@@ -187,7 +189,12 @@ def read_listing(source: Path, layout: str) -> Listing:
     if layout not in readers:
         raise LayoutError(f"layout {layout!r} has no listing reader")  # oxford102 is read by prepare.release
     start = time.perf_counter()
-    with tqdm(desc=f"listing {source}", unit=" entries", unit_scale=True, mininterval=0.5) as progress:
+    from tqdm import tqdm
+
+    from edge_runtime import console
+
+    bar = dict(unit=" entries", unit_scale=True, mininterval=0.5, disable=not console.on_terminal())  # no log spam
+    with tqdm(desc=f"listing {source}", **bar) as progress:
         listing = readers[layout](progress)
         progress.update(listing.entries - progress.n)
     listing.seconds = time.perf_counter() - start
@@ -266,7 +273,11 @@ class Walker:
         self.real_root = os.path.realpath(root)
         self.listing = listing
         self.seen_dirs: dict[tuple[int, int], str] = {}
-        self.progress = tqdm(disable=True) if progress is None else progress
+        if progress is None:
+            from tqdm import tqdm
+
+            progress = tqdm(disable=True)
+        self.progress = progress
         self.enter(str(root))
 
     def relative(self, path: str) -> str:
