@@ -171,7 +171,8 @@ def progress(items: Iterable, *, desc: str, total: int | None = None, unit: str 
 
 
 class PlainProgress:
-    """A progress report for a log: one line per ``every_s`` seconds (never, with None), no redraws."""
+    """A progress report for a log: one line per ``every_s`` seconds (never, with None), no redraws; on
+    stderr, where tqdm draws, so that stdout keeps only results (a command's JSON stays parseable)."""
 
     def __init__(self, items: Iterable, *, desc: str, total: int | None, unit: str, every_s: float | None):
         self.items, self.desc, self.total, self.unit, self.every_s = items, desc, total, unit, every_s
@@ -182,11 +183,11 @@ class PlainProgress:
 
     def __iter__(self) -> Iterator:
         if self.every_s is not None:  # the step's start, so that a log shows what is running now
-            print(f"   {self.desc}: 0{f'/{self.total}' if self.total else ''} {self.unit}", flush=True)
+            print(f"   {self.desc}: 0{f'/{self.total}' if self.total else ''} {self.unit}", file=sys.stderr, flush=True)
         last = time.monotonic()
         for done, item in enumerate(self.items, 1):
             yield item
             if self.every_s is not None and time.monotonic() - last >= self.every_s:
                 last = time.monotonic()
                 of = f"/{self.total}" if self.total else ""
-                print(f"   {self.desc}: {done}{of} {self.unit} {self.postfix}".rstrip(), flush=True)
+                print(f"   {self.desc}: {done}{of} {self.unit} {self.postfix}".rstrip(), file=sys.stderr, flush=True)

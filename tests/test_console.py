@@ -73,10 +73,11 @@ def test_progress_off_a_terminal_prints_plain_periodic_lines_not_bars(monkeypatc
     assert list(bar) == [0, 1, 2]
     captured = capsys.readouterr()
     lines = [f"   calibration images: {i}/3 img loss=0.5" for i in (1, 2, 3)]
-    assert captured.out.splitlines() == ["   calibration images: 0/3 img", *lines]  # the start, then each period
+    assert captured.err.splitlines() == ["   calibration images: 0/3 img", *lines]  # the start, then each period
+    assert captured.out == ""  # stdout keeps only results
     assert "\r" not in captured.out + captured.err
     assert list(console.progress(range(3), desc="x", enabled=False)) == [0, 1, 2]
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr().err == ""
 
 
 def test_every_pipeline_command_takes_verbose():
