@@ -198,3 +198,30 @@ def test_bench_peak_memory_does_not_grow_with_the_split(tmp_path):
     assert large["parent"] - small["parent"] < 30, peaks  # the bench process
     for a, b in zip(small["rows"], large["rows"], strict=True):  # each file's measuring process
         assert b - a < 30, peaks
+
+
+def test_clock_governor_and_temperatures_are_read_as_a_pi_exposes_them(tmp_path, monkeypatch):
+    from benchmarks import conditions
+
+    for cpu, khz in (("cpu0", "1500000"), ("cpu1", "600000")):
+        folder = tmp_path / "cpu" / cpu / "cpufreq"
+        folder.mkdir(parents=True)
+        for name, value in (
+            ("scaling_cur_freq", khz),
+            ("cpuinfo_max_freq", "2400000"),
+            ("scaling_governor", "ondemand"),
+        ):
+            (folder / name).write_text(value + "\n")
+    zone = tmp_path / "thermal" / "thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "type").write_text("cpu-thermal\n")
+    (zone / "temp").write_text("61234\n")
+    (tmp_path / "thermal" / "thermal_zone1").mkdir()  # a zone that exposes nothing is left out
+    monkeypatch.setattr(conditions, "CPU", tmp_path / "cpu")
+    monkeypatch.setattr(conditions, "THERMAL", tmp_path / "thermal")
+    now = read_conditions()
+    assert now["cpu_freq"] == {
+        "cpu0": {"mhz": 1500, "max_mhz": 2400, "governor": "ondemand"},
+        "cpu1": {"mhz": 600, "max_mhz": 2400, "governor": "ondemand"},
+    }
+    assert now["temperature_c"] == {"cpu-thermal": 61.234}
