@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_runtime.bounded import read_text_bounded
 from edge_runtime.cli import BACKEND_CHOICES, number
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metadata import describe
@@ -206,9 +207,11 @@ def run_space(args: argparse.Namespace) -> int:
 def card_row(card: Path, name: str) -> dict:
     """The card's entry for file ``name``: an export's card lists its files, a release's card maps names to
     entries; a card of another shape, or none, gives {} (the README then points to the card)."""
-    try:
-        files = json.loads(card.read_text())["files"] if card.is_file() and card.stat().st_size < 1 << 20 else []
-    except (OSError, ValueError, KeyError, TypeError):
+    if not card.exists():
+        return {}
+    try:  # the project's bounded read: size checked first, a FIFO or device refused without blocking
+        files = json.loads(read_text_bounded(card, what="model card"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):  # TooLargeError is a ValueError
         return {}
     if isinstance(files, dict):
         row = files.get(name)
