@@ -133,8 +133,9 @@ def export_all(config: ExportConfig) -> list[dict]:
 
 def export_into(out: Path, config: ExportConfig, rows, bundle: dict, model, spec, data: Path) -> list[dict]:
     """Every row exported, verified and carded into the folder ``out``."""
-    verify_split, verify_n = config.verify_split, config.verify_n
-    batch, targets, verify_info = verification_set(data, spec, split=verify_split, limit=verify_n, scratch=out)
+    batch, targets, verify_info = verification_set(
+        data, spec, split=config.verify_split, limit=config.verify_n, scratch=out
+    )
     verify_info["seen_in_training"] = seen = seen_in_training(bundle, data, config.verify_split)
     if seen:
         print(
