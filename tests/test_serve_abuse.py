@@ -8,7 +8,7 @@
 5. Connections that never complete a request head (idle, or a header byte at a time): closed after
    --head-timeout, never counted as requests, and past --max-open-connections the one waiting
    longest is closed; a real client keeps getting answers while hundreds are open.
-(The latency under attack, p99 vs idle, is measured by `python -m benchmarks.serve_abuse`.)
+(The latency under attack, p99 vs idle, is measured by `python -m studies.serve_abuse`.)
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from benchmarks.serve_abuse import SlowBodies, legitimate_client, sample_jpeg, serve_process, summarize
 from edge_runtime.options import config_from_args
 from edge_runtime.serve.app import ServeConfig, create_app
 from floraedge import build_parser
+from tests.serve_clients import SlowBodies, legitimate_client, sample_jpeg, serve_process, summarize
 from tests.test_adversarial import BOMB_FORMATS, BOMB_SIZE, bomb
 from tests.tiny_models import tiny_onnx
 

@@ -65,7 +65,7 @@ def depthwise_in_fp32(model: nn.Module) -> nn.Module:
     On the CPU measured (AVX512-BF16, torch 2.14), oneDNN's bfloat16 depthwise convolution backward is
     slower than its fp32 one, so that bf16 training steps were no faster than fp32; with the depthwise
     layers in fp32 they are ~1.6x faster, while bf16 forward passes are fastest with every layer in
-    bf16 (benchmarks/precision_bench.py). The weights and the state_dict are unchanged: only each such
+    bf16 (studies/precision_bench.py). The weights and the state_dict are unchanged: only each such
     module's class gains this forward."""
     for m in model.modules():
         depthwise = isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels

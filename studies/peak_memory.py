@@ -1,4 +1,6 @@
-"""Peak memory of every command that walks a dataset, at dataset sizes 10x apart (issue 32, class 8).
+"""Feeds docs/benchmarking.md (peak memory at two dataset sizes).
+
+Peak memory of every command that walks a dataset, at dataset sizes 10x apart (issue 32, class 8).
 
 For each size N, a release of N images (whole classes of the raw release, picked in class order) is
 made with symlinks, prepared with a stratified half-train / half-val split, and each command runs on
@@ -7,7 +9,7 @@ child's tree): ``prepare``, ``evaluate``, ``bench``, ``classify DIR``, and expor
 (int8 calibration and the verification gate's images). Flat = the command holds what it needs for
 one image (or one batch), not the split.
 
-    python -m benchmarks.peak_memory --source /work/shared/data/oxford102-trainval \\
+    python -m studies.peak_memory --source /work/shared/data/oxford102-trainval \\
         --checkpoint runs/lite0/best.pt --models models/oxford102-lite0 --work /tmp/peak --sizes 100,1000
 
 ``--code DIR`` runs the commands from another checkout (e.g. the commit before a fix) for a before/after.
