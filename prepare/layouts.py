@@ -3,7 +3,7 @@
 Four layouts are read (``--layout`` forces one; ``auto`` recognizes it and refuses to guess):
 
 * ``oxford102``: the Oxford-102 release (``imagelabels.mat``, ``setid.mat``, ``jpg/`` or
-  ``102flowers.tgz``; any of its files marks it); read by ``prepare.release`` exactly as before.
+  ``102flowers.tgz``; any of its files marks it); read by ``prepare.oxford102`` exactly as before.
 * ``folders``: a class per folder, ``SOURCE/<class>/**/<image>`` (torchvision's ImageFolder), or a
   tree already split, ``SOURCE/<split>/<class>/**/<image>``, when every top-level folder is a split
   spelling (``SPLIT_NAMES``, any case).
@@ -187,7 +187,7 @@ def read_listing(source: Path, layout: str) -> Listing:
         "folders": lambda progress: read_folders(source, progress),
     }
     if layout not in readers:
-        raise LayoutError(f"layout {layout!r} has no listing reader")  # oxford102 is read by prepare.release
+        raise LayoutError(f"layout {layout!r} has no listing reader")  # oxford102 is read by prepare.oxford102
     start = time.perf_counter()
     from tqdm import tqdm
 

@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prepare.release import LABELS_MAT, SETID_MAT, image_name
+from prepare.oxford102 import LABELS_MAT, SETID_MAT, image_name
 
 REPO = Path(__file__).resolve().parents[1]
 # export's image sets, as export_all reads them, for the spec of an exported file (no torch needed)
@@ -45,7 +45,7 @@ print(len(batch))
 
 def subset_release(source: Path, out: Path, n: int) -> Path:
     """A release folder of the first ``n`` images (in class order, whole classes first) of ``source``."""
-    from prepare.release import load_labels
+    from prepare.oxford102 import load_labels
 
     labels = load_labels(source / LABELS_MAT)
     present = [i for i in range(1, labels.size + 1) if (source / "jpg" / image_name(i)).is_file()]

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from prepare.categories import class_names
-from prepare.release import LABELS_MAT, SETID_MAT, load_labels, load_official_splits
+from prepare.oxford102 import LABELS_MAT, SETID_MAT, load_labels, load_official_splits
 
 
 def oxford_as_folders(release: Path, root: Path, *, split_tree: bool) -> Path:

@@ -46,7 +46,7 @@ RELEASE_FILES = tuple(
     sorted((f.filename for f in FORMATS if f.precision == "int8"), key=lambda n: not n.endswith(".tflite"))
 )
 RELEASE_TFLITE = RELEASE_FILES[0]
-MEASUREMENTS = Path(__file__).resolve().parent.parent / "docs" / "independent_test_measurements.json"
+MEASUREMENTS = Path(__file__).resolve().parents[2] / "docs" / "independent_test_measurements.json"
 DEFAULT_NAME = "oxford102-lite0"
 DEFAULT_OUT = f"models/{DEFAULT_NAME}"  # the committed Oxford-102 release
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
