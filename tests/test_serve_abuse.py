@@ -41,7 +41,7 @@ def model(tmp_path):
 @pytest.mark.slow
 def test_slow_bodies_do_not_starve_real_users_and_leave_no_tracebacks(model, tmp_path):
     log = tmp_path / "serve.log"
-    with serve_process(model, "--body-timeout", "2", "--workers", "1", "--queue", "4", log=log) as (base, proc):
+    with serve_process(model, "--body-timeout", "2", "--concurrency", "1", "--queue", "4", log=log) as (base, proc):
         attack = SlowBodies(int(base.rsplit(":", 1)[1]), 50, interval=0.3)
         time.sleep(0.5)  # every attacker is inside, mid-body: more than workers + queue
         results = summarize(legitimate_client(base, sample_jpeg((120, 160)), 100, 0.04))
@@ -104,7 +104,7 @@ def test_an_abrupt_disconnect_mid_body_is_not_a_server_error(model, tmp_path):
 def test_every_serving_flag_reaches_the_server_config(tmp_path):
     args = build_parser().parse_args(
         ["serve", "--model", "m.onnx", "--camera", str(tmp_path), "--token", "t", "--max-body-mb", "2",
-         "--max-pixels", "1000", "--workers", "3", "--queue", "7", "--threads", "2", "--body-timeout", "4.5",
+         "--max-pixels", "1000", "--concurrency", "3", "--queue", "7", "--threads", "2", "--body-timeout", "4.5",
          "--max-connections", "9", "--head-timeout", "2.5", "--max-open-connections", "300",
          "--allowed-hosts", "pi.example,flowers.lan"]
     )  # fmt: skip

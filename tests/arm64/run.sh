@@ -284,7 +284,7 @@ host_side() {
     (cd "$REPO" && "$HOST_PYTHON" -m tests.arm64.agreement reference "$WORK/host")
     (cd "$REPO" && "$HOST_PYTHON" -m floraedge classify --model "$WORK/host/exports/model_int8.tflite" "$WORK/host/images" --json) > "$WORK/classify-x86.json"
     (cd "$REPO" && "$HOST_PYTHON" -m floraedge bench --models "$WORK/host/exports" --data "$WORK/host/flowers" \
-        --out "$WORK/bench-x86" --threads 1 --runs 3 --warmup 1 --loop-frames 8 > /dev/null)
+        --out "$WORK/bench-x86" --thread-counts 1 --runs 3 --warmup 1 --loop-frames 8 > /dev/null)
 }
 
 arm64_edge_tests() {
