@@ -38,13 +38,13 @@ TRAIN_OPTIONS = {
     "trivial_augment": Option("turn TrivialAugmentWide off", flag="--no-trivial-augment"),
     "freeze_bn": Option("train BatchNorm (default: frozen)", flag="--train-bn"),
     "freeze_early": Option(
-        "also fine-tune the backbone's high-resolution early layers (default: frozen; ~2x slower on CPU)",
+        "also fine-tune the backbone's high-resolution early layers (default: frozen; slower on a CPU: docs/training.md)",
         flag="--train-early-layers",
     ),
     "precision": Option(
         "arithmetic of the training steps: auto (fp16 mixed precision on CUDA, fp32 elsewhere), fp32, bf16 "
-        "(bfloat16 autocast, on CPUs with AVX512-BF16 or AMX: training steps ~1.6x and forward passes ~2x as fast "
-        "on the CPU measured, with the depthwise layers kept in fp32 where gradients flow; weights and optimizer "
+        "(bfloat16 autocast, on CPUs with AVX512-BF16 or AMX: faster training steps and forward passes, "
+        "docs/training.md; the depthwise layers kept in fp32 where gradients flow; weights and optimizer "
         "stay fp32; per-epoch validation in bf16, the final report in fp32), fp16 (CUDA)",
         choices=PRECISIONS,
     ),
