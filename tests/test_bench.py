@@ -6,7 +6,9 @@ import csv
 import json
 import os
 
+import numpy as np
 import pytest
+import torch
 
 from benchmarks.bench import BenchConfig, bench
 from export.exporter import ExportConfig, export_all
@@ -77,4 +79,8 @@ def test_bench_writes_every_output_and_survives_a_broken_file(onnx_exports, tiny
     } <= set(table[0])
     md = (out / "report.md").read_text()
     assert "| onnx-fp16 | onnxruntime |" in md and "FAILED" in md and "![accuracy_vs_latency.png]" in md
-    assert json.loads((out / "results.json").read_text())["machine"]["cores"] >= 1
+    machine = json.loads((out / "results.json").read_text())["machine"]
+    assert machine["cores"] == os.cpu_count() and machine["threads"] == sorted(
+        {min(t, os.cpu_count()) for t in (1, 2, 4)}
+    )
+    assert machine["versions"]["numpy"] == np.__version__ and machine["versions"]["torch"] == torch.__version__
