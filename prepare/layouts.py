@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # tqdm is imported where it is used: the `floraedge` CLI (run, serve) loads this module
-    from tqdm import tqdm  # on devices whose environment has no tqdm
+    from tqdm import tqdm  # on devices whose environment has no tqdm (console.counter: a tqdm bar or plain lines)
 
 from edge_runtime.errors import FloraEdgeError
 
@@ -189,12 +189,9 @@ def read_listing(source: Path, layout: str) -> Listing:
     if layout not in readers:
         raise LayoutError(f"layout {layout!r} has no listing reader")  # oxford102 is read by prepare.oxford102
     start = time.perf_counter()
-    from tqdm import tqdm
-
     from edge_runtime import console
 
-    bar = dict(unit=" entries", unit_scale=True, mininterval=0.5, disable=not console.on_terminal())  # no log spam
-    with tqdm(desc=f"listing {source}", **bar) as progress:
+    with console.counter(desc=f"listing {source}", unit=" entries", unit_scale=True, mininterval=0.5) as progress:
         listing = readers[layout](progress)
         progress.update(listing.entries - progress.n)
     listing.seconds = time.perf_counter() - start
@@ -274,9 +271,9 @@ class Walker:
         self.listing = listing
         self.seen_dirs: dict[tuple[int, int], str] = {}
         if progress is None:
-            from tqdm import tqdm
+            from edge_runtime import console
 
-            progress = tqdm(disable=True)
+            progress = console.counter(desc="listing", enabled=False)
         self.progress = progress
         self.enter(str(root))
 
