@@ -195,3 +195,18 @@ def test_a_renamed_flag_still_works_for_one_release_says_so_and_is_hidden_from_h
     assert capsys.readouterr().err == ""
     help_text = SUBCOMMANDS[old[0]].format_help()
     assert new in help_text and f"{old[-2]} " not in help_text
+
+
+@pytest.mark.parametrize("name", sorted(SUBCOMMANDS), ids=str)
+def test_help_shows_every_option_with_its_default(name):
+    """A valued option with a default says it in --help (its help text names the value, or argparse adds it)."""
+    parser = SUBCOMMANDS[name]
+    formatter = parser._get_formatter()
+    missing = []
+    for action in options(parser):
+        if action.nargs == 0 or not action.option_strings or action.default in (None, argparse.SUPPRESS):
+            continue
+        shown = formatter._expand_help(action) if action.help else ""
+        if "default" not in shown:
+            missing.append(action.option_strings[0])
+    assert missing == []
