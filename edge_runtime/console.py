@@ -20,6 +20,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 VERBOSE_HELP = "show every library's warnings, native log lines and progress bars (default: FloraEdge's own lines)"
 # for add_command(own=...): --verbose steers the output, it is no field of a command's config
@@ -191,6 +192,14 @@ class PlainProgress:
                 last = time.monotonic()
                 of = f"/{self.total}" if self.total else ""
                 print(f"   {self.desc}: {done}{of} {self.unit} {self.postfix}".rstrip(), file=sys.stderr, flush=True)
+
+
+class Counting(Protocol):
+    """What ``counter`` returns, a tqdm bar or a PlainCounter: a count that grows by ``update(n)``."""
+
+    n: int
+
+    def update(self, n: int = 1) -> object: ...
 
 
 def counter(*, desc: str, total: int | None = None, initial: int = 0, unit: str = "it", enabled: bool = True, **bar):
