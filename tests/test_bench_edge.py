@@ -47,6 +47,7 @@ def snapshot(*roots) -> dict:
     }
 
 
+@pytest.mark.slow  # a bench over two backends in a child process
 def test_bench_runs_torch_free_and_reports_every_backend_of_the_file(tmp_path):
     data = fake_prepared(tmp_path / "prepared")
     models = tmp_path / "exports"

@@ -45,6 +45,7 @@ def bench_top1(backend, data) -> float:
     return float(np.mean(hits))
 
 
+@pytest.mark.slow  # its fixture exports the tiny model (fp32, int8)
 def test_int8_kernels_bench_reports_the_x86_presets_file_computed_as_it_means(onnx_exports, tiny_prepared, capsys):
     from studies import int8_kernels
 
