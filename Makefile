@@ -37,9 +37,8 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/floraedge demo
 
-# The released model (models/oxford102-lite0/): hours on a 2-core CPU (3-4 in fp32 on a 2-core AMD EPYC VM,
-# where a train + val epoch takes 340-450 s beside the train-split run; bf16, the default where the CPU
-# has it, makes the training steps ~1.6x faster), resumable.
+# The released model (models/oxford102-lite0/): hours on a small CPU (the measured times: docs/training.md),
+# resumable.
 release: $(STAMP)
 	$(VENV)/bin/floraedge release
 
@@ -101,7 +100,7 @@ test-edge: $(EDGE_STAMP) browser
 # its tests under a Pi 5 CPU model, the cross-architecture agreement of every exported file under a Pi 5 and
 # a Pi 4, the device commands and the Camera Module route (tests/arm64/run.sh says what runs where, and why).
 # Needs root. Cold, it builds a cached rootfs in ~/.cache/floraedge/arm64 (debootstrap, then Debian's OpenCV
-# as a layer; CI always runs it cold: docs/results.md, "arm64 under emulation", has the times).
+# as a layer; CI always runs it cold: docs/devices.md has the times).
 # `RELEASE=trixie` for Debian 13 (not yet run).
 test-arm64: $(STAMP)
 	RELEASE=$(RELEASE) HOST_PYTHON=$(abspath $(PY)) EDGE_TESTS="$(EDGE_TESTS)" tests/arm64/run.sh

@@ -23,8 +23,8 @@ STAGE_MODULES = (
     "edge_runtime.cli",
     "edge_runtime.serve.cli",
     "benchmarks.cli",
-    "benchmarks.demo",
-    "export.release",
+    "benchmarks.pipelines.demo",
+    "benchmarks.pipelines.release",
 )
 
 

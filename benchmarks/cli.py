@@ -16,7 +16,11 @@ BENCH_OPTIONS = {
     "out": Option("report folder"),
     "split": Option(),
     "checkpoint": Option("add the PyTorch model as the reference row (needs torch)"),
-    "threads": Option("thread counts, capped at the cores present"),
+    "threads": Option(
+        "the thread counts to time each file at, capped at the cores present",
+        flag="--thread-counts",
+        old_flag="--threads",
+    ),
     "limit": Option("at most this many evaluation images", parse=number(low=1)),
     "rounds": Option(
         "latency rounds: each visits every row once, the order rotated, so drift slows every row alike",

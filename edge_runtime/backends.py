@@ -92,7 +92,7 @@ class OnnxRuntimeBackend:
         if on_cpu and not qdq_emulation and int8_kernels_may_saturate(self.info.info):
             warnings.warn(
                 f"{path.name}: this x86 CPU has no VNNI, and ONNX Runtime's int8 kernels on it saturate with "
-                "8-bit weights (up to ~6 accuracy points lost, docs/results.md). Use the .tflite file, or "
+                "8-bit weights (accuracy points lost: docs/export.md). Use the .tflite file, or "
                 "re-export with `floraedge export` (its default x86 preset has 7-bit weights, right on every CPU).",
                 RuntimeWarning,
                 stacklevel=3,  # the caller of load()

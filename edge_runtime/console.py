@@ -20,6 +20,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 VERBOSE_HELP = "show every library's warnings, native log lines and progress bars (default: FloraEdge's own lines)"
 # for add_command(own=...): --verbose steers the output, it is no field of a command's config
@@ -191,3 +192,52 @@ class PlainProgress:
                 last = time.monotonic()
                 of = f"/{self.total}" if self.total else ""
                 print(f"   {self.desc}: {done}{of} {self.unit} {self.postfix}".rstrip(), file=sys.stderr, flush=True)
+
+
+class Counting(Protocol):
+    """What ``counter`` returns, a tqdm bar or a PlainCounter: a count that grows by ``update(n)``."""
+
+    n: int
+
+    def update(self, n: int = 1) -> object: ...
+
+
+def counter(*, desc: str, total: int | None = None, initial: int = 0, unit: str = "it", enabled: bool = True, **bar):
+    """A count that grows by ``update(n)`` (bytes downloaded, entries listed), reported like ``progress``: a
+    tqdm bar on a terminal (or with --verbose; ``bar`` are its display options), else a plain line every
+    PROGRESS_EVERY_S seconds; nothing when not ``enabled``. A context manager, with tqdm's ``n``."""
+    if enabled and (on_terminal() or _verbose):
+        from tqdm import tqdm
+
+        return tqdm(desc=desc, total=total, initial=initial, unit=unit, **bar)
+    every_s = PROGRESS_EVERY_S if enabled else None
+    return PlainCounter(desc=desc, total=total, initial=initial, unit=unit, every_s=every_s)
+
+
+class PlainCounter:
+    """``counter``'s report for a log: one ``desc: n/total unit`` line on stderr per ``every_s`` (never, with None)."""
+
+    def __init__(self, *, desc: str, total: int | None, initial: int, unit: str, every_s: float | None):
+        self.desc, self.total, self.n, self.unit, self.every_s = desc, total, initial, unit, every_s
+        self.last = time.monotonic()
+        self.report()  # the step's start, so that a log shows what is running now
+
+    def report(self) -> None:
+        if self.every_s is not None:
+            of = f"/{self.total}" if self.total else ""
+            print(f"   {self.desc}: {self.n}{of} {self.unit.strip()}", file=sys.stderr, flush=True)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.every_s is not None and time.monotonic() - self.last >= self.every_s:
+            self.last = time.monotonic()
+            self.report()
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> PlainCounter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

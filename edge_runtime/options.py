@@ -8,7 +8,9 @@ is the one way back from parsed arguments to the config. Torch-free: the edge co
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import sys
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ class Option:
         None  # an argparse ``type`` that also checks the range; default: the field's type
     )
     positional: bool = False  # an argument without a flag (a ``tuple[X, ...]`` field takes one or more)
+    old_flag: str | None = None  # the flag's previous spelling: still accepted for one release, with a note on stderr
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,33 @@ def add_positional(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: 
     parser.add_argument(f.name, nargs="+" if many else None, type=option.parse or item, help=option.help)
 
 
+class RenamedFlag(argparse._StoreAction):
+    """A valued option that also answers to its previous spelling, hidden from --help, saying so on stderr."""
+
+    def __init__(self, option_strings, dest, old_flag: str, **kwargs):
+        super().__init__([*option_strings, old_flag], dest, **kwargs)
+        self.old_flag = old_flag
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string == self.old_flag:
+            print(
+                f"{parser.prog}: {self.old_flag} is now {self.option_strings[0]}; the old spelling goes away in the next "
+                "release",
+                file=sys.stderr,
+            )
+        super().__call__(parser, namespace, values, option_string)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples shown as written; a renamed flag's old spelling left out (it is for old scripts, not for readers)."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, RenamedFlag):
+            action = copy.copy(action)
+            action.option_strings = action.option_strings[:1]
+        return super()._format_action_invocation(action)
+
+
 def add_argument(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any, option: Option) -> None:
     if option.positional:
         add_positional(parser, f, hint, option)
@@ -95,6 +125,12 @@ def add_argument(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: An
         parser.add_argument(flag, dest=f.name, action="store_false" if default else "store_true", help=option.help)
         return
     kwargs: dict[str, Any] = {"dest": f.name, "type": option.parse or parse_type(hint), "choices": option.choices}
+    if option.old_flag:
+        kwargs |= {
+            "action": RenamedFlag,
+            "old_flag": option.old_flag,
+            "metavar": flag.lstrip("-").replace("-", "_").upper(),
+        }
     if default is dataclasses.MISSING:
         kwargs["required"] = True
         help_text = option.help
@@ -147,7 +183,7 @@ def add_command(
     """The subcommand ``name``: ``config_type``'s fields in ``options`` as its options, ``run(args)`` as its action;
     ``epilog`` (examples) is shown as written."""
     parser = subparsers.add_parser(
-        name, help=help, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+        name, help=help, description=description, epilog=epilog, formatter_class=HelpFormatter
     )
     add_config_options(parser, config_type, options, converted=converted, own=own)
     parser.set_defaults(func=run)

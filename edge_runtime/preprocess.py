@@ -45,9 +45,9 @@ def read_file_bytes(path: str | Path, limits: ImageLimits = DEFAULT_LIMITS) -> n
         raise ImageReadError(str(exc)) from exc
 
 
-# libjpeg's scaled IDCT is sharper than area averaging: on real photos the model input differs by
-# 0.04-0.07 (mean abs, normalized) when the reduced image is within 2x of resize_size, by < 0.01
-# when it is at least 4x larger, so area averaging still does most of the shrinking.
+# libjpeg's scaled IDCT is sharper than area averaging: on real photos the model input differs from the
+# plain path's clearly when the reduced image is close to resize_size and barely when it is this many times
+# larger, so area averaging still does most of the shrinking (the figures: docs/serving.md, studies/decode_parity.py).
 REDUCED_DECODE_MARGIN = 4
 
 
@@ -229,7 +229,7 @@ def preprocess(frame_bgr: np.ndarray, spec: PreprocessSpec, *, limits: ImageLimi
         x = np.array(image.transpose(2, 0, 1), dtype=np.float32, order="C")
         x -= mean[:, None, None]
         x *= inv_std[:, None, None]
-    else:  # normalize whole rows: numpy broadcasts a 3-vector over HxWx3 about 8x slower (1.2 vs 0.14 ms at 256 px)
+    else:  # normalize whole rows: numpy broadcasts a 3-vector over HxWx3 several times slower
         x = image.astype(np.float32)
         rows = x.reshape(x.shape[0], -1)  # a view of x
         rows -= np.tile(mean, x.shape[1])

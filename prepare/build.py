@@ -33,7 +33,7 @@ from prepare.categories import NUM_CLASSES, class_names, folder_name
 from prepare.config import PrepareConfig
 from prepare.layouts import check_dataset_name, detect_layout, read_listing
 from prepare.manifest import write_manifest
-from prepare.release import (
+from prepare.oxford102 import (
     ARCHIVE,
     LABELS_MAT,
     SETID_MAT,

@@ -1,6 +1,6 @@
 """``floraedge prepare --download``: fetch the raw Oxford 102 Flowers release files from its home page.
 
-Every file is streamed into ``<name>.part`` (with a tqdm progress bar), resumed with an HTTP ``Range``
+Every file is streamed into ``<name>.part`` (with a progress bar on a terminal, plain lines in a log), resumed with an HTTP ``Range``
 request when a ``.part`` is already there, checked against its known md5 and only then renamed to
 ``<name>``.  A machine without internet fails fast (a short connect timeout) with a
 :class:`DownloadError` that names the offline route: ``--source DIR``.
@@ -18,8 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
-
+from edge_runtime import console
 from edge_runtime.errors import FloraEdgeError
 
 log = logging.getLogger(__name__)
@@ -139,15 +138,8 @@ def _stream(resp: http.client.HTTPResponse, url: str, part: Path, start: int, pr
     name = part.name.removesuffix(".part")
     with (
         open(part, "ab" if start else "wb") as f,
-        tqdm(
-            total=total,
-            initial=start,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=name,
-            disable=not progress,
-            leave=True,
+        console.counter(
+            desc=name, total=total, initial=start, unit="B", enabled=progress, unit_scale=True, unit_divisor=1024
         ) as bar,
     ):
         try:

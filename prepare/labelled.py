@@ -28,7 +28,7 @@ from edge_runtime.preprocess import decode_bgr, read_file_bytes, resize_shorter_
 from prepare.build import CACHE_JPEG_QUALITY, ImageResult, _place_file, decode_strict, link_image_folder, run_workers
 from prepare.config import PrepareConfig
 from prepare.layouts import Item, LayoutError, Listing, check_classes, check_dataset_name
-from prepare.release import SPLITS
+from prepare.oxford102 import SPLITS
 from prepare.splits import stratified_split
 
 FEW_IMAGES = 5  # a class with fewer images than this in a split is warned about

@@ -3,7 +3,7 @@
 Four layouts are read (``--layout`` forces one; ``auto`` recognizes it and refuses to guess):
 
 * ``oxford102``: the Oxford-102 release (``imagelabels.mat``, ``setid.mat``, ``jpg/`` or
-  ``102flowers.tgz``; any of its files marks it); read by ``prepare.release`` exactly as before.
+  ``102flowers.tgz``; any of its files marks it); read by ``prepare.oxford102`` exactly as before.
 * ``folders``: a class per folder, ``SOURCE/<class>/**/<image>`` (torchvision's ImageFolder), or a
   tree already split, ``SOURCE/<split>/<class>/**/<image>``, when every top-level folder is a split
   spelling (``SPLIT_NAMES``, any case).
@@ -29,11 +29,8 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # tqdm is imported where it is used: the `floraedge` CLI (run, serve) loads this module
-    from tqdm import tqdm  # on devices whose environment has no tqdm
-
+from edge_runtime import console
 from edge_runtime.errors import FloraEdgeError
 
 LAYOUTS = ("auto", "oxford102", "folders", "csv")
@@ -187,14 +184,9 @@ def read_listing(source: Path, layout: str) -> Listing:
         "folders": lambda progress: read_folders(source, progress),
     }
     if layout not in readers:
-        raise LayoutError(f"layout {layout!r} has no listing reader")  # oxford102 is read by prepare.release
+        raise LayoutError(f"layout {layout!r} has no listing reader")  # oxford102 is read by prepare.oxford102
     start = time.perf_counter()
-    from tqdm import tqdm
-
-    from edge_runtime import console
-
-    bar = dict(unit=" entries", unit_scale=True, mininterval=0.5, disable=not console.on_terminal())  # no log spam
-    with tqdm(desc=f"listing {source}", **bar) as progress:
+    with console.counter(desc=f"listing {source}", unit=" entries", unit_scale=True, mininterval=0.5) as progress:
         listing = readers[layout](progress)
         progress.update(listing.entries - progress.n)
     listing.seconds = time.perf_counter() - start
@@ -267,16 +259,14 @@ def _not_utf8(name: str) -> bool:
 class Walker:
     """Walks folders inside one root: never out of it, never twice into a folder, bounded in size and depth."""
 
-    def __init__(self, root: Path, listing: Listing, progress: tqdm | None = None):
+    def __init__(self, root: Path, listing: Listing, progress: console.Counting | None = None):
         self.root = root
         self.prefix = os.path.join(str(root), "")
         self.real_root = os.path.realpath(root)
         self.listing = listing
         self.seen_dirs: dict[tuple[int, int], str] = {}
         if progress is None:
-            from tqdm import tqdm
-
-            progress = tqdm(disable=True)
+            progress = console.counter(desc="listing", enabled=False)
         self.progress = progress
         self.enter(str(root))
 
@@ -368,7 +358,7 @@ class Walker:
 # ---------------------------------------------------------------------------------------------- folders
 
 
-def read_folders(source: Path, progress: tqdm | None = None) -> Listing:
+def read_folders(source: Path, progress: console.Counting | None = None) -> Listing:
     """A class-per-folder tree, or a split tree when every top-level folder is a split spelling."""
     if not source.is_dir():
         raise LayoutError(f"--source {source} is not a folder; --layout folders reads SOURCE/<class>/<image>")
@@ -391,7 +381,7 @@ def read_folders(source: Path, progress: tqdm | None = None) -> Listing:
     return listing
 
 
-def _read_split_tree(source: Path, splits: dict[Path, str], progress: tqdm | None) -> Listing:
+def _read_split_tree(source: Path, splits: dict[Path, str], progress: console.Counting | None) -> Listing:
     listing = Listing("split-folders", source)
     seen: dict[str, str] = {}
     for folder, split in splits.items():
@@ -446,7 +436,7 @@ def find_csv(source: Path) -> Path:
     return csvs[0]
 
 
-def read_csv(path: Path, progress: tqdm | None = None) -> Listing:
+def read_csv(path: Path, progress: console.Counting | None = None) -> Listing:
     """The rows of a ``path,label[,split]`` CSV; paths are relative to its folder and may not leave it."""
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):

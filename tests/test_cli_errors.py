@@ -94,7 +94,7 @@ EDGE_CASES = {
         "--publish: cannot write",
     ),
     "serve-port": ("serve --model {w}/model_fp32.onnx --port 70000", "outside"),
-    "serve-workers-0": ("serve --model {w}/model_fp32.onnx --workers 0", "outside"),
+    "serve-concurrency-0": ("serve --model {w}/model_fp32.onnx --concurrency 0", "outside"),
     "serve-body-timeout-0": ("serve --model {w}/model_fp32.onnx --body-timeout 0", "outside"),
     "serve-missing-model": ("serve --model {w}/missing.onnx", "does not exist"),
     "space-exists": ("space --model {w}/model_fp32.onnx --out {w}/empty", "exists"),

@@ -13,7 +13,7 @@ import dataclasses
 import pytest
 
 import floraedge
-from edge_runtime.options import Binding, Option, add_config_options, config_from_args, field_default
+from edge_runtime.options import Binding, Option, RenamedFlag, add_config_options, config_from_args, field_default
 
 CANDIDATES = ("7", "0.25", "custom", "3,5", "64")  # values to try, in order, for an option that takes one
 
@@ -146,3 +146,67 @@ def test_a_positional_tuple_field_takes_one_or_more_values():
     assert problems(parser) == []
     config = config_from_args(parser.parse_args(["a.jpg", "b.jpg", "--json"]))
     assert config == Images(images=("a.jpg", "b.jpg"), json=True)
+
+
+def kind(action: argparse.Action) -> str:
+    """What an option takes: nothing (a switch), a list, or one value."""
+    if action.nargs == 0:
+        return "switch"
+    if action.nargs in ("+", "*") or getattr(action.type, "__name__", "").startswith("comma-separated"):
+        return "list"
+    return "value"
+
+
+def test_a_flag_takes_the_same_kind_of_value_in_every_subcommand():
+    """One meaning per flag: `--threads` is one count wherever it is shown (bench's list is --thread-counts)."""
+    seen: dict[str, dict[str, str]] = {}
+    for name, parser in SUBCOMMANDS.items():
+        for action in options(parser):
+            shown = action.option_strings[:1] if isinstance(action, RenamedFlag) else action.option_strings
+            for flag in shown:
+                seen.setdefault(flag, {})[name] = kind(action)
+    mixed = {flag: kinds for flag, kinds in seen.items() if len(set(kinds.values())) > 1}
+    assert mixed == {}
+    assert {"train", "run", "serve"} <= set(seen["--threads"]) and set(seen["--thread-counts"]) == {"bench"}
+    assert "bench" not in seen["--threads"]
+    assert {"prepare", "train"} <= set(seen["--workers"]) and "serve" not in seen["--workers"]
+
+
+@pytest.mark.parametrize(
+    "old, new, field, value",
+    [
+        (
+            ["bench", "--models", "m", "--data", "d", "--out", "o", "--threads", "1,2"],
+            "--thread-counts",
+            "threads",
+            (1, 2),
+        ),
+        (["serve", "--model", "m.onnx", "--workers", "3"], "--concurrency", "workers", 3),
+    ],
+    ids=["bench --threads", "serve --workers"],
+)
+def test_a_renamed_flag_still_works_for_one_release_says_so_and_is_hidden_from_help(old, new, field, value, capsys):
+    config = config_from_args(floraedge.build_parser().parse_args(old))
+    assert getattr(config, field) == value
+    note = capsys.readouterr().err.strip()
+    assert note.count("\n") == 0 and f"{old[-2]} is now {new}" in note, note
+    current = [new if arg == old[-2] else arg for arg in old]
+    assert config_from_args(floraedge.build_parser().parse_args(current)) == config
+    assert capsys.readouterr().err == ""
+    help_text = SUBCOMMANDS[old[0]].format_help()
+    assert new in help_text and f"{old[-2]} " not in help_text
+
+
+@pytest.mark.parametrize("name", sorted(SUBCOMMANDS), ids=str)
+def test_help_shows_every_option_with_its_default(name):
+    """A valued option with a default says it in --help (its help text names the value, or argparse adds it)."""
+    parser = SUBCOMMANDS[name]
+    formatter = parser._get_formatter()
+    missing = []
+    for action in options(parser):
+        if action.nargs == 0 or not action.option_strings or action.default in (None, argparse.SUPPRESS):
+            continue
+        shown = formatter._expand_help(action) if action.help else ""
+        if "default" not in shown:
+            missing.append(action.option_strings[0])
+    assert missing == []

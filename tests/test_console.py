@@ -86,3 +86,18 @@ def test_every_pipeline_command_takes_verbose():
     subcommands = build_parser()._subparsers._group_actions[0].choices
     for name in ("demo", "export", "train", "bench", "release"):
         assert "--verbose" in subcommands[name].format_help(), name
+
+
+def test_a_counter_off_a_terminal_prints_plain_periodic_lines_not_bars(monkeypatch, capsys):
+    """A download's bytes or a listing's entries: in a log, plain lines (no carriage-return redraws)."""
+    monkeypatch.setattr(console, "PROGRESS_EVERY_S", 0.0)
+    with console.counter(desc="102flowers.tgz", total=3072, initial=1024, unit="B", unit_scale=True) as bar:
+        bar.update(1024)
+        bar.update(1024)
+    assert bar.n == 3072
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"   102flowers.tgz: {n}/3072 B" for n in (1024, 2048, 3072)]
+    assert captured.out == "" and "\r" not in captured.err
+    with console.counter(desc="listing", enabled=False) as quiet:
+        quiet.update(1000)
+    assert quiet.n == 1000 and capsys.readouterr().err == ""

@@ -8,11 +8,10 @@ import pytest
 import torch
 
 import floraedge
-from benchmarks.pareto import retarget
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metadata import file_sha256
 from prepare.manifest import read_manifest
-from train.checkpoint import load_bundle, model_from_bundle, save_atomic
+from train.checkpoint import load_bundle, model_from_bundle, retarget, save_atomic
 from train.config import EvaluateConfig, FixresConfig
 from train.data import CachedImages, eval_loader, image_key
 from train.evaluate import evaluate_checkpoint

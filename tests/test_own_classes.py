@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.pipelines.release import DEFAULT_NAME, DEFAULT_OUT, ReleaseConfig, card_markdown, with_folders
 from edge_runtime.errors import FloraEdgeError
-from export.release import DEFAULT_NAME, DEFAULT_OUT, ReleaseConfig, card_markdown, with_folders
 from tests.conftest import REPO, write_jpeg
 
 # a space, markup that a page must escape, and letters outside ASCII: the class and dataset names a user may bring

@@ -21,7 +21,7 @@ from floraedge import main as cli_main
 from prepare.build import OutputExistsError, PrepareConfig, prepare_dataset
 from prepare.categories import class_names, folder_name
 from prepare.manifest import read_manifest
-from prepare.release import ReleaseError
+from prepare.oxford102 import ReleaseError
 from prepare.splits import SplitError
 from tests.conftest import REAL_DATA, REPO, add_tar_member, build_release
 
@@ -344,7 +344,7 @@ def test_malformed_mat_files_are_one_line_errors_and_never_truncated(tmp_path, e
 
 
 def test_a_compressed_mat_variable_is_refused_from_its_declared_shape(tmp_path, monkeypatch):
-    import prepare.release as release
+    import prepare.oxford102 as release
 
     source = build_release(tmp_path / "rel", archive=False)
     monkeypatch.setattr(release, "MAT_MAX_VALUES", 10)  # 21 labels: over it, whatever the file weighs
@@ -402,7 +402,7 @@ def test_a_tar_member_declaring_a_huge_size_is_refused_before_extraction(tmp_pat
     ids=["member-count", "total-size"],
 )
 def test_tar_member_count_and_total_size_are_capped(mini_release, tmp_path, monkeypatch, limit, value, error):
-    import prepare.release as release
+    import prepare.oxford102 as release
 
     monkeypatch.setattr(release, limit, value)
     with pytest.raises(ReleaseError, match=error):

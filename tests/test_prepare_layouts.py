@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.prepare_layouts_bench import oxford_as_folders
 from floraedge import main as cli_main
 from prepare.build import PrepareConfig, prepare_dataset
 from prepare.categories import class_names
@@ -21,6 +20,7 @@ from prepare.labelled import folder_name
 from prepare.layouts import LayoutError, detect_layout
 from prepare.manifest import read_manifest
 from tests.conftest import REAL_DATA, build_release, write_jpeg
+from tests.oxford_layouts import oxford_as_folders
 
 
 def prepare(source: Path, out: Path, **kwargs) -> dict:

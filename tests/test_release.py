@@ -8,8 +8,8 @@ import shutil
 import cv2
 import pytest
 
+from benchmarks.pipelines.release import training_precision
 from edge_runtime.backends import load
-from export.release import training_precision
 from floraedge import main as cli_main
 
 

@@ -9,11 +9,11 @@ import subprocess
 
 import pytest
 
-from benchmarks.demo import real_val_images
+from benchmarks.pipelines.demo import real_val_images
+from benchmarks.pipelines.release import DEFAULT_OUT, RELEASE_FILES
 from edge_runtime.backends import load
 from edge_runtime.metadata import PROBABILITIES
 from edge_runtime.preprocess import read_image_bgr
-from export.release import DEFAULT_OUT, RELEASE_FILES
 from prepare.categories import class_names
 from tests.conftest import REAL_DATA, REPO, mediapipe_vs_runtime, square_photo
 
@@ -65,7 +65,7 @@ def test_mediapipe_runs_the_released_int8_file_with_the_runtimes_top1(tmp_path):
 def test_demo_ends_with_the_released_model_on_real_val_images(tmp_path):
     if not (REAL_DATA / "setid.mat").is_file():
         pytest.skip(f"real data not present at {REAL_DATA}")
-    from benchmarks.demo import released_model
+    from benchmarks.pipelines.demo import released_model
 
     rows = released_model(tmp_path, {})
     assert len(rows) == 8 and all(0 < r["probability"] <= 1 for r in rows)

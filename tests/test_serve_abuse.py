@@ -8,7 +8,7 @@
 5. Connections that never complete a request head (idle, or a header byte at a time): closed after
    --head-timeout, never counted as requests, and past --max-open-connections the one waiting
    longest is closed; a real client keeps getting answers while hundreds are open.
-(The latency under attack, p99 vs idle, is measured by `python -m benchmarks.serve_abuse`.)
+(The latency under attack, p99 vs idle, is measured by `python -m studies.serve_abuse`.)
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from benchmarks.serve_abuse import SlowBodies, legitimate_client, sample_jpeg, serve_process, summarize
 from edge_runtime.options import config_from_args
 from edge_runtime.serve.app import ServeConfig, create_app
 from floraedge import build_parser
+from tests.serve_clients import SlowBodies, legitimate_client, sample_jpeg, serve_process, summarize
 from tests.test_adversarial import BOMB_FORMATS, BOMB_SIZE, bomb
 from tests.tiny_models import tiny_onnx
 
@@ -41,7 +41,7 @@ def model(tmp_path):
 @pytest.mark.slow
 def test_slow_bodies_do_not_starve_real_users_and_leave_no_tracebacks(model, tmp_path):
     log = tmp_path / "serve.log"
-    with serve_process(model, "--body-timeout", "2", "--workers", "1", "--queue", "4", log=log) as (base, proc):
+    with serve_process(model, "--body-timeout", "2", "--concurrency", "1", "--queue", "4", log=log) as (base, proc):
         attack = SlowBodies(int(base.rsplit(":", 1)[1]), 50, interval=0.3)
         time.sleep(0.5)  # every attacker is inside, mid-body: more than workers + queue
         results = summarize(legitimate_client(base, sample_jpeg((120, 160)), 100, 0.04))
@@ -104,7 +104,7 @@ def test_an_abrupt_disconnect_mid_body_is_not_a_server_error(model, tmp_path):
 def test_every_serving_flag_reaches_the_server_config(tmp_path):
     args = build_parser().parse_args(
         ["serve", "--model", "m.onnx", "--camera", str(tmp_path), "--token", "t", "--max-body-mb", "2",
-         "--max-pixels", "1000", "--workers", "3", "--queue", "7", "--threads", "2", "--body-timeout", "4.5",
+         "--max-pixels", "1000", "--concurrency", "3", "--queue", "7", "--threads", "2", "--body-timeout", "4.5",
          "--max-connections", "9", "--head-timeout", "2.5", "--max-open-connections", "300",
          "--allowed-hosts", "pi.example,flowers.lan"]
     )  # fmt: skip

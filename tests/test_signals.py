@@ -125,7 +125,7 @@ def test_run_stops_cleanly_and_its_recording_is_complete(tmp_path, sig):
 def test_serve_stops_promptly_even_with_a_client_mid_upload(tmp_path, sig):
     import socket
 
-    from benchmarks.serve_abuse import SlowBodies, free_port
+    from tests.serve_clients import SlowBodies, free_port
 
     model, port = tiny_onnx(tmp_path / "model.onnx"), free_port()
     cmd = Command("serve", "--model", str(model), "--port", str(port))

@@ -30,7 +30,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_writes_the_official_files_and_marker(release: Path) -> None:
-    assert isinstance(release, Path)
+    assert release.name == "raw" and release.parent.name == "nested"  # the folder asked for, parents made
     for name in (*FILES, SYNTHETIC_MARKER):
         assert (release / name).is_file(), name
     marker = (release / SYNTHETIC_MARKER).read_text(encoding="utf-8")

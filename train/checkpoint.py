@@ -102,3 +102,14 @@ def model_from_bundle(bundle: dict) -> tuple[nn.Module, PreprocessSpec]:
         model = build_model(bundle["arch"], bundle["num_classes"], weights="none")
     model.load_state_dict(bundle["model"])
     return model.eval(), PreprocessSpec.from_dict(bundle["spec"])
+
+
+def retarget(checkpoint: Path, img_size: int, out: Path) -> None:
+    """A copy of ``checkpoint`` whose spec asks for another input size: the same weights, evaluated (and exported)
+    at another test-time resolution."""
+    from train.models import input_spec
+
+    bundle = load_bundle(checkpoint)
+    bundle["spec"] = input_spec(bundle["arch"], img_size).to_dict()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic(bundle, out)

@@ -22,7 +22,11 @@ TRAIN_OPTIONS = {
         "--batch-size (the augmentation, backbone, precision and schedule options do not apply); same best.pt",
         choices=RECIPES,
     ),
-    "arch": Option("backbone; the README's recipe uses efficientnet_lite0", choices=ARCH_NAMES),
+    "arch": Option(
+        "backbone (default: %(default)s, the one every recipe and the released model use: small and fast as an int8 "
+        "file on a Pi, and its ImageNet weights ship with the package, offline; resnet50 is the larger reference)",
+        choices=ARCH_NAMES,
+    ),
     "weights": Option(
         "'imagenet' (offline for efficientnet_lite*, downloaded for torchvision models), 'none', or a local state_dict file"
     ),
@@ -38,13 +42,13 @@ TRAIN_OPTIONS = {
     "trivial_augment": Option("turn TrivialAugmentWide off", flag="--no-trivial-augment"),
     "freeze_bn": Option("train BatchNorm (default: frozen)", flag="--train-bn"),
     "freeze_early": Option(
-        "also fine-tune the backbone's high-resolution early layers (default: frozen; ~2x slower on CPU)",
+        "also fine-tune the backbone's high-resolution early layers (default: frozen; slower on a CPU: docs/training.md)",
         flag="--train-early-layers",
     ),
     "precision": Option(
         "arithmetic of the training steps: auto (fp16 mixed precision on CUDA, fp32 elsewhere), fp32, bf16 "
-        "(bfloat16 autocast, on CPUs with AVX512-BF16 or AMX: training steps ~1.6x and forward passes ~2x as fast "
-        "on the CPU measured, with the depthwise layers kept in fp32 where gradients flow; weights and optimizer "
+        "(bfloat16 autocast, on CPUs with AVX512-BF16 or AMX: faster training steps and forward passes, "
+        "docs/training.md; the depthwise layers kept in fp32 where gradients flow; weights and optimizer "
         "stay fp32; per-epoch validation in bf16, the final report in fp32), fp16 (CUDA)",
         choices=PRECISIONS,
     ),
@@ -164,7 +168,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         "(resumable), metrics.jsonl/.csv, curves.png, config.json and an evaluation report to --out "
         "(--recipe linear: best.pt, config.json, summary.json and the evaluation report).",
         epilog="examples:\n"
-        "  floraedge train --data data/flowers --arch efficientnet_lite0 --out runs/lite0\n"
+        "  floraedge train --data data/flowers --out runs/lite0                 # efficientnet_lite0, the default\n"
         "  floraedge train --data data/my-photos --recipe linear --out runs/my-linear   # minutes on a CPU\n"
         "  floraedge train --data data/flowers --arch efficientnet_lite0 --train-splits train,val --no-val "
         "--out runs/lite0-final\n"

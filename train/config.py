@@ -14,7 +14,7 @@ RECIPES = ("finetune", "linear")  # linear: the backbone frozen, a linear head o
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """One training run. The defaults are the recipe measured in the README (with ``arch`` efficientnet_lite0)."""
+    """One training run. The defaults are the recipe measured in docs/training.md."""
 
     data: str
     out: str

@@ -21,7 +21,7 @@ from edge_runtime.errors import FloraEdgeError
 from edge_runtime.preprocess import preprocess, read_image_bgr
 from edge_runtime.spec import PreprocessSpec
 from prepare.manifest import read_manifest
-from prepare.release import SPLITS
+from prepare.oxford102 import SPLITS
 from train import distributed as dist
 from train.config import TrainConfig
 

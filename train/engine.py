@@ -44,7 +44,7 @@ def seeded(seed: int, device: torch.device):
 
 
 def uses_channels_last(device: torch.device) -> bool:
-    """Channels-last runs the depthwise convolutions of the edge backbones ~1.4x faster on CPU (oneDNN) too."""
+    """Channels-last runs the depthwise convolutions of the edge backbones faster on CPU (oneDNN) too (docs/training.md)."""
     return device.type in ("cpu", "cuda")
 
 
@@ -62,10 +62,10 @@ def depthwise_in_fp32(model: nn.Module) -> nn.Module:
     """Run ``model``'s depthwise convolutions in fp32 under autocast wherever a backward pass will go
     through them; elsewhere (inference, frozen early layers) they stay in the autocast dtype.
 
-    On the CPU measured (AVX512-BF16, torch 2.14), oneDNN's bfloat16 depthwise convolution backward is
-    slower than its fp32 one, so that bf16 training steps were no faster than fp32; with the depthwise
-    layers in fp32 they are ~1.6x faster, while bf16 forward passes are fastest with every layer in
-    bf16 (benchmarks/precision_bench.py). The weights and the state_dict are unchanged: only each such
+    On the CPU measured (AVX512-BF16), oneDNN's bfloat16 depthwise convolution backward is slower than
+    its fp32 one, so that bf16 training steps were no faster than fp32; with the depthwise layers in fp32
+    they are faster, while bf16 forward passes are fastest with every layer in bf16 (the figures:
+    docs/training.md, from studies/precision_bench.py). The weights and the state_dict are unchanged: only each such
     module's class gains this forward."""
     for m in model.modules():
         depthwise = isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from edge_runtime import console
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metadata import file_sha256
 from train.checkpoint import library_versions, load_bundle, model_from_bundle, save_atomic
@@ -43,7 +43,7 @@ def head_inputs(
     captured, originals, mirrors, labels = [], [], [], []
     hook = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].float().flatten(1).cpu()))
     try:
-        for images, targets in tqdm(loader, desc="features", unit="batch", leave=False, disable=not progress):
+        for images, targets in console.progress(loader, desc="features", unit="batch", enabled=progress):
             images = images.to(device or "cpu").contiguous(memory_format=torch.channels_last)  # as predict() runs it
             model(images)
             originals.append(captured.pop())

@@ -47,7 +47,7 @@ SERVE_OPTIONS = {
         "the web page asks for it"
     ),
     "max_pixels": Option(parse=number(low=1)),
-    "workers": Option("concurrent inferences", parse=number(low=1)),
+    "workers": Option("inferences run at once", parse=number(low=1), flag="--concurrency", old_flag="--workers"),
     "camera": Option("show the live camera: the --publish folder of a `floraedge run` on this device"),
     "queue": Option("requests that may wait; more get 503", parse=number(low=0)),
     "body_timeout": Option(

@@ -61,7 +61,7 @@ commands() {
     test "$(grep -c '"top"' /work/run-arm64.jsonl)" -eq 8 || { say "run gave no 8 frames"; return 1; }
     say "floraedge bench (torch-free; emulated latency)"
     floraedge bench --models "$models" --data /work/host/flowers --out /work/bench-arm64-emulated \
-        --threads 1 --runs 3 --warmup 1 --loop-frames 8
+        --thread-counts 1 --runs 3 --warmup 1 --loop-frames 8
     serve_one_request
 }
 

@@ -36,7 +36,7 @@ ROOTFS_VERSION=2 # bump when build_rootfs changes
 KEY=$(echo "$RELEASE $PACKAGES $ROOTFS_VERSION" | sha256sum | cut -c1-12)
 ROOTFS=$CACHE/rootfs-$RELEASE-$KEY
 # The Camera Module route (README): Debian's OpenCV, built with GStreamer, and libcamera's GStreamer element.
-# 431 packages (216 MB of .debs, most of them python3-opencv's libraries), so more dpkg work under emulation
+# Hundreds of packages (most of them python3-opencv's libraries), so more dpkg work under emulation
 # than the base rootfs: they are an overlay layer over it (CAMERA_LAYER/upper), cached apart and, when cold,
 # installed in the background while the device install and tests run on the base rootfs.
 CAMERA_PACKAGES="python3-opencv gstreamer1.0-libcamera gstreamer1.0-plugins-base gstreamer1.0-tools"
@@ -284,7 +284,7 @@ host_side() {
     (cd "$REPO" && "$HOST_PYTHON" -m tests.arm64.agreement reference "$WORK/host")
     (cd "$REPO" && "$HOST_PYTHON" -m floraedge classify --model "$WORK/host/exports/model_int8.tflite" "$WORK/host/images" --json) > "$WORK/classify-x86.json"
     (cd "$REPO" && "$HOST_PYTHON" -m floraedge bench --models "$WORK/host/exports" --data "$WORK/host/flowers" \
-        --out "$WORK/bench-x86" --threads 1 --runs 3 --warmup 1 --loop-frames 8 > /dev/null)
+        --out "$WORK/bench-x86" --thread-counts 1 --runs 3 --warmup 1 --loop-frames 8 > /dev/null)
 }
 
 arm64_edge_tests() {

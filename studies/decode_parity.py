@@ -1,9 +1,11 @@
-"""The runtime's pixel path (crop-window resize, reduced-size JPEG decoding) against the plain one
+"""Feeds docs/serving.md (the loop and the server at the model's speed: the runtime's pixel path).
+
+The runtime's pixel path (crop-window resize, reduced-size JPEG decoding) against the plain one
 (full decode, resize the whole image, then centre-crop) on a prepared dataset's images, with a model:
 top-1 of both, their agreement, and how far the model inputs differ.
 
-    python -m benchmarks.decode_parity --model exports/lite0/model_fp32.onnx --data data/flowers --split val
-    python -m benchmarks.decode_parity ... --upscale 2   # the images re-encoded 2x larger: reduced decoding at work
+    python -m studies.decode_parity --model exports/lite0/model_fp32.onnx --data data/flowers --split val
+    python -m studies.decode_parity ... --upscale 2   # the images re-encoded 2x larger: reduced decoding at work
 """
 
 from __future__ import annotations

@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.pipelines.release import DEFAULT_OUT, RELEASE_TFLITE, ReleaseConfig
 from edge_runtime import console
 from edge_runtime.cli import number
 from edge_runtime.options import Option, add_command, config_from_args
 from export.formats import FORMATS
-from export.release import DEFAULT_OUT, RELEASE_TFLITE, ReleaseConfig
 from train.models import ARCH_NAMES, input_spec
 
 
@@ -45,7 +45,7 @@ DEMO_OPTIONS = {
     "calib_min": Option("fewest calibration images accepted", parse=number(low=1)),
     "runs": Option("timed runs per latency figure", parse=number(low=1)),
 }
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Synthetic val images (spread over the classes): the export gate's verification set. At 160 one image was
 # 0.6 point, so a file that flips two near-ties failed the 1-point gate; at 400 a point is 4 images, close
 # to the real val split's 1020 (drawn at 128 px, they cost the demo seconds).
@@ -182,7 +182,7 @@ def live_loop(out: Path, timings: dict) -> dict:
 
 def real_val_images(source: Path, count: int) -> list[tuple[Path, int]]:
     """``count`` official val images of a real release, spread over the split, with their class index."""
-    from prepare.release import image_name, load_labels, load_official_splits
+    from prepare.oxford102 import image_name, load_labels, load_official_splits
 
     labels = load_labels(source / "imagelabels.mat")
     val = load_official_splits(source / "setid.mat", len(labels))["val"]

@@ -1,6 +1,8 @@
-"""`prepare` throughput: images/s with one process and with every core, on the same release.
+"""Feeds docs/training.md (`prepare` throughput).
 
-python -m benchmarks.prepare_bench --source ../shared/data/oxford102-trainval
+`prepare` throughput: images/s with one process and with every core, on the same release.
+
+python -m studies.prepare_bench --source ../shared/data/oxford102-trainval
 """
 
 from __future__ import annotations

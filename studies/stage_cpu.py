@@ -1,7 +1,9 @@
-"""CPU time per frame of each stage of the loop and the server (``time.thread_time``: what a
+"""Feeds docs/serving.md (the loop and the server at the model's speed: CPU time per stage).
+
+CPU time per frame of each stage of the loop and the server (``time.thread_time``: what a
 busy machine does to wall-clock time does not count), to see where the time goes.
 
-    python -m benchmarks.stage_cpu --model exports/lite0/model_int8.tflite --image some.jpg
+    python -m studies.stage_cpu --model exports/lite0/model_int8.tflite --image some.jpg
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Training and validation speed in fp32 against bfloat16 autocast (`floraedge train --precision`),
+"""Feeds docs/training.md (bf16 training speed against fp32).
+
+Training and validation speed in fp32 against bfloat16 autocast (`floraedge train --precision`),
 side by side in one run.
 
 The recipe's model (frozen BatchNorm and early layers, backbone trainable) goes through the trainer's
@@ -7,7 +9,7 @@ between the variants, so that each ratio is measured under the same load. Three 
 ``bf16`` as the trainer runs it on a CPU (the depthwise convolutions in fp32, ``engine.depthwise_in_fp32``)
 and ``bf16_all`` (every convolution in bfloat16, the trainer before that change). Prints JSON.
 
-    python -m benchmarks.precision_bench --arch efficientnet_lite0 --img-size 256 --threads 1 --rounds 5
+    python -m studies.precision_bench --arch efficientnet_lite0 --img-size 256 --threads 1 --rounds 5
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""`prepare` throughput on your own layouts: the Oxford-102 images read as the official release and as a
+"""Feeds docs/training.md (preparing your own layouts: throughput).
+
+`prepare` throughput on your own layouts: the Oxford-102 images read as the official release and as a
 class-folder tree, alternated in one run (same machine, same load), and a source of many tiny files.
 
-python -m benchmarks.prepare_layouts_bench --source ../shared/data/oxford102-trainval --rounds 2
-python -m benchmarks.prepare_layouts_bench --tiny-files 100000 --image-share 0.02
+python -m studies.prepare_layouts_bench --source ../shared/data/oxford102-trainval --rounds 2
+python -m studies.prepare_layouts_bench --tiny-files 100000 --image-share 0.02
 
 The folder tree is made of hard links (copies where the filesystem cannot link) in a temporary folder.
 """
@@ -23,28 +25,7 @@ import cv2
 import numpy as np
 
 from prepare.build import PrepareConfig, prepare_dataset
-from prepare.categories import class_names
-from prepare.release import LABELS_MAT, SETID_MAT, load_labels, load_official_splits
-
-
-def oxford_as_folders(release: Path, root: Path, *, split_tree: bool) -> Path:
-    """The release's images as ``root/<name>/`` folders, or ``root/train/<name>/`` + ``root/valid/<name>/``
-    (its official train and val splits), hard-linked where the filesystem allows, else copied."""
-    labels = load_labels(release / LABELS_MAT)
-    splits = load_official_splits(release / SETID_MAT, labels.size)
-    folder_of = {int(i): "train" for i in splits["train"]} | {int(i): "valid" for i in splits["val"]}
-    for jpg in sorted((release / "jpg").glob("image_*.jpg")):
-        image_id = int(jpg.stem.split("_")[1])
-        if image_id not in folder_of:
-            continue
-        parent = root / folder_of[image_id] if split_tree else root
-        target = parent / class_names()[labels[image_id - 1]] / jpg.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(jpg, target)
-        except OSError:
-            shutil.copyfile(jpg, target)
-    return root
+from tests.oxford_layouts import oxford_as_folders
 
 
 def tiny_tree(root: Path, files: int, image_share: float, classes: int = 10, seed: int = 0) -> Path:

@@ -1,9 +1,11 @@
-"""Training input pipeline vs a plain loop that decodes the original JPEGs every epoch.
+"""Feeds docs/training.md (the training input pipeline).
+
+Training input pipeline vs a plain loop that decodes the original JPEGs every epoch.
 
 Both feed the same augmentation, batch size, worker count and threads. Measured twice: the
 loader alone (images/s it can deliver) and with the model's training step (what a run gets).
 
-    python -m benchmarks.train_input_bench --data data/flowers --arch efficientnet_lite0 --batches 10
+    python -m studies.train_input_bench --data data/flowers --arch efficientnet_lite0 --batches 10
 """
 
 from __future__ import annotations

@@ -1,18 +1,20 @@
-"""Accuracy against int8 latency for model candidates, side by side in one run (issue 19's Pareto view).
+"""Feeds docs/training.md (accuracy against int8 latency: the candidates' Pareto view).
+
+Accuracy against int8 latency for model candidates, side by side in one run.
 
 Each candidate is an exported file; its val top-1 is measured through the device ``preprocess()`` on the
 prepared images, its latency at ``--threads`` in rounds that alternate between the candidates (so
 that every ratio to the first candidate, the reference, is measured under the same load). Writes
 pareto.json, pareto.csv and pareto.png to --out.
 
-    python -m benchmarks.pareto --data runs/flowers293 --out docs/results/pareto \\
+    python -m studies.pareto --data runs/flowers293 --out docs/results/pareto \\
         --candidate "224 px=exports/lite0-224/model_int8.tflite" \\
         --candidate "256 px=exports/lite0-256/model_int8.tflite"
 
 ``retarget`` writes a copy of a checkpoint whose spec asks for another input size (the same weights
 evaluated at another test-time resolution; export it as usual):
 
-    python -m benchmarks.pareto retarget --checkpoint runs/lite0-256/best.pt --img-size 224 --out /tmp/at224.pt
+    python -m studies.pareto retarget --checkpoint runs/lite0-256/best.pt --img-size 224 --out /tmp/at224.pt
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from benchmarks.bench import cached_batch, eval_images
 from benchmarks.measure import accuracy, iter_stream, latency
 from edge_runtime.atomic import write_json_atomic
 from edge_runtime.backends import load
+from train.checkpoint import retarget
 
 
 def candidate(text: str) -> tuple[str, Path]:
@@ -88,16 +91,6 @@ def write(results: list[dict], out: Path, threads: int) -> None:
         writer.writeheader()
         writer.writerows(results)
     plot(results, out / "pareto.png", threads)
-
-
-def retarget(checkpoint: Path, img_size: int, out: Path) -> None:
-    from train.checkpoint import load_bundle, save_atomic
-    from train.models import input_spec
-
-    bundle = load_bundle(checkpoint)
-    bundle["spec"] = input_spec(bundle["arch"], img_size).to_dict()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic(bundle, out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,6 @@
-"""Peak memory of every command that walks a dataset, at dataset sizes 10x apart (issue 32, class 8).
+"""Feeds docs/benchmarking.md (peak memory at two dataset sizes).
+
+Peak memory of every command that walks a dataset, at dataset sizes 10x apart (issue 32, class 8).
 
 For each size N, a release of N images (whole classes of the raw release, picked in class order) is
 made with symlinks, prepared with a stratified half-train / half-val split, and each command runs on
@@ -7,7 +9,7 @@ child's tree): ``prepare``, ``evaluate``, ``bench``, ``classify DIR``, and expor
 (int8 calibration and the verification gate's images). Flat = the command holds what it needs for
 one image (or one batch), not the split.
 
-    python -m benchmarks.peak_memory --source /work/shared/data/oxford102-trainval \\
+    python -m studies.peak_memory --source /work/shared/data/oxford102-trainval \\
         --checkpoint runs/lite0/best.pt --models models/oxford102-lite0 --work /tmp/peak --sizes 100,1000
 
 ``--code DIR`` runs the commands from another checkout (e.g. the commit before a fix) for a before/after.
@@ -22,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prepare.release import LABELS_MAT, SETID_MAT, image_name
+from prepare.oxford102 import LABELS_MAT, SETID_MAT, image_name
 
 REPO = Path(__file__).resolve().parents[1]
 # export's image sets, as export_all reads them, for the spec of an exported file (no torch needed)
@@ -43,7 +45,7 @@ print(len(batch))
 
 def subset_release(source: Path, out: Path, n: int) -> Path:
     """A release folder of the first ``n`` images (in class order, whole classes first) of ``source``."""
-    from prepare.release import load_labels
+    from prepare.oxford102 import load_labels
 
     labels = load_labels(source / LABELS_MAT)
     present = [i for i in range(1, labels.size + 1) if (source / "jpg" / image_name(i)).is_file()]

@@ -1,4 +1,6 @@
-"""What the float32 edges of the int8 TFLite file cost: latency and size, old file vs new, in one run.
+"""Feeds docs/export.md (int8 TFLite with float32 input and output: what the edges cost).
+
+What the float32 edges of the int8 TFLite file cost: latency and size, old file vs new, in one run.
 
 old: ai-edge-quantizer ``static_wi8_ai8`` on the logits graph (int8 input, int8 logits);
 new: the export's ``int8_float_edges_recipe`` on the softmax graph (float32 input, float32 probabilities).
@@ -6,7 +8,7 @@ Both from one ImageNet-initialised Lite0 with a 102-class head at 224 px, calibr
 images; latency alternates between the two files (batch 1, median of ``--runs``) so load on the
 machine hits both alike.
 
-python -m benchmarks.int8_edges_bench --data runs/real/flowers [--threads 1 2] [--runs 200]
+python -m studies.int8_edges_bench --data runs/real/flowers [--threads 1 2] [--runs 200]
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ RELEASE_FILES = tuple(
     sorted((f.filename for f in FORMATS if f.precision == "int8"), key=lambda n: not n.endswith(".tflite"))
 )
 RELEASE_TFLITE = RELEASE_FILES[0]
-MEASUREMENTS = Path(__file__).resolve().parent.parent / "docs" / "independent_test_measurements.json"
+MEASUREMENTS = Path(__file__).resolve().parents[2] / "docs" / "independent_test_measurements.json"
 DEFAULT_NAME = "oxford102-lite0"
 DEFAULT_OUT = f"models/{DEFAULT_NAME}"  # the committed Oxford-102 release
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -112,7 +112,7 @@ RELEASE_OPTIONS = {
     "threads": Option("torch threads per training (the two trainings run side by side)", parse=number(low=1)),
     "precision": Option(
         "training arithmetic (`floraedge train --precision`); auto: fp16 on CUDA, bf16 on a CPU with native "
-        "bfloat16 (1.6x faster training steps than fp32 where measured, the same val top-1), fp32 elsewhere; "
+        "bfloat16 (faster training steps than fp32, the same val top-1: docs/training.md), fp32 elsewhere; "
         "the card records the one that ran",
         choices=PRECISIONS,
     ),
@@ -132,8 +132,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         run,
         help="train, export and package a model: the released Oxford-102 one (models/oxford102-lite0/) or yours",
         description="Run the release recipe from the raw Oxford-102 release (or your own photos, --source and "
-        "--name) to a folder of ready model files (int8 TFLite + int8 ONNX, labels, model card). Hours on a 2-core CPU (3-4 in fp32 on a 2-core AMD EPYC VM; "
-        "bf16, chosen by default where the CPU has it, makes the training steps ~1.6x faster); "
+        "--name) to a folder of ready model files (int8 TFLite + int8 ONNX, labels, model card). Hours on a small CPU (the times "
+        "measured: docs/training.md; bf16, chosen by default where the CPU has it, trains faster); "
         "each finished step and epoch is reused when the command is run again.",
         epilog="examples:\n  floraedge release --source ../shared/data/oxford102-trainval\n"
         "  floraedge release --source ~/photos/tomatoes --name tomatoes-lite0   # writes models/tomatoes-lite0/",

@@ -1,4 +1,6 @@
-"""Does this CPU's ONNX Runtime compute an int8 ONNX file as the file means, and how far is it from PyTorch?
+"""Feeds docs/export.md (int8 ONNX on x86 CPUs without VNNI).
+
+Does this CPU's ONNX Runtime compute an int8 ONNX file as the file means, and how far is it from PyTorch?
 
 Each file runs through the fused integer kernels and through its exact QDQ emulation in float (graph
 optimizations off: what an ARM64 or VNNI CPU computes, to rounding), on a prepared split: accuracy of
@@ -9,7 +11,7 @@ against it and top-1 agreement with it. ``--no-vnni-cpu Haswell`` also runs the 
 QEMU's user-mode emulation of that x86 CPU model, which has no VNNI (``apt-get install qemu-user``,
 QEMU >= 7.2 for AVX2): there ONNX Runtime picks the int16 pair-summing kernel that can saturate.
 
-    python -m benchmarks.int8_kernels --data runs/flowers293 --models exp-a/model_int8.onnx exp-b/model_int8.onnx
+    python -m studies.int8_kernels --data runs/flowers293 --models exp-a/model_int8.onnx exp-b/model_int8.onnx
 """
 
 from __future__ import annotations

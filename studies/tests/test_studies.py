@@ -1,0 +1,62 @@
+"""The studies that run on the tiny fixtures: each reports what it claims to measure."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.mark.slow
+def test_pareto_measures_each_candidate_side_by_side_and_retarget_changes_only_the_input_size(
+    onnx_exports, tiny_checkpoint, tiny_prepared, tmp_path
+):
+    from edge_runtime.backends import load
+    from studies import pareto
+    from train.checkpoint import load_bundle
+
+    at48 = tmp_path / "at48.pt"
+    assert pareto.main(["retarget", "--checkpoint", str(tiny_checkpoint), "--img-size", "48", "--out", str(at48)]) == 0
+    before, after = load_bundle(tiny_checkpoint), load_bundle(at48)
+    assert after["spec"]["crop_size"] == 48 and after["spec"]["resize_size"] == 55  # round(48 / 0.875)
+    assert all(before["model"][k].equal(after["model"][k]) for k in before["model"])
+    fp32, int8 = onnx_exports / "model_fp32.onnx", onnx_exports / "model_int8.onnx"
+    args = ["--data", str(tiny_prepared), "--out", str(tmp_path / "p"), "--rounds", "2", "--runs", "3"]
+    assert pareto.main([*args, "--candidate", f"fp32={fp32}", "--candidate", f"int8={int8}"]) == 0
+    found = json.loads((tmp_path / "p" / "pareto.json").read_text())["candidates"]
+    assert [c["name"] for c in found] == ["fp32", "int8"] and found[0]["latency_vs_first"] == 1.0
+    assert all(len(c["rounds_ms"]) == 2 and c["n"] == 16 and c["input"] == 32 for c in found)
+    assert (tmp_path / "p" / "pareto.png").stat().st_size > 0
+    assert found[0]["top1"] == pytest.approx(bench_top1(load(fp32), tiny_prepared))
+
+
+def bench_top1(backend, data) -> float:
+    """The fp32 file's val top-1 through the device preprocess, computed here independently."""
+    import numpy as np
+
+    from edge_runtime.preprocess import preprocess, read_image_bgr
+    from prepare.manifest import read_manifest
+
+    rows = [r for r in read_manifest(data) if r["split"] == "val"]
+    hits = [
+        backend.predict(preprocess(read_image_bgr(data / r["path"]), backend.info.spec))[0].argmax() == r["class_index"]
+        for r in rows
+    ]
+    return float(np.mean(hits))
+
+
+@pytest.mark.slow  # its fixture exports the tiny model (fp32, int8)
+def test_int8_kernels_bench_reports_the_x86_presets_file_computed_as_it_means(onnx_exports, tiny_prepared, capsys):
+    from studies import int8_kernels
+
+    path = onnx_exports / "model_int8.onnx"
+    report = int8_kernels.main(
+        ["--models", str(path), "--data", str(tiny_prepared), "--limit", "16", "--rounds", "2", "--runs", "3"]
+    )
+    result = report["files"][str(path)]
+    assert result["n"] == 16 and result["weights"]["weight_abs_max"] == 64
+    # near-ties may flip with the rounding of a CPU's kernels; nothing else may
+    assert result["flips_beyond_rounding"] == 0 and result["max_abs_diff"] < 0.05, result
+    assert result["top1_agreement"] >= 0.9, result
+    assert len(result["rounds_ms"]) == 2 and result["median_ms"] > 0
+    assert json.loads(capsys.readouterr().out) == report
