@@ -172,9 +172,9 @@ SOURCE_HELP = """where frames come from (the kind is decided once, said on stder
                                  --max-reconnects times in a row; credentials are never printed);
                                  a URL of a finite video (one that knows its length) ends at its end
   'libcamerasrc ! ... ! appsink' a GStreamer pipeline, with --source-kind gstreamer (never guessed: a file
-                                 name may hold a '!'); Raspberry Pi camera, Jetson CSI camera, see README
+                                 name may hold a '!'); Raspberry Pi camera, Jetson CSI camera, see docs/devices.md
 where results go: a window with the overlay (q or Esc quits; needs an OpenCV with window support and a
-display: see README, 'A window on the device'), --headless JSON lines, --record, --publish; where no window
+display: see docs/devices.md, 'A window on the device'), --headless JSON lines, --record, --publish; where no window
 can open and nothing else is asked for, run stops at once and says which of these work."""
 
 
@@ -230,7 +230,7 @@ def check_live_paths(config: LiveConfig) -> None:
     if source.kind == "gstreamer" and not cv2_has_gstreamer():
         raise FloraEdgeError(
             "--source-kind gstreamer: this OpenCV has no GStreamer (PyPI's wheels have none); use Debian's "
-            "python3-opencv (README, 'Raspberry Pi': the Camera Module) or JetPack's OpenCV"
+            "python3-opencv (docs/devices.md, 'Installing on a Raspberry Pi': the Camera Module) or JetPack's OpenCV"
         )
     folder_images = source.kind == "folder" and any(
         p.suffix.lower() in IMAGE_SUFFIXES for p in Path(source.target).iterdir()

@@ -193,9 +193,7 @@ def open_source(
         capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
     if not capture.isOpened():
         capture.release()
-        hint = (
-            " (is this OpenCV built with GStreamer? see README 'Raspberry Pi')" if resolved.kind == "gstreamer" else ""
-        )
+        hint = " (is this OpenCV built with GStreamer? see docs/devices.md)" if resolved.kind == "gstreamer" else ""
         raise SourceError(f"could not open {resolved.kind} source {resolved.shown!r}{hint}")
     live = is_live(resolved, capture)
     return CaptureSource(

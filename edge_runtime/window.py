@@ -24,7 +24,7 @@ from edge_runtime.errors import FloraEdgeError
 QUIT_KEYS = (ord("q"), ord("Q"), 27)  # 27: Esc
 NO_WINDOW_WAYS = (
     "--headless (JSON lines on stdout), --record FILE.mp4, --publish DIR with `floraedge serve --camera DIR` "
-    "(the overlay in a browser), or an OpenCV with window support (README, 'A window on the device')"
+    "(the overlay in a browser), or an OpenCV with window support (docs/devices.md, 'A window on the device')"
 )
 
 

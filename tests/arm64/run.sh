@@ -7,7 +7,7 @@
 # mount + pid namespace (unshare), so the host's /proc is never touched and the mounts go when the run
 # ends, however it ends (checked at the end by interrupting a run).
 #
-# What runs under which CPU model, chosen for CI time (every emulated minute counts; see README):
+# What runs under which CPU model, chosen for CI time (every emulated minute counts; see docs/devices.md):
 #   Pi 5 (Cortex-A76): the install, the torch-free tests, the agreement, the device commands, the camera route.
 #   Pi 4 (Cortex-A72): the torch-free tests and the agreement (on the first PI4_IMAGES photos). onnxruntime
 #     and XNNPACK pick their kernels by the CPU model, so numbers can differ between the two; the
