@@ -70,10 +70,24 @@ def own_exports(linear_run, own_prepared, tmp_path_factory) -> Path:
 
 
 @pytest.mark.torch
+def test_the_linear_recipe_computes_training_features_in_bfloat16_only_where_the_cpu_has_it(monkeypatch):
+    import torch
+
+    from train import linear
+
+    cpu = torch.device("cpu")
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(linear, "cpu_has_native_bf16", lambda native=native: native)
+        assert linear.feature_dtype("auto", cpu) is expected
+    assert linear.feature_dtype("fp32", cpu) is None  # asked for: as train reads it
+
+
+@pytest.mark.torch
 @pytest.mark.slow
 def test_the_linear_recipe_writes_a_checkpoint_of_the_datasets_own_classes(linear_run, own_prepared):
     from train.checkpoint import load_bundle
     from train.config import EvaluateConfig
+    from train.engine import cpu_has_native_bf16
     from train.evaluate import evaluate_checkpoint
 
     bundle = load_bundle(linear_run / "best.pt")
@@ -82,6 +96,7 @@ def test_the_linear_recipe_writes_a_checkpoint_of_the_datasets_own_classes(linea
     assert bundle["config"]["recipe"] == "linear"
     summary = json.loads((linear_run / "summary.json").read_text())
     assert summary["train_views"] == 2 * len(bundle["dataset"]["trained_images"])  # each image and its mirror
+    assert summary["features_precision"] == ("bfloat16" if cpu_has_native_bf16() else "float32")
     # the val figures come from the cached features; a real evaluation of the saved checkpoint must agree
     for tta, key in ((False, "val"), (True, "val_tta")):
         evaluation = EvaluateConfig(checkpoint=str(linear_run / "best.pt"), data=str(own_prepared), tta_flip=tta)

@@ -25,6 +25,7 @@ from edge_runtime.metadata import file_sha256
 from train.checkpoint import library_versions, load_bundle, model_from_bundle, save_atomic
 from train.config import EvaluateConfig, FixresConfig
 from train.data import CachedImages, eval_loader, image_key, warn_if_cache_too_small
+from train.engine import autocast
 from train.evaluate import evaluate_bundle
 from train.models import get_entry
 from train.soup import BUNDLE_KEYS, pooled_dataset
@@ -36,19 +37,27 @@ class FixresError(FloraEdgeError):
 
 @torch.no_grad()
 def head_inputs(
-    model: nn.Module, head: nn.Module, loader, device: torch.device | None = None, progress: bool = True
+    model: nn.Module,
+    head: nn.Module,
+    loader,
+    device: torch.device | None = None,
+    progress: bool = True,
+    amp_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What ``head`` receives for every image of ``loader`` and then for every mirror (fp32, CPU; the first
-    half of the rows are the images in loader order, the second half their mirrors), and the labels of both."""
+    half of the rows are the images in loader order, the second half their mirrors), and the labels of both.
+    ``amp_dtype`` runs the backbone's forward passes under autocast (None: fp32)."""
     captured, originals, mirrors, labels = [], [], [], []
     hook = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].float().flatten(1).cpu()))
+    device = device or torch.device("cpu")
     try:
         for images, targets in console.progress(loader, desc="features", unit="batch", enabled=progress):
-            images = images.to(device or "cpu").contiguous(memory_format=torch.channels_last)  # as predict() runs it
-            model(images)
-            originals.append(captured.pop())
-            model(images.flip(3))
-            mirrors.append(captured.pop())
+            images = images.to(device).contiguous(memory_format=torch.channels_last)  # as predict() runs it
+            with autocast(device, amp_dtype):
+                model(images)
+                originals.append(captured.pop())
+                model(images.flip(3))
+                mirrors.append(captured.pop())
             labels.append(targets)
     finally:
         hook.remove()

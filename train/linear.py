@@ -23,11 +23,12 @@ from edge_runtime.metrics import classification_metrics
 from train.checkpoint import make_bundle, save_atomic
 from train.config import TrainConfig
 from train.data import CachedImages, check_labels, dataset_classes, dataset_info, eval_loader, warn_if_cache_too_small
-from train.engine import pick_device, seeded
+from train.engine import cpu_has_native_bf16, pick_device, seeded
 from train.evaluate import write_report
 from train.fixres import fit_head, head_inputs
 from train.models import build_model, get_entry, input_spec
 from train.runlog import check_run_dir, make_run_dir
+from train.trainer import mixed_precision
 
 SUMMARY_KEYS = ("top1", "top5", "mean_per_class", "n")
 
@@ -42,6 +43,19 @@ def check_linear_config(config: TrainConfig) -> None:
         raise FloraEdgeError("--recipe linear keeps no moving average; drop --ema-epochs")
     if config.weights == "none":
         raise FloraEdgeError("--recipe linear needs pretrained --weights (a random backbone's features are noise)")
+
+
+def feature_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the forward passes that compute the training features (None: fp32).
+
+    ``auto`` takes bfloat16 wherever the device computes it natively (a CPU with AVX512-BF16 or AMX, or CUDA):
+    the forward passes are this recipe's whole cost and run about twice as fast, while the head fitted on
+    them scores the same on val (docs/own_classes.md, "The linear recipe"). Other choices mean what they mean
+    for ``train``. The val features are always fp32: they measure the model as it is exported."""
+    if precision != "auto":
+        return mixed_precision(precision, device)[0]
+    native = device.type == "cuda" and torch.cuda.is_bf16_supported() or device.type == "cpu" and cpu_has_native_bf16()
+    return torch.bfloat16 if native else None
 
 
 def fit_linear(config: TrainConfig) -> dict:
@@ -72,12 +86,19 @@ def fit_linear_into(config: TrainConfig, stack: contextlib.ExitStack) -> dict:
     head = model.get_submodule(get_entry(config.arch).head)
     if not isinstance(head, nn.Linear):
         raise FloraEdgeError(f"{config.arch}'s head is a {type(head).__name__}, not the nn.Linear --recipe linear fits")
-    features, labels = head_inputs(model, head, eval_loader(train_set, config.workers), device, config.progress)
+    amp_dtype = feature_dtype(config.precision, device)
+    loader = eval_loader(train_set, config.workers)
+    features, labels = head_inputs(model, head, loader, device, config.progress, amp_dtype)
     features_s = time.perf_counter() - start
     head.cpu()
     fit_head(head, features, labels, config)
     model.cpu()
-    summary = {"recipe": "linear", "train_views": len(labels), "features_s": round(features_s, 1)}
+    summary = {
+        "recipe": "linear",
+        "train_views": len(labels),
+        "features_s": round(features_s, 1),
+        "features_precision": str(amp_dtype or torch.float32).removeprefix("torch."),
+    }
     metrics = {"train": {"images": len(train_set)}, "epoch": config.epochs}
     if val_set is not None:
         reports = validate_linear(model, head, val_set, len(class_names), config, device)
