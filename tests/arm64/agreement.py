@@ -101,7 +101,16 @@ def versions() -> dict:
         "onnxruntime": onnxruntime.__version__,
         "opencv": cv2.__version__,
         "litert": _tflite_interpreter().__module__,
+        "openvino": openvino_version(),
     }
+
+
+def openvino_version() -> str | None:
+    try:
+        import openvino
+    except ImportError:  # the edge-openvino extra is optional; its pairs then fail to load, each in one line
+        return None
+    return openvino.__version__
 
 
 def reference(work: Path) -> None:
