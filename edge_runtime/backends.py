@@ -18,6 +18,7 @@ import dataclasses
 import importlib
 import os
 import platform
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,7 +180,8 @@ class OpenVINOBackend:
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError (and its own types) with multi-line messages
             raise BackendError(f"{path} is not a model OpenVINO can load ({one_line(exc)})") from exc
-        self.request = self.compiled.create_infer_request()
+        # an infer request serves one call at a time: one per thread (serve runs --workers inferences at once)
+        self.requests = threading.local()
         ran = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         info = require_info(path, from_props(props), 0)  # its output size: load()'s trial run
         self.info = dataclasses.replace(info, info={**info.info, "inference_precision": ran})
@@ -188,7 +190,10 @@ class OpenVINOBackend:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         with inference_errors(self.name):
-            outputs = self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+            request = getattr(self.requests, "request", None)
+            if request is None:
+                request = self.requests.request = self.compiled.create_infer_request()
+            outputs = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
             return np.array(outputs[0], dtype=np.float32)  # a copy: the request reuses its output buffer
 
 

@@ -60,6 +60,19 @@ def test_the_precision_is_pinned_where_the_cpu_would_pick_bf16(tmp_path):
     assert load(model, "openvino").info.info["inference_precision"] == "f32"
 
 
+def test_threads_predicting_at_once_each_get_their_own_answers(tmp_path):
+    """serve runs up to --workers inferences at once on one backend: no request may be shared between them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    backend = load(tiny_onnx(tmp_path / "m.onnx", num_classes=6), "openvino", threads=1)
+    inputs = [np.random.default_rng(i).normal(size=(1, 3, 32, 32)).astype(np.float32) for i in range(64)]
+    alone = [backend.predict(x) for x in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(backend.predict, inputs))
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_the_released_int8_onnx_classifies_real_photos_as_onnxruntime_does():
