@@ -175,6 +175,8 @@ def run(args) -> int:
     t = time.perf_counter()
     backend = load(args.model, args.backend, threads=max(args.threads))
     result = {"load_ms": round((time.perf_counter() - t) * 1e3, 1)}
+    if "inference_precision" in backend.info.info:  # a runtime that could compute in another precision says which
+        result["inference_precision"] = backend.info.info["inference_precision"]
     for _ in range(10):
         backend.predict(sample)
     result["model_rss_mb"] = round(rss_mb() - base_rss, 1)  # runtime + weights + arenas after warm-up

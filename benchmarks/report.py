@@ -12,6 +12,7 @@ def flat(row: dict, threads: list[int]) -> dict:
     out = {
         "name": row["name"],
         "backend": row.get("backend"),
+        "inference_precision": row.get("inference_precision"),
         "file": row.get("file"),
         "size_mb": round(row["bytes"] / 1e6, 2) if row.get("bytes") else None,
         "top1": acc.get("top1"),
@@ -98,7 +99,7 @@ def markdown(report: dict, rows: list[dict], threads: list[int], plots: list[str
         ]
         cells = [
             r["name"],
-            r["backend"],
+            r["backend"] + (f" ({r['inference_precision']})" if r.get("inference_precision") else ""),
             fmt(r["size_mb"], 2),
             fmt(r["top1"]),
             fmt(r["top5"]),

@@ -18,6 +18,7 @@ import dataclasses
 import importlib
 import os
 import platform
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +39,9 @@ def import_runtime(module: str, backend: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        package = BACKENDS[backend].package
+        entry = BACKENDS[backend]
         raise BackendError(
-            f"this backend needs {module}: pip install {package}  (or `pip install floraedge[edge]`)"
+            f"this backend needs {module}: pip install {entry.package}  (or `pip install floraedge[{entry.extra}]`)"
         ) from exc
 
 
@@ -156,6 +157,47 @@ class OpenCVBackend:
             return np.asarray(self.net.forward(), dtype=np.float32).reshape(batch.shape[0], -1)
 
 
+class OpenVINOBackend:
+    """OpenVINO on the exported ONNX files as they are (fp32, fp16, int8 QDQ), on its CPU plugin.
+
+    Precision is pinned to f32: on a CPU with bf16 (AVX-512 BF16, AMX) OpenVINO otherwise computes a float
+    model in bf16 (on ARM: f16), which moves its outputs enough to change near-ties (docs/runtimes.md). What ran
+    is read back from the compiled model into ``info.info["inference_precision"]`` for the bench report and the
+    arm64 agreement."""
+
+    name = "openvino"
+    PRECISION = "f32"
+
+    def __init__(self, path: Path, *, threads: int | None = None, providers: list[str] | None = None):
+        ov = import_runtime("openvino", self.name)
+        with open_regular(path, str(path)) as data:  # the ONNX metadata_props: the file's walk, as for OpenCV
+            props = onnx_layout(data, path).props
+        config = {"INFERENCE_PRECISION_HINT": self.PRECISION, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            core = ov.Core()
+            model = core.read_model(str(path))
+            self.compiled = core.compile_model(model, "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError (and its own types) with multi-line messages
+            raise BackendError(f"{path} is not a model OpenVINO can load ({one_line(exc)})") from exc
+        # an infer request serves one call at a time: one per thread (serve runs --workers inferences at once)
+        self.requests = threading.local()
+        ran = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        info = require_info(path, from_props(props), 0)  # its output size: load()'s trial run
+        self.info = dataclasses.replace(info, info={**info.info, "inference_precision": ran})
+        shape = [d.get_length() if d.is_static else -1 for d in model.inputs[0].get_partial_shape()]
+        check_input_shape(path, self.info.spec, shape)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        with inference_errors(self.name):
+            request = getattr(self.requests, "request", None)
+            if request is None:
+                request = self.requests.request = self.compiled.create_infer_request()
+            outputs = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+            return np.array(outputs[0], dtype=np.float32)  # a copy: the request reuses its output buffer
+
+
 def _tflite_interpreter():
     """ai-edge-litert's interpreter, or tflite_runtime's where that is what a device has."""
     for module in ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"):
@@ -235,6 +277,7 @@ class BackendEntry:
     suffixes: tuple[str, ...]
     load: type  # the backend class: its ``name`` is the key in BACKENDS
     package: str
+    extra: str = "edge"  # the floraedge extra that installs it
 
 
 # name (the backend's own ``.name``) -> the files it runs, its class and the pip package it needs
@@ -244,6 +287,7 @@ BACKENDS: dict[str, BackendEntry] = {
         BackendEntry((".onnx",), OnnxRuntimeBackend, "onnxruntime"),
         BackendEntry((".tflite",), LiteRTBackend, "ai-edge-litert"),
         BackendEntry((".onnx",), OpenCVBackend, "opencv-python-headless"),
+        BackendEntry((".onnx",), OpenVINOBackend, "openvino", extra="edge-openvino"),
     )
 }
 

@@ -66,7 +66,11 @@ class RunConfig(ModelConfig, LiveConfig):
 
 MODEL_OPTIONS = {
     "model": Option(".onnx or .tflite file (labels + spec inside)"),
-    "backend": Option("runtime; auto picks by file type", choices=BACKEND_CHOICES),
+    "backend": Option(
+        "runtime; auto picks by file type (.onnx: onnxruntime, .tflite: litert); opencv and openvino also run .onnx "
+        "files (openvino: `pip install floraedge[edge-openvino]`, docs/runtimes.md)",
+        choices=BACKEND_CHOICES,
+    ),
     "threads": Option("inference threads (default: the runtime's)", parse=number(low=1)),
     "providers": Option(
         "onnxruntime execution providers, comma-separated, e.g. TensorrtExecutionProvider,CUDAExecutionProvider"

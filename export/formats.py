@@ -44,13 +44,14 @@ FORMATS: tuple[Format, ...] = (
         filename="model_fp32.onnx",
         converter="copy_base",
         prob_atol=PROB_ATOL,
-        also_runs_on=("opencv",),
+        also_runs_on=("opencv", "openvino"),
     ),
     Format(
         **ONNX,
         precision="fp16",
         filename="model_fp16.onnx",
         converter="onnx_fp16",
+        also_runs_on=("openvino",),
         note="fp16 weights, float32 inputs/outputs; saves size, not CPU time",
     ),
     Format(
@@ -59,6 +60,7 @@ FORMATS: tuple[Format, ...] = (
         filename="model_int8.onnx",
         converter="onnx_int8",
         needs_calibration=True,
+        also_runs_on=("openvino",),
         note="ONNX Runtime static QDQ, per-channel weights",
     ),
     Format(**TFLITE, precision="fp32", filename="model_fp32.tflite", converter="copy_base", prob_atol=PROB_ATOL),

@@ -54,10 +54,13 @@ def test_bench_writes_every_output_and_survives_a_broken_file(onnx_exports, tiny
         ("pytorch-fp32", "torch"),
         ("onnx-fp32", "onnxruntime"),
         ("onnx-fp32", "opencv"),
+        ("onnx-fp32", "openvino"),
         ("onnx-fp16", "onnxruntime"),
+        ("onnx-fp16", "openvino"),
         ("onnx-int8", "onnxruntime"),
+        ("onnx-int8", "openvino"),
     }
-    assert "error" in rows[("onnx-fp16", "onnxruntime")]
+    assert "error" in rows[("onnx-fp16", "onnxruntime")] and "error" in rows[("onnx-fp16", "openvino")]
     good = rows[("onnx-fp32", "onnxruntime")]
     assert good["agreement"] == 1.0 and good["accuracy"]["n"] == 16
     assert set(good["latency"]) == {str(min(t, os.cpu_count())) for t in (1, 2, 4)}  # capped at the cores present

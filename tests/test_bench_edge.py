@@ -68,9 +68,11 @@ def test_bench_runs_torch_free_and_reports_every_backend_of_the_file(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     rows = {r["backend"]: r for r in report["rows"]}
-    assert set(rows) == {"onnxruntime", "opencv"}
+    assert set(rows) == {"onnxruntime", "opencv", "openvino"}
     assert all("error" not in r for r in rows.values()), rows
-    assert rows["opencv"]["agreement"] == 1.0 and rows["onnxruntime"]["accuracy"]["n"] == 8
+    assert rows["opencv"]["agreement"] == rows["openvino"]["agreement"] == 1.0
+    assert rows["onnxruntime"]["accuracy"]["n"] == 8
+    assert rows["openvino"]["inference_precision"] == "f32" and "inference_precision" not in rows["onnxruntime"]
     loop = rows["onnxruntime"]["loop"]
     # capture to result, in ms: above zero, and no frame longer than the whole loop (frames / fps)
     assert loop["frames"] == 5 and 0 < loop["latency_p50_ms"] <= loop["latency_p99_ms"] <= wall_ms(loop) + 1
@@ -82,6 +84,7 @@ def test_bench_runs_torch_free_and_reports_every_backend_of_the_file(tmp_path):
     assert report["conditions"]["before"]["load_avg"] and isinstance(report["conditions"]["changed"], list)
     md = (tmp_path / "bench" / "report.md").read_text()
     assert "x ref @1T [IQR]" in md and "## Conditions" in md and "load average" in md
+    assert "| onnx-fp32 | openvino (f32) |" in md  # the precision that ran, beside the backend
     assert md.splitlines()[2].startswith(("Conditions steady", "**Conditions changed"))  # the first word on trust
     assert (tmp_path / "bench" / "results.csv").is_file()
     assert snapshot(data, models) == before  # nothing outside --out is changed

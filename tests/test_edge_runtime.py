@@ -123,7 +123,7 @@ def test_preprocess_matches_the_torchvision_eval_transform_on_real_images():
     assert confident.sum() >= 8 and torch.equal(ours_top[confident], theirs_top[confident])
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "opencv"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "opencv", "openvino"])
 def test_backends_agree_and_read_metadata(model, photo, backend):
     runner = load(model, backend, threads=1)
     assert runner.info.labels == ("flower 0", "flower 1", "flower 2", "flower 3")

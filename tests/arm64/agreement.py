@@ -78,8 +78,13 @@ def preprocessed(images: list[np.ndarray], spec) -> list[np.ndarray]:
     return _PREPROCESSED[key]
 
 
+RAN: dict[tuple[str, str], str] = {}  # (file, backend) -> the precision its runtime says it computed in
+
+
 def outputs(path: Path, backend_name: str, images: list[np.ndarray], qdq_emulation: bool = False) -> np.ndarray:
     backend = load(path, backend_name, threads=1, qdq_emulation=qdq_emulation)
+    if "inference_precision" in backend.info.info:  # openvino: pinned to f32, read back from the compiled model
+        RAN[(str(path), backend_name)] = backend.info.info["inference_precision"]
     return np.concatenate([backend.predict(x) for x in preprocessed(images, backend.info.spec)])
 
 
@@ -101,7 +106,16 @@ def versions() -> dict:
         "onnxruntime": onnxruntime.__version__,
         "opencv": cv2.__version__,
         "litert": _tflite_interpreter().__module__,
+        "openvino": openvino_version(),
     }
+
+
+def openvino_version() -> str | None:
+    try:
+        import openvino
+    except ImportError:  # the edge-openvino extra is optional; its pairs then fail to load, each in one line
+        return None
+    return openvino.__version__
 
 
 def reference(work: Path) -> None:
@@ -222,6 +236,9 @@ def check(work: Path, cpu: str, limit: int | None = None) -> int:
     results = [
         compare(k, p, r, b, saved[k][: len(names)], outputs(p, b, images), k in qdq) for k, p, r, b in runs(work)
     ]
+    for r, (_, p, _, b) in zip(results, runs(work), strict=True):
+        if (str(p), b) in RAN:
+            r["inference_precision"] = RAN[(str(p), b)]
     gate_results = gates(work)
     report = {"cpu": cpu, "images": len(names), "versions": versions(), "agreement": results, "gates": gate_results}
     report["x86_versions"] = json.loads((work / "x86-versions.json").read_text())
@@ -231,6 +248,7 @@ def check(work: Path, cpu: str, limit: int | None = None) -> int:
             f"{'ok  ' if r['passed'] else 'FAIL'} {r['file']}: max |x86 - arm64| {r['max_abs_diff']:.3g} "
             f"(limit {r['limit']}), top-1 agreement {r['top1_agreement']:.2%}"
             + (" (x86: QDQ emulation)" if r.get("qdq_reference") else "")
+            + (f", computed in {r['inference_precision']}" if r.get("inference_precision") else "")
             + (f", flipped near-ties' top-two gaps {r['flipped_top2_gaps']}" if r.get("flipped_top2_gaps") else "")
         )
     for g in gate_results:
