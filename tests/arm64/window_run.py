@@ -1,5 +1,5 @@
 """The README's window line, run as typed on a virtual display, as a user would watch it: the window opens with
-the model in its title, the overlay is drawn on the frames (its pixels, in a screenshot of the display), and
+the model in its title, the overlay is drawn on the frames (its pixels, in a screenshot of the window), and
 closing the window, q or Esc ends the run with a summary.
 
     python3 -m tests.arm64.window_run --title "FloraEdge: model_int8.tflite" --end close --out FILE.json -- CMD...
@@ -78,9 +78,9 @@ def watch(proc: subprocess.Popen, display: Display, title: str, end: str, shot_s
     opened = time.monotonic() - start
     deadline = time.monotonic() + OVERLAY_WAIT
     while True:
-        shot = xdisplay.screenshot(display)
         box = xdisplay.window_box(display, window)
-        band, elsewhere = overlay_pixels(shot, box)
+        shot = xdisplay.screenshot(display, box)
+        band, elsewhere = overlay_pixels(shot, (0, 0, *shot.shape[1::-1]))
         if band >= MIN_OVERLAY_PIXELS or time.monotonic() > deadline or proc.poll() is not None:
             break
         time.sleep(0.2)
