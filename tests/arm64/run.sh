@@ -46,7 +46,7 @@ CAMERA_KEY=$(echo "$KEY $CAMERA_PACKAGES" | sha256sum | cut -c1-12)
 CAMERA_LAYER=$CACHE/camera-$RELEASE-$CAMERA_KEY
 # The README's window route on a virtual display: Debian's Xvfb, python3-xlib to drive it (tests/arm64/window_run.py),
 # and the two system libraries PyPI's opencv-python loads (a Pi OS desktop has them; the camera layer already
-# brings both, and Qt 5 with Debian's OpenCV). A third layer, over the camera layer: 12 packages, 14 MB.
+# brings both, and Qt 5 with Debian's OpenCV). A third layer, over the camera layer (docs/window.md: its size, time).
 WINDOW_PACKAGES="xvfb python3-xlib libgl1 libglib2.0-0"
 WINDOW_KEY=$(echo "$CAMERA_KEY $WINDOW_PACKAGES" | sha256sum | cut -c1-12)
 WINDOW_LAYER=$CACHE/window-$RELEASE-$WINDOW_KEY
