@@ -34,9 +34,9 @@ class WindowError(FloraEdgeError):
 
 def gui_backend() -> str | None:
     """The GUI framework OpenCV was built with (QT, GTK3, WIN32UI, COCOA...), or None (a headless build)."""
-    if hasattr(cv2, "currentUIFramework"):  # OpenCV >= 4.6
+    if hasattr(cv2, "currentUIFramework"):  # newer builds (PyPI 5.x); Debian's 4.6 has none
         return cv2.currentUIFramework() or None
-    for line in cv2.getBuildInformation().splitlines():  # "  GUI:   GTK3" on older builds
+    for line in cv2.getBuildInformation().splitlines():  # "  GUI:   QT5" in Debian's 4.6
         if line.strip().startswith("GUI:"):
             value = line.split(":", 1)[1].strip()
             return None if value in ("", "NONE", "NO") else value

@@ -22,6 +22,7 @@ import pytest
 
 from edge_runtime.live import draw_overlay
 from edge_runtime.window import display_problem, x_display_opens
+from tests import xdisplay
 from tests.conftest import REPO
 from tests.tiny_models import tiny_onnx
 
@@ -89,20 +90,8 @@ def test_display_problem_names_what_is_missing():
 def xvfb():
     """A virtual X display (Debian's xvfb; `make test` installs it), on the first free display number."""
     assert shutil.which("Xvfb"), "Debian's xvfb is needed: `make test` installs it (make gui)"
-    read, write = os.pipe()
-    server = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write), "-screen", "0", "640x480x24", "-nolisten", "tcp"],
-        pass_fds=(write,),
-        stderr=subprocess.DEVNULL,
-    )
-    os.close(write)
-    with os.fdopen(read) as fd:
-        name = ":" + fd.readline().strip()
-    try:
+    with xdisplay.xvfb() as name:
         yield name
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -117,18 +106,6 @@ def gui_python():
     return GUI_PYTHON
 
 
-def find_window(display, title: str, timeout: float):
-    """The top-level X window named ``title``, waited for."""
-    root = display.screen().root
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for window in root.query_tree().children:
-            if window.get_wm_name() == title:
-                return window
-        time.sleep(0.2)
-    return None
-
-
 def overlay_template() -> np.ndarray:
     """The word "unsure" as the overlay draws it on a frame of BACKGROUND, cut out."""
     frame = np.full((120, 160, 3), BACKGROUND, np.uint8)
@@ -137,36 +114,10 @@ def overlay_template() -> np.ndarray:
     return drawn[28 - height - 3 : 28 + baseline, 7 : 10 + width + 2]
 
 
-def overlay_found(display_name: str) -> float:
+def overlay_found(display) -> float:
     """How far the best match of the overlay's "unsure" in a screenshot of the display is (0: exact)."""
-    from PIL import ImageGrab
-
-    shot = cv2.cvtColor(np.asarray(ImageGrab.grab(xdisplay=display_name)), cv2.COLOR_RGB2BGR)
+    shot = xdisplay.screenshot(display)
     return float(cv2.minMaxLoc(cv2.matchTemplate(shot, overlay_template(), cv2.TM_SQDIFF_NORMED))[0])
-
-
-def close_window(display, window) -> None:
-    """What a window manager sends when the user clicks the close button: WM_DELETE_WINDOW."""
-    from Xlib import X, protocol
-
-    atom = display.intern_atom
-    message = protocol.event.ClientMessage(
-        window=window, client_type=atom("WM_PROTOCOLS"), data=(32, [atom("WM_DELETE_WINDOW"), X.CurrentTime, 0, 0, 0])
-    )
-    window.send_event(message, event_mask=X.NoEventMask)
-    display.flush()
-
-
-def press_key(display, window, keysym_name: str) -> None:
-    from Xlib import XK, X
-    from Xlib.ext import xtest
-
-    window.set_input_focus(X.RevertToParent, X.CurrentTime)
-    display.sync()
-    keycode = display.keysym_to_keycode(XK.string_to_keysym(keysym_name))
-    xtest.fake_input(display, X.KeyPress, keycode)
-    xtest.fake_input(display, X.KeyRelease, keycode)
-    display.sync()
 
 
 @pytest.mark.slow
@@ -174,8 +125,6 @@ def press_key(display, window, keysym_name: str) -> None:
 def test_the_window_shows_the_overlay_and_ends_the_run_with_a_summary(
     model, long_video, xvfb, gui_python, action, ended
 ):
-    from Xlib import display as xdisplay
-
     video = long_video
     env = {k: v for k, v in os.environ.items() if k not in ("WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
     env |= {"DISPLAY": xvfb, "PYTHONPATH": str(REPO)}
@@ -186,14 +135,17 @@ def test_the_window_shows_the_overlay_and_ends_the_run_with_a_summary(
     )  # fmt: skip
     try:
         display = xdisplay.Display(xvfb)
-        window = find_window(display, "FloraEdge: tiny.onnx", timeout=60)
+        window = xdisplay.find_window(display, "FloraEdge: tiny.onnx", timeout=60)
         assert window is not None, "no window titled with the model opened"
         deadline = time.monotonic() + 30
-        while (distance := overlay_found(xvfb)) > 0.02 and time.monotonic() < deadline:
+        while (distance := overlay_found(display)) > 0.02 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert distance <= 0.02, f"the overlay's text is not on the screen (best match {distance:.3f})"
         assert proc.poll() is None, "the run ended before the window was closed"
-        close_window(display, window) if action == "close" else press_key(display, window, action)
+        if action == "close":
+            xdisplay.close_window(display, window)
+        else:
+            xdisplay.press_key(display, window, action)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -224,3 +176,22 @@ def test_a_gui_opencv_without_a_display_fails_at_once_in_one_line(model, tmp_pat
 
 def test_x_display_probe_sees_a_live_display(xvfb):
     assert x_display_opens(xvfb) and display_problem({"DISPLAY": xvfb}) is None
+
+
+@pytest.mark.parametrize("unsure", [False, True], ids=["sure", "unsure"])
+def test_the_arm64_window_check_finds_the_overlay_by_its_colours_and_nothing_in_a_photo(unsure):
+    """tests/arm64/window_run.py looks for the overlay by draw_overlay's text colours (it runs on Debian's python3,
+    outside the project's environment): they must be the ones drawn, and a photo must not have them."""
+    from tests.arm64.window_run import MIN_OVERLAY_PIXELS, overlay_pixels
+
+    photo = cv2.imread(str(REPO / "docs" / "release_example.png"))
+    assert photo is not None
+    box = (0, 0, photo.shape[1], photo.shape[0])
+    assert overlay_pixels(photo, box) == (0, 0)
+    drawn = draw_overlay(photo, {"label": "passion flower", "score": 0.93, "unsure": unsure}, 6.0, 93.7)
+    band, elsewhere = overlay_pixels(drawn, box)
+    assert band >= 10 * MIN_OVERLAY_PIXELS and elsewhere == 0
+    # on a screen the window lies somewhere: the band is counted from the window's corner
+    screen = np.zeros((photo.shape[0] + 50, photo.shape[1] + 70, 3), np.uint8)
+    screen[50:, 70:] = drawn
+    assert overlay_pixels(screen, (70, 50, photo.shape[1], photo.shape[0])) == (band, 0)

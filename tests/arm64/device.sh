@@ -8,6 +8,7 @@
 #   device.sh commands           classify, run --headless over a video, bench, serve one request
 #   device.sh camera             the Camera Module route: Debian's OpenCV + a --system-site-packages venv
 #   device.sh readme_camera      the README's first camera lines as typed, a video file for the camera
+#   device.sh readme_window      the README's window lines as typed on a virtual display (Xvfb), both OpenCVs
 set -euo pipefail
 cd /work
 venv=/work/venv
@@ -116,13 +117,13 @@ EOF
 # The README's first camera lines (its "flowers on a Pi" block), as typed, in the `.[edge]` venv from the copy of
 # the repository, with the clip standing in for camera 0 and --max-frames to end it: the headless-Pi line gives
 # JSON lines; the desktop line, on `.[edge]`'s headless OpenCV with no display, stops at once in one line.
-# (The window route, PyPI's opencv-python on Xvfb, is checked on x86 by tests/test_window.py.)
-readme_line() { # PATTERN: the README line that starts with it, its comment cut, the clip for `--source 0`
-    local line
+# (The window route is readme_window, below.)
+readme_line() { # PATTERN [CLIP]: the README line that starts with it, its comment cut, the clip for `--source 0`
+    local line clip=${2:-/work/host/clip.mp4}
     line=$(grep -m1 -E "^$1" /work/floraedge/README.md | sed 's/ *#.*//')
     [ -n "$line" ] || { say "README: no line starting with: $1" && return 1; }
-    say "README: $line (the clip for camera 0)" >&2
-    echo "${line/--source 0/--source /work/host/clip.mp4}"
+    say "README: $line" >&2
+    echo "${line/--source 0/--source $clip}"
 }
 
 readme_camera() {
@@ -139,6 +140,44 @@ readme_camera() {
     [ "$rc" = 1 ] && [ "$(echo "$out" | wc -l)" = 1 ] && [[ $out == *"cannot show the overlay window"*"--headless"* ]] ||
         { say "the desktop line on a headless OpenCV gave (exit $rc): $out" && return 1; }
     say "README camera lines: headless route 5 frames; the window line without a window: one line, exit 1"
+}
+
+# The README's window route ("On a Pi OS desktop ..."), as typed, on a virtual display (Xvfb from the window layer;
+# python3-xlib drives it: tests/arm64/window_run.py): in the `.[edge]` venv, the switch to PyPI's opencv-python
+# (Qt), then the desktop line, ended once by closing the window and once by q; then the same line with Debian's
+# python3-opencv (Qt 5, the Camera Module route's venv, Debian's numpy), ended by closing the window (how a closed
+# window reads differs between OpenCV versions; keys do not: Esc is tests/test_window.py's). Each time the window
+# opens titled with the model, its overlay text is on the screen, and the run ends with a summary. Runs after
+# `camera` (its venv) and last on /work/venv, whose OpenCV it replaces. The clip is long: a camera does not end.
+readme_window() {
+    local line end title="FloraEdge: model_int8.tflite" clip=/work/host/clip-window.mp4
+    local run='floraedge run --model models/oxford102-lite0/model_int8.tflite --source 0'
+    cd /work/floraedge
+    . "$venv/bin/activate"
+    line=$(readme_line 'pip uninstall -y opencv-python-headless')
+    bash -ec "${line//pip install/pip install $nc}"
+    window_cv2 PyPI
+    line=$(readme_line "$run +#" "$clip")
+    read -ra cmd <<< "$line"
+    for end in close q; do
+        /usr/bin/python3 -m tests.arm64.window_run --title "$title" --end "$end" --out "/work/window-pypi-$end.json" -- "${cmd[@]}"
+    done
+    deactivate
+    . /work/venv-camera/bin/activate
+    window_cv2 Debian
+    /usr/bin/python3 -m tests.arm64.window_run --title "$title" --end close --out /work/window-debian-close.json -- "${cmd[@]}"
+    say "README window route: a window with the overlay under both OpenCVs; closing it (both) and q (PyPI's) ended the run"
+}
+
+window_cv2() { # WHOSE: the venv's OpenCV is WHOSE's (PyPI's wheel or Debian's package) and has a GUI backend
+    python - "$1" <<'EOF'
+import sys, cv2, numpy
+from edge_runtime.window import gui_backend
+debian = cv2.__file__.startswith("/usr/lib/python3/dist-packages")
+print(f"{sys.argv[1]} OpenCV: cv2 {cv2.__version__} from {cv2.__file__}, numpy {numpy.__version__}, GUI: {gui_backend()}")
+assert debian == (sys.argv[1] == "Debian"), f"not {sys.argv[1]}'s OpenCV"
+assert gui_backend(), "this OpenCV has no GUI backend"
+EOF
 }
 
 "$@"

@@ -6,6 +6,11 @@
 set -euo pipefail
 root=$1 cpuinfo=$2 work=$3 layer=$4 qemu_cpu=$5 # layer: "" or a folder with upper/ work/ merged/, an overlay over root
 shift 5
+# layer may be TOP:BELOW...: the layers below TOP (their upper/ folders, read-only) lie between it and root
+IFS=: read -ra below <<< "$layer"
+layer=${below[0]:-}
+lower=$root
+for ((i = ${#below[@]} - 1; i >= 1; i--)); do lower=${below[i]}/upper:$lower; done
 
 cleanup() {
     for m in work dev sys proc; do
@@ -17,7 +22,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 if [ -n "$layer" ]; then
-    mount -t overlay overlay -o "lowerdir=$root,upperdir=$layer/upper,workdir=$layer/work" "$layer/merged"
+    mount -t overlay overlay -o "lowerdir=$lower,upperdir=$layer/upper,workdir=$layer/work" "$layer/merged"
     root=$layer/merged
 fi
 mount -t proc proc "$root/proc"

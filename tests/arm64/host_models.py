@@ -3,7 +3,8 @@
 Run with the main environment (torch): ``python -m tests.arm64.host_models OUT``. Writes into OUT:
 ``exports/`` (every row of the format table), ``exports-arm/`` (``--ort-preset arm`` int8 ONNX),
 ``gate.npz`` (the verification batch, its targets, the PyTorch logits and probabilities: the gate's reference),
-``images/`` (the images both architectures classify) and ``clip.mp4`` (a short video for ``run``).
+``images/`` (the images both architectures classify), ``clip.mp4`` (a short video for ``run``) and
+``clip-window.mp4`` (the same pictures looped: the window route's camera, still running when the window is closed).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import cv2
 import numpy as np
 
 REAL_JPG = Path(__file__).resolve().parents[3] / "shared" / "data" / "oxford102-trainval" / "jpg"
+WINDOW_CLIP_LOOPS = 50  # 600 frames: still running, emulated, long after the window is checked and closed
 N_IMAGES = 128  # fp16 agreement >= 99% must allow a flip (200 photos: 1 flip measured on the Pi 5)
 
 
@@ -62,10 +64,12 @@ def copy_images(prepared: Path, out: Path) -> Path:
     return images
 
 
-def write_clip(images: Path, path: Path, frames: int = 12, size=(320, 240)) -> None:
+def write_clip(images: Path, path: Path, frames: int = 12, size=(320, 240), loops: int = 1) -> None:
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, size)
-    for image in sorted(images.glob("*.jpg"))[:frames]:
-        writer.write(cv2.resize(cv2.imread(str(image)), size))
+    pictures = [cv2.resize(cv2.imread(str(image)), size) for image in sorted(images.glob("*.jpg"))[:frames]]
+    for _ in range(loops):
+        for picture in pictures:
+            writer.write(picture)
     writer.release()
 
 
@@ -76,6 +80,7 @@ def main(out: str) -> None:
     export(checkpoint, prepared, out)
     images = copy_images(prepared, out)
     write_clip(images, out / "clip.mp4")
+    write_clip(images, out / "clip-window.mp4", loops=WINDOW_CLIP_LOOPS)
     shutil.copytree(prepared, out / "flowers", ignore=shutil.ignore_patterns("*.tmp*"))  # bench's --data
 
 

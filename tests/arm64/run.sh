@@ -3,22 +3,24 @@
 #
 # Builds or reuses a cached Debian arm64 rootfs, installs the project in it as the README's Raspberry Pi
 # lines say, and runs there the torch-free tests, the x86/arm64 agreement of every exported file, the
-# device commands and the Camera Module route (Debian's OpenCV). Every mount is made inside a private
-# mount + pid namespace (unshare), so the host's /proc is never touched and the mounts go when the run
-# ends, however it ends (checked at the end by interrupting a run).
+# device commands, the Camera Module route (Debian's OpenCV) and the README's window route on a virtual
+# display (Xvfb). Every mount is made inside a private mount + pid namespace (unshare), so the host's /proc
+# is never touched and the mounts go when the run ends, however it ends (checked at the end by interrupting a run).
 #
 # What runs under which CPU model, chosen for CI time (every emulated minute counts; see docs/devices.md):
-#   Pi 5 (Cortex-A76): the install, the torch-free tests, the agreement, the device commands, the camera route.
+#   Pi 5 (Cortex-A76): the install, the torch-free tests, the agreement, the device commands, the camera and
+#     window routes.
 #   Pi 4 (Cortex-A72): the torch-free tests and the agreement (on the first PI4_IMAGES photos). onnxruntime
 #     and XNNPACK pick their kernels by the CPU model, so numbers can differ between the two; the
 #     commands and the camera route exercise Python, OpenCV and the CLI, which do not read it.
-# Cold, the work runs on three lines (host export, camera layer, device install + tests): see main().
+# Cold, the work runs on three lines (host export, camera + window layers, device install + tests): see main().
 # pip runs with --no-compile in the rootfs (device.sh says why).
 #   tests/arm64/run.sh                    everything (what `make test-arm64` runs)
 #   tests/arm64/run.sh shell pi5 CMD...   one command in the rootfs, e.g. `shell pi5 python3 -V` (WORK=DIR: at /work)
 #   tests/arm64/run.sh check-interrupt    interrupt a run in the rootfs; no mount may remain (also part of the run)
 #   tests/arm64/run.sh check-corrupt      a cached rootfs with one changed byte is refused (also part of the run)
 #   tests/arm64/run.sh check-network      the Debian mirror (DEBIAN_MIRROR) and PyPI answer
+#   tests/arm64/run.sh layers             builds (or checks) the rootfs and its camera and window layers, nothing else
 # Environment: RELEASE (bookworm, or trixie: Raspberry Pi OS 13, Python 3.13), HOST_PYTHON (the main
 # environment, with torch, which exports the test model), EDGE_TESTS (the Makefile's test list),
 # FLORAEDGE_CACHE (default ~/.cache/floraedge).
@@ -42,7 +44,13 @@ ROOTFS=$CACHE/rootfs-$RELEASE-$KEY
 CAMERA_PACKAGES="python3-opencv gstreamer1.0-libcamera gstreamer1.0-plugins-base gstreamer1.0-tools"
 CAMERA_KEY=$(echo "$KEY $CAMERA_PACKAGES" | sha256sum | cut -c1-12)
 CAMERA_LAYER=$CACHE/camera-$RELEASE-$CAMERA_KEY
-LAYER=${LAYER:-} # an overlay layer (upper/ work/ merged/) that in_root mounts over the rootfs
+# The README's window route on a virtual display: Debian's Xvfb, python3-xlib to drive it (tests/arm64/window_run.py),
+# and the two system libraries PyPI's opencv-python loads (a Pi OS desktop has them; the camera layer already
+# brings both, and Qt 5 with Debian's OpenCV). A third layer, over the camera layer (docs/window.md: its size, time).
+WINDOW_PACKAGES="xvfb python3-xlib libgl1 libglib2.0-0"
+WINDOW_KEY=$(echo "$CAMERA_KEY $WINDOW_PACKAGES" | sha256sum | cut -c1-12)
+WINDOW_LAYER=$CACHE/window-$RELEASE-$WINDOW_KEY
+LAYER=${LAYER:-} # an overlay layer (upper/ work/ merged/) that in_root mounts over the rootfs; TOP:BELOW for a stack
 OUT=$REPO/build/arm64-$RELEASE # results and logs of the last run
 PI4_IMAGES=64 # the Pi 4's agreement: its kernels differ from the Pi 5's in the int8 paths, which any photo exercises
 WORK=${WORK:-} # `shell` mounts it at /work when set
@@ -109,7 +117,7 @@ cleanup() {
     if [ -n "$TMP_ROOTFS" ]; then rm -rf "$TMP_ROOTFS"; fi
     if [ -n "$OWN_WORK" ] && [ -d "$WORK" ]; then # keep the results and logs, drop the venvs and models
         rm -rf "$OUT" && mkdir -p "$OUT"
-        (cd "$WORK" && cp -r -t "$OUT" ./*.json ./*.jsonl ./*.log ./*.txt bench-* host/host-export.log 2> /dev/null || true)
+        (cd "$WORK" && cp -r -t "$OUT" ./*.json ./*.jsonl ./*.log ./*.txt ./*.png bench-* host/host-export.log 2> /dev/null || true)
         rm -rf "$WORK"
     fi
 }
@@ -221,30 +229,44 @@ build_rootfs() {
     TMP_ROOTFS=""
 }
 
-camera_layer_ok() {
-    [ -f "$CAMERA_LAYER/upper/.floraedge-camera" ] && [ "$(cat "$CAMERA_LAYER/upper/.floraedge-camera")" = "$CAMERA_KEY" ] &&
-        md5sums_ok "$CAMERA_LAYER/upper"
+layer_ok() { # NAME DIR KEY: DIR is a whole layer, made for KEY
+    [ -f "$2/upper/.floraedge-$1" ] && [ "$(cat "$2/upper/.floraedge-$1")" = "$3" ] && md5sums_ok "$2/upper"
 }
+camera_layer_ok() { layer_ok camera "$CAMERA_LAYER" "$CAMERA_KEY"; }
+window_layer_ok() { layer_ok window "$WINDOW_LAYER" "$WINDOW_KEY"; }
 
-# The camera packages into a new layer over the (checked) rootfs, renamed into place when whole.
-# dpkg's --force-unsafe-io: no fsync per file (a layer cut short is never marked, so never used).
-build_camera_layer() {
-    local tmp log=$CACHE/build-camera-$RELEASE.log
-    rm -rf "$CACHE"/.tmp-camera-*
-    tmp=$(mktemp -d "$CACHE/.tmp-camera-XXXXXX")
+# PACKAGES into a new layer DIR over the (checked) rootfs and the layers BELOW ("" or a:b, as LAYER), renamed
+# into place when whole. dpkg's --force-unsafe-io: no fsync per file (a layer cut short is never marked, so never used).
+build_layer() { # NAME DIR KEY BELOW WHAT PACKAGES
+    local name=$1 dir=$2 key=$3 below=$4 what=$5 packages=$6 tmp log=$CACHE/build-$1-$RELEASE.log
+    rm -rf "$CACHE/.tmp-$name-"*
+    tmp=$(mktemp -d "$CACHE/.tmp-$name-XXXXXX")
     mkdir "$tmp/upper" "$tmp/work" "$tmp/merged"
-    echo "apt-get install $CAMERA_PACKAGES (the Camera Module route) in a layer over $ROOTFS"
-    LAYER=$tmp in_root "$ROOTFS" none sh -c "apt-get update && apt-get install -y --no-install-recommends \
-        -o Dpkg::Options::=--force-unsafe-io $CAMERA_PACKAGES && apt-get clean" > "$log" 2>&1 ||
-        die_with_log "apt-get install of the Camera Module packages in the arm64 rootfs" "$log"
-    echo "$CAMERA_KEY" > "$tmp/upper/.floraedge-camera"
-    rm -rf "$CAMERA_LAYER"
-    mv "$tmp" "$CAMERA_LAYER"
-    camera_layer_ok || die "the new camera layer $CAMERA_LAYER fails its own check"
+    echo "apt-get install $packages ($what) in a layer over $ROOTFS${below:+ and $below}"
+    LAYER=$tmp${below:+:$below} in_root "$ROOTFS" none sh -c "apt-get update && apt-get install -y --no-install-recommends \
+        -o Dpkg::Options::=--force-unsafe-io $packages && apt-get clean" > "$log" 2>&1 ||
+        die_with_log "apt-get install of the $what packages in the arm64 rootfs" "$log"
+    echo "$key" > "$tmp/upper/.floraedge-$name"
+    rm -rf "$dir"
+    mv "$tmp" "$dir"
+    layer_ok "$name" "$dir" "$key" || die "the new $name layer $dir fails its own check"
 }
 
-ensure_camera_layer() {
-    if camera_layer_ok; then echo "cached camera layer $CAMERA_LAYER"; else build_camera_layer; fi
+# The camera layer, then the window layer over it. A window layer holds dpkg's state as it was over the camera
+# layer it was built on, so a rebuilt camera layer takes a new window layer with it.
+ensure_layers() {
+    if camera_layer_ok; then
+        echo "cached camera layer $CAMERA_LAYER"
+    else
+        build_layer camera "$CAMERA_LAYER" "$CAMERA_KEY" "" "Camera Module route" "$CAMERA_PACKAGES"
+        rm -rf "$WINDOW_LAYER"
+    fi
+    if window_layer_ok; then
+        echo "cached window layer $WINDOW_LAYER"
+    else
+        step "window layer: apt-get install $WINDOW_PACKAGES"
+        build_layer window "$WINDOW_LAYER" "$WINDOW_KEY" "$CAMERA_LAYER" "window route" "$WINDOW_PACKAGES"
+    fi
 }
 
 ensure_rootfs() {
@@ -336,8 +358,8 @@ main() {
     in_background host host_side
     local host=$!
     ensure_rootfs
-    in_background camera-layer ensure_camera_layer
-    local camera=$!
+    in_background layers ensure_layers
+    local layers=$!
     step "arm64 pi5: install (README's Raspberry Pi line)"
     device install pi5
     for cpu in pi5 pi4; do
@@ -355,10 +377,12 @@ main() {
     "$HOST_PYTHON" "$HERE/compare_commands.py" "$WORK"
     step "arm64 pi5: the README's first camera lines, as typed (a video file for the camera)"
     device readme_camera pi5
-    step "camera layer: waiting for it"
-    join "$camera" camera-layer
+    step "camera and window layers: waiting for them"
+    join "$layers" layers
     step "arm64 pi5: the Camera Module route"
     LAYER=$CAMERA_LAYER device camera pi5
+    step "arm64 pi5: the README's window lines, as typed, on a virtual display (Xvfb)"
+    LAYER=$WINDOW_LAYER:$CAMERA_LAYER device readme_window pi5
     step "robustness: interrupted runs leave no mount; a corrupted rootfs is refused"
     check_interrupt
     check_corrupt
@@ -441,8 +465,13 @@ summary() {
         "${1//-/_}"
         ;;
     check-network) check_network ;;
+    layers)
+        require_emulation
+        ensure_rootfs
+        ensure_layers
+        ;;
     verify-rootfs) rootfs_ok "$2" ;;
-    *) die "usage: $0 [shell pi4|pi5|none CMD... | check-interrupt | check-refusals | check-corrupt | check-network]" ;;
+    *) die "usage: $0 [shell pi4|pi5|none CMD... | layers | check-interrupt | check-refusals | check-corrupt | check-network]" ;;
     esac
     exit
 }
