@@ -20,6 +20,7 @@ STAGE_MODULES = (
     "prepare.cli",
     "train.cli",
     "export.cli",
+    "export.quantize_cli",
     "edge_runtime.cli",
     "edge_runtime.serve.cli",
     "benchmarks.cli",

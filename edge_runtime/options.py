@@ -28,6 +28,7 @@ class Option:
         None  # an argparse ``type`` that also checks the range; default: the field's type
     )
     positional: bool = False  # an argument without a flag (a ``tuple[X, ...]`` field takes one or more)
+    many: bool = False  # a ``tuple[X, ...]`` field's flag takes one or more space-separated values (not a comma list)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ def add_argument(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: An
         parser.add_argument(flag, dest=f.name, action="store_false" if default else "store_true", help=option.help)
         return
     kwargs: dict[str, Any] = {"dest": f.name, "type": option.parse or parse_type(hint), "choices": option.choices}
+    if option.many:
+        kwargs |= {"nargs": "+", "type": option.parse or typing.get_args(hint)[0]}
     if default is dataclasses.MISSING:
         kwargs["required"] = True
         help_text = option.help
