@@ -21,6 +21,7 @@ STAGE_MODULES = (
     "train.cli",
     "export.cli",
     "edge_runtime.cli",
+    "edge_runtime.inspection",
     "edge_runtime.serve.cli",
     "benchmarks.cli",
     "benchmarks.demo",

@@ -82,7 +82,7 @@ class OnnxRuntimeBackend:
         first = self.session.get_inputs()[0]
         self.input_name = first.name
         self.input_dtype = ORT_INPUT_TYPES.get(first.type, np.float32)  # uint8 inputs take pixels, rounded
-        self.input_details = {"name": first.name, "shape": list(first.shape), "dtype": first.type}
+        self.input_details = {"name": first.name, "shape": list(first.shape), "dtype": np.dtype(self.input_dtype).name}
         out_shape = self.session.get_outputs()[0].shape
         outputs = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else 0
         self.info = resolve_info(path, overrides, outputs, self.input_details)

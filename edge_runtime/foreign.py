@@ -45,14 +45,8 @@ from edge_runtime.modelfile import open_regular, string_entry, wire_fields
 from edge_runtime.options import Option
 from edge_runtime.spec import CROP_FRACTION, INTERPOLATIONS, LAYOUTS, SPEC_VERSION, PreprocessSpec, SpecError
 
-MODEL, STANDARD, SIDECAR, EMBEDDED, FLAGS, DEFAULT = (
-    "model",
-    "tflite-metadata",
-    "sidecar",
-    "embedded",
-    "flags",
-    "default",
-)
+MODEL, STANDARD, SIDECAR, EMBEDDED = "model", "tflite-metadata", "sidecar", "embedded"
+FLAGS, DEFAULT = "flags", "default"
 SOURCES = (MODEL, STANDARD, SIDECAR, EMBEDDED, FLAGS, DEFAULT)  # lowest first, as they are stacked
 VALUE_RANGES = {"0-1": 1.0, "0-255": 255.0}  # what the model's input pixels span -> the factor from 0..1
 OUTPUT_KINDS = (LOGITS, PROBABILITIES)
@@ -270,7 +264,7 @@ def _same(a, b) -> bool:
 
 def _show(field: str, value) -> str:
     if field == "labels":
-        return f"{len(value)} labels"
+        return f"{len(value)} names ({', '.join(value[:3])}{', ...' if len(value) > 3 else ''})"
     if isinstance(value, tuple):
         return ",".join(f"{v:.6g}" for v in value)
     return str(value)
@@ -428,8 +422,7 @@ def resolve_info(
         for field, value in layer.items():
             if field in values and not _same(values[field], value) and source != sources[field]:
                 notes.append(
-                    f"{field} {_show(field, value)} from {source} replaces {_show(field, values[field])} "
-                    f"from {sources[field]}"
+                    f"{field}: {_show(field, value)} ({source}) replaces {_show(field, values[field])} ({sources[field]})"
                 )
             values[field], sources[field] = value, source
     floraedge_made = facts.embedded is not None or sidecar is not None
@@ -469,7 +462,7 @@ def refuse_incomplete(path: Path, values: dict, geometry: dict) -> None:
         raise MetadataError(
             f"{path} carries no preprocessing spec (no FloraEdge metadata, standard TFLite metadata, sidecar "
             f"{path.name}.json or spec.json): say how with {OPTION_NAMES}, --output logits|probabilities where the "
-            f"file does not say, and --labels FILE; `floraedge inspect {path.name}` shows what the file says"
+            f"file does not say, and --labels FILE (`floraedge inspect MODEL [options]` shows what the runtime then uses)"
         )
     raise MetadataError(f"{path} does not say {'; nor '.join(missing)}; `floraedge inspect` shows what it says")
 
