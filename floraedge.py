@@ -22,6 +22,7 @@ STAGE_MODULES = (
     "export.cli",
     "export.quantize_cli",
     "edge_runtime.cli",
+    "edge_runtime.inspection",
     "edge_runtime.serve.cli",
     "benchmarks.cli",
     "benchmarks.demo",
