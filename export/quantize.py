@@ -20,6 +20,7 @@ import numpy as np
 
 from edge_runtime.backends import load
 from edge_runtime.errors import FloraEdgeError
+from edge_runtime.foreign import ModelOverrides
 from edge_runtime.metadata import PROBABILITIES, ModelInfo, file_sha256
 from edge_runtime.outdir import staged_output
 from export import converters
@@ -141,10 +142,12 @@ def class_map(path: Path, labels: tuple[str, ...], classes: dict[int, str], data
     )
 
 
-def float_reference(path: Path, row: Format, batch: np.ndarray, targets: np.ndarray, output: str) -> Reference:
+def float_reference(
+    path: Path, row: Format, batch: np.ndarray, targets: np.ndarray, output: str, overrides: ModelOverrides
+) -> Reference:
     """What the float file says on the gate's images, as the Reference the int8 file is gated against
     (a probabilities file's log-probabilities stand for its logits: their softmax is those probabilities)."""
-    outputs = run_file(path, row, batch)
+    outputs = run_file(path, row, batch, overrides=overrides)
     logits = np.log(np.maximum(outputs, np.finfo(np.float32).tiny)) if output == PROBABILITIES else outputs
     return Reference(batch, targets, logits.astype(np.float32))
 
@@ -169,26 +172,30 @@ def quantize_file(config: QuantizeConfig) -> dict:
     suffix = model_format(path)
     row, float_row = table_row(suffix, "int8"), table_row(suffix, "fp32")
     manifest = read_manifest(data)  # refuses a folder that is not a prepared dataset
-    given = load(path, row.runtime).info  # refuses a file its runtime cannot run (an unsupported op) or describe
+    overrides = ModelOverrides.of(config)
+    # refuses a file its runtime cannot run (an op it does not know), or that nothing describes
+    given = load(path, row.runtime, overrides=overrides).info
     check_float(path, suffix)
     mapping, note = class_map(path, given.labels, data_classes(manifest), data)
-    if note:
-        print(f"note: {note}", file=sys.stderr, flush=True)
+    for line in [*given.notes, note]:
+        if line:
+            print(f"note: {line}", file=sys.stderr, flush=True)
     with staged_output(config.out, QUANTIZE, overwrite=config.overwrite, inputs=[path, data]) as out:
-        return quantize_into(out, config, path, row, float_row, given, mapping, note)
+        return quantize_into(out, config, path, (row, float_row), given, overrides, mapping, note)
 
 
 def quantize_into(
-    out: Path, config, path: Path, row: Format, float_row: Format, given: ModelInfo, mapping: dict, note: str
+    out: Path, config, path: Path, rows: tuple[Format, Format], given: ModelInfo, overrides, mapping: dict, note: str
 ) -> dict:
     start = time.perf_counter()
+    row, float_row = rows
     data, spec = Path(config.data), given.spec
     nchw = spec.replace(layout="NCHW")  # the batches are NCHW; run_file and the TFLite converter lay them out
     batch, targets, verify_info = verification_set(
         data, nchw, split=config.verify_split, limit=config.verify_n, scratch=out
     )
     targets = np.array([mapping[int(t)] for t in targets])
-    ref = float_reference(path, float_row, batch, targets, given.output)
+    ref = float_reference(path, float_row, batch, targets, given.output, overrides)
     calib, calib_info = calibration_set(data, nchw, n=config.calib_n, minimum=config.calib_min, seed=config.calib_seed)
     nhwc = spec.layout == "NHWC"
     if row.format == "onnx" and nhwc:  # ONNX Runtime's calibration feeds the batch as it is

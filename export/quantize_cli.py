@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 
 from edge_runtime import console
+from edge_runtime.foreign import OVERRIDE_OPTIONS, OverrideFields
 from edge_runtime.options import Option, add_command, config_from_args
 from export.cli import EXPORT_OPTIONS
 from export.config import ExportConfig
@@ -28,7 +29,7 @@ SHARED_WITH_EXPORT = (
 
 
 @dataclass(frozen=True, kw_only=True)
-class QuantizeConfig:
+class QuantizeConfig(OverrideFields):  # the inherited fields: how to run a float file that does not say it itself
     model: str  # a float .onnx or .tflite file
     data: str  # prepared dataset: calibration (train split) and gate (val split) images
     out: str
@@ -47,13 +48,14 @@ class QuantizeConfig:
 
 QUANTIZE_OPTIONS = {
     "model": Option(
-        "a float32 .onnx or .tflite classifier: a `floraedge export` file or any other tool's, with its labels "
-        "and preprocessing spec embedded or in a sidecar (spec.json + labels.txt beside it)"
+        "a float32 .onnx or .tflite classifier: a `floraedge export` file or any other tool's (its labels and "
+        "preprocessing from its metadata, a sidecar, or the options below, as `classify` reads them)"
     ),
     "data": Option("prepared dataset (`floraedge prepare`): calibration (train) and gate (val) images"),
     "out": Option("output folder: the int8 file and quantize.json (the gate's figures)"),
     **{name: EXPORT_OPTIONS[name] for name in SHARED_WITH_EXPORT},
     "overwrite": Option("replace an existing quantize folder"),
+    **OVERRIDE_OPTIONS,
 }
 
 

@@ -43,12 +43,13 @@ class Reference:
 
 
 def run_file(
-    path: Path, row: Format, batch: np.ndarray, threads: int | None = None, qdq_emulation: bool = False
+    path: Path, row: Format, batch: np.ndarray, threads: int | None = None, qdq_emulation: bool = False, overrides=None
 ) -> np.ndarray:
+    """``path``'s outputs on the NCHW ``batch``; ``overrides``: the user's description of a foreign file."""
     # LiteRT logs "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." from native code the first time
     # an interpreter runs: XNNPACK is its default CPU path, the one every TFLite file is meant to run on
     with console.native_stderr(r"INFO: Created TensorFlow Lite XNNPACK delegate"):
-        backend = load(path, row.runtime, threads=threads, qdq_emulation=qdq_emulation)
+        backend = load(path, row.runtime, threads=threads, qdq_emulation=qdq_emulation, overrides=overrides)
         if backend.info.spec.layout == "NHWC":
             batch = batch.transpose(0, 2, 3, 1)
         return np.concatenate(

@@ -246,3 +246,25 @@ def test_bench_refuses_a_checkpoint_and_a_different_reference(tmp_path):
         BenchConfig(models="x", data="d", out="o", checkpoint="a.pt", reference="b.onnx")
     assert BenchConfig(models="x", data="d", out="o", checkpoint="a.pt").reference_model == "a.pt"
     assert BenchConfig(models="x", data="d", out="o").models == ("x",)
+
+
+def test_a_file_described_by_options_alone_is_quantized_and_the_int8_file_needs_none(tiny_prepared, tmp_path):
+    """--spec and --labels (the options `classify` takes) for a float file with no metadata and no sidecar."""
+    described = with_sidecar(tmp_path / "description", TINY_SPEC, data_names(tiny_prepared))
+    (tmp_path / "bare").mkdir()
+    model = tiny_onnx(tmp_path / "bare" / "model.onnx", embed=False, spec=TINY_SPEC)
+    with pytest.raises(FloraEdgeError, match="--labels|--spec"):  # a file that says nothing and is given nothing
+        quantize_file(QuantizeConfig(model=str(model), data=str(tiny_prepared), out=str(tmp_path / "q"), **FAST))
+    config = QuantizeConfig(
+        model=str(model),
+        data=str(tiny_prepared),
+        out=str(tmp_path / "q"),
+        spec=described / "spec.json",
+        labels=described / "labels.txt",
+        output="logits",
+        ort_preset="arm",
+        **FAST,
+    )
+    assert quantize_file(config)["passed"]
+    int8 = load(tmp_path / "q" / "model_int8.onnx")
+    assert list(int8.info.labels) == data_names(tiny_prepared) and int8.info.spec == TINY_SPEC
