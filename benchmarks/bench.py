@@ -58,8 +58,8 @@ class BenchConfig:
     timeout_s: int = 1800
 
     def __post_init__(self) -> None:
-        if isinstance(self.models, str):
-            object.__setattr__(self, "models", (self.models,))
+        if isinstance(self.models, (str, os.PathLike)):
+            object.__setattr__(self, "models", (str(self.models),))
         if self.checkpoint and self.reference and self.checkpoint != self.reference:
             raise FloraEdgeError("--checkpoint is the former name of --reference: give one of them")
 

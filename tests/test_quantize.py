@@ -198,6 +198,10 @@ def test_a_stripped_export_quantizes_like_export_itself(exported_fp32_int8, tiny
     _, predicted = val_top1(int8, tiny_prepared)
     _, by_export = val_top1(load(exported_fp32_int8 / f"model_int8{suffix}"), tiny_prepared)
     assert (predicted == by_export).mean() >= 0.9  # the same converter, calibration images and spec
+    again = QuantizeConfig(model=str(out / f"model_int8{suffix}"), data=str(tiny_prepared), out=str(tmp_path / "q2"))
+    with pytest.raises(QuantizeError, match="is already quantized"):  # int8 inside, float32 edges: still int8
+        quantize_file(again)
+    assert nothing_written(tmp_path / "q2")
 
 
 @pytest.mark.slow
