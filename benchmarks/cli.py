@@ -66,11 +66,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from benchmarks.bench import bench
 
+    config = config_from_args(args)
     if args.checkpoint:
         print(
             "note: --checkpoint is deprecated; use --reference (it takes a checkpoint or a model file)", file=sys.stderr
         )
-    config = config_from_args(args)
     report = bench(config)
     failed = [r["name"] for r in report["rows"] if "error" in r]
     print(f"wrote {config.out}/report.md, results.csv, results.json" + (f"; failed rows: {failed}" if failed else ""))
