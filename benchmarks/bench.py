@@ -42,11 +42,13 @@ BENCH = "bench"  # the marker kind of a bench folder: only such a folder is repl
 
 @dataclass(frozen=True, kw_only=True)
 class BenchConfig:
-    models: str  # an export directory
+    models: tuple[str, ...]  # model files and export folders, mixed (one path: a str is taken as one)
     data: str  # a prepared dataset
     out: str
     split: str = "val"
-    checkpoint: str | None = None
+    # the full model that agreement and top-1 drops are measured against: a model file or a floraedge checkpoint
+    reference: str | None = None
+    checkpoint: str | None = None  # the former name of a checkpoint ``reference``, kept for old scripts
     threads: tuple[int, ...] = (1, 2, 4)
     limit: int | None = None  # at most this many evaluation images
     warmup: int = 10  # untimed runs before a row's first round (later rounds: REWARM)
@@ -54,6 +56,17 @@ class BenchConfig:
     runs: int = 5  # timed runs per row, thread count and round (rounds x runs: the 50 runs of earlier versions)
     loop_frames: int = 120
     timeout_s: int = 1800
+
+    def __post_init__(self) -> None:
+        if isinstance(self.models, (str, os.PathLike)):
+            object.__setattr__(self, "models", (str(self.models),))
+        if self.checkpoint and self.reference and self.checkpoint != self.reference:
+            raise FloraEdgeError("--checkpoint is the former name of --reference: give one of them")
+
+    @property
+    def reference_model(self) -> str | None:
+        """The model named by --reference, or by its former name --checkpoint."""
+        return self.reference or self.checkpoint
 
 
 def machine_info(threads: tuple[int, ...]) -> dict:
@@ -89,17 +102,76 @@ def machine_info(threads: tuple[int, ...]) -> dict:
     }
 
 
-def bench_rows(models: Path) -> list[tuple]:
-    """(format row, backend) for every file of the table present in ``models``."""
-    rows = []
-    for row in FORMATS:
-        if (models / row.filename).is_file():
-            rows += [(row, backend) for backend in (row.runtime, *row.also_runs_on)]
-    if not rows:
+@dataclass(frozen=True)
+class Target:
+    """One row to measure: a model file on one backend."""
+
+    path: Path
+    name: str
+    backend: str
+    format: str
+    precision: str  # "" where the file's name does not say: its embedded info does, once loaded
+
+
+MODEL_SUFFIXES = tuple(sorted({s for e in BACKENDS.values() for s in e.suffixes}))
+
+
+def folder_targets(folder: Path) -> list[Target]:
+    """Every file of the export format table present in ``folder``, on its runtime and its extra backends."""
+    targets = [
+        Target(folder / row.filename, row.name, backend, row.format, row.precision)
+        for row in FORMATS
+        if (folder / row.filename).is_file()
+        for backend in (row.runtime, *row.also_runs_on)
+    ]
+    if not targets:
         raise FloraEdgeError(
-            f"{models} holds none of the exported files {[f.filename for f in FORMATS]}; run `floraedge export`"
+            f"{folder} holds none of the exported files {[f.filename for f in FORMATS]}; run `floraedge export`, "
+            "or name model files themselves in --models"
         )
-    return rows
+    return targets
+
+
+def file_targets(path: Path) -> list[Target]:
+    """A model file named by itself: a file of the format table by its name (all its backends), else any
+    .onnx or .tflite file on the runtime of its type."""
+    suffix = path.suffix.lower()
+    if suffix not in MODEL_SUFFIXES:
+        raise FloraEdgeError(f"{path}: not a model file ({', '.join(MODEL_SUFFIXES)}) nor a folder of them")
+    row = next((f for f in FORMATS if f.filename == path.name), None)
+    if row is not None:
+        return [Target(path, row.name, b, row.format, row.precision) for b in (row.runtime, *row.also_runs_on)]
+    backend = next(n for n, e in BACKENDS.items() if suffix in e.suffixes)
+    return [Target(path, path.name, backend, suffix[1:], "")]
+
+
+def bench_rows(models: tuple[str, ...] | str | Path, reference: str | None = None) -> list[Target]:
+    """The rows to measure for ``models`` (files and folders, mixed), the ``reference`` model file first;
+    a file named twice is measured once, and rows of one name from different folders get the folder's name."""
+    paths = [Path(models)] if isinstance(models, (str, Path)) else [Path(m) for m in models]
+    if reference and is_model_file(reference):
+        paths.insert(0, Path(reference))
+    targets, seen = [], set()
+    for path in paths:
+        if not path.exists():
+            raise FloraEdgeError(f"{path} does not exist (--models takes model files and export folders)")
+        for target in folder_targets(path) if path.is_dir() else file_targets(path):
+            key = (target.path.resolve(), target.backend)
+            if key not in seen:
+                seen.add(key)
+                targets.append(target)
+    names = [(t.name, t.backend) for t in targets]
+    return [
+        Target(t.path, f"{t.path.parent.name}/{t.name}", t.backend, t.format, t.precision)
+        if names.count((t.name, t.backend)) > 1
+        else t
+        for t in targets
+    ]
+
+
+def is_model_file(path: str | Path) -> bool:
+    """A --reference that a runtime runs (else it is a floraedge checkpoint, run by PyTorch)."""
+    return Path(path).suffix.lower() in MODEL_SUFFIXES
 
 
 def eval_images(data: Path, split: str, limit: int | None) -> list[dict]:
@@ -303,25 +375,29 @@ def torch_row(checkpoint: str, data: Path, rows: list[dict], cache: Path, target
     return row, pred, InProcess(predict, torch.from_numpy(next(iter_stream(store))), torch.set_num_threads)
 
 
-def file_row(fmt, backend: str, models: Path, data: Path, images: list[dict], cache: Path, video: Path, config):
-    """One exported file's row after its one pass (accuracy, memory, loop), and its measuring process."""
-    path = models / fmt.filename
-    row = {
-        "name": fmt.name,
-        "backend": backend,
-        "file": fmt.filename,
-        "bytes": path.stat().st_size,
-        "format": fmt.format,
-        "precision": fmt.precision,
-    }
-    store = cached_batch(cache, data, images, load(path, fmt.runtime).info.spec)
-    pred_path = cache / f"pred-{fmt.name}-{backend}.npy"
-    worker = start_worker(path, backend, store, cache / "targets.npy", pred_path, video, config)
+def file_row(target: Target, index: int, data: Path, images: list[dict], cache: Path, video: Path, config):
+    """One model file's row after its one pass (accuracy, memory, loop), and its measuring process."""
+    info = load(target.path, target.backend).info
+    row = target_row(target) | {"precision": target.precision or info.info.get("precision", "")}
+    store = cached_batch(cache, data, images, info.spec)
+    pred_path = cache / f"pred-{index:03d}-{target.backend}.npy"  # names may hold a folder's: the index is safe
+    worker = start_worker(target.path, target.backend, store, cache / "targets.npy", pred_path, video, config)
     try:
         return row | worker.result, np.load(pred_path), worker
     except Exception:
         worker.close()
         raise
+
+
+def target_row(target: Target) -> dict:
+    return {
+        "name": target.name,
+        "backend": target.backend,
+        "file": str(target.path),
+        "bytes": target.path.stat().st_size,
+        "format": target.format,
+        "precision": target.precision,
+    }
 
 
 def add_latency(results: list[dict], times: dict[int, dict], failed: dict[int, str], threads: tuple[int, ...]) -> list:
@@ -354,49 +430,59 @@ def add_loop_ratios(loop: dict, model: dict) -> None:
 def measure_rows(config: BenchConfig, rows, images: list[dict], cache: Path, video: Path, timers: list) -> list[dict]:
     """One pass per row (accuracy, memory, loop FPS); each row's timer is appended to ``timers`` as
     (row index, timer), as soon as it exists, so that an interruption can end every process."""
-    models, data = Path(config.models), Path(config.data)
+    data = Path(config.data)
     targets = np.load(cached_targets(cache, images))
     results, reference = [], None
-    if config.checkpoint:
+    if config.reference_model and not is_model_file(config.reference_model):
         try:
-            row, reference, timer = torch_row(config.checkpoint, data, images, cache, targets)
+            row, reference, timer = torch_row(config.reference_model, data, images, cache, targets)
             timers.append((len(results), timer))
             results.append(row)
         except ImportError as exc:
             results.append({"name": "pytorch-fp32", "backend": "torch", "error": f"torch not installed ({exc})"})
-    for fmt, backend in rows:
-        print(f"== {fmt.name} on {backend}", flush=True)
-        row = {
-            "name": fmt.name,
-            "backend": backend,
-            "file": fmt.filename,
-            "bytes": (models / fmt.filename).stat().st_size,
-            "format": fmt.format,
-            "precision": fmt.precision,
-        }
+    for index, target in enumerate(rows):
+        print(f"== {target.name} on {target.backend}", flush=True)
+        row = target_row(target)
         try:
-            row, pred, worker = file_row(fmt, backend, models, data, images, cache, video, config)
+            row, pred, worker = file_row(target, index, data, images, cache, video, config)
             timers.append((len(results), worker))
-            reference = pred if reference is None else reference  # no checkpoint: the first row is the reference
+            reference = pred if reference is None else reference  # no reference given: the first row is it
             row["agreement"] = float((pred == reference).mean())
         except Exception as exc:  # a broken artifact is a failed row, the others still run
             row["error"] = f"{type(exc).__name__}: {exc}"
         print(f"   {row.get('error') or json.dumps(row.get('accuracy'))}", flush=True)
+        reference_file = config.reference_model and is_model_file(config.reference_model)
+        if index == 0 and "error" in row and reference_file:
+            raise FloraEdgeError(f"the --reference file {config.reference_model} does not run: {row['error']}")
         results.append(row)
+    add_top1_drops(results)
     return results
+
+
+def add_top1_drops(results: list[dict]) -> None:
+    """Each row's top-1 drop in points from the reference row (the first, whose predictions agreement counts)."""
+    reference = results[0].get("accuracy", {}).get("top1") if results else None
+    if reference is None:
+        return
+    for row in results:
+        if "accuracy" in row:
+            row["top1_drop_points"] = round((reference - row["accuracy"]["top1"]) * 100, 3)
+        row["agreement_reference"] = f"{results[0]['name']} ({results[0]['backend']})"
 
 
 def bench(config: BenchConfig) -> dict:
     """Benchmark every exported file; writes report.md, results.csv, results.json and plots into ``config.out``."""
     cores = os.cpu_count() or 1
     config = BenchConfig(**{**asdict(config), "threads": tuple(sorted({min(t, cores) for t in config.threads}))})
-    models, data, out = Path(config.models), Path(config.data), Path(config.out)
-    check_output(out, BENCH, overwrite=True, inputs=[models, data, config.checkpoint])
-    images, rows = eval_images(data, config.split, config.limit), bench_rows(models)  # checked before writing
+    data, out = Path(config.data), Path(config.out)
+    inputs = [*config.models, data, config.reference_model]
+    check_output(out, BENCH, overwrite=True, inputs=inputs)
+    images = eval_images(data, config.split, config.limit)  # checked before writing
+    rows = bench_rows(config.models, config.reference_model)
     # built aside: a previous report at --out stays whole until this one is complete (its cache is reused)
-    with staged_output(out, BENCH, overwrite=True, inputs=[models, data, config.checkpoint]) as stage:
+    with staged_output(out, BENCH, overwrite=True, inputs=inputs) as stage:
         cache = reuse_cache(out / ".cache", stage / ".cache")
-        report = bench_into(stage, cache, config, models, data, images, rows)
+        report = bench_into(stage, cache, config, data, images, rows)
     return report
 
 
@@ -415,7 +501,7 @@ def reuse_cache(old: Path, new: Path) -> Path:
     return new
 
 
-def bench_into(out: Path, cache: Path, config: BenchConfig, models: Path, data: Path, images, rows) -> dict:
+def bench_into(out: Path, cache: Path, config: BenchConfig, data: Path, images, rows) -> dict:
     """Every row measured, the report written into the folder ``out``."""
     from benchmarks.report import write_report
 

@@ -19,6 +19,7 @@ def flat(row: dict, threads: list[int]) -> dict:
         "top5": acc.get("top5"),
         "mean_per_class": acc.get("mean_per_class"),
         "agreement": row.get("agreement"),
+        "top1_drop_points": row.get("top1_drop_points"),
         "load_ms": row.get("load_ms"),
         "model_rss_mb": row.get("model_rss_mb"),
         "peak_rss_mb": row.get("peak_rss_mb"),
@@ -65,11 +66,12 @@ def write_report(out: Path, report: dict) -> None:
 def markdown(report: dict, rows: list[dict], threads: list[int], plots: list[str]) -> str:
     m, config = report["machine"], report["config"]
     head = (
-        ["model", "backend", "MB", "top-1", "top-5", "mean/class", "agree"]
+        ["model", "backend", "MB", "top-1", "top-5", "mean/class", "agree", "drop pts"]
         + [h for t in threads for h in (f"ms @{t}T [IQR]", f"x ref @{t}T [IQR]")]
         + ["p99 ms", "loop FPS", "loop/model", "loop p99 ms", "model RSS MB"]
     )
     reference = next((r["reference"] for r in report["rows"] if r.get("reference")), "none")
+    first = f"{report['rows'][0]['name']} ({report['rows'][0].get('backend')})" if report["rows"] else "none"
     lines = [
         "# FloraEdge benchmark",
         "",
@@ -80,7 +82,8 @@ def markdown(report: dict, rows: list[dict], threads: list[int], plots: list[str
         f"alternated (order rotated each round); ms = median of every run, [IQR] = interquartile range of the round "
         f"medians; x ref = the ratio to the reference row, {reference}, taken within each round (median [IQR] over "
         f"rounds): compare rows by it. Accuracy: one pass over the {config['split']} images of `{config['data']}`. "
-        "Loop: end-to-end over a 640x480 MJPEG clip at the highest thread count; loop p99 = capture to result.",
+        "Loop: end-to-end over a 640x480 MJPEG clip at the highest thread count; loop p99 = capture to result. "
+        f"agree and drop pts: top-1 agreement with, and top-1 drop in points from, the first row, {first}.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -105,6 +108,7 @@ def markdown(report: dict, rows: list[dict], threads: list[int], plots: list[str
             fmt(r["top5"]),
             fmt(r["mean_per_class"]),
             fmt(r["agreement"]),
+            fmt(r["top1_drop_points"], 2),
             *lat,
             fmt(r[f"p99_ms_t{threads[-1]}"], 2),
             fmt(r["loop_fps"], 1),

@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.errors import FloraEdgeError, InferenceError
-from edge_runtime.metadata import MetadataError, from_props, from_tflite_zip, require_info
-from edge_runtime.modelfile import check_model_file, onnx_layout, open_regular
+from edge_runtime.foreign import ModelOverrides, read_facts, resolve_info
+from edge_runtime.metadata import MetadataError
+from edge_runtime.modelfile import check_model_file
 
 
 class BackendError(FloraEdgeError):
@@ -45,24 +46,19 @@ def import_runtime(module: str, backend: str):
         ) from exc
 
 
-def check_input_shape(path: Path, spec, shape) -> None:
-    """Refuse metadata whose crop size or layout disagrees with the model's input (it would fail at the first frame)."""
-    want, got = spec.input_shape, tuple(shape)
-    fixed = [(g, w) for g, w in zip(got[1:], want[1:], strict=False) if isinstance(g, (int, np.integer)) and g > 0]
-    if len(got) != len(want) or any(g != w for g, w in fixed):
-        raise BackendError(
-            f"{path}: the model takes input {list(got)} but its spec gives {list(want)} (crop_size "
-            f"{spec.crop_size}, layout {spec.layout}); the metadata does not match the model: re-export it"
-        )
-
-
 class OnnxRuntimeBackend:
     """ONNX Runtime; execution providers selectable (CPU, CUDA, TensorRT on a Jetson)."""
 
     name = "onnxruntime"
 
     def __init__(
-        self, path: Path, *, threads: int | None = None, providers: list[str] | None = None, qdq_emulation: bool = False
+        self,
+        path: Path,
+        *,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+        qdq_emulation: bool = False,
+        overrides: ModelOverrides | None = None,
     ):
         """``qdq_emulation``: run an int8 QDQ file as its float emulation (no graph fusion, so no integer
         kernels): what the file means, on any CPU; slower. The export gate uses it for files made for
@@ -84,11 +80,13 @@ class OnnxRuntimeBackend:
             self.session = ort.InferenceSession(str(path), options, providers=wanted)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             raise BackendError(f"{path} is not a model onnxruntime can load ({one_line(exc)})") from exc
-        self.input_name = self.session.get_inputs()[0].name
+        first = self.session.get_inputs()[0]
+        self.input_name = first.name
+        self.input_dtype = ORT_INPUT_TYPES.get(first.type, np.float32)  # uint8 inputs take pixels, rounded
+        self.input_details = {"name": first.name, "shape": list(first.shape), "dtype": np.dtype(self.input_dtype).name}
         out_shape = self.session.get_outputs()[0].shape
-        props = self.session.get_modelmeta().custom_metadata_map
-        self.info = require_info(path, from_props(props), out_shape[-1] if isinstance(out_shape[-1], int) else 0)
-        check_input_shape(path, self.info.spec, self.session.get_inputs()[0].shape)
+        outputs = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else 0
+        self.info = resolve_info(path, overrides, outputs, self.input_details)
         on_cpu = self.session.get_providers()[0] == "CPUExecutionProvider"  # not CUDA/TensorRT's kernels
         if on_cpu and not qdq_emulation and int8_kernels_may_saturate(self.info.info):
             warnings.warn(
@@ -101,7 +99,18 @@ class OnnxRuntimeBackend:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         with inference_errors(self.name):
-            return self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
+            return self.session.run(None, {self.input_name: as_input(batch, self.input_dtype)})[0]
+
+
+ORT_INPUT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}
+
+
+def as_input(batch: np.ndarray, dtype) -> np.ndarray:
+    """``batch`` as the model's input type: float32 as is; uint8 (a model that takes plain pixels, 0-255) rounded and
+    clipped."""
+    if dtype == np.float32:
+        return batch.astype(np.float32, copy=False)
+    return np.clip(np.rint(batch), 0, 255).astype(np.uint8)
 
 
 SATURATION_FREE_WEIGHT_ABS_MAX = 64  # 255 * 64 * 2 fits the int16 sum of VPMADDUBSW's product pairs
@@ -136,7 +145,14 @@ class OpenCVBackend:
 
     name = "opencv"
 
-    def __init__(self, path: Path, *, threads: int | None = None, providers: list[str] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+        overrides: ModelOverrides | None = None,
+    ):
         import cv2
 
         if threads:
@@ -147,9 +163,9 @@ class OpenCVBackend:
             raise BackendError(
                 f"OpenCV DNN cannot load {path} (int8 QDQ files are not supported; use onnxruntime): {one_line(exc)}"
             ) from exc
-        with open_regular(path, str(path)) as data:  # OpenCV does not read metadata_props: the file's walk does
-            props = onnx_layout(data, path).props
-        self.info = require_info(path, from_props(props), 0)  # its output size: load()'s trial run
+        facts = read_facts(path)  # OpenCV reads no metadata_props nor input shape: the file's walk does
+        self.input_details = facts.onnx_input or {"name": "", "shape": [], "dtype": "unknown"}
+        self.info = resolve_info(path, overrides, 0, self.input_details, facts)  # outputs: load()'s trial run
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         with inference_errors(self.name):
@@ -168,10 +184,15 @@ class OpenVINOBackend:
     name = "openvino"
     PRECISION = "f32"
 
-    def __init__(self, path: Path, *, threads: int | None = None, providers: list[str] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+        overrides: ModelOverrides | None = None,
+    ):
         ov = import_runtime("openvino", self.name)
-        with open_regular(path, str(path)) as data:  # the ONNX metadata_props: the file's walk, as for OpenCV
-            props = onnx_layout(data, path).props
         config = {"INFERENCE_PRECISION_HINT": self.PRECISION, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
@@ -181,13 +202,14 @@ class OpenVINOBackend:
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError (and its own types) with multi-line messages
             raise BackendError(f"{path} is not a model OpenVINO can load ({one_line(exc)})") from exc
-        # an infer request serves one call at a time: one per thread (serve runs --workers inferences at once)
+        # an infer request serves one call at a time: one per thread (serve runs several inferences at once)
         self.requests = threading.local()
         ran = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        info = require_info(path, from_props(props), 0)  # its output size: load()'s trial run
+        first = model.inputs[0]
+        shape = [d.get_length() if d.is_static else -1 for d in first.get_partial_shape()]
+        self.input_details = {"name": first.get_any_name(), "shape": shape, "dtype": "float32"}
+        info = resolve_info(path, overrides, 0, self.input_details)  # its output size: load()'s trial run
         self.info = dataclasses.replace(info, info={**info.info, "inference_precision": ran})
-        shape = [d.get_length() if d.is_static else -1 for d in model.inputs[0].get_partial_shape()]
-        check_input_shape(path, self.info.spec, shape)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         with inference_errors(self.name):
@@ -215,7 +237,14 @@ class LiteRTBackend:
 
     name = "litert"
 
-    def __init__(self, path: Path, *, threads: int | None = None, providers: list[str] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+        overrides: ModelOverrides | None = None,
+    ):
         Interpreter = _tflite_interpreter()
         try:
             self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
@@ -224,8 +253,13 @@ class LiteRTBackend:
             raise BackendError(f"{path} is not a model LiteRT can load ({one_line(exc)})") from exc
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
-        self.info = require_info(path, from_tflite_zip(path), int(self.output["shape"][-1]))
-        check_input_shape(path, self.info.spec, self.input["shape"])
+        self.input_details = {
+            "name": self.input["name"],
+            "shape": [int(d) for d in self.input["shape"]],
+            "dtype": np.dtype(self.input["dtype"]).name,
+            "quantization": tuple(self.input["quantization"]),
+        }
+        self.info = resolve_info(path, overrides, int(self.output["shape"][-1]), self.input_details)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         results = []
@@ -261,6 +295,7 @@ def quantize(x: np.ndarray, details: dict) -> np.ndarray:
     if dtype.kind == "f":
         return x.astype(dtype)
     scale, zero_point = details["quantization"]
+    scale = scale or 1.0  # an integer tensor without quantization parameters takes the values as they are
     info = np.iinfo(dtype)
     return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
 
@@ -269,7 +304,7 @@ def dequantize(q: np.ndarray, details: dict) -> np.ndarray:
     if np.dtype(details["dtype"]).kind == "f":
         return q.astype(np.float32)
     scale, zero_point = details["quantization"]
-    return (q.astype(np.float32) - zero_point) * scale
+    return (q.astype(np.float32) - zero_point) * (scale or 1.0)
 
 
 @dataclass(frozen=True)
@@ -299,9 +334,11 @@ def load(
     threads: int | None = None,
     providers: list[str] | None = None,
     qdq_emulation: bool = False,
+    overrides: ModelOverrides | None = None,
 ):
     """Open ``path`` with the named backend, or the first one whose file type matches.
-    ``qdq_emulation``: onnxruntime only (see ``OnnxRuntimeBackend``)."""
+    ``qdq_emulation``: onnxruntime only (see ``OnnxRuntimeBackend``). ``overrides``: what the user's options
+    say about the model (``edge_runtime.foreign.resolve_info`` decides what wins)."""
     path = Path(path)
     if backend == "auto":
         backend = next((n for n, e in BACKENDS.items() if path.suffix.lower() in e.suffixes), "")
@@ -317,7 +354,7 @@ def load(
         raise BackendError(f"QDQ emulation is an onnxruntime mode, not {backend}'s")
     resolved = check_model_file(path).path  # the one check of the file itself, before any runtime opens it
     options = {"qdq_emulation": True} if qdq_emulation else {}
-    opened = entry.load(resolved, threads=threads, providers=providers, **options)
+    opened = entry.load(resolved, threads=threads, providers=providers, overrides=overrides, **options)
     check_trial_run(opened, path)
     return opened
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edge_runtime.admission import IMAGE_SUFFIXES
 from edge_runtime.backends import BACKENDS
+from edge_runtime.foreign import OVERRIDE_OPTIONS, OverrideFields
 from edge_runtime.live import SMOOTHING, LiveConfig
 from edge_runtime.options import Option, add_command, config_from_args
 from edge_runtime.sources import SOURCE_KINDS
@@ -39,8 +40,9 @@ def number(kind=int, *, low=None, high=None, low_open: bool = False):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelConfig:
-    """The exported file to run and how (the options ``classify`` and ``run`` share)."""
+class ModelConfig(OverrideFields):
+    """The model file to run and how (the options ``classify``, ``run`` and ``inspect`` share); the inherited
+    fields say how to run a file that does not say it itself (``edge_runtime.foreign``)."""
 
     model: Path
     backend: str = "auto"
@@ -65,7 +67,7 @@ class RunConfig(ModelConfig, LiveConfig):
 
 
 MODEL_OPTIONS = {
-    "model": Option(".onnx or .tflite file (labels + spec inside)"),
+    "model": Option(".onnx or .tflite file: FloraEdge's export, or another tool's (see the options below)"),
     "backend": Option(
         "runtime; auto picks by file type (.onnx: onnxruntime, .tflite: litert); opencv and openvino also run .onnx "
         "files (openvino: `pip install floraedge[edge-openvino]`, docs/runtimes.md)",
@@ -76,6 +78,7 @@ MODEL_OPTIONS = {
         "onnxruntime execution providers, comma-separated, e.g. TensorrtExecutionProvider,CUDAExecutionProvider"
     ),
     "top_k": Option(parse=number(low=1)),
+    **OVERRIDE_OPTIONS,
 }
 
 CLASSIFY_OPTIONS = {
@@ -128,10 +131,21 @@ def open_classifier(config: ModelConfig, threads: int | None = None):
     """The classifier ``config`` names, on ``threads`` (default: ``config.threads``)."""
     from edge_runtime.backends import load
     from edge_runtime.classify import Classifier
+    from edge_runtime.foreign import ModelOverrides
 
     providers = list(config.providers) if config.providers else None
-    backend = load(config.model, config.backend, threads=threads or config.threads, providers=providers)
+    overrides = ModelOverrides.of(config)
+    backend = load(
+        config.model, config.backend, threads=threads or config.threads, providers=providers, overrides=overrides
+    )
+    say_notes(backend.info)
     return Classifier(backend, k=config.top_k)
+
+
+def say_notes(info) -> None:
+    """What the user's options replaced in what the model file says, on stderr (flags win, and say so)."""
+    for note in info.notes:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def run_classify(args: argparse.Namespace) -> int:

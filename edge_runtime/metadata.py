@@ -52,6 +52,10 @@ class ModelInfo:
     spec: PreprocessSpec
     labels: tuple[str, ...]
     info: dict = field(default_factory=dict)  # exporter, precision, output, source checkpoint, ...
+    # where each spec field, "labels" and "output" came from (edge_runtime.foreign: model, tflite-metadata,
+    # sidecar, embedded, flags, default), and what a higher source replaced, in words
+    sources: dict = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
     @property
     def output(self) -> str:
@@ -135,24 +139,3 @@ def from_sidecar(path: Path) -> ModelInfo | None:
             labels = parse_labels(read_text_bounded(labels_file, what="labels file")) if labels_file.is_file() else ()
             return _info(PreprocessSpec.from_json(read_text_bounded(spec_file, what="spec file")), labels, {})
     return None
-
-
-def require_info(path: Path, embedded: ModelInfo | None, num_outputs: int) -> ModelInfo:
-    """The embedded info, else the sidecar; checked against the model's output size."""
-    info = embedded or from_sidecar(path)
-    if info is None:
-        raise MetadataError(
-            f"{path} carries no preprocessing spec (ONNX metadata '{SPEC_KEY}' or a .tflite's {EMBEDDED_JSON}) "
-            f"and has no sidecar {path.name}.json or spec.json; export it with `floraedge export` "
-            "or put a spec.json beside it"
-        )
-    if info.output not in (PROBABILITIES, LOGITS):
-        raise MetadataError(
-            f"{path}: its metadata says the output is {info.output!r}; FloraEdge reads {PROBABILITIES!r} or "
-            f"{LOGITS!r} (re-export it with `floraedge export`)"
-        )
-    if not info.labels:
-        info = ModelInfo(info.spec, tuple(f"class_{i}" for i in range(num_outputs)), info.info)
-    if num_outputs and len(info.labels) != num_outputs:
-        raise MetadataError(f"{path}: {len(info.labels)} labels but the model has {num_outputs} outputs")
-    return info

@@ -31,6 +31,7 @@ class Option:
     )
     positional: bool = False  # an argument without a flag (a ``tuple[X, ...]`` field takes one or more)
     old_flag: str | None = None  # the flag's previous spelling: still accepted for one release, with a note on stderr
+    many: bool = False  # a ``tuple[X, ...]`` field's flag takes one or more space-separated values (not a comma list)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ def add_argument(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: An
             "old_flag": option.old_flag,
             "metavar": flag.lstrip("-").replace("-", "_").upper(),
         }
+    if option.many:
+        kwargs |= {"nargs": "+", "type": option.parse or typing.get_args(hint)[0]}
     if default is dataclasses.MISSING:
         kwargs["required"] = True
         help_text = option.help

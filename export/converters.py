@@ -85,14 +85,23 @@ def onnx_fp16(base: Path, dest: Path, ctx: ExportContext) -> None:
 class _Reader:
     """onnxruntime's CalibrationDataReader protocol over an in-memory batch."""
 
-    def __init__(self, batch: np.ndarray):
-        self.items = iter([{"input": batch[i : i + 1]} for i in range(len(batch))])
+    def __init__(self, batch: np.ndarray, name: str = "input"):
+        self.items = iter([{name: batch[i : i + 1]} for i in range(len(batch))])
 
     def get_next(self):
         return next(self.items, None)
 
     def rewind(self):
         raise NotImplementedError
+
+
+def input_name(model_path: Path) -> str:
+    """The graph's image input: ours is "input", a foreign file's (``floraedge quantize``) may be named otherwise."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    return next(i.name for i in graph.input if i.name not in initializers)
 
 
 def softmax_nodes(model_path: Path) -> list[str]:
@@ -230,7 +239,7 @@ def onnx_int8(base: Path, dest: Path, ctx: ExportContext) -> None:
             quantize_static(
                 str(prepped),
                 str(dest),
-                _Reader(ctx.calibration),
+                _Reader(ctx.calibration, input_name(prepped)),
                 quant_format=QuantFormat.QDQ,
                 per_channel=ctx.per_channel,
                 activation_type=getattr(QuantType, preset["activation_type"]),

@@ -49,14 +49,16 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
         )
 
 
-def run_converter(convert: Callable, ctx, dest: Path, base: Path | None = None) -> None:
+def run_converter(convert: Callable, ctx, dest: Path, base: Path | None = None, size: int | None = None) -> None:
     """``convert`` (a function of ``export.converters``, or any importable one) writing ``dest`` (from ``base``,
-    for a derived file), in a child process; the child imports it by its module and name.
+    for a derived file), in a child process; the child imports it by its module and name. ``size``: the bytes
+    of the fp32 model (default: those of ``ctx.model``; ``floraedge quantize`` has a file, not a module).
 
     On any failure ``dest`` is removed and a ``ConverterError`` says what happened in one line.
     """
     name, dest = convert.__name__, Path(dest).resolve()
-    check_free_space(dest.parent, SPACE_FACTOR * model_bytes(ctx.model) + SPACE_MARGIN, f"the {name} converter")
+    size = model_bytes(ctx.model) if size is None else size
+    check_free_space(dest.parent, SPACE_FACTOR * size + SPACE_MARGIN, f"the {name} converter")
     scratch = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{name}.", suffix=".tmp"))
     job = pickle.dumps((convert, ctx, dest, base and Path(base).resolve()))
     repo = str(Path(__file__).resolve().parents[1])

@@ -12,7 +12,8 @@ input and what the output classes are called from the model file itself:
 The model flatbuffer is rewritten with the TFLite schema classes that ai-edge-litert ships. The
 metadata tables are few and small, so they are written with the plain ``flatbuffers.Builder``,
 one function per table, using the field slots of ``metadata_schema.fbs`` (a field's slot is its
-position in the table; a union takes two slots, its type then its value).
+position in the table; a union takes two slots, its type then its value). The slots and the reader
+are the runtime's (``edge_runtime.tflite_metadata``), which runs such files with no option.
 """
 
 from __future__ import annotations
@@ -25,39 +26,35 @@ from pathlib import Path
 import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as tfl
-from flatbuffers.table import Table
 
 from edge_runtime.atomic import write_bytes_atomic
-from edge_runtime.bounded import open_zip, read_member
-from edge_runtime.metadata import MEMBER_MAX_BYTES, MEMBERS_MAX
+from edge_runtime.tflite_metadata import (  # the schema's slots and enums, shared with the runtime's reader
+    ASSOCIATED_FILE,
+    COLOR_SPACE_RGB,
+    CONTENT,
+    CONTENT_FEATURE_PROPERTIES,
+    CONTENT_IMAGE_PROPERTIES,
+    FILE_TYPE_TENSOR_AXIS_LABELS,
+    IMAGE_PROPERTIES,
+    METADATA_IDENTIFIER,
+    METADATA_NAME,
+    MODEL_IDENTIFIER,
+    MODEL_METADATA,
+    NORMALIZATION_OPTIONS,
+    PROCESS_UNIT,
+    PROCESS_UNIT_NORMALIZATION,
+    STATS,
+    SUBGRAPH_METADATA,
+    TENSOR_METADATA,
+    read_metadata,  # noqa: F401  (re-exported: the reader is the runtime's, torch-free)
+)
 
-METADATA_NAME = "TFLITE_METADATA"
-MODEL_IDENTIFIER = b"TFL3"
-METADATA_IDENTIFIER = b"M001"
 MIN_PARSER_VERSION = "1.0.0"  # every field written here exists since metadata schema 1.0.0
 LABELS_FILE = "labels.txt"
 INPUT_NAME = "image"
 OUTPUT_NAME = "probability"
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so that two exports of one model are byte-identical
 BUFFER_ALIGNMENT = 16  # what TFLite's own converter guarantees for constant data
-
-# Enum values and union tags from metadata_schema.fbs.
-COLOR_SPACE_RGB = 1
-FILE_TYPE_TENSOR_AXIS_LABELS = 2
-CONTENT_FEATURE_PROPERTIES = 1
-CONTENT_IMAGE_PROPERTIES = 2
-PROCESS_UNIT_NORMALIZATION = 1
-
-# Field slots of the tables used here (metadata_schema.fbs declaration order).
-ASSOCIATED_FILE = {"name": 0, "description": 1, "type": 2}
-IMAGE_PROPERTIES = {"color_space": 0}
-CONTENT = {"content_properties_type": 0, "content_properties": 1}
-NORMALIZATION_OPTIONS = {"mean": 0, "std": 1}
-PROCESS_UNIT = {"options_type": 0, "options": 1}
-STATS = {"max": 0, "min": 1}
-TENSOR_METADATA = {"name": 0, "description": 1, "content": 3, "process_units": 4, "stats": 5, "associated_files": 6}
-SUBGRAPH_METADATA = {"name": 0, "description": 1, "input_tensor_metadata": 2, "output_tensor_metadata": 3}
-MODEL_METADATA = {"name": 0, "description": 1, "version": 2, "subgraph_metadata": 3, "min_parser_version": 7}
 
 _TFLITE_DTYPES = {tfl.TensorType.FLOAT32: "float32", tfl.TensorType.UINT8: "uint8", tfl.TensorType.INT8: "int8"}
 _INTEGER_RANGES = {"uint8": (0.0, 255.0), "int8": (-128.0, 127.0)}
@@ -407,116 +404,3 @@ def add_metadata(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out_path, _with_zip(_pack(model, len(raw)), files))
     return out_path
-
-
-# ---------------------------------------------------------------- reading it back
-
-
-class _Fields:
-    """One metadata table, read through flatbuffers' Table API by field slot."""
-
-    def __init__(self, buf: bytes, pos: int, slots: dict[str, int]):
-        self.tab, self.slots = Table(buf, pos), slots
-
-    def _offset(self, field: str) -> int:
-        return self.tab.Offset(4 + 2 * self.slots[field])  # vtable entries follow its two uint16 sizes
-
-    def string(self, field: str) -> str | None:
-        o = self._offset(field)
-        return self.tab.String(o + self.tab.Pos).decode() if o else None
-
-    def byte(self, field: str) -> int:
-        o = self._offset(field)
-        return self.tab.Get(flatbuffers.number_types.Int8Flags, o + self.tab.Pos) if o else 0
-
-    def floats(self, field: str) -> tuple[float, ...]:
-        o = self._offset(field)
-        if not o:
-            return ()
-        return tuple(self.tab.GetVectorAsNumpy(flatbuffers.number_types.Float32Flags, o).tolist())
-
-    def table(self, field: str, slots: dict[str, int]) -> _Fields | None:
-        o = self._offset(field)
-        return _Fields(self.tab.Bytes, self.tab.Indirect(o + self.tab.Pos), slots) if o else None
-
-    def tables(self, field: str, slots: dict[str, int]) -> list[_Fields]:
-        o = self._offset(field)
-        if not o:
-            return []
-        start = self.tab.Vector(o)
-        return [_Fields(self.tab.Bytes, self.tab.Indirect(start + 4 * i), slots) for i in range(self.tab.VectorLen(o))]
-
-
-def _metadata_bytes(raw: bytes) -> bytes:
-    model = tfl.Model.GetRootAs(raw, 0)
-    for i in range(model.MetadataLength()):
-        entry = model.Metadata(i)
-        if entry.Name() is not None and entry.Name().decode() == METADATA_NAME:
-            buffer = model.Buffers(entry.Buffer())
-            if buffer.Offset() > 1:
-                return bytes(_outside(raw, buffer.Offset(), buffer.Size(), METADATA_NAME))
-            return buffer.DataAsNumpy().tobytes()
-    raise ValueError(f"the model has no {METADATA_NAME} metadata")
-
-
-def _read_tensor(t: _Fields) -> dict:
-    out = {"name": t.string("name"), "description": t.string("description")}
-    content = t.table("content", CONTENT)
-    if content is not None and content.byte("content_properties_type") == CONTENT_IMAGE_PROPERTIES:
-        image = content.table("content_properties", IMAGE_PROPERTIES)
-        out["color_space"] = {COLOR_SPACE_RGB: "RGB"}.get(image.byte("color_space"), "other")
-    for unit in t.tables("process_units", PROCESS_UNIT):
-        if unit.byte("options_type") == PROCESS_UNIT_NORMALIZATION:
-            options = unit.table("options", NORMALIZATION_OPTIONS)
-            out["mean"], out["std"] = options.floats("mean"), options.floats("std")
-    stats = t.table("stats", STATS)
-    if stats is not None:
-        out["min"], out["max"] = stats.floats("min"), stats.floats("max")
-    label_files = [
-        f.string("name")
-        for f in t.tables("associated_files", ASSOCIATED_FILE)
-        if f.byte("type") == FILE_TYPE_TENSOR_AXIS_LABELS
-    ]
-    if label_files:
-        out["label_file"] = label_files[0]
-    return out
-
-
-def read_metadata(path: str | Path) -> dict:
-    """The image-classifier metadata of a ``.tflite`` file written by :func:`add_metadata`.
-
-    Returns ``name``, ``description``, ``version``, ``min_parser_version``, ``input`` and
-    ``output`` (dicts with the tensor ``name``; the input's ``color_space``, ``mean``, ``std``,
-    ``min``, ``max``; the output's ``label_file``), ``files`` (the appended zip's entries, in
-    order) and ``labels`` (read from the output's label file). Raises ``ValueError`` when the
-    file has no TFLITE_METADATA.
-    """
-    raw = Path(path).read_bytes()
-    _read_model(raw)
-    data = _metadata_bytes(raw)
-    if not flatbuffers.util.BufferHasIdentifier(data, 0, METADATA_IDENTIFIER):
-        raise ValueError(f"{path}: the {METADATA_NAME} buffer is not an M001 metadata flatbuffer")
-    root = _Fields(data, flatbuffers.encode.Get(flatbuffers.packer.uoffset, data, 0), MODEL_METADATA)
-    subgraphs = root.tables("subgraph_metadata", SUBGRAPH_METADATA)
-    if not subgraphs:
-        raise ValueError(f"{path}: the metadata describes no subgraph")
-    inputs = [_read_tensor(t) for t in subgraphs[0].tables("input_tensor_metadata", TENSOR_METADATA)]
-    outputs = [_read_tensor(t) for t in subgraphs[0].tables("output_tensor_metadata", TENSOR_METADATA)]
-    result = {
-        "name": root.string("name"),
-        "description": root.string("description"),
-        "version": root.string("version") or "",
-        "min_parser_version": root.string("min_parser_version"),
-        "input": inputs[0] if inputs else {},
-        "output": outputs[0] if outputs else {},
-        "files": [],
-        "labels": [],
-    }
-    if zipfile.is_zipfile(io.BytesIO(raw)):
-        with open_zip(io.BytesIO(raw), MEMBERS_MAX) as z:
-            result["files"] = z.namelist()
-            label_file = result["output"].get("label_file")
-            if label_file in result["files"]:
-                labels = read_member(z, label_file, MEMBER_MAX_BYTES, str(path)).decode()
-                result["labels"] = [line for line in labels.splitlines() if line]
-    return result

@@ -14,6 +14,7 @@ import numpy as np
 
 from edge_runtime import console
 from edge_runtime.backends import load
+from edge_runtime.metadata import PROBABILITIES
 from export.formats import Format
 
 # fp32 gate: |p - p_torch| <= prob_atol + LOGIT_RTOL / 2 * max |PyTorch logit|. The softmax moves no
@@ -42,12 +43,13 @@ class Reference:
 
 
 def run_file(
-    path: Path, row: Format, batch: np.ndarray, threads: int | None = None, qdq_emulation: bool = False
+    path: Path, row: Format, batch: np.ndarray, threads: int | None = None, qdq_emulation: bool = False, overrides=None
 ) -> np.ndarray:
+    """``path``'s outputs on the NCHW ``batch``; ``overrides``: the user's description of a foreign file."""
     # LiteRT logs "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." from native code the first time
     # an interpreter runs: XNNPACK is its default CPU path, the one every TFLite file is meant to run on
     with console.native_stderr(r"INFO: Created TensorFlow Lite XNNPACK delegate"):
-        backend = load(path, row.runtime, threads=threads, qdq_emulation=qdq_emulation)
+        backend = load(path, row.runtime, threads=threads, qdq_emulation=qdq_emulation, overrides=overrides)
         if backend.info.spec.layout == "NHWC":
             batch = batch.transpose(0, 2, 3, 1)
         return np.concatenate(
@@ -60,11 +62,24 @@ def fp32_limit(row: Format, ref: Reference) -> float:
     return row.prob_atol + LOGIT_RTOL / 2 * float(np.abs(ref.logits).max())
 
 
-def verify(path: Path, row: Format, ref: Reference, *, max_drop: float, qdq_emulation: bool = False) -> dict:
+def verify(
+    path: Path,
+    row: Format,
+    ref: Reference,
+    *,
+    max_drop: float,
+    qdq_emulation: bool = False,
+    output: str = PROBABILITIES,
+) -> dict:
     """Metrics and the verdict: fp32 rows within ``fp32_limit`` and 100% top-1 agreement; the others
     within ``max_drop`` accuracy points of PyTorch. ``qdq_emulation``: an int8 ONNX file made for another
-    CPU's integer kernels runs as its exact float emulation (export.formats.ORT_PRESETS)."""
+    CPU's integer kernels runs as its exact float emulation (export.formats.ORT_PRESETS). ``output``: what
+    the file outputs (a foreign file given to ``floraedge quantize`` may output logits: they are softmaxed)."""
     probabilities = run_file(path, row, ref.batch, qdq_emulation=qdq_emulation)
+    if output != PROBABILITIES:
+        import torch
+
+        probabilities = torch.softmax(torch.from_numpy(probabilities), dim=-1).numpy()
     agreement = float((probabilities.argmax(1) == ref.logits.argmax(1)).mean())
     accuracy = float((probabilities.argmax(1) == ref.targets).mean())
     drop = (ref.accuracy - accuracy) * 100

@@ -104,6 +104,10 @@ EDGE_CASES = {
     "bench-no-models": ("bench --models {w}/empty --data {w}/bad_int --out {w}/b4", "malformed"),
     "bench-out-is-models": ("bench --models {w}/exports --data {w}/bad_int --out {w}/exports", "overlaps"),
     "bench-runs-0": ("bench --models {w}/exports --data {w}/bad_int --out {w}/b5 --runs 0", "outside"),
+    "bench-checkpoint-and-reference": (
+        "bench --models {w}/exports --data {w}/bad_int --out {w}/b6 --checkpoint {w}/a.pt --reference {w}/b.onnx",
+        "former name of --reference",
+    ),
     "no-command": ("", "required"),
     "unknown-command": ("bogus", "invalid choice"),
 }
@@ -126,6 +130,8 @@ TRAINING_CASES = {
         "does not exist",
     ),
     "export-junk-checkpoint": ("export --checkpoint {w}/afile --data {w}/bad_int --out {w}/e2", "not a readable"),
+    "quantize-not-prepared": ("quantize --model {w}/model_fp32.onnx --data {w}/empty --out {w}/q1", "not a prepared"),
+    "quantize-not-a-model": ("quantize --model {w}/afile --data {w}/bad_int --out {w}/q2", "float32 .onnx or .tflite"),
     "evaluate-missing-checkpoint": ("evaluate --checkpoint {w}/missing.pt --data {w}/bad_int", "does not exist"),
 }
 CASES = [pytest.param(*case, id=name) for name, case in EDGE_CASES.items()] + [

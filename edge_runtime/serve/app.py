@@ -23,6 +23,7 @@ import ipaddress
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,7 @@ from edge_runtime.backends import load
 from edge_runtime.bounded import TooLargeError, read_bounded
 from edge_runtime.classify import Classifier
 from edge_runtime.errors import FloraEdgeError
+from edge_runtime.foreign import ModelOverrides
 from edge_runtime.metadata import describe, file_sha256
 from edge_runtime.preprocess import preprocess
 from edge_runtime.serve.config import ServeConfig
@@ -117,6 +119,8 @@ def model_description(path: Path, backend) -> dict:
         "backend": backend.name,
         "labels": list(info.labels),
         "spec": info.spec.to_dict(),
+        "output": info.output,
+        "sources": dict(info.sources),  # where the spec, labels and output came from (edge_runtime.foreign)
     }
 
 
@@ -194,7 +198,9 @@ class Service:
 
     def __init__(self, config: ServeConfig):
         self.config = config
-        backend = load(config.model, config.backend, threads=config.threads)
+        backend = load(config.model, config.backend, threads=config.threads, overrides=ModelOverrides.of(config))
+        for note in backend.info.notes:  # the user's options replaced what the file says: said once, at start
+            print(f"note: {note}", file=sys.stderr)
         self.classifier = Classifier(backend, k=config.top_k)
         self.description = model_description(Path(config.model), backend) | {"camera": config.camera is not None}
         self.pool = ThreadPoolExecutor(max_workers=config.workers + 1, thread_name_prefix="decode-infer")

@@ -12,6 +12,7 @@ from pathlib import Path
 from edge_runtime.bounded import read_text_bounded
 from edge_runtime.cli import BACKEND_CHOICES, number
 from edge_runtime.errors import FloraEdgeError
+from edge_runtime.foreign import OVERRIDE_OPTIONS, ModelOverrides
 from edge_runtime.metadata import describe
 from edge_runtime.options import Option, add_command, add_config_options, config_from_args
 from edge_runtime.serve.config import ServeConfig
@@ -72,6 +73,7 @@ SERVE_OPTIONS = {
         "more host names the server answers to, comma-separated (by default only IP addresses, localhost and this "
         "machine's name: other Host headers get 400, against DNS rebinding); '*' allows any (behind a proxy)"
     ),
+    **OVERRIDE_OPTIONS,
 }
 # the server's own options: where it listens and how many connections it holds (uvicorn's, not the app's)
 SERVE_OWN = {
@@ -137,6 +139,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from edge_runtime.serve.connections import guarded_protocol
 
     config = config_from_args(args)  # host and port stay in args: they are uvicorn's
+    ModelOverrides.of(config)  # refuses contradictory or malformed model options before anything starts
     if config.max_connections >= config.max_open_connections:  # else requests in progress could fill every place
         raise FloraEdgeError(
             f"--max-connections ({config.max_connections}) must be below --max-open-connections "

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_runtime.errors import FloraEdgeError
+from edge_runtime.foreign import OverrideFields
 
 # RFC 6750's token characters: what fits in an `Authorization: Bearer` header as the browser and curl send it
 TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
@@ -27,7 +28,7 @@ def check_token(token: str | None) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ServeConfig:
+class ServeConfig(OverrideFields):  # how to run a model that does not say it itself
     model: Path
     backend: str = "auto"
     threads: int | None = None
