@@ -32,6 +32,7 @@ from benchmarks.conditions import changes, drift, read_conditions
 from benchmarks.measure import iter_stream, metrics_from_logits, summarize, timed_runs, write_stream
 from edge_runtime.backends import BACKENDS, load
 from edge_runtime.errors import FloraEdgeError
+from edge_runtime.modelfile import model_bytes
 from edge_runtime.outdir import check_output, staged_output
 from edge_runtime.preprocess import preprocess, read_image_bgr
 from export.formats import FORMATS
@@ -310,7 +311,7 @@ def file_row(fmt, backend: str, models: Path, data: Path, images: list[dict], ca
         "name": fmt.name,
         "backend": backend,
         "file": fmt.filename,
-        "bytes": path.stat().st_size,
+        "bytes": model_bytes(path),
         "format": fmt.format,
         "precision": fmt.precision,
     }
@@ -370,7 +371,7 @@ def measure_rows(config: BenchConfig, rows, images: list[dict], cache: Path, vid
             "name": fmt.name,
             "backend": backend,
             "file": fmt.filename,
-            "bytes": (models / fmt.filename).stat().st_size,
+            "bytes": model_bytes(models / fmt.filename),
             "format": fmt.format,
             "precision": fmt.precision,
         }
