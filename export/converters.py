@@ -22,7 +22,7 @@ import torch
 
 from edge_runtime import console
 from edge_runtime.metadata import classifier_title
-from edge_runtime.modelfile import model_files, onnx_layout
+from edge_runtime.modelfile import model_files
 from export.config import ExportConfig
 from export.formats import CALIB_METHODS, ORT_PRESETS
 
@@ -363,18 +363,19 @@ def ncnn_fp16(base: Path, dest: Path, ctx: ExportContext) -> None:
 def ncnn_from_onnx(base: Path, dest: Path, ctx: ExportContext, *, fp16: bool) -> None:
     """pnnx's ONNX path: ``dest`` (the ``.param`` graph) and its ``.bin`` weights, float32 or float16 weights.
 
-    pnnx reads the base file with any external data it names (torch's ONNX exporter can write a ``.onnx.data``
-    beside the file), and writes its intermediate files (a simplified ONNX, its own graph, Python scripts)
-    beside its input: so both go into a folder of their own, copied under their own names (the ONNX file
-    names its data files), inside this child's temporary folder (export.isolation removes it).
+    pnnx gets the base file with every weight inside it. torch's exporter can put the weights in a data file
+    beside the model (``<model>.onnx.data``, named inside the file): pnnx 20261020 reads it only from beside a
+    file of that same name, and given a copy renamed ``model.onnx`` (pnnx tells ONNX by the suffix; the exporter's
+    base may be ``base.ncnn``) it wrote all-zero weights, with no error. It also writes its intermediate files
+    (a simplified ONNX, its own graph, Python scripts) beside its input: so its input is a copy, in a folder of its
+    own inside this child's temporary folder (export.isolation removes it).
     """
+    import onnx
     import pnnx
 
     work = Path(tempfile.mkdtemp(prefix="pnnx."))
-    model = work / base.name
-    shutil.copyfile(base, model)
-    for location in {t.location for t in onnx_layout(model.read_bytes(), base).external}:
-        shutil.copyfile(base.parent / location, work / location)  # the exporter's own base file names them
+    model = work / "model.onnx"
+    onnx.save(onnx.load(str(base)), str(model))  # onnx.load reads external data in: one self-contained file
     param, weights = work / "model.ncnn.param", work / "model.ncnn.bin"
     shape = ",".join(map(str, ctx.sample.shape))
     outputs = {"ncnnparam": param, "ncnnbin": weights, "ncnnpy": work / "model_ncnn.py", "pnnxparam": work / "p.param"}
