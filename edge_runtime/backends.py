@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime import console
 from edge_runtime.errors import FloraEdgeError, InferenceError
 from edge_runtime.metadata import MetadataError, from_props, from_tflite_zip, require_info
 from edge_runtime.modelfile import check_model_file, model_files, onnx_layout, open_regular
@@ -235,10 +236,14 @@ class NcnnBackend:
             for option in NCNN_16BIT_OPTIONS:
                 setattr(self.net.opt, option, False)
         weights = model_files(path)[1]
-        if self.net.load_param(str(path)) != 0 or self.net.load_model(str(weights)) != 0:
+        # ncnn's loader says what failed in lines of its own on stderr and returns nonzero: the error below says it
+        # in one line, and --verbose shows ncnn's lines
+        with console.native_stderr(r"."):
+            loaded = self.net.load_param(str(path)) == 0 and self.net.load_model(str(weights)) == 0
+        if not loaded:
             raise BackendError(
                 f"{path} with {weights.name} is not a model ncnn can load (a malformed .param, or weights that do not "
-                "belong to it); re-export it with `floraedge export`"
+                "belong to it; --verbose shows ncnn's own messages); re-export it with `floraedge export`"
             )
         inputs, outputs = self.net.input_names(), self.net.output_names()
         if len(inputs) != 1 or len(outputs) != 1:

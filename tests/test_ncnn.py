@@ -98,13 +98,15 @@ def one_line_error(path, backend="ncnn") -> str:
     return message
 
 
-def test_broken_pairs_are_refused_in_one_line(pair, tmp_path):
+def test_broken_pairs_are_refused_in_one_line(pair, tmp_path, capfd):
     param = pair[0]
     weights = param.with_suffix(".bin")
     good = weights.read_bytes()
 
     weights.write_bytes(good[: len(good) // 2])  # truncated weights
+    capfd.readouterr()
     assert "not a model ncnn can load" in one_line_error(param)
+    assert capfd.readouterr().err == ""  # ncnn's own lines ("ModelBin read weight_data failed") only with --verbose
     weights.write_bytes(b"")
     assert "is empty" in one_line_error(param)
     weights.unlink()
