@@ -65,7 +65,9 @@ class RunConfig(ModelConfig, LiveConfig):
 
 
 MODEL_OPTIONS = {
-    "model": Option(".onnx or .tflite file (labels + spec inside)"),
+    "model": Option(
+        ".onnx or .tflite file (labels + spec inside), or an ncnn .param (its .bin and .param.json beside it)"
+    ),
     "backend": Option("runtime; auto picks by file type", choices=BACKEND_CHOICES),
     "threads": Option("inference threads (default: the runtime's)", parse=number(low=1)),
     "providers": Option(

@@ -142,3 +142,14 @@ def test_metadata_that_does_not_fit_the_model_is_refused(pair):
 
 def test_an_onnx_file_is_not_an_ncnn_model(pair):
     assert "runs .param files" in one_line_error(pair[1])
+
+
+def test_a_space_of_an_ncnn_model_carries_its_weights_and_its_sidecar(pair, tmp_path):
+    from floraedge import main
+
+    out = tmp_path / "space"
+    assert main(["space", "--model", str(pair[0]), "--out", str(out)]) == 0
+    for name in ("tiny.ncnn.param", "tiny.ncnn.bin", "tiny.ncnn.param.json"):
+        assert (out / name).is_file(), name
+    assert "ncnn" in (out / "requirements.txt").read_text().split()
+    assert load(out / "tiny.ncnn.param").info.labels == load(pair[0]).info.labels
