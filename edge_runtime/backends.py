@@ -255,6 +255,12 @@ class NcnnBackend:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         results = []
         with inference_errors(self.name):
+            # ncnn runs any shape it is given (no input shape in the file): anything but the spec's images is refused
+            # here, where the other runtimes' own checks refuse it
+            if np.ndim(batch) != 4 or tuple(np.shape(batch)[1:]) != self.info.spec.input_shape[1:]:
+                raise ValueError(
+                    f"input of shape {list(np.shape(batch))}, not a batch of {self.info.spec.input_shape[1:]}"
+                )
             for sample in np.asarray(batch, dtype=np.float32):
                 extractor = self.net.create_extractor()
                 # a Mat made from an array points into it: its clone owns its data, so no layer can write into the caller's
