@@ -101,7 +101,16 @@ def versions() -> dict:
         "onnxruntime": onnxruntime.__version__,
         "opencv": cv2.__version__,
         "litert": _tflite_interpreter().__module__,
+        "ncnn": ncnn_version(),
     }
+
+
+def ncnn_version() -> str | None:
+    try:
+        import ncnn
+    except ImportError:
+        return None
+    return ncnn.__version__
 
 
 def reference(work: Path) -> None:
