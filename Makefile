@@ -10,7 +10,7 @@ EDGE_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.
 EDGE_VENV := .venv-edge
 EDGE_STAMP := $(EDGE_VENV)/.installed
 # The torch-free runtime's tests: in that environment (test-edge) and on arm64 under qemu (test-arm64).
-EDGE_TESTS := tests/test_edge_runtime.py tests/test_live.py tests/test_bench_edge.py tests/test_serve.py \
+EDGE_TESTS := tests/test_edge_runtime.py tests/test_live.py tests/test_bench_edge.py tests/test_serve.py tests/test_ncnn.py \
 	tests/test_serve_browser.py
 # The threat-model suites (hypothesis, server abuse, signals, CLI errors) and the option/helper tests also run
 # torch-free, on the host only: their timing bounds measure this machine, which emulation would make meaningless.

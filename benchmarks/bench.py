@@ -32,6 +32,7 @@ from benchmarks.conditions import changes, drift, read_conditions
 from benchmarks.measure import iter_stream, metrics_from_logits, summarize, timed_runs, write_stream
 from edge_runtime.backends import BACKENDS, load
 from edge_runtime.errors import FloraEdgeError
+from edge_runtime.modelfile import model_bytes
 from edge_runtime.outdir import check_output, staged_output
 from edge_runtime.preprocess import preprocess, read_image_bgr
 from export.formats import FORMATS
@@ -394,7 +395,7 @@ def target_row(target: Target) -> dict:
         "name": target.name,
         "backend": target.backend,
         "file": str(target.path),
-        "bytes": target.path.stat().st_size,
+        "bytes": model_bytes(target.path),  # an ncnn pair counts both its files
         "format": target.format,
         "precision": target.precision,
     }

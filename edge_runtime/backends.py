@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime import console
 from edge_runtime.errors import FloraEdgeError, InferenceError
-from edge_runtime.foreign import ModelOverrides, read_facts, resolve_info
+from edge_runtime.foreign import FileFacts, ModelOverrides, read_facts, resolve_info
 from edge_runtime.metadata import MetadataError
-from edge_runtime.modelfile import check_model_file
+from edge_runtime.modelfile import check_model_file, model_files
 
 
 class BackendError(FloraEdgeError):
@@ -271,6 +272,91 @@ class LiteRTBackend:
         return np.concatenate(results)
 
 
+# ncnn's options that let it store or compute in 16 bits where the CPU can (its default on ARMv8.2 CPUs such as
+# the Pi 5's, and in part on x86 CPUs with F16C or AVX512-FP16): an fp32 file is run with every one of them off
+NCNN_16BIT_OPTIONS = (
+    "use_fp16_packed",
+    "use_fp16_storage",
+    "use_fp16_arithmetic",
+    "use_bf16_packed",
+    "use_bf16_storage",
+)
+
+
+class NcnnBackend:
+    """ncnn: a ``.param`` graph with its ``.bin`` weights beside it; spec, labels and info in the sidecar
+    ``<model>.param.json`` (the format embeds none). Each image is fed as ``preprocess()`` made it (a CHW float
+    Mat), not through ncnn's ``Mat.from_pixels_resize`` + ``substract_mean_normalize``: those resize the whole
+    frame with no centre crop, so the model would see another input than the one its export was verified on.
+
+    ``compute`` says what ran: an fp32 file runs in fp32 (ncnn's 16-bit storage and arithmetic switched off, so
+    its outputs are the file's on every CPU), an fp16 file with ncnn's defaults (16-bit where the CPU has it)."""
+
+    name = "ncnn"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+        overrides: ModelOverrides | None = None,
+    ):
+        self.ncnn = import_runtime("ncnn", self.name)
+        # the .param states no input shape and embeds no metadata: the sidecar or the user's options say it all
+        self.input_details = {"name": "", "shape": [], "dtype": "float32"}
+        self.info = resolve_info(path, overrides, 0, self.input_details, FileFacts(None, None, None))
+        if self.info.spec.layout != "NCHW":
+            raise BackendError(
+                f"{path}: ncnn takes NCHW input, but its spec gives {self.info.spec.layout}; re-export it"
+            )
+        self.net = self.ncnn.Net()
+        self.net.opt.num_threads = threads or os.cpu_count() or 1
+        self.compute = (
+            "fp32"
+            if self.info.info.get("precision", "fp32") == "fp32"
+            else "ncnn default (16-bit where the CPU has it)"
+        )
+        if self.compute == "fp32":
+            for option in NCNN_16BIT_OPTIONS:
+                setattr(self.net.opt, option, False)
+        weights = model_files(path)[1]
+        # ncnn's loader says what failed in lines of its own on stderr and returns nonzero: the error below says it
+        # in one line, and --verbose shows ncnn's lines
+        with console.native_stderr(r"."):
+            loaded = self.net.load_param(str(path)) == 0 and self.net.load_model(str(weights)) == 0
+        if not loaded:
+            raise BackendError(
+                f"{path} with {weights.name} is not a model ncnn can load (a malformed .param, or weights that do not "
+                "belong to it; --verbose shows ncnn's own messages); re-export it with `floraedge export`"
+            )
+        inputs, outputs = self.net.input_names(), self.net.output_names()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise BackendError(
+                f"{path} has inputs {inputs} and outputs {outputs}; FloraEdge runs one image in, one score vector out"
+            )
+        self.input_name, self.output_name = inputs[0], outputs[0]
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        results = []
+        with inference_errors(self.name):
+            # ncnn runs any shape it is given (no input shape in the file): anything but the spec's images is refused
+            # here, where the other runtimes' own checks refuse it
+            if np.ndim(batch) != 4 or tuple(np.shape(batch)[1:]) != self.info.spec.input_shape[1:]:
+                raise ValueError(
+                    f"input of shape {list(np.shape(batch))}, not a batch of {self.info.spec.input_shape[1:]}"
+                )
+            for sample in np.asarray(batch, dtype=np.float32):
+                extractor = self.net.create_extractor()
+                # a Mat made from an array points into it: its clone owns its data, so no layer can write into the caller's
+                extractor.input(self.input_name, self.ncnn.Mat(np.ascontiguousarray(sample)).clone())
+                status, out = extractor.extract(self.output_name)
+                if status != 0:
+                    raise RuntimeError(f"extracting {self.output_name!r} returned {status}")
+                results.append(np.array(out, dtype=np.float32).reshape(1, -1))
+        return np.concatenate(results)
+
+
 def one_line(exc: BaseException, limit: int = 500) -> str:
     """A runtime's message as one line (OpenCV's span several), shortened to ``limit`` characters."""
     return " ".join(str(exc).split())[:limit] or type(exc).__name__
@@ -323,6 +409,7 @@ BACKENDS: dict[str, BackendEntry] = {
         BackendEntry((".tflite",), LiteRTBackend, "ai-edge-litert"),
         BackendEntry((".onnx",), OpenCVBackend, "opencv-python-headless"),
         BackendEntry((".onnx",), OpenVINOBackend, "openvino", extra="edge-openvino"),
+        BackendEntry((".param",), NcnnBackend, "ncnn", extra="edge-ncnn"),
     )
 }
 

@@ -67,10 +67,13 @@ class RunConfig(ModelConfig, LiveConfig):
 
 
 MODEL_OPTIONS = {
-    "model": Option(".onnx or .tflite file: FloraEdge's export, or another tool's (see the options below)"),
+    "model": Option(
+        ".onnx or .tflite file (FloraEdge's export, or another tool's: see the options below), or an ncnn .param "
+        "(its .bin and .param.json beside it)"
+    ),
     "backend": Option(
-        "runtime; auto picks by file type (.onnx: onnxruntime, .tflite: litert); opencv and openvino also run .onnx "
-        "files (openvino: `pip install floraedge[edge-openvino]`, docs/runtimes.md)",
+        "runtime; auto picks by file type (.onnx: onnxruntime, .tflite: litert, .param: ncnn); opencv and openvino "
+        "also run .onnx files (openvino: `pip install floraedge[edge-openvino]`, docs/runtimes.md)",
         choices=BACKEND_CHOICES,
     ),
     "threads": Option("inference threads (default: the runtime's)", parse=number(low=1)),

@@ -9,7 +9,10 @@ forever), and a model path can itself be a FIFO or a device. So, for every backe
 - an ONNX file's every tensor stored outside it (initializers, sparse initializers, tensors in
   node attributes, subgraphs, functions and training info) names a location that, symlinks
   resolved, is a regular file inside the model's own folder, and its offset and length lie
-  within that file.
+  within that file;
+- an ncnn model is two files, the ``.param`` graph (text; its header is checked: ncnn's magic number, and
+  layer and blob counts within ``MAX_NCNN_LAYERS``) and the ``.bin`` weights of the same name beside it,
+  which, symlinks resolved, is a regular, non-empty file inside the model's folder, within ``max_bytes``.
 
 The ONNX file is walked at the protobuf wire level: the device environment has no ``onnx``
 package, and the walk reads no tensor data (each tensor's bytes are skipped by their length).
@@ -30,6 +33,9 @@ from edge_runtime.errors import FloraEdgeError
 MAX_MODEL_BYTES = 2 * 1024**3  # protobuf's and FlatBuffers' own limit for one file
 MAX_NESTING = 64  # subgraphs inside subgraphs (If/Loop bodies); a deeper file is refused, not recursed into
 EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+NCNN_PARAM, NCNN_WEIGHTS = ".param", ".bin"
+NCNN_MAGIC = b"7767517"  # the first line of every text .param file ncnn reads
+MAX_NCNN_LAYERS = 100_000  # ncnn allocates per declared layer and blob; Lite0 has ~70, ResNet50 ~120
 
 
 class ModelFileError(FloraEdgeError):
@@ -53,11 +59,54 @@ def check_model_file(path: str | Path, max_bytes: int = MAX_MODEL_BYTES) -> Mode
         if len(data) > max_bytes:
             raise ModelFileError(f"model file {given} is {len(data):,} bytes, over the {max_bytes:,}-byte limit")
         layout = onnx_layout(data, given) if resolved.suffix.lower() == ".onnx" else OnnxLayout()
+        if resolved.suffix.lower() == NCNN_PARAM:
+            check_ncnn_header(data, given)
     for tensor in layout.external:
         check_external(resolved.parent, tensor, given)
+    for companion in model_files(resolved)[1:]:
+        check_companion(resolved.parent, companion, given, max_bytes)
     for sidecar in sidecars(resolved):
         check_sidecar(resolved.parent, sidecar)
     return ModelFile(resolved, layout.props)
+
+
+def model_files(path: str | Path) -> list[Path]:
+    """The files a model is made of: the file itself, and for an ncnn ``.param`` graph its ``.bin`` weights."""
+    path = Path(path)
+    return [path, path.with_suffix(NCNN_WEIGHTS)] if path.suffix.lower() == NCNN_PARAM else [path]
+
+
+def model_bytes(path: str | Path) -> int:
+    """The size on disk of a model, all its files together (what a device downloads and stores)."""
+    return sum(f.stat().st_size for f in model_files(path))
+
+
+def check_ncnn_header(data: memoryview, model: Path) -> None:
+    """A text ncnn ``.param``: the magic line, then ``<layer count> <blob count>`` within ``MAX_NCNN_LAYERS``."""
+    head = bytes(data[:64]).split(b"\n")
+    counts = head[1].split() if len(head) > 2 else []
+    if head[0].strip() != NCNN_MAGIC or len(counts) != 2 or not all(c.isdigit() for c in counts):
+        raise ModelFileError(
+            f"{model} is not a text ncnn .param file (it must start with {NCNN_MAGIC.decode()} and a line "
+            "'<layers> <blobs>'); re-export it with `floraedge export`"
+        )
+    layers, blobs = (int(c) for c in counts)
+    if not (0 < layers <= MAX_NCNN_LAYERS and 0 < blobs <= MAX_NCNN_LAYERS):
+        raise ModelFileError(
+            f"{model} declares {layers:,} layers and {blobs:,} blobs; FloraEdge reads 1 to {MAX_NCNN_LAYERS:,} of each"
+        )
+
+
+def check_companion(folder: Path, path: Path, model: Path, max_bytes: int) -> None:
+    """A file the model is read with (an ncnn model's ``.bin``): present, a regular non-empty file within
+    ``max_bytes``, and, symlinks resolved, inside the model's folder."""
+    if not os.path.lexists(path):
+        raise ModelFileError(f"{model} needs its weights {path.name} beside it in {folder}: copy both files")
+    if not path.resolve().is_relative_to(folder):
+        raise ModelFileError(f"{path} links out of the model's folder {folder}: refused; put the file itself there")
+    with open_regular(path, f"{model}'s weights {path.name}") as data:
+        if len(data) > max_bytes:
+            raise ModelFileError(f"{path} is {len(data):,} bytes, over the {max_bytes:,}-byte limit")
 
 
 def sidecars(model: Path) -> list[Path]:

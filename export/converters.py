@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +22,7 @@ import torch
 
 from edge_runtime import console
 from edge_runtime.metadata import classifier_title
+from edge_runtime.modelfile import model_files
 from export.config import ExportConfig
 from export.formats import CALIB_METHODS, ORT_PRESETS
 
@@ -354,6 +359,46 @@ def int8_float_edges_recipe():
 
 def tflite_int8(base: Path, dest: Path, ctx: ExportContext) -> None:
     _quantize_tflite(base, dest, int8_float_edges_recipe(), ctx.calibration, ctx.nhwc)
+
+
+def ncnn_fp32(base: Path, dest: Path, ctx: ExportContext) -> None:
+    ncnn_from_onnx(base, dest, ctx, fp16=False)
+
+
+def ncnn_fp16(base: Path, dest: Path, ctx: ExportContext) -> None:
+    ncnn_from_onnx(base, dest, ctx, fp16=True)
+
+
+def ncnn_from_onnx(base: Path, dest: Path, ctx: ExportContext, *, fp16: bool) -> None:
+    """pnnx's ONNX path: ``dest`` (the ``.param`` graph) and its ``.bin`` weights, float32 or float16 weights.
+
+    pnnx gets the base file with every weight inside it. torch's exporter can put the weights in a data file
+    beside the model (``<model>.onnx.data``, named inside the file): pnnx 20261020 reads it only from beside a
+    file of that same name, and given a copy renamed ``model.onnx`` (pnnx tells ONNX by the suffix; the exporter's
+    base may be ``base.ncnn``) it wrote all-zero weights, with no error. It also writes its intermediate files
+    (a simplified ONNX, its own graph, Python scripts) beside its input: so its input is a copy, in a folder of its
+    own inside this child's temporary folder (export.isolation removes it).
+    """
+    import onnx
+    import pnnx
+
+    work = Path(tempfile.mkdtemp(prefix="pnnx."))
+    model = work / "model.onnx"
+    onnx.save(onnx.load(str(base)), str(model))  # onnx.load reads external data in: one self-contained file
+    param, weights = work / "model.ncnn.param", work / "model.ncnn.bin"
+    shape = ",".join(map(str, ctx.sample.shape))
+    outputs = {"ncnnparam": param, "ncnnbin": weights, "ncnnpy": work / "model_ncnn.py", "pnnxparam": work / "p.param"}
+    outputs |= {"pnnxbin": work / "p.bin", "pnnxpy": work / "p_pnnx.py", "pnnxonnx": work / "p.pnnx.onnx"}
+    command = [pnnx.EXEC_PATH, str(model), f"inputshape=[{shape}]f32", f"fp16={int(fp16)}", "device=cpu"]
+    done = subprocess.run(
+        command + [f"{key}={value}" for key, value in outputs.items()], cwd=work, capture_output=True, text=True
+    )
+    if done.returncode != 0 or not (param.is_file() and weights.is_file()):
+        said = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        raise RuntimeError(f"pnnx failed (exit code {done.returncode}): {said[-1] if said else 'no output'}")
+    sys.stderr.write(done.stdout)  # the parent shows the child's stderr under --verbose (export.isolation)
+    shutil.move(weights, model_files(dest)[1])
+    shutil.move(param, dest)  # last: the graph is there only with its weights beside it
 
 
 def copy_base(base: Path, dest: Path, ctx: ExportContext) -> None:

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_runtime.atomic import write_bytes_atomic
 from edge_runtime.metadata import INFO_KEY, LABELS_KEY, PROBABILITIES, SPEC_KEY, classifier_title
+from edge_runtime.modelfile import model_bytes, model_files
 from edge_runtime.outdir import staged_output
 from edge_runtime.spec import PreprocessSpec
 from export import converters
@@ -71,6 +73,10 @@ def embed(tmp: Path, row: Format, labels: list[str], spec, info: dict) -> Path:
         title = classifier_title(info.get("dataset", {}).get("name"), len(labels))
         embed_onnx_metadata(tmp, props, description=f"{title}, exported by FloraEdge")
         return tmp
+    if row.format == "ncnn":  # ncnn's files hold no metadata: the runtime reads the sidecar (write_cards rewrites it)
+        sidecar = {"spec": spec.to_dict(), "labels": labels, **info}
+        write_bytes_atomic(tmp.with_name(tmp.name + ".json"), json.dumps(sidecar, indent=1, default=str).encode())
+        return tmp
     with_meta = tmp.with_name(tmp.name.replace(".tmp-", ".tmp-meta-"))
     embed_tflite_metadata(tmp, with_meta, labels=labels, spec=spec, info=info)
     tmp.unlink()
@@ -98,11 +104,13 @@ def export_row(
         result = verify(tmp, row, ref, max_drop=config.max_drop, qdq_emulation=emulate)
         keep = result["passed"] or config.allow_drop
         if keep:
-            tmp.rename(out / row.filename)
+            for made, kept in zip(model_files(tmp), model_files(out / row.filename), strict=True):
+                made.rename(kept)
         result |= {"kept": keep, "warning": "" if result["passed"] else f"FAILED THE GATE: {result['gate']}"}
     finally:
-        tmp.unlink(missing_ok=True)
-    size = (out / row.filename).stat().st_size if (out / row.filename).exists() else None
+        for made in (*model_files(tmp), tmp.with_name(tmp.name + ".json")):
+            made.unlink(missing_ok=True)
+    size = model_bytes(out / row.filename) if (out / row.filename).exists() else None
     return {
         "name": row.name,
         "file": row.filename,

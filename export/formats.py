@@ -15,7 +15,7 @@ from edge_runtime.errors import FloraEdgeError
 
 @dataclass(frozen=True, kw_only=True)
 class Format:
-    format: str  # "onnx" | "tflite"
+    format: str  # "onnx" | "tflite" | "ncnn"
     precision: str  # "fp32" | "fp16" | "dynamic-int8" | "int8"
     filename: str
     runtime: str  # edge_runtime.backends name used to verify and bench it (BACKENDS[runtime].package installs it)
@@ -36,6 +36,7 @@ PROB_ATOL = 5e-4  # half the former 1e-3 logit tolerance: a softmax output moves
 
 ONNX = dict(format="onnx", runtime="onnxruntime", base="export_onnx_base")
 TFLITE = dict(format="tflite", runtime="litert", base="export_tflite_base")
+NCNN = dict(format="ncnn", runtime="ncnn", base="export_onnx_base")  # pnnx converts the ONNX base file
 
 FORMATS: tuple[Format, ...] = (
     Format(
@@ -86,6 +87,23 @@ FORMATS: tuple[Format, ...] = (
         needs_calibration=True,
         note="int8 weights and activations inside; float32 input, logits and probabilities "
         "(ai-edge-quantizer static_wi8_ai8 with float edges)",
+    ),
+    # ncnn: a .param graph and its .bin weights (edge_runtime.modelfile.model_files); no int8 row: ncnn's
+    # quantizers (ncnn2table, ncnn2int8) are C++ tools that neither the ncnn nor the pnnx wheel ships
+    Format(
+        **NCNN,
+        precision="fp32",
+        filename="model_fp32.ncnn.param",
+        converter="ncnn_fp32",
+        prob_atol=PROB_ATOL,
+        note="pnnx from the ONNX file; run in fp32 (ncnn's 16-bit options off)",
+    ),
+    Format(
+        **NCNN,
+        precision="fp16",
+        filename="model_fp16.ncnn.param",
+        converter="ncnn_fp16",
+        note="fp16 weights (pnnx fp16=1); ncnn computes in 16 bits where the CPU has it (ARMv8.2: the Pi 5)",
     ),
 )
 FORMAT_NAMES = tuple(sorted({f.format for f in FORMATS}))

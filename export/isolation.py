@@ -21,6 +21,7 @@ from pathlib import Path
 
 from edge_runtime import console
 from edge_runtime.errors import FloraEdgeError
+from edge_runtime.modelfile import model_files
 
 MIB = 1024 * 1024
 # A converter writes its file (at most the fp32 model's size) and may hold a temporary copy of it;
@@ -74,15 +75,21 @@ def run_converter(convert: Callable, ctx, dest: Path, base: Path | None = None, 
     except BaseException:  # Ctrl-C or SIGTERM: the child goes too, and takes nothing with it
         child.kill()
         child.wait()
-        dest.unlink(missing_ok=True)
+        remove(dest)
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if child.returncode != 0:
-        dest.unlink(missing_ok=True)
+        remove(dest)
         raise ConverterError(f"{name}: {last_words(stderr[-STDERR_TAIL:], child.returncode)}")
     if console.is_verbose():  # --verbose shows everything, the converter's own lines included
         sys.stderr.write(stderr.decode(errors="replace"))
+
+
+def remove(dest: Path) -> None:
+    """A converter's partial output: the file and the files it comes with (an ncnn .param's .bin)."""
+    for path in model_files(dest):
+        path.unlink(missing_ok=True)
 
 
 def last_words(stderr: bytes, returncode: int) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.arm64.agreement import MAX_FLIP_SHARE, top1_agrees
+from tests.arm64.agreement import MAX_FLIP_SHARE, compare, runs, top1_agrees
+from tests.tiny_models import tiny_ncnn
 
 
 def outputs(n: int = 100, classes: int = 5, gap: float = 0.3) -> np.ndarray:
@@ -51,3 +52,19 @@ def test_many_near_tie_flips_fail_as_a_wrong_kernel_would():
     assert top1_agrees(x, flip(x, range(allowed), by=0.005), limit=0.05, may_flip=True)[0]
     assert not top1_agrees(x, flip(x, range(allowed + 1), by=0.005), limit=0.05, may_flip=True)[0]
     assert top1_agrees(outputs(n=10, gap=0.01), flip(outputs(n=10, gap=0.01), [0], by=0.005), 0.05, may_flip=True)[0]
+
+
+def test_the_ncnn_files_are_compared_with_the_bounds_of_their_precision(tmp_path):
+    """Every ncnn file of an export is in the check (the format table's rows, found by name), run by ncnn, and held
+    to its precision's bound: fp32 within 1e-4 of x86, fp16 by top-1 agreement."""
+    (tmp_path / "exports").mkdir()
+    for name in ("model_fp32.ncnn.param", "model_fp16.ncnn.param"):
+        tiny_ncnn(tmp_path / "exports" / name)
+    found = {key: (row, backend) for key, _, row, backend in runs(tmp_path)}
+    assert set(found) == {"exports/model_fp32.ncnn.param:ncnn", "exports/model_fp16.ncnn.param:ncnn"}
+    x = outputs(gap=0.3)
+    fp32_row, _ = found["exports/model_fp32.ncnn.param:ncnn"]
+    assert compare("fp32", tmp_path, fp32_row, "ncnn", x, x + 5e-5)["passed"]
+    assert not compare("fp32", tmp_path, fp32_row, "ncnn", x, x + 2e-4)["passed"]
+    fp16_row, _ = found["exports/model_fp16.ncnn.param:ncnn"]
+    assert compare("fp16", tmp_path, fp16_row, "ncnn", x, x + 2e-3)["passed"]

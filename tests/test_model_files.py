@@ -28,17 +28,18 @@ from edge_runtime.errors import FloraEdgeError, InferenceError
 from edge_runtime.metadata import INFO_KEY, LABELS_KEY, SPEC_KEY, MetadataError
 from edge_runtime.modelfile import ModelFileError, check_model_file, onnx_layout
 from edge_runtime.spec import PreprocessSpec
-from tests.tiny_models import tiny_onnx
+from tests.tiny_models import tiny_ncnn, tiny_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASED = REPO / "models" / "oxford102-lite0"
 ONNX_BACKENDS = [name for name, entry in BACKENDS.items() if ".onnx" in entry.suffixes]
 TFLITE_BACKENDS = [name for name, entry in BACKENDS.items() if ".tflite" in entry.suffixes]
+NCNN_BACKENDS = [name for name, entry in BACKENDS.items() if ".param" in entry.suffixes]  # a .param + .bin pair
 
 
 def test_every_backend_is_covered_here():
     """A new backend must be added to the cases below (they iterate these lists)."""
-    assert sorted(ONNX_BACKENDS + TFLITE_BACKENDS) == sorted(BACKENDS)
+    assert sorted(ONNX_BACKENDS + TFLITE_BACKENDS + NCNN_BACKENDS) == sorted(BACKENDS)
 
 
 def with_external_data(folder: Path, location: str = "weights.bin") -> Path:
@@ -198,7 +199,7 @@ def test_external_data_that_is_a_fifo_is_refused_without_blocking(tmp_path, back
     assert_one_line_error(classify_cli(path, photo), "not a regular file")
 
 
-@pytest.mark.parametrize("backend", ONNX_BACKENDS + TFLITE_BACKENDS)
+@pytest.mark.parametrize("backend", ONNX_BACKENDS + TFLITE_BACKENDS + NCNN_BACKENDS)
 def test_a_model_that_is_a_fifo_or_a_device_is_refused_without_blocking(tmp_path, backend):
     suffix = BACKENDS[backend].suffixes[0]
     fifo = tmp_path / f"model{suffix}"
@@ -214,6 +215,20 @@ def test_a_model_that_is_a_fifo_or_a_device_is_refused_without_blocking(tmp_path
         load(tmp_path / f"empty{suffix}", backend)
 
 
+@pytest.mark.parametrize("backend", NCNN_BACKENDS)
+def test_ncnn_weights_that_are_a_fifo_or_a_device_are_refused_without_blocking(tmp_path, backend):
+    param = tiny_ncnn(tmp_path / "model.ncnn.param")
+    weights = param.with_suffix(".bin")
+    weights.unlink()
+    os.mkfifo(weights)
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        load(param, backend)
+    weights.unlink()
+    weights.symlink_to("/dev/zero")  # outside the folder too: either refusal stops it before ncnn reads a byte
+    with pytest.raises(ModelFileError, match="links out of the model's folder|not a regular file"):
+        load(param, backend)
+
+
 def test_a_fifo_model_through_the_cli_is_one_line_and_does_not_block(tmp_path, photo):
     os.mkfifo(tmp_path / "model.onnx")
     os.mkfifo(tmp_path / "model.tflite")
@@ -223,7 +238,9 @@ def test_a_fifo_model_through_the_cli_is_one_line_and_does_not_block(tmp_path, p
 
 @pytest.mark.parametrize(
     ("backend", "source"),
-    [(b, "model_int8.onnx") for b in ONNX_BACKENDS] + [(b, "model_int8.tflite") for b in TFLITE_BACKENDS],
+    [(b, "model_int8.onnx") for b in ONNX_BACKENDS]
+    + [(b, "model_int8.tflite") for b in TFLITE_BACKENDS]
+    + [(b, "model.ncnn.param") for b in NCNN_BACKENDS],
 )
 @pytest.mark.parametrize("keep", [0.5, 0.05, 0.001])
 def test_a_truncated_model_is_one_clear_error(tmp_path, backend, source, keep):
@@ -231,6 +248,12 @@ def test_a_truncated_model_is_one_clear_error(tmp_path, backend, source, keep):
         source = "model_fp32.onnx"
         tiny_onnx(tmp_path / source)  # OpenCV DNN does not run int8 QDQ files: a float file, truncated
         data = (tmp_path / source).read_bytes()
+    elif backend in NCNN_BACKENDS:  # the graph cut short, its weights whole beside it
+        data = tiny_ncnn(tmp_path / source).read_bytes()
+        (tmp_path / f"cut_{source}").with_suffix(".bin").write_bytes(
+            (tmp_path / source).with_suffix(".bin").read_bytes()
+        )
+        (tmp_path / f"cut_{source}.json").write_text((tmp_path / f"{source}.json").read_text())
     else:
         data = (RELEASED / source).read_bytes()
     path = tmp_path / f"cut_{source}"
@@ -257,9 +280,11 @@ def tflite_without_zip(dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.parametrize("backend", ONNX_BACKENDS + TFLITE_BACKENDS)
+@pytest.mark.parametrize("backend", ONNX_BACKENDS + TFLITE_BACKENDS + NCNN_BACKENDS)
 def test_labels_must_match_the_outputs_on_every_backend(tmp_path, backend):
-    if backend in TFLITE_BACKENDS:
+    if backend in NCNN_BACKENDS:
+        path, outputs = tiny_ncnn(tmp_path / "model.ncnn.param", labels=["a", "b", "c"]), 4
+    elif backend in TFLITE_BACKENDS:
         path = tflite_without_zip(tmp_path / "model.tflite")
         spec = load(RELEASED / "model_int8.tflite").info.spec
         (tmp_path / "model.tflite.json").write_text(json.dumps({"spec": spec.to_dict(), "labels": ["a", "b", "c"]}))
@@ -338,11 +363,14 @@ def test_run_and_the_bench_measurement_report_a_failing_model_in_one_line(tmp_pa
 
 @pytest.mark.parametrize(
     ("backend", "model"),
-    [(b, "tiny") for b in ONNX_BACKENDS] + [(b, "model_int8.tflite") for b in TFLITE_BACKENDS],
+    [(b, "tiny") for b in ONNX_BACKENDS]
+    + [(b, "model_int8.tflite") for b in TFLITE_BACKENDS]
+    + [(b, "tiny-ncnn") for b in NCNN_BACKENDS],
 )
 def test_every_runtime_error_while_running_is_an_inference_error(tmp_path, backend, model):
     """Whatever a runtime raises (ORT's Fail, cv2.error, LiteRT's ValueError) comes out as one InferenceError."""
     path = tiny_onnx(tmp_path / "model.onnx") if model == "tiny" else RELEASED / model
+    path = tiny_ncnn(tmp_path / "model.ncnn.param") if model == "tiny-ncnn" else path
     loaded = load(path, backend)
     wrong = np.zeros((1, 5), np.float32)  # not an image batch at all
     with pytest.raises(InferenceError, match=f"{backend} failed to run the model") as caught:
@@ -389,7 +417,7 @@ def test_space_writes_the_model_name_as_a_literal(tmp_path):
         assert not (tmp_path / "s2").exists()
 
 
-@pytest.mark.parametrize("suffix", [".onnx", ".tflite"])
+@pytest.mark.parametrize("suffix", [".onnx", ".tflite", ".param"])
 def test_an_oversized_model_is_refused_from_its_size_alone(tmp_path, suffix):
     """A sparse file of 2 GiB + 1 byte costs nothing to make and nothing to refuse: nothing of it is read."""
     path = tmp_path / f"huge{suffix}"
@@ -432,5 +460,17 @@ def test_a_sidecar_that_links_out_of_the_folder_is_refused(tmp_path, backend, si
     assert load(model, backend).info.labels == tuple("abcd")  # the sidecars, when they are the folder's own files
     (tmp_path / sidecar).unlink(missing_ok=True)
     (tmp_path / sidecar).symlink_to("/etc/passwd")
+    with pytest.raises(ModelFileError, match="links out of the model's folder"):
+        load(model, backend)
+
+
+@pytest.mark.parametrize("backend", NCNN_BACKENDS)
+def test_an_ncnn_sidecar_that_links_out_of_the_folder_is_refused(tmp_path, backend):
+    """An ncnn model's labels and spec are only in its sidecar: a link out of the folder is refused as for ONNX."""
+    model = tiny_ncnn(tmp_path / "model.ncnn.param")
+    sidecar = tmp_path / "model.ncnn.param.json"
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.json"
+    sidecar.rename(outside)
+    sidecar.symlink_to(outside)
     with pytest.raises(ModelFileError, match="links out of the model's folder"):
         load(model, backend)

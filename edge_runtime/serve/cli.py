@@ -40,7 +40,7 @@ python-multipart
 MIB = 1024 * 1024
 
 SERVE_OPTIONS = {
-    "model": Option(".onnx or .tflite file"),
+    "model": Option(".onnx, .tflite or ncnn .param file"),
     "backend": Option(choices=BACKEND_CHOICES),
     "threads": Option("inference threads", parse=number(low=1)),
     "token": Option(
@@ -91,7 +91,9 @@ class SpaceConfig:
 def add_parser(subparsers) -> None:
     add_serve_parser(subparsers)
     s = subparsers.add_parser("space", help="write a folder that runs as a hosted demo as-is (app.py, model, README)")
-    add_config_options(s, SpaceConfig, {"model": Option(".onnx or .tflite file"), "out": Option("the new folder")})
+    add_config_options(
+        s, SpaceConfig, {"model": Option(".onnx, .tflite or ncnn .param file"), "out": Option("the new folder")}
+    )
     s.set_defaults(func=run_space)
 
 
@@ -185,6 +187,7 @@ def run_space(args: argparse.Namespace) -> int:
     from edge_runtime.atomic import atomic_dir
     from edge_runtime.backends import BACKENDS, load
     from edge_runtime.errors import FloraEdgeError
+    from edge_runtime.modelfile import model_files
 
     config = config_from_args(args)
     if config.out.exists():
@@ -193,7 +196,9 @@ def run_space(args: argparse.Namespace) -> int:
         raise FloraEdgeError(f"the model's file name {config.model.name!r} has unprintable characters; rename it")
     backend = load(config.model)  # refuses a file without labels and spec before anything is written
     with atomic_dir(config.out) as tmp:
-        shutil.copy2(config.model, tmp / config.model.name)
+        card = config.model.with_name(config.model.name + ".json")  # an ncnn model's only labels and spec
+        for part in (*model_files(config.model), *([card] if card.is_file() else [])):
+            shutil.copy2(part, tmp / part.name)
         package = Path(__file__).resolve().parents[1]
         shutil.copytree(package, tmp / "edge_runtime", ignore=shutil.ignore_patterns("__pycache__"))
         (tmp / "app.py").write_text(
@@ -226,12 +231,14 @@ def card_row(card: Path, name: str) -> dict:
 
 
 def space_readme(model: Path, backend) -> str:
+    from edge_runtime.modelfile import model_bytes
+
     row = card_row(model.parent / "model_card.json", model.name)
     accuracy = (
         f"{row['accuracy']:.4f} top-1 on {row['n']} validation images" if "accuracy" in row else "see the model card"
     )
     return (
-        f"# FloraEdge: {describe(backend.info)}\n\n`{model.name}` ({model.stat().st_size / 1e6:.2f} MB, "
+        f"# FloraEdge: {describe(backend.info)}\n\n`{model.name}` ({model_bytes(model) / 1e6:.2f} MB, "
         f"{backend.info.info.get('precision', '?')}, {backend.info.info.get('arch', '?')}): {accuracy}.\n"
         f"Dataset: {backend.info.info.get('dataset', {}).get('name', 'unknown')}.\n\n"
         f"Run: `pip install -r requirements.txt && uvicorn app:app --host 0.0.0.0 --port 7860 --http {GUARDED_PROTOCOL} --ws none`\n"

@@ -107,6 +107,7 @@ def versions() -> dict:
         "opencv": cv2.__version__,
         "litert": _tflite_interpreter().__module__,
         "openvino": openvino_version(),
+        "ncnn": ncnn_version(),
     }
 
 
@@ -116,6 +117,14 @@ def openvino_version() -> str | None:
     except ImportError:  # the edge-openvino extra is optional; its pairs then fail to load, each in one line
         return None
     return openvino.__version__
+
+
+def ncnn_version() -> str | None:
+    try:
+        import ncnn
+    except ImportError:
+        return None
+    return ncnn.__version__
 
 
 def reference(work: Path) -> None:

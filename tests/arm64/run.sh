@@ -10,7 +10,7 @@
 # What runs under which CPU model, chosen for CI time (every emulated minute counts; see docs/devices.md):
 #   Pi 5 (Cortex-A76): the install, the torch-free tests, the agreement, the device commands, the camera and
 #     window routes.
-#   Pi 4 (Cortex-A72): the torch-free tests and the agreement (on the first PI4_IMAGES photos). onnxruntime
+#   Pi 4 (Cortex-A72): the torch-free tests and the agreement (on the first PI4_IMAGES photos). onnxruntime, ncnn
 #     and XNNPACK pick their kernels by the CPU model, so numbers can differ between the two; the
 #     commands and the camera route exercise Python, OpenCV and the CLI, which do not read it.
 # Cold, the work runs on three lines (host export, camera + window layers, device install + tests): see main().
