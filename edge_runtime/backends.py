@@ -304,7 +304,7 @@ class NcnnBackend:
     ):
         self.ncnn = import_runtime("ncnn", self.name)
         # the .param states no input shape and embeds no metadata: the sidecar or the user's options say it all
-        self.input_details = {"name": "", "shape": [], "dtype": "float32"}
+        self.input_details = {"name": "", "shape": [-1, -1, -1, -1], "dtype": "float32"}  # any size: ncnn runs it
         self.info = resolve_info(path, overrides, 0, self.input_details, FileFacts(None, None, None))
         if self.info.spec.layout != "NCHW":
             raise BackendError(
