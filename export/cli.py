@@ -26,8 +26,7 @@ EXPORT_OPTIONS = {
     "per_channel": Option("ONNX int8 weights per tensor (default: per channel)", flag="--per-tensor"),
     "ort_preset": Option(
         "ONNX int8 types: x86 = uint8 x int8 with 7-bit weights wherever x86's kernel sums product pairs (8-bit "
-        "depthwise weights; the 3 layers 7 bits hurt most as uint8 x uint8 or float), right on every CPU; x86-accurate = x86 with 10 such "
-        "layers (closer to PyTorch, slower: for --recipe linear models); x86-all-7bit = 7-bit "
+        "depthwise weights; the layers 7 bits hurt most as uint8 x uint8 or float), right on every CPU; x86-all-7bit = 7-bit "
         "weights everywhere (the former default); arm = int8 x int8 for ARM64's SDOT kernels (an x86 host "
         "verifies it by QDQ emulation)",
         choices=tuple(ORT_PRESETS),

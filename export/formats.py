@@ -111,16 +111,6 @@ ORT_PRESETS = {
         "exact_layers": 3,
         "native_on": None,
     },
-    # x86 with the 10 layers that 7-bit weights hurt most kept at 8 bits (uint8 x uint8 / float): for heads fitted
-    # on a frozen ImageNet backbone (`train --recipe linear`), whose features int8 moves most; about half the
-    # x86 file's KL to PyTorch there, at a latency cost (docs/own_classes.md, "Why the linear fit's int8 ONNX misses")
-    "x86-accurate": {
-        "activation_type": "QUInt8",
-        "weight_type": "QInt8",
-        "weights_7bit": "paired",
-        "exact_layers": 10,
-        "native_on": None,
-    },
     # the x86 preset before issue 37: 7-bit weights in every layer, the depthwise ones included
     "x86-all-7bit": {
         "activation_type": "QUInt8",

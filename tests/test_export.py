@@ -20,7 +20,7 @@ from edge_runtime.preprocess import preprocess, read_image_bgr
 from export import converters, exporter
 from export.calibration import CalibrationError, balanced_sample, verification_set
 from export.exporter import ExportConfig, export_all
-from export.formats import FORMATS, ORT_PRESETS, needs_qdq_emulation, select
+from export.formats import FORMATS, needs_qdq_emulation, select
 from prepare.categories import class_names
 from prepare.manifest import read_manifest
 from tests.conftest import mediapipe_vs_runtime
@@ -272,30 +272,6 @@ def test_x86_preset_int8_onnx_is_saturation_free_and_this_cpus_kernels_compute_t
     fused, exact = kernels.predict(batch), emulated.predict(batch)
     assert (fused.argmax(1) == exact.argmax(1)).all()
     assert np.abs(fused - exact).max() < 0.05, np.abs(fused - exact).max()
-
-
-@pytest.mark.slow
-def test_the_x86_accurate_preset_keeps_its_10_most_sensitive_layers_at_8_bits_and_stays_saturation_free(
-    tiny_checkpoint, tiny_prepared, tmp_path
-):
-    """x86-accurate: the x86 preset with 10 exact layers instead of 3 (ORT_PRESETS), still with no int8 weight
-    beyond 64 in a pair-summing layer, so no x86 CPU saturates on it."""
-    assert ORT_PRESETS["x86-accurate"]["exact_layers"] == 10 > ORT_PRESETS["x86"]["exact_layers"]
-    config = dict(formats=("onnx",), precisions=("int8",), ort_preset="x86-accurate", allow_drop=True, **FAST)
-    out = tmp_path / "accurate"
-    export_all(ExportConfig(checkpoint=str(tiny_checkpoint), data=str(tiny_prepared), out=str(out), **config))
-    path = out / "model_int8.onnx"
-    weights = quantized_weights_by_node(path)
-    uint8 = [n for n, w in weights.items() if w.dtype == np.uint8]
-    in_float = [node for node, _ in converters.pair_summing_nodes(path)]
-    assert len(uint8) + len(in_float) == 10, (uint8, in_float)
-    assert set(in_float) <= converters.on_graph_input(path), in_float
-    paired = [
-        int(np.abs(w.astype(np.int16)).max()) for n, w in weights.items() if w.dtype == np.int8 and "depthwise" not in n
-    ]
-    assert paired and max(paired) == 64, paired
-    info = load(path).info.info["onnx_int8"]
-    assert (info["preset"], info["exact_layers"], info["weight_abs_max"]) == ("x86-accurate", 10, 64), info
 
 
 def test_seven_bit_rounding_matches_onnxruntimes_reduced_range():
