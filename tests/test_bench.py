@@ -86,4 +86,4 @@ def test_bench_writes_every_output_and_survives_a_broken_file(onnx_exports, tiny
     assert machine["cores"] == os.cpu_count() and machine["threads"] == sorted(
         {min(t, os.cpu_count()) for t in (1, 2, 4)}
     )
-    assert machine["versions"]["numpy"] == np.__version__ and machine["versions"]["torch"] == torch.__version__
+    assert machine["versions"]["numpy"] == np.__version__ and torch.__version__.startswith(machine["versions"]["torch"])
