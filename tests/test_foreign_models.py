@@ -1,0 +1,474 @@
+"""Models other tools wrote: each runs through `inspect` + `classify` and gives the top-1 of the same weights
+run the FloraEdge way (the same graph with FloraEdge's metadata embedded, as `floraedge export` writes it).
+
+The foreign files are made the way other tools make them: a torchvision model exported with plain
+`torch.onnx.export` (no metadata); the same network converted with litert-torch and given only the standard
+TFLite metadata (what MediaPipe Model Maker writes; MediaPipe reads it); a uint8-input TFLite from
+ai-edge-quantizer; an ONNX that takes BGR pixels 0-255 in NHWC. Those need torch to be made (``torch``
+marker); the rules of resolution and the bad inputs are checked on tiny ONNX files, torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edge_runtime.backends import load
+from edge_runtime.foreign import EMBEDDED, FLAGS, MODEL, SIDECAR, STANDARD, ModelOverrides
+from edge_runtime.metadata import INFO_KEY, LABELS_KEY, SPEC_KEY, MetadataError
+from edge_runtime.spec import PreprocessSpec
+from floraedge import main
+from tests.conftest import REAL_DATA
+from tests.tiny_models import tiny_onnx
+
+SIZE = 64
+LABELS = ["pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea", "english marigold"]
+IMAGENET = PreprocessSpec(crop_size=SIZE, resize_size=73)  # torchvision's normalization, at a small size
+PHOTOS = 8
+
+
+def run_cli(argv: list[str], capfd) -> tuple[int, str, str]:
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's exit
+        code = exc.code
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def one_line_error(argv, capfd, message: str) -> str:
+    code, out, err = run_cli(argv, capfd)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert message in lines[0], lines[0]
+    return lines[0]
+
+
+def classify_json(model: Path, images: Path, capfd, *options) -> list[dict]:
+    code, out, err = run_cli(["classify", "--model", model, "--json", "--top-k", "5", *options, images], capfd)
+    assert code == 0, err[-3000:]
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def top1(results: list[dict]) -> list[str]:
+    return [r["top"][0]["label"] for r in results]
+
+
+def scores(results: list[dict]) -> np.ndarray:
+    """Each image's probabilities in label order (the top-5 of 5 classes is all of them)."""
+    return np.array([[s for _, s in sorted((t["index"], t["score"]) for t in r["top"])] for r in results])
+
+
+def inspect_json(model: Path, capfd, *options) -> dict:
+    code, out, err = run_cli(["inspect", model, "--json", *options], capfd)
+    assert code == 0, err[-3000:]
+    return json.loads(out)
+
+
+# ---------------------------------------------------------------- foreign files made as other tools make them
+
+
+def real_photos(folder: Path) -> Path:
+    """A few real flower photos (synthetic pictures where the dataset is absent)."""
+    import cv2
+
+    folder.mkdir()
+    jpgs = sorted((REAL_DATA / "jpg").glob("*.jpg"))[: PHOTOS * 40 : 40]
+    for i, jpg in enumerate(jpgs):
+        (folder / f"{i:02d}.jpg").write_bytes(jpg.read_bytes())
+    if not jpgs:
+        rng = np.random.default_rng(0)
+        for i in range(PHOTOS):
+            cv2.imwrite(str(folder / f"{i:02d}.jpg"), rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    return folder
+
+
+def torchvision_net(photos: Path):
+    """torchvision's MobileNetV3-Small (random weights) whose last layer is fitted so that the top-1 follows the
+    image: random networks give every image the same class. The layer projects the penultimate features onto
+    their 5 principal directions, scaled to unit variance x 3 (PCA over the photos)."""
+    import torch
+    import torchvision
+
+    from edge_runtime.preprocess import preprocess, read_image_bgr
+
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v3_small(num_classes=len(LABELS)).eval()
+    x = torch.from_numpy(np.concatenate([preprocess(read_image_bgr(p), IMAGENET) for p in sorted(photos.iterdir())]))
+    with torch.no_grad():
+        features = net.classifier[:-1](torch.flatten(net.avgpool(net.features(x)), 1)).double().numpy()
+    mean = features.mean(0)
+    _, _, vt = np.linalg.svd(features - mean, full_matrices=False)
+    weight = vt[: len(LABELS)]
+    weight *= 3.0 / ((features - mean) @ weight.T).std(0)[:, None]
+    with torch.no_grad():
+        net.classifier[-1].weight.copy_(torch.from_numpy(weight).float())
+        net.classifier[-1].bias.copy_(torch.from_numpy(-mean @ weight.T).float())
+    return net
+
+
+def wrapped(net, kind: str):
+    """``net`` (RGB, NCHW, ImageNet-normalized input, logits) as other tools ship it."""
+    import torch
+
+    mean = torch.tensor(IMAGENET.mean).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET.std).view(1, 3, 1, 1)
+
+    class Wrapped(torch.nn.Module):
+        def forward(self, x):
+            if kind == "bgr-255-nhwc":  # BGR pixels 0..255, NHWC (an OpenCV pipeline's model)
+                x = (x.flip(-1).permute(0, 3, 1, 2) / 255.0 - mean) / std
+            elif kind == "half":  # (pixel - 127.5) / 127.5, what uint8 models' metadata says
+                x = ((x * 0.5 + 0.5) - mean) / std
+            return torch.softmax(net(x), dim=-1)
+
+    return Wrapped().eval()
+
+
+def with_floraedge_metadata(src: Path, dst: Path, spec: PreprocessSpec, output: str) -> Path:
+    """The graph of ``src`` with FloraEdge's metadata embedded, as `floraedge export` writes it."""
+    model = onnx.load(str(src))
+    for key, value in (
+        (SPEC_KEY, spec.to_json()),
+        (LABELS_KEY, json.dumps(LABELS)),
+        (INFO_KEY, json.dumps({"format": "onnx", "precision": "fp32", "output": output})),
+    ):
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def litert_file(module, path: Path) -> Path:
+    import litert_torch
+    import torch
+
+    nhwc = litert_torch.to_channel_last_io(module, args=[0])
+    litert_torch.convert(nhwc, (torch.zeros(1, SIZE, SIZE, 3),)).export(str(path))
+    return path
+
+
+def uint8_input_file(fp32: Path, path: Path) -> Path:
+    """ai-edge-quantizer's full-integer recipe with a uint8 INPUT, calibrated on inputs spanning [-1, 1]
+    (what (pixel - 127.5) / 127.5 spans), so that the file's input quantization is the pixel itself."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import qtyping, quantizer, recipe
+
+    qt = quantizer.Quantizer(str(fp32))
+    qt.load_quantization_recipe(recipe.static_wi8_ai8())
+    config = qtyping.TensorQuantizationConfig
+    qt.update_quantization_recipe(
+        regex=".*",
+        operation_name=qtyping.TFLOperationName.INPUT,
+        op_config=qtyping.OpQuantizationConfig(
+            activation_tensor_config=config(num_bits=8, symmetric=False, dtype=qtyping.TensorDataType.UINT),
+            weight_tensor_config=config(num_bits=8, symmetric=True),
+            compute_precision=qtyping.ComputePrecision.INTEGER,
+        ),
+    )
+    name = Interpreter(model_path=str(fp32)).get_signature_list()["serving_default"]["inputs"][0]
+    rng = np.random.default_rng(0)
+    samples = [rng.uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32) for _ in range(6)]
+    samples[0][0, 0, 0], samples[0][0, 0, 1] = -1.0, 1.0  # the exact ends of the range
+    calibration = qt.calibrate({"serving_default": [{name: x} for x in samples]}, num_threads=1)
+    qt.quantize(calibration, enable_progress_report=False).export_model(str(path), overwrite=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory) -> dict[str, Path]:
+    """The foreign files, the FloraEdge-way reference, real photos and a labels file, in one folder each."""
+    pytest.importorskip("torch")
+    import torch
+
+    from export.tflite_metadata import add_metadata
+
+    root = tmp_path_factory.mktemp("foreign")
+    files = {"photos": real_photos(root / "photos")}
+    net = torchvision_net(files["photos"])
+    (root / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    files["labels"] = root / "labels.txt"
+    for name in ("plain", "bgr", "reference", "std", "uint8"):
+        (root / name).mkdir()
+    zeros = torch.zeros(1, 3, SIZE, SIZE)
+    files["plain"] = root / "plain" / "mobilenet_v3_small.onnx"  # a user's plain export: logits, no metadata
+    torch.onnx.export(net, (zeros,), str(files["plain"]), input_names=["input"], output_names=["logits"], dynamo=False)
+    files["reference"] = with_floraedge_metadata(
+        files["plain"], root / "reference" / "model_fp32.onnx", IMAGENET, "logits"
+    )
+    files["bgr"] = root / "bgr" / "bgr_255_nhwc.onnx"
+    nhwc = torch.zeros(1, SIZE, SIZE, 3)
+    torch.onnx.export(wrapped(net, "bgr-255-nhwc"), (nhwc,), str(files["bgr"]), input_names=["pixels"], dynamo=False)
+    plain_tflite = litert_file(wrapped(net, "imagenet"), root / "std" / "converted.tflite")
+    files["std"] = add_metadata(  # the standard metadata only: no floraedge.json
+        plain_tflite,
+        root / "std" / "mobilenet_v3_small.tflite",
+        labels=LABELS,
+        mean=tuple(255 * m for m in IMAGENET.mean),
+        std=tuple(255 * s for s in IMAGENET.std),
+        name="mobilenet_v3_small",
+        description="A classifier from another tool.",
+    )
+    plain_tflite.unlink()
+    half = litert_file(wrapped(net, "half"), root / "uint8" / "half.tflite")
+    quantized = uint8_input_file(half, root / "uint8" / "quantized.tflite")
+    files["uint8"] = add_metadata(
+        quantized,
+        root / "uint8" / "mobilenet_v3_small_uint8.tflite",
+        labels=LABELS,
+        mean=(127.5,) * 3,
+        std=(127.5,) * 3,
+        name="mobilenet_v3_small uint8",
+        description="A full-integer classifier.",
+    )
+    half.unlink()
+    quantized.unlink()
+    return files
+
+
+@pytest.fixture(scope="module")
+def reference(foreign, tmp_path_factory) -> list[dict]:
+    """`classify --json` of the FloraEdge-way file: what every foreign file must give."""
+    import contextlib
+    import io
+
+    out = io.StringIO()  # a module fixture has no capfd
+    with contextlib.redirect_stdout(out):
+        assert (
+            main(["classify", "--model", str(foreign["reference"]), "--json", "--top-k", "5", str(foreign["photos"])])
+            == 0
+        )
+    results = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(set(top1(results))) >= 3, top1(results)  # the top-1 follows the image: agreement below means something
+    return results
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_a_tflite_with_only_standard_metadata_runs_with_no_option(foreign, reference, capfd):
+    found = inspect_json(foreign["std"], capfd)
+    assert found["input"]["shape"] == [1, SIZE, SIZE, 3] and found["input"]["dtype"] == "float32"
+    assert {k: found["sources"][k] for k in ("mean", "std", "color_order", "labels")} == dict.fromkeys(
+        ("mean", "std", "color_order", "labels"), STANDARD
+    )
+    assert found["sources"]["crop_size"] == found["sources"]["layout"] == MODEL  # from the input shape
+    assert found["output"] == {"scores": len(LABELS), "kind": "probabilities", "source": MODEL}  # its softmax
+    np.testing.assert_allclose(found["spec"]["mean"], IMAGENET.mean, rtol=1e-6)
+    assert found["labels"]["first"] == LABELS and found["notes"] == []
+    results = classify_json(foreign["std"], foreign["photos"], capfd)
+    assert top1(results) == top1(reference)
+    np.testing.assert_allclose(scores(results), scores(reference), atol=2e-3)
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_mediapipe_reads_the_standard_metadata_file_as_the_runtime_does(foreign, tmp_path):
+    from edge_runtime.preprocess import read_image_bgr
+    from tests.conftest import mediapipe_vs_runtime
+
+    images = [read_image_bgr(p) for p in sorted(foreign["photos"].iterdir())]
+    for name in ("std", "uint8"):  # MediaPipe accepts float32 and uint8 input
+        compared = mediapipe_vs_runtime(foreign[name], images, tmp_path / name)
+        assert compared["agreement"] == 1.0, (name, compared)
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_a_uint8_input_tflite_takes_its_quantization_from_the_file(foreign, reference, capfd):
+    found = inspect_json(foreign["uint8"], capfd)
+    assert found["input"]["dtype"] == "uint8"
+    scale, zero_point = found["input"]["quantization"]
+    assert scale == pytest.approx(2 / 255, rel=0.02) and abs(zero_point - 127.5) <= 1  # calibrated on [-1, 1]
+    assert found["sources"]["mean"] == STANDARD and found["output"]["kind"] == "probabilities"
+    results = classify_json(foreign["uint8"], foreign["photos"], capfd)
+    agree = np.mean(np.array(top1(results)) == np.array(top1(reference)))
+    assert agree >= 0.75, (top1(results), top1(reference))  # int8 inside: a few close calls may flip
+    wrong = classify_json(foreign["uint8"], foreign["photos"], capfd, "--mean", "0", "--std", "1")
+    assert np.abs(scores(wrong) - scores(results)).max() > 0.05  # the comparison would notice a wrong input scale
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_a_plain_torchvision_onnx_runs_once_told_how(foreign, reference, capfd, tmp_path):
+    plain, photos = foreign["plain"], foreign["photos"]
+    one_line_error(["classify", "--model", plain, photos], capfd, "carries no preprocessing spec")
+    told = ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--output", "logits"]
+    told += ["--labels", foreign["labels"]]
+    results = classify_json(plain, photos, capfd, *told)
+    assert top1(results) == top1(reference)
+    np.testing.assert_allclose(scores(results), scores(reference), atol=1e-4)
+
+    spec_file = tmp_path / "spec.json"  # the spec.json the project writes, as one --spec
+    spec_file.write_text(IMAGENET.to_json())
+    by_spec = classify_json(
+        plain, photos, capfd, "--spec", spec_file, "--output", "logits", "--labels", foreign["labels"]
+    )
+    assert top1(by_spec) == top1(reference)
+
+    found = inspect_json(plain, capfd, *told, "--write-sidecar")  # then later commands need no options
+    assert found["sources"]["mean"] == found["sources"]["labels"] == found["sources"]["output"] == FLAGS
+    assert Path(found["sidecar"]) == plain.with_name(plain.name + ".json")
+    try:
+        later = classify_json(plain, photos, capfd)
+        assert top1(later) == top1(reference)
+        assert inspect_json(plain, capfd)["sources"]["mean"] == SIDECAR
+    finally:
+        Path(found["sidecar"]).unlink()
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_a_bgr_0_255_nhwc_onnx_runs_with_its_options(foreign, reference, capfd):
+    bgr, photos = foreign["bgr"], foreign["photos"]
+    told = ["--color-order", "BGR", "--value-range", "0-255", "--labels", foreign["labels"], "--resize-size", "73"]
+    found = inspect_json(bgr, capfd, *told)
+    assert found["spec"]["layout"] == "NHWC" and found["sources"]["layout"] == MODEL
+    assert found["output"]["kind"] == "probabilities" and found["output"]["source"] == MODEL
+    results = classify_json(bgr, photos, capfd, *told)
+    assert top1(results) == top1(reference)
+    np.testing.assert_allclose(scores(results), scores(reference), atol=1e-4)
+    as_rgb = classify_json(bgr, photos, capfd, *[t for t in told if t not in ("--color-order", "BGR")])
+    assert np.abs(scores(as_rgb) - scores(reference)).max() > 0.01  # the colour order matters: it was applied
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_opencv_dnn_runs_a_plain_onnx_with_the_same_options(foreign, reference):
+    overrides = ModelOverrides(mean=IMAGENET.mean, std=IMAGENET.std, output="logits", labels=foreign["labels"])
+    backend = load(foreign["plain"], "opencv", overrides=overrides)  # OpenCV reads no shape: the file's walk does
+    assert backend.info.spec.crop_size == SIZE and backend.info.sources["crop_size"] == MODEL
+
+
+# ---------------------------------------------------------------- the rules, on tiny files (torch-free)
+
+
+@pytest.fixture
+def tiny(tmp_path) -> dict[str, Path]:
+    import cv2
+
+    (tmp_path / "bare").mkdir()
+    files = {
+        "bare": tiny_onnx(tmp_path / "bare" / "model.onnx", embed=False),
+        "embedded": tiny_onnx(tmp_path / "model_fp32.onnx"),
+        "labels": tmp_path / "labels.txt",
+        "five": tmp_path / "five.txt",
+        "photo": tmp_path / "photo.jpg",
+    }
+    files["labels"].write_text("a\nb\nc\nd\n")
+    files["five"].write_text("a\nb\nc\nd\ne\n")
+    cv2.imwrite(str(files["photo"]), np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    return files
+
+
+TOLD = ["--mean", "0.5", "--std", "0.25", "--output", "logits"]
+
+
+def test_a_file_that_says_nothing_is_refused_with_one_line_naming_the_options(tiny, capfd):
+    line = one_line_error(["classify", "--model", tiny["bare"], tiny["photo"]], capfd, "carries no preprocessing spec")
+    assert all(option in line for option in ("--spec FILE", "--mean", "--value-range", "--output", "--labels"))
+    line = one_line_error(["inspect", tiny["bare"], "--mean", "0.5"], capfd, "does not say")
+    assert "--output" in line and "--mean" not in line.split("does not say")[1]  # only what is missing
+
+
+def test_labels_whose_count_differs_from_the_outputs_are_one_line_and_nothing_is_written(tiny, capfd):
+    argv = ["inspect", tiny["bare"], *TOLD, "--labels", tiny["five"], "--write-sidecar"]
+    one_line_error(argv, capfd, "5 labels but the model has 4 outputs (the labels come from flags)")
+    assert sorted(p.name for p in tiny["bare"].parent.iterdir()) == ["model.onnx"]  # no sidecar, no temp file
+    one_line_error(
+        ["classify", "--model", tiny["embedded"], "--labels", tiny["five"], tiny["photo"]], capfd, "5 labels"
+    )
+
+
+def test_flags_win_over_the_files_metadata_and_the_report_says_so(tiny, capfd):
+    code, out, err = run_cli(["classify", "--model", tiny["embedded"], "--color-order", "BGR", tiny["photo"]], capfd)
+    assert code == 0 and "note: color_order: BGR (flags) replaces RGB (embedded)" in err, err
+    found = inspect_json(tiny["embedded"], capfd, "--color-order", "BGR", "--output", "probabilities")
+    assert found["spec"]["color_order"] == "BGR" and found["sources"]["color_order"] == FLAGS
+    assert found["sources"]["mean"] == EMBEDDED and found["output"]["kind"] == "probabilities"
+    assert found["notes"] == ["color_order: BGR (flags) replaces RGB (embedded)"]  # output: the file did not say
+    code, out, err = run_cli(["inspect", tiny["embedded"], "--color-order", "BGR"], capfd)
+    assert code == 0 and "color_order   BGR" in out and "<- your options" in out and "replaces RGB" in out
+
+
+def test_a_spec_that_does_not_match_the_input_is_one_line(tiny, capfd, tmp_path):
+    spec = tmp_path / "spec48.json"
+    spec.write_text(PreprocessSpec(crop_size=48, resize_size=55).to_json())
+    argv = ["classify", "--model", tiny["bare"], "--spec", spec, "--output", "logits", tiny["photo"]]
+    line = one_line_error(argv, capfd, "does not match the model")
+    assert "[1, 3, 48, 48]" in line and "crop_size from flags" in line
+    one_line_error(["inspect", tiny["bare"], *TOLD, "--layout", "NHWC"], capfd, "does not match the model")
+    (tmp_path / "partial.json").write_text('{"mean": [0.5, 0.5, 0.5], "typo": 1}')
+    one_line_error(["inspect", tiny["bare"], "--spec", tmp_path / "partial.json"], capfd, "unknown fields ['typo']")
+
+
+def test_bad_option_values_are_one_line(tiny, capfd):
+    base = ["inspect", tiny["bare"], "--output", "logits"]
+    one_line_error([*base, "--mean", "127,127,127"], capfd, "add --value-range 0-255")
+    one_line_error([*base, "--mean", "0.5,0.5"], capfd, "1 or 3 comma-separated values")
+    one_line_error([*base, "--mean", "0.5", "--std", "0"], capfd, "must be positive")
+    one_line_error([*base, "--value-range", "0-100"], capfd, "invalid choice")
+    one_line_error([*base, "--mean", "0.5", "--labels", tiny["bare"].parent / "missing.txt"], capfd, "missing.txt")
+
+
+def test_a_partial_spec_file_takes_the_rest_from_the_model(tiny, capfd, tmp_path):
+    (tmp_path / "partial.json").write_text('{"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}')
+    found = inspect_json(tiny["bare"], capfd, "--spec", tmp_path / "partial.json", "--output", "logits")
+    assert found["spec"]["crop_size"] == 32 and found["sources"]["crop_size"] == MODEL
+    assert found["sources"]["mean"] == FLAGS and found["sources"]["resize_size"] == "default"
+    assert found["labels"]["first"][0] == "class_0"
+
+
+def test_value_range_alone_means_plain_pixels(tiny):
+    info = load(tiny["bare"], overrides=ModelOverrides(value_range="0-255", output="logits")).info
+    assert info.spec.mean == (0.0,) * 3 and info.spec.std == pytest.approx((1 / 255,) * 3)
+    told = ModelOverrides(value_range="0-255", mean=(127.5,), std=(127.5,), output="logits")
+    info = load(tiny["bare"], overrides=told).info  # mean and std in the units of the range
+    assert info.spec.mean == pytest.approx((0.5,) * 3) and info.spec.std == pytest.approx((0.5,) * 3)
+
+
+def test_write_sidecar_is_atomic_and_refused_where_embedded_metadata_would_win(tiny, capfd):
+    one_line_error(["inspect", tiny["embedded"], "--write-sidecar"], capfd, "a sidecar would be ignored")
+    assert not tiny["embedded"].with_name("model_fp32.onnx.json").exists()
+    code, out, err = run_cli(["inspect", tiny["bare"], *TOLD, "--labels", tiny["labels"], "--write-sidecar"], capfd)
+    assert code == 0, err
+    assert sorted(p.name for p in tiny["bare"].parent.iterdir()) == ["model.onnx", "model.onnx.json"]  # no temp file
+    info = load(tiny["bare"]).info  # no options: the sidecar says it all
+    assert info.labels == tuple("abcd") and info.spec.mean == (0.5,) * 3 and info.sources["output"] == SIDECAR
+
+
+def test_an_onnx_that_ends_in_a_softmax_needs_no_output_option(tmp_path):
+    path = tiny_onnx(tmp_path / "p.onnx", embed=False, output="probabilities")
+    info = load(path, overrides=ModelOverrides(mean=(0.5,), std=(0.25,))).info
+    assert info.output == "probabilities" and info.sources["output"] == MODEL
+    with pytest.raises(MetadataError, match="logits or probabilities"):
+        load(tiny_onnx(tmp_path / "l.onnx", embed=False), overrides=ModelOverrides(mean=(0.5,), std=(0.25,)))
+
+
+@pytest.mark.parametrize("command", ["classify", "run", "serve", "inspect"])
+def test_every_model_command_takes_the_same_options(command, tmp_path):
+    from edge_runtime.foreign import OVERRIDE_OPTIONS
+    from floraedge import build_parser
+
+    argv = {"classify": ["--model", "m.onnx", "x.jpg"], "run": ["--model", "m.onnx"], "serve": ["--model", "m.onnx"]}
+    given = ["--labels", "l.txt", "--spec", "s.json", "--input-size", "224", "--resize-size", "256"]
+    given += ["--interpolation", "bicubic", "--mean", "0.5", "--std", "0.5,0.5,0.5", "--color-order", "BGR"]
+    given += ["--layout", "NHWC", "--value-range", "0-255", "--output", "probabilities"]
+    args = build_parser().parse_args([command, *argv.get(command, ["m.onnx"]), *given])
+    overrides = ModelOverrides.of(args.binding.config(args))
+    assert overrides == ModelOverrides(
+        labels=Path("l.txt"),
+        spec=Path("s.json"),
+        input_size=224,
+        resize_size=256,
+        interpolation="bicubic",
+        mean=(0.5,),
+        std=(0.5, 0.5, 0.5),
+        color_order="BGR",
+        layout="NHWC",
+        value_range="0-255",
+        output="probabilities",
+    )
+    assert len(OVERRIDE_OPTIONS) == len(given) // 2
