@@ -112,19 +112,22 @@ def torchvision_net(photos: Path):
 
 
 def wrapped(net, kind: str):
-    """``net`` (RGB, NCHW, ImageNet-normalized input, logits) as other tools ship it."""
+    """``net`` (RGB, NCHW, ImageNet-normalized input, logits) as other tools ship it, ending in a softmax."""
     import torch
 
-    mean = torch.tensor(IMAGENET.mean).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET.std).view(1, 3, 1, 1)
-
     class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net.requires_grad_(False)
+            self.register_buffer("mean", torch.tensor(IMAGENET.mean).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(IMAGENET.std).view(1, 3, 1, 1))
+
         def forward(self, x):
             if kind == "bgr-255-nhwc":  # BGR pixels 0..255, NHWC (an OpenCV pipeline's model)
-                x = (x.flip(-1).permute(0, 3, 1, 2) / 255.0 - mean) / std
+                x = (x.flip(-1).permute(0, 3, 1, 2) / 255.0 - self.mean) / self.std
             elif kind == "half":  # (pixel - 127.5) / 127.5, what uint8 models' metadata says
-                x = ((x * 0.5 + 0.5) - mean) / std
-            return torch.softmax(net(x), dim=-1)
+                x = ((x * 0.5 + 0.5) - self.mean) / self.std
+            return torch.softmax(self.net(x), dim=-1)
 
     return Wrapped().eval()
 
@@ -271,6 +274,7 @@ def test_mediapipe_reads_the_standard_metadata_file_as_the_runtime_does(foreign,
 
     images = [read_image_bgr(p) for p in sorted(foreign["photos"].iterdir())]
     for name in ("std", "uint8"):  # MediaPipe accepts float32 and uint8 input
+        (tmp_path / name).mkdir()
         compared = mediapipe_vs_runtime(foreign[name], images, tmp_path / name)
         assert compared["agreement"] == 1.0, (name, compared)
 
