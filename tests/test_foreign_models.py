@@ -476,3 +476,20 @@ def test_every_model_command_takes_the_same_options(command, tmp_path):
         output="probabilities",
     )
     assert len(OVERRIDE_OPTIONS) == len(given) // 2
+
+
+def test_a_space_of_a_foreign_model_carries_its_sidecar(tiny, capfd, tmp_path):
+    import subprocess
+    import sys
+
+    code, _, err = run_cli(["inspect", tiny["bare"], *TOLD, "--labels", tiny["labels"], "--write-sidecar"], capfd)
+    assert code == 0, err
+    out = tmp_path / "space"
+    code, _, err = run_cli(["space", "--model", tiny["bare"], "--out", out], capfd)
+    assert code == 0 and (out / "model.onnx.json").is_file(), err
+    check = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from starlette.testclient import TestClient; import app\n"
+        "c = TestClient(app.app, base_url='http://localhost'); print(c.get('/v1/model').json()['labels'])"
+    )
+    result = subprocess.run([sys.executable, "-c", check, str(out)], capture_output=True, text=True, cwd=out)
+    assert result.stdout.strip() == "['a', 'b', 'c', 'd']", result.stderr[-2000:]

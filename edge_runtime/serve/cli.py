@@ -194,6 +194,9 @@ def run_space(args: argparse.Namespace) -> int:
     backend = load(config.model)  # refuses a file without labels and spec before anything is written
     with atomic_dir(config.out) as tmp:
         shutil.copy2(config.model, tmp / config.model.name)
+        sidecar = config.model.with_name(config.model.name + ".json")  # how to run a file that does not say it
+        if sidecar.is_file():
+            shutil.copy2(sidecar, tmp / sidecar.name)
         package = Path(__file__).resolve().parents[1]
         shutil.copytree(package, tmp / "edge_runtime", ignore=shutil.ignore_patterns("__pycache__"))
         (tmp / "app.py").write_text(
