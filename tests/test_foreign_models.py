@@ -528,3 +528,32 @@ def test_a_space_of_a_foreign_model_carries_its_sidecar(tiny, capfd, tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", check, str(out)], capture_output=True, text=True, cwd=out)
     assert result.stdout.strip() == "['a', 'b', 'c', 'd']", result.stderr[-2000:]
+
+
+def test_a_uint8_input_onnx_takes_plain_pixels(tmp_path, tiny):
+    """An ONNX file that takes uint8 pixels (NHWC, as a camera gives them) gets them rounded, in their range."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["pixels"], ["f"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["f"], ["m"], axes=[1, 2], keepdims=0),  # mean B, G, R or R, G, B
+        ],
+        "uint8_input",
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, [1, 8, 8, 3])],
+        [helper.make_tensor_value_info("m", TensorProto.FLOAT, [1, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "pixels.onnx"))
+    told = ModelOverrides(value_range="0-255", output="logits", resize_size=8)
+    backend = load(tmp_path / "pixels.onnx", overrides=told)
+    assert backend.info.spec.layout == "NHWC" and backend.input_details["dtype"] == "uint8"
+    from edge_runtime.preprocess import preprocess
+
+    frame = np.zeros((8, 8, 3), np.uint8)
+    frame[..., 2] = 200  # red, in OpenCV's BGR order
+    out = backend.predict(preprocess(frame, backend.info.spec))
+    np.testing.assert_allclose(out, [[200, 0, 0]])  # RGB, the pixel values themselves
+    with pytest.raises(MetadataError, match="no preprocessing spec"):
+        load(tmp_path / "pixels.onnx")
