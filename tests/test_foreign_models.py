@@ -530,7 +530,7 @@ def test_a_space_of_a_foreign_model_carries_its_sidecar(tiny, capfd, tmp_path):
     assert result.stdout.strip() == "['a', 'b', 'c', 'd']", result.stderr[-2000:]
 
 
-def test_a_uint8_input_onnx_takes_plain_pixels(tmp_path, tiny):
+def test_a_uint8_input_onnx_takes_plain_pixels(tmp_path):
     """An ONNX file that takes uint8 pixels (NHWC, as a camera gives them) gets them rounded, in their range."""
     from onnx import TensorProto, helper
 
