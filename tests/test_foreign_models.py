@@ -557,3 +557,18 @@ def test_a_uint8_input_onnx_takes_plain_pixels(tmp_path):
     np.testing.assert_allclose(out, [[200, 0, 0]])  # RGB, the pixel values themselves
     with pytest.raises(MetadataError, match="no preprocessing spec"):
         load(tmp_path / "pixels.onnx")
+
+
+def test_serve_takes_the_options_and_reports_the_sources(tiny):
+    from starlette.testclient import TestClient
+
+    from edge_runtime.serve.app import ServeConfig, create_app
+
+    config = ServeConfig(model=tiny["bare"], mean=(0.5,), std=(0.25,), output="logits", labels=tiny["labels"])
+    with TestClient(create_app(config), base_url="http://localhost") as client:
+        described = client.get("/v1/model").json()
+        assert described["labels"] == list("abcd") and described["spec"]["mean"] == [0.5] * 3
+        assert described["sources"]["mean"] == described["sources"]["labels"] == FLAGS
+        assert described["sources"]["crop_size"] == MODEL and described["output"] == "logits"
+        top = client.post("/v1/classify", content=tiny["photo"].read_bytes(), headers={"content-type": "image/jpeg"})
+        assert top.status_code == 200 and top.json()["top"][0]["label"] in "abcd"
