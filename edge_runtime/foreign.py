@@ -106,7 +106,7 @@ class ModelOverrides(OverrideFields):
         return any(getattr(self, f.name) is not None for f in dataclasses.fields(OverrideFields))
 
 
-def positive_int(text: str) -> int:
+def positive_int(text: str) -> int:  # edge_runtime.cli.number(low=1), which this module cannot import (a cycle)
     import argparse
 
     try:

@@ -30,7 +30,7 @@ from edge_runtime.options import Option, add_command, config_from_args
 
 # what each source is, in words (edge_runtime.foreign stacks them in this order, lowest first)
 SOURCE_WORDS = {
-    MODEL: "the file's input shape or final operator",
+    MODEL: "the file's input shape",
     STANDARD: "standard TFLite metadata",
     SIDECAR: "the sidecar beside the file",
     EMBEDDED: "FloraEdge metadata in the file",
@@ -38,6 +38,13 @@ SOURCE_WORDS = {
     DEFAULT: "default",
 }
 LABELS_SHOWN = 5
+
+
+def source_words(source: str, field: str) -> str:
+    """Where ``field`` came from, in words."""
+    if source == MODEL and field == "output":
+        return "the file's final operator (a softmax)"
+    return SOURCE_WORDS[source]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,15 +117,15 @@ def text_lines(found: dict) -> list[str]:
             if quantization and quantization[0]
             else ""
         ),
-        f"output   {o['scores']} scores, {o['kind']}  <- {SOURCE_WORDS[o['source']]}",
+        f"output   {o['scores']} scores, {o['kind']}  <- {source_words(o['source'], 'output')}",
         f"labels   {labels['count']}: {', '.join(labels['first'])}{', ...' if labels['count'] > LABELS_SHOWN else ''}"
-        f"  <- {SOURCE_WORDS[labels['source']]}",
+        f"  <- {source_words(labels['source'], 'labels')}",
         "spec     (how preprocess() turns an image into the input)",
     ]
     for name in SPEC_FIELDS:
         value = found["spec"][name]
         shown = ", ".join(f"{v:.6g}" for v in value) if isinstance(value, list) else str(value)
-        lines.append(f"  {name:<14}{shown:<28}<- {SOURCE_WORDS[found['sources'][name]]}")
+        lines.append(f"  {name:<14}{shown:<28}<- {source_words(found['sources'][name], name)}")
     lines.append("  (mean and std are in 0-1 units: the input is (pixel / 255 - mean) / std)")
     lines += [f"note: {note}" for note in found["notes"]]
     if found.get("sidecar"):

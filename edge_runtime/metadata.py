@@ -3,8 +3,9 @@
 ONNX files carry them in ``metadata_props``; a ``.tflite`` file carries them as files in its
 appended zip (the standard TFLite metadata layout: ``labels.txt`` plus our ``floraedge.json``).
 Sidecar files next to the model (``<model>.json``, or ``spec.json`` + ``labels.txt``) are the
-fallback. A model without a spec is refused: guessing normalization silently gives wrong answers.
-The info's ``"output"`` says what the model outputs: ``"probabilities"`` (every file exported since
+fallback. ``edge_runtime.foreign.resolve_info`` stacks these with what other tools write (standard
+TFLite metadata) and the user's options; a model whose normalization nobody states is refused there:
+guessing it silently gives wrong answers. The info's ``"output"`` says what the model outputs: ``"probabilities"`` (every file exported since
 the softmax moved into the graph) or ``"logits"`` (files that do not say: older exports).
 """
 

@@ -23,12 +23,11 @@ import zipfile
 from pathlib import Path
 
 from edge_runtime.bounded import open_zip, read_member
+from edge_runtime.metadata import MEMBER_MAX_BYTES, MEMBERS_MAX
 
 METADATA_NAME = "TFLITE_METADATA"
 MODEL_IDENTIFIER = b"TFL3"
 METADATA_IDENTIFIER = b"M001"
-LABEL_MEMBER_MAX_BYTES = 4 * 1024 * 1024  # a labels file of a few kilobytes; more is refused before it is read
-ZIP_MEMBERS_MAX = 1000
 
 # Enum values and union tags from metadata_schema.fbs.
 COLOR_SPACE_RGB = 1
@@ -165,11 +164,11 @@ def _labels(raw, label_file: str | None, where: str) -> tuple[list[str], list[st
     stream = io.BytesIO(raw)
     if not zipfile.is_zipfile(stream):
         return [], []
-    with open_zip(stream, ZIP_MEMBERS_MAX) as z:
+    with open_zip(stream, MEMBERS_MAX) as z:
         names = z.namelist()
         if label_file not in names:
             return names, []
-        text = read_member(z, label_file, LABEL_MEMBER_MAX_BYTES, where).decode()
+        text = read_member(z, label_file, MEMBER_MAX_BYTES, where).decode()
         return names, [line.strip() for line in text.splitlines() if line.strip()]
 
 

@@ -9,9 +9,6 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 README_MAX_LINES = 200
-# Pages that other branches of the same release add; until they are merged a link to one is skipped, not
-# failed (delete an entry once its page is in the tree: from then on its links are checked like any other).
-PAGES_FROM_OTHER_BRANCHES = {"docs/own_model.md", "docs/runtimes.md"}
 
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
@@ -64,8 +61,6 @@ def test_link_leads_to_a_file_and_heading(page, target):
     path, _, anchor = target.partition("#")
     file = (page.parent / path).resolve() if path else page
     name = file.relative_to(REPO).as_posix() if file.is_relative_to(REPO) else str(file)
-    if name in PAGES_FROM_OTHER_BRANCHES and not file.exists():
-        pytest.skip(f"{name} arrives with another branch of this release")
     assert file.exists(), f"{page.name}: the link {target} leads to no file"
     if anchor:
         assert file.suffix == ".md", f"{page.name}: {target} names a heading in a file that has none"
