@@ -45,6 +45,11 @@ QDQ_REFERENCE_STEPS = 2.0
 # (the reference's top two within the file's bound) and rare (at most MAX_FLIP_SHARE of the images, and
 # at least one may): a wrong kernel flips many images. Flipped images' reference top-two gaps are reported.
 NEAR_TIE_FILES = {"exports/model_int8.onnx"}  # and every file checked against its QDQ emulation
+# OpenVINO's ARM CPU plugin runs an int8 QDQ file with its own requantization (it reports f32 inference
+# precision there), further from the x86 reference than ONNX Runtime's kernels on the arm-preset file; its int8
+# pairs are held to this many steps (measured: docs/runtimes.md, "arm64 (emulated)"), still far below what a
+# wrong kernel gives, and flips must be near-ties as for the ONNX files.
+OPENVINO_INT8_STEPS = 6.0
 MAX_FLIP_SHARE = 0.02
 DYNAMIC_RTOL = 5e-2
 
@@ -208,8 +213,10 @@ def compare(
     elif row.precision == "int8":
         name = key_of(path)
         steps = QDQ_REFERENCE_STEPS if qdq_reference else INT8_STEPS.get(name, 1.0)
+        if backend == "openvino":
+            steps = max(steps, OPENVINO_INT8_STEPS)
         limit = steps * quant_step(path, backend)
-        may_flip = qdq_reference or name in NEAR_TIE_FILES
+        may_flip = qdq_reference or name in NEAR_TIE_FILES or backend == "openvino"
         top1_ok, gaps = top1_agrees(x86, arm, limit, may_flip=may_flip)
         result |= {"limit": limit, "qdq_reference": qdq_reference, "flipped_top2_gaps": gaps,
                    "passed": top1_ok and diff <= limit + 1e-7}  # fmt: skip
