@@ -193,7 +193,8 @@ def test_bench_peak_memory_does_not_grow_with_the_split(tmp_path):
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         peaks[n] = json.loads(done.stdout.strip().splitlines()[-1])
-        assert peaks[n]["n"] == n and peaks[n]["errors"] == [None, None], peaks[n]
+        # one row per backend that runs the file (onnxruntime, opencv, openvino): none failed
+        assert peaks[n]["n"] == n and len(peaks[n]["errors"]) >= 2 and not any(peaks[n]["errors"]), peaks[n]
     small, large = peaks[30], peaks[300]
     assert large["parent"] - small["parent"] < 30, peaks  # the bench process
     for a, b in zip(small["rows"], large["rows"], strict=True):  # each file's measuring process

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from edge_runtime import console
+from export.formats import FORMATS
 
 REDUCED = ["--classes", "4", "--epochs", "2", "--img-size", "32", "--calib-min", "16", "--runs", "3"]
 
@@ -51,7 +52,7 @@ def test_the_demo_keeps_every_file_and_prints_no_library_warnings(demo):
     progress-bar redraw; the report opens with what to look at and both end with the next commands."""
     out, proc = demo
     gate_rows = re.findall(r"^\| `(model_[^`]+)` \| (\w+) \|", (out / "report.md").read_text(), flags=re.M)
-    assert len(gate_rows) == 7 and all(kept == "True" for _, kept in gate_rows), gate_rows
+    assert len(gate_rows) == len(FORMATS) and all(kept == "True" for _, kept in gate_rows), gate_rows
     assert "export gate: 7 of 7 files kept" in proc.stdout
     warnings_shown = [line for line in proc.stderr.splitlines() if "Warning" in line or "WARNING" in line]
     assert not warnings_shown, warnings_shown

@@ -211,7 +211,7 @@ def test_calibration_sample_is_class_balanced():
 
 
 def test_unknown_format_or_precision_lists_the_valid_ones():
-    with pytest.raises(FloraEdgeError, match="formats: onnx, tflite; precisions: fp32, fp16, int8, dynamic-int8"):
+    with pytest.raises(FloraEdgeError, match="formats: ncnn, onnx, tflite; precisions: fp32, fp16, int8, dynamic-int8"):
         select(["coreml"], ["fp32"])
     assert [f.filename for f in select(["tflite"], ["dynamic-int8"])] == ["model_dynamic-int8.tflite"]
 

@@ -298,6 +298,8 @@ def test_a_tflite_with_only_standard_metadata_runs_with_no_option(foreign, refer
 @pytest.mark.torch
 @pytest.mark.slow
 def test_mediapipe_reads_the_standard_metadata_file_as_the_runtime_does(foreign, tmp_path):
+    if not any((REAL_DATA / "jpg").glob("*.jpg")):  # noise pictures: no int8 grid or resize tolerance holds for them
+        pytest.skip(f"real data not present at {REAL_DATA}")
     from edge_runtime.preprocess import read_image_bgr
     from tests.conftest import mediapipe_vs_runtime
 
@@ -315,6 +317,8 @@ def test_mediapipe_reads_the_standard_metadata_file_as_the_runtime_does(foreign,
 @pytest.mark.torch
 @pytest.mark.slow
 def test_a_uint8_input_tflite_takes_its_quantization_from_the_file(foreign, capfd):
+    if not any((REAL_DATA / "jpg").glob("*.jpg")):  # noise pictures: no int8 grid or resize tolerance holds for them
+        pytest.skip(f"real data not present at {REAL_DATA}")
     found = inspect_json(foreign["uint8"], capfd)
     assert found["input"]["dtype"] == "uint8"
     scale, zero_point = found["input"]["quantization"]

@@ -233,15 +233,17 @@ def test_bench_takes_files_and_folders_mixed_against_a_reference_file(tiny_prepa
     assert [(r["name"], r["backend"]) for r in rows] == [
         ("model.onnx", "onnxruntime"),  # the reference first: agreement, drops and latency ratios are to it
         ("onnx-int8", "onnxruntime"),
+        ("onnx-int8", "openvino"),
         ("onnx-fp32", "onnxruntime"),
         ("onnx-fp32", "opencv"),
+        ("onnx-fp32", "openvino"),
     ]
     assert not [r for r in rows if "error" in r]
     reference_top1, reference_pred = val_top1(load(foreign), tiny_prepared)
     other_top1, other_pred = val_top1(load(folder / "model_fp32.onnx"), tiny_prepared)
     assert rows[0]["agreement"] == 1.0 and rows[0]["top1_drop_points"] == 0
-    assert rows[2]["agreement"] == pytest.approx((other_pred == reference_pred).mean())
-    assert rows[2]["top1_drop_points"] == pytest.approx((reference_top1 - other_top1) * 100, abs=1e-3)
+    assert rows[3]["agreement"] == pytest.approx((other_pred == reference_pred).mean())
+    assert rows[3]["top1_drop_points"] == pytest.approx((reference_top1 - other_top1) * 100, abs=1e-3)
     assert rows[0]["latency"]["1"]["ratio"] == 1.0 and rows[1]["precision"] == "int8"
     assert "drop pts" in (tmp_path / "bench" / "report.md").read_text()
 
