@@ -49,7 +49,8 @@ TRAIN_OPTIONS = {
         "arithmetic of the training steps: auto (fp16 mixed precision on CUDA, fp32 elsewhere), fp32, bf16 "
         "(bfloat16 autocast, on CPUs with AVX512-BF16 or AMX: faster training steps and forward passes, "
         "docs/training.md; the depthwise layers kept in fp32 where gradients flow; weights and optimizer "
-        "stay fp32; per-epoch validation in bf16, the final report in fp32), fp16 (CUDA)",
+        "stay fp32; per-epoch validation in bf16, the final report in fp32), fp16 (CUDA). With --recipe linear, "
+        "auto computes the training features in bf16 wherever the CPU or GPU has it natively (val stays fp32)",
         choices=PRECISIONS,
     ),
     "ema_epochs": Option(

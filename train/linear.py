@@ -49,9 +49,9 @@ def feature_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of the forward passes that compute the training features (None: fp32).
 
     ``auto`` takes bfloat16 wherever the device computes it natively (a CPU with AVX512-BF16 or AMX, or CUDA):
-    the forward passes are this recipe's whole cost and run about twice as fast, while the head fitted on
-    them scores the same on val (docs/own_classes.md, "The linear recipe"). Other choices mean what they mean
-    for ``train``. The val features are always fp32: they measure the model as it is exported."""
+    the forward passes are this recipe's whole cost and run faster in bf16 (docs/training.md, "bf16 training"),
+    while the head fitted on them scores the same on val (docs/own_classes.md, "The quick path again"). Other
+    choices mean what they mean for ``train``. The val features are always fp32: they measure the model as it is exported."""
     if precision != "auto":
         return mixed_precision(precision, device)[0]
     native = device.type == "cuda" and torch.cuda.is_bf16_supported() or device.type == "cpu" and cpu_has_native_bf16()
