@@ -17,7 +17,7 @@ EDGE_TESTS := tests/test_edge_runtime.py tests/test_live.py tests/test_bench_edg
 EDGE_HOST_TESTS := tests/test_adversarial.py tests/test_serve_abuse.py tests/test_cli_errors.py tests/test_signals.py \
 	tests/test_cli_options.py tests/test_atomic.py tests/test_metrics.py tests/test_sources.py \
 	tests/test_model_files.py tests/test_image_inputs.py tests/test_console.py tests/test_openvino.py \
-	tests/test_house.py tests/test_docs.py tests/test_foreign_models.py
+	tests/test_house.py tests/test_docs.py tests/test_foreign_models.py tests/test_concurrency.py
 # MediaPipe in an environment of its own (it replaces the project's cv2): the tests check that its ImageClassifier
 # reads our TFLite metadata. Keep the version in step with MEDIAPIPE_VERSION in tests/conftest.py.
 MEDIAPIPE_VERSION := 1.2.3

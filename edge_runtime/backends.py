@@ -164,12 +164,14 @@ class OpenCVBackend:
             raise BackendError(
                 f"OpenCV DNN cannot load {path} (int8 QDQ files are not supported; use onnxruntime): {one_line(exc)}"
             ) from exc
+        self.lock = threading.Lock()
         facts = read_facts(path)  # OpenCV reads no metadata_props nor input shape: the file's walk does
         self.input_details = facts.onnx_input or {"name": "", "shape": [], "dtype": "unknown"}
         self.info = resolve_info(path, overrides, 0, self.input_details, facts)  # outputs: load()'s trial run
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        with inference_errors(self.name):
+        # the net holds one input and one output: calls at once (serve --concurrency) take turns
+        with inference_errors(self.name), self.lock:
             self.net.setInput(np.ascontiguousarray(batch, dtype=np.float32))
             return np.asarray(self.net.forward(), dtype=np.float32).reshape(batch.shape[0], -1)
 
@@ -247,6 +249,7 @@ class LiteRTBackend:
         overrides: ModelOverrides | None = None,
     ):
         Interpreter = _tflite_interpreter()
+        self.lock = threading.Lock()
         try:
             self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
             self.interpreter.allocate_tensors()
@@ -264,7 +267,8 @@ class LiteRTBackend:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         results = []
-        with inference_errors(self.name):
+        # the interpreter holds one input and one output tensor: calls at once (serve --concurrency) take turns
+        with inference_errors(self.name), self.lock:
             for sample in batch:  # TFLite models are exported with a fixed batch of one
                 self.interpreter.set_tensor(self.input["index"], quantize(sample[None], self.input))
                 self.interpreter.invoke()
