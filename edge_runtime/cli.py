@@ -15,28 +15,10 @@ from edge_runtime.admission import IMAGE_SUFFIXES
 from edge_runtime.backends import BACKENDS
 from edge_runtime.foreign import OVERRIDE_OPTIONS, OverrideFields
 from edge_runtime.live import SMOOTHING, LiveConfig
-from edge_runtime.options import Option, add_command, config_from_args
+from edge_runtime.options import Option, add_command, config_from_args, number
 from edge_runtime.sources import SOURCE_KINDS
 
 BACKEND_CHOICES = ("auto", *BACKENDS)
-
-
-def number(kind=int, *, low=None, high=None, low_open: bool = False):
-    """An argparse ``type=`` that parses ``kind`` and refuses values outside [low, high] ((low, high] if low_open)."""
-    name = "an integer" if kind is int else "a number"
-    bounds = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}]"
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {name}") from None
-        below = low is not None and (value <= low if low_open else value < low)
-        if below or (high is not None and value > high) or value != value:  # value != value: NaN
-            raise argparse.ArgumentTypeError(f"{text} is outside {bounds}")
-        return value
-
-    return parse
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -42,7 +42,7 @@ from edge_runtime.metadata import (
     parse_labels,
 )
 from edge_runtime.modelfile import open_regular, string_entry, wire_fields
-from edge_runtime.options import Option
+from edge_runtime.options import Option, number
 from edge_runtime.spec import CROP_FRACTION, INTERPOLATIONS, LAYOUTS, SPEC_VERSION, PreprocessSpec, SpecError
 
 MODEL, STANDARD, SIDECAR, EMBEDDED = "model", "tflite-metadata", "sidecar", "embedded"
@@ -106,25 +106,13 @@ class ModelOverrides(OverrideFields):
         return any(getattr(self, f.name) is not None for f in dataclasses.fields(OverrideFields))
 
 
-def positive_int(text: str) -> int:  # edge_runtime.cli.number(low=1), which this module cannot import (a cycle)
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is outside [1, inf]")
-    return value
-
-
 OVERRIDE_OPTIONS = {
     "labels": Option("class names, one per line in output order (for a file without them, or to replace them)"),
     "spec": Option("a preprocessing spec JSON, as `floraedge export` writes spec.json (any of its fields)"),
     "input_size": Option(
-        "the model's input height = width in pixels (default: the file's input shape)", parse=positive_int
+        "the model's input height = width in pixels (default: the file's input shape)", parse=number(low=1)
     ),
-    "resize_size": Option("shorter side before the centre crop (default: input size / 0.875)", parse=positive_int),
+    "resize_size": Option("shorter side before the centre crop (default: input size / 0.875)", parse=number(low=1)),
     "interpolation": Option("resize filter when enlarging (default: bilinear)", choices=INTERPOLATIONS),
     "mean": Option("subtracted per channel, in --value-range units: 1 or 3 comma-separated values (R,G,B)"),
     "std": Option("divided by per channel, in --value-range units: 1 or 3 comma-separated values"),
@@ -192,8 +180,8 @@ def _text(data, span) -> str:
     return bytes(data[span[0] : span[1]]).decode()
 
 
-def _fields(data, span, number: int) -> list:
-    return [value for field, value in wire_fields(data, *span) if field == number]
+def _fields(data, span, wanted: int) -> list:
+    return [value for field, value in wire_fields(data, *span) if field == wanted]
 
 
 def _value_info(data, span) -> dict:
@@ -214,28 +202,28 @@ def read_onnx_graph(data) -> OnnxGraph:
     None: a graph input) and its first input that is not an initializer, read at the protobuf wire level (a
     device has no ``onnx`` package; tensor data is skipped by its length)."""
     props, graph = {}, None
-    for number, value in wire_fields(data, 0, len(data)):
-        if number == MODEL_PROPS and isinstance(value, tuple):
+    for field, value in wire_fields(data, 0, len(data)):
+        if field == MODEL_PROPS and isinstance(value, tuple):
             key, text = string_entry(data, value)
             props[key] = text
-        elif number == MODEL_GRAPH and isinstance(value, tuple):
+        elif field == MODEL_GRAPH and isinstance(value, tuple):
             graph = value
     if graph is None:
         return OnnxGraph(props, None, None)
     made_by, inputs, outputs, initializers = {}, [], [], set()
-    for number, value in wire_fields(data, *graph):
+    for field, value in wire_fields(data, *graph):
         if not isinstance(value, tuple):
             continue
-        if number == GRAPH_NODE:
+        if field == GRAPH_NODE:
             op_type = next((_text(data, v) for v in _fields(data, value, NODE_OP_TYPE)), "")
             node_inputs = [_text(data, v) for v in _fields(data, value, NODE_INPUT)]
             for name in _fields(data, value, NODE_OUTPUT):
                 made_by[_text(data, name)] = (op_type, node_inputs)
-        elif number == GRAPH_INITIALIZER:
+        elif field == GRAPH_INITIALIZER:
             initializers.update(_text(data, v) for v in _fields(data, value, TENSORPROTO_NAME))
-        elif number == GRAPH_INPUT:
+        elif field == GRAPH_INPUT:
             inputs.append(value)
-        elif number == GRAPH_OUTPUT:
+        elif field == GRAPH_OUTPUT:
             outputs.append(value)
     first_input = next((i for i in map(lambda s: _value_info(data, s), inputs) if i["name"] not in initializers), None)
     name = _value_info(data, outputs[0])["name"] if outputs else None
