@@ -106,7 +106,7 @@ test-edge: $(EDGE_STAMP) browser
 test-arm64: $(STAMP)
 	RELEASE=$(RELEASE) HOST_PYTHON=$(abspath $(PY)) EDGE_TESTS="$(EDGE_TESTS)" tests/arm64/run.sh
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) browser gui mediapipe
 	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
