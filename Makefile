@@ -26,9 +26,19 @@ MEDIAPIPE_STAMP := $(MEDIAPIPE_VENV)/.installed-$(MEDIAPIPE_VERSION)
 # Debian release of the arm64 rootfs (Raspberry Pi OS Bookworm = Debian 12; trixie = 13, Python 3.13)
 RELEASE ?= bookworm
 
-.PHONY: demo release test test-main test-edge test-arm64 test-fast lint clean browser gui mediapipe
+.PHONY: demo release test test-main test-edge test-arm64 test-fast lint clean browser gui mediapipe disk
 
-$(STAMP): pyproject.toml constraints.txt
+# About what a fresh `make test` fills on disk (the three venvs, torch's CUDA wheels most of it; the arm64 rootfs and
+# MediaPipe's venv under ~/.cache/floraedge; pytest's temporary files; measured in docs/design.md, "Disk").
+# A full disk stops pip mid-install with "No space left on device": this says so before anything starts.
+DISK_NEEDED_GB := 14
+disk:
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	if [ "$$free" -lt $(DISK_NEEDED_GB) ]; then \
+		echo "warning: $$free GB free on this disk; a fresh 'make test' fills about $(DISK_NEEDED_GB) GB (the venvs, ~/.cache/floraedge, pytest's temporary files): free some if pip or a test stops with 'No space left on device'" >&2; \
+	fi
+
+$(STAMP): pyproject.toml constraints.txt | disk
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	# constraints.txt pins known-good versions (torch 2.14.1 from this disk: no second torch is pulled)
