@@ -60,3 +60,38 @@ def test_int8_kernels_bench_reports_the_x86_presets_file_computed_as_it_means(on
     assert result["top1_agreement"] >= 0.9, result
     assert len(result["rounds_ms"]) == 2 and result["median_ms"] > 0
     assert json.loads(capsys.readouterr().out) == report
+
+
+@pytest.mark.slow  # a litert-torch conversion
+def test_foreign_files_run_as_other_tools_files_and_match_the_checkpoint(tiny_checkpoint, tiny_prepared, tmp_path):
+    """The plain ONNX runs once told its labels and spec, the standard-metadata TFLite with no option, and both
+    give the checkpoint's own logits' top-1."""
+    import numpy as np
+
+    from edge_runtime.backends import load
+    from edge_runtime.foreign import ModelOverrides
+    from edge_runtime.preprocess import preprocess, read_image_bgr
+    from prepare.manifest import read_manifest
+    from studies import foreign_files
+    from train.checkpoint import load_bundle, model_from_bundle
+
+    out = tmp_path / "foreign"
+    assert foreign_files.main(["--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 0
+    model, spec = model_from_bundle(load_bundle(tiny_checkpoint))
+    rows = [r for r in read_manifest(tiny_prepared) if r["split"] == "val"][:8]
+    batch = np.concatenate([preprocess(read_image_bgr(tiny_prepared / r["path"]), spec) for r in rows])
+    import torch
+
+    with torch.no_grad():
+        expected = model(torch.from_numpy(batch)).numpy().argmax(1)
+    plain = load(
+        out / "onnx" / "plain.onnx",
+        overrides=ModelOverrides(labels=out / "labels.txt", spec=out / "spec.json", output="logits"),
+    )
+    standard = load(out / "tflite" / "standard.tflite")
+    assert standard.info.labels == plain.info.labels == tuple(load_bundle(tiny_checkpoint)["class_names"])
+    for backend in (plain, standard):
+        got = np.concatenate(
+            [backend.predict(preprocess(read_image_bgr(tiny_prepared / r["path"]), backend.info.spec)) for r in rows]
+        )
+        assert (got.argmax(1) == expected).all()
