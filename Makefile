@@ -65,7 +65,7 @@ test: $(STAMP) $(EDGE_STAMP) browser gui mediapipe
 	echo "== test-arm64 (exit $$arm64_status), the end of build/test-arm64.log:"; tail -n 25 build/test-arm64.log; \
 	[ $$status = 0 ] && [ $$arm64_status = 0 ]
 
-test-main: $(STAMP) browser gui mediapipe
+test-main: $(STAMP) browser gui mediapipe lint
 	$(PY) -m pytest -q
 
 # The serve page's end-to-end test drives Debian's Chromium (root can install it; CI runs as root).
@@ -121,6 +121,7 @@ test-fast: $(STAMP) browser gui mediapipe
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) $(EDGE_VENV) $(GUI_VENV) .pytest_cache build *.egg-info

@@ -196,7 +196,9 @@ def run_space(args: argparse.Namespace) -> int:
         raise FloraEdgeError(f"the model's file name {config.model.name!r} has unprintable characters; rename it")
     backend = load(config.model)  # refuses a file without labels and spec before anything is written
     with atomic_dir(config.out) as tmp:
-        card = config.model.with_name(config.model.name + ".json")  # a sidecar: an ncnn model's only labels and spec, or how to run a file that does not say it
+        card = config.model.with_name(
+            config.model.name + ".json"
+        )  # a sidecar: an ncnn model's only labels and spec, or how to run a file that does not say it
         for part in (*model_files(config.model), *([card] if card.is_file() else [])):
             shutil.copy2(part, tmp / part.name)
         package = Path(__file__).resolve().parents[1]
