@@ -83,6 +83,7 @@ class OnnxRuntimeBackend:
             raise BackendError(f"{path} is not a model onnxruntime can load ({one_line(exc)})") from exc
         first = self.session.get_inputs()[0]
         self.input_name = first.name
+        self.batch_size = fixed_batch(first.shape)
         self.input_dtype = ORT_INPUT_TYPES.get(first.type, np.float32)  # uint8 inputs take pixels, rounded
         self.input_details = {"name": first.name, "shape": list(first.shape), "dtype": np.dtype(self.input_dtype).name}
         out_shape = self.session.get_outputs()[0].shape
@@ -100,10 +101,33 @@ class OnnxRuntimeBackend:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         with inference_errors(self.name):
-            return self.session.run(None, {self.input_name: as_input(batch, self.input_dtype)})[0]
+            return in_batches_of(self.batch_size, self._run, batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: as_input(batch, self.input_dtype)})[0]
 
 
 ORT_INPUT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}
+
+
+def fixed_batch(shape) -> int | None:
+    """The batch size a model's input shape fixes (a plain ``torch.onnx.export`` file takes exactly the batch it
+    was traced with, usually 1), or None where the batch dimension is free."""
+    first = shape[0] if shape else None
+    return first if isinstance(first, int) and first > 0 else None
+
+
+def in_batches_of(size: int | None, run, batch: np.ndarray) -> np.ndarray:
+    """``run`` over ``batch`` in slices of the model's fixed batch ``size``, the last slice padded by repeating its
+    last image and the padding's outputs dropped; one call where the batch is free or already that size."""
+    if size is None or len(batch) == size:
+        return run(batch)
+    outputs = []
+    for start in range(0, len(batch), size):
+        part = batch[start : start + size]
+        padded = np.concatenate([part, np.repeat(part[-1:], size - len(part), axis=0)]) if len(part) < size else part
+        outputs.append(run(padded)[: len(part)])
+    return np.concatenate(outputs)
 
 
 def as_input(batch: np.ndarray, dtype) -> np.ndarray:
@@ -167,13 +191,17 @@ class OpenCVBackend:
         self.lock = threading.Lock()
         facts = read_facts(path)  # OpenCV reads no metadata_props nor input shape: the file's walk does
         self.input_details = facts.onnx_input or {"name": "", "shape": [], "dtype": "unknown"}
+        self.batch_size = fixed_batch(self.input_details["shape"])
         self.info = resolve_info(path, overrides, 0, self.input_details, facts)  # outputs: load()'s trial run
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         # the net holds one input and one output: calls at once (serve --concurrency) take turns
         with inference_errors(self.name), self.lock:
-            self.net.setInput(np.ascontiguousarray(batch, dtype=np.float32))
-            return np.asarray(self.net.forward(), dtype=np.float32).reshape(batch.shape[0], -1)
+            return in_batches_of(self.batch_size, self._run, batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        self.net.setInput(np.ascontiguousarray(batch, dtype=np.float32))
+        return np.asarray(self.net.forward(), dtype=np.float32).reshape(batch.shape[0], -1)
 
 
 class OpenVINOBackend:
@@ -210,17 +238,21 @@ class OpenVINOBackend:
         ran = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         first = model.inputs[0]
         shape = [d.get_length() if d.is_static else -1 for d in first.get_partial_shape()]
+        self.batch_size = fixed_batch(shape)
         self.input_details = {"name": first.get_any_name(), "shape": shape, "dtype": "float32"}
         info = resolve_info(path, overrides, 0, self.input_details)  # its output size: load()'s trial run
         self.info = dataclasses.replace(info, info={**info.info, "inference_precision": ran})
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         with inference_errors(self.name):
-            request = getattr(self.requests, "request", None)
-            if request is None:
-                request = self.requests.request = self.compiled.create_infer_request()
-            outputs = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-            return np.array(outputs[0], dtype=np.float32)  # a copy: the request reuses its output buffer
+            return in_batches_of(self.batch_size, self._run, batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        request = getattr(self.requests, "request", None)
+        if request is None:
+            request = self.requests.request = self.compiled.create_infer_request()
+        outputs = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        return np.array(outputs[0], dtype=np.float32)  # a copy: the request reuses its output buffer
 
 
 def _tflite_interpreter():
@@ -375,8 +407,8 @@ def inference_errors(backend: str):
         raise
     except Exception as exc:  # each runtime has its own types (ORT's derive from Exception alone, cv2.error, ...)
         raise InferenceError(
-            f"{backend} failed to run the model ({one_line(exc)}); check that the file is a FloraEdge export and "
-            "that its spec matches the model (re-export it with `floraedge export`)"
+            f"{backend} failed to run the model ({one_line(exc)}); check that its spec matches the model "
+            "(`floraedge inspect MODEL` shows the input it expects and the spec in use)"
         ) from exc
 
 

@@ -563,6 +563,22 @@ def test_a_uint8_input_onnx_takes_plain_pixels(tmp_path):
         load(tmp_path / "pixels.onnx")
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "opencv", "openvino"])
+@pytest.mark.parametrize("fixed", [1, 4])
+def test_a_fixed_batch_onnx_runs_any_number_of_images(backend, fixed, tmp_path):
+    """A plain torch.onnx.export file takes exactly the batch it was traced with (usually 1): the gate, the
+    calibration and the bench hand it 32 images at once, and each image gets its own output, as with a free
+    batch (a fixed batch of 4 given 10 images: the last slice padded, the padding's outputs dropped)."""
+    free = load(tiny_onnx(tmp_path / "free.onnx"), backend)
+    pinned = load(tiny_onnx(tmp_path / "fixed.onnx", batch=fixed), backend)
+    assert pinned.batch_size == fixed and free.batch_size is None
+    batch = np.random.default_rng(0).normal(size=(10, 3, 32, 32)).astype(np.float32)
+    expected = free.predict(batch)
+    assert expected.shape == (10, 4)
+    np.testing.assert_allclose(pinned.predict(batch), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pinned.predict(batch[:fixed]), expected[:fixed], rtol=1e-5, atol=1e-6)
+
+
 def test_serve_takes_the_options_and_reports_the_sources(tiny):
     from starlette.testclient import TestClient
 

@@ -33,9 +33,11 @@ def tiny_onnx(
     embed: bool = True,
     seed: int = 0,
     output: str | None = None,
+    batch: int | str = "batch",
 ) -> Path:
     """Conv 3x3 -> ReLU -> global average pool -> linear (-> softmax where ``output`` is "probabilities");
-    dynamic batch; metadata embedded if ``embed``, with ``output`` declared in its info when given."""
+    a dynamic batch unless ``batch`` fixes it (as a plain ``torch.onnx.export`` does); metadata embedded if
+    ``embed``, with ``output`` declared in its info when given."""
     spec = spec or PreprocessSpec(crop_size=32, resize_size=36)
     inits = [numpy_helper.from_array(w, name) for name, w in tiny_weights(num_classes, seed).items()]
     nodes = [
@@ -51,8 +53,8 @@ def tiny_onnx(
     graph = helper.make_graph(
         nodes,
         "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, s, s])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", num_classes])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, s, s])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, num_classes])],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
