@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from edge_runtime import console
+from edge_runtime.backends import fixed_batch, in_batches_of
 from edge_runtime.metadata import classifier_title
 from edge_runtime.modelfile import model_files
 from export.config import ExportConfig
@@ -88,10 +89,14 @@ def onnx_fp16(base: Path, dest: Path, ctx: ExportContext) -> None:
 
 
 class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over an in-memory batch."""
+    """onnxruntime's CalibrationDataReader protocol over an in-memory batch, in slices of ``size`` images (a model
+    with a fixed batch takes exactly that many; the last slice is padded by repeating its last image, which moves
+    no min/max range)."""
 
-    def __init__(self, batch: np.ndarray, name: str = "input"):
-        self.items = iter([{name: batch[i : i + 1]} for i in range(len(batch))])
+    def __init__(self, batch: np.ndarray, name: str = "input", size: int = 1):
+        slices = [batch[i : i + size] for i in range(0, len(batch), size)]
+        padded = [np.concatenate([s, np.repeat(s[-1:], size - len(s), axis=0)]) for s in slices]
+        self.items = iter([{name: s} for s in padded])
 
     def get_next(self):
         return next(self.items, None)
@@ -100,13 +105,24 @@ class _Reader:
         raise NotImplementedError
 
 
-def input_name(model_path: Path) -> str:
-    """The graph's image input: ours is "input", a foreign file's (``floraedge quantize``) may be named otherwise."""
+def image_input(model_path: Path):
+    """The graph's image input (ValueInfoProto): ours is "input", a foreign file's (``floraedge quantize``) may be
+    named otherwise."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     initializers = {t.name for t in graph.initializer}
-    return next(i.name for i in graph.input if i.name not in initializers)
+    return next(i for i in graph.input if i.name not in initializers)
+
+
+def input_name(model_path: Path) -> str:
+    return image_input(model_path).name
+
+
+def input_batch(model_path: Path) -> int:
+    """The batch size the model's input fixes (a plain ``torch.onnx.export`` file: the traced one), else 1."""
+    first = image_input(model_path).type.tensor_type.shape.dim[0]
+    return first.dim_value if first.HasField("dim_value") and first.dim_value > 0 else 1
 
 
 def softmax_nodes(model_path: Path) -> list[str]:
@@ -182,7 +198,12 @@ def most_sensitive_to_7_bit_weights(model_path: Path, batch: np.ndarray, count: 
 
     def probabilities(proto) -> np.ndarray:
         session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        return session.run(None, {session.get_inputs()[0].name: batch})[0]
+        first = session.get_inputs()[0]
+
+        def run(part: np.ndarray) -> np.ndarray:
+            return session.run(None, {first.name: part})[0]
+
+        return in_batches_of(fixed_batch(first.shape), run, batch)
 
     reference = probabilities(model)
     scores = {}
@@ -244,7 +265,7 @@ def onnx_int8(base: Path, dest: Path, ctx: ExportContext) -> None:
             quantize_static(
                 str(prepped),
                 str(dest),
-                _Reader(ctx.calibration, input_name(prepped)),
+                _Reader(ctx.calibration, input_name(prepped), input_batch(prepped)),
                 quant_format=QuantFormat.QDQ,
                 per_channel=ctx.per_channel,
                 activation_type=getattr(QuantType, preset["activation_type"]),

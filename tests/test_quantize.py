@@ -86,6 +86,32 @@ def test_a_foreign_onnx_becomes_int8_carrying_its_labels_and_spec_and_passes_the
     assert json.loads((out / "quantize.json").read_text())["gate"] == result["gate"]
 
 
+@pytest.mark.parametrize("preset", ["x86", "arm"])
+def test_a_fixed_batch_onnx_is_calibrated_ranked_and_gated(tiny_prepared, tmp_path, preset):
+    """A plain torch.onnx.export file takes exactly the batch it was traced with (1): calibration, the x86
+    preset's 7-bit sensitivity ranking and the gate all feed it in slices of that batch."""
+    model = foreign_tiny_onnx(tmp_path / "foreign", tiny_prepared, batch=1)
+    out = tmp_path / "q"
+    result = quantize_file(
+        QuantizeConfig(model=str(model), data=str(tiny_prepared), out=str(out), ort_preset=preset, **FAST)
+    )
+    assert result["passed"] and result["n"] == 16 and (out / "model_int8.onnx").is_file()
+    free = tmp_path / "free" / "model_int8.onnx"  # the same weights with a free batch: the same int8 answers
+    quantize_file(
+        QuantizeConfig(
+            model=str(foreign_tiny_onnx(tmp_path / "free-src", tiny_prepared)),
+            data=str(tiny_prepared),
+            out=str(free.parent),
+            ort_preset=preset,
+            **FAST,
+        )
+    )
+    assert (
+        val_top1(load(out / "model_int8.onnx"), tiny_prepared)[1].tolist()
+        == val_top1(load(free), tiny_prepared)[1].tolist()
+    )
+
+
 def test_an_int8_file_is_refused_as_already_quantized(tiny_prepared, tmp_path):
     model = foreign_tiny_onnx(tmp_path / "foreign", tiny_prepared)
     config = dict(data=str(tiny_prepared), ort_preset="arm", **FAST)
