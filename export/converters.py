@@ -183,6 +183,17 @@ def seven_bit(weight: np.ndarray) -> np.ndarray:
     return (np.clip(np.round(flat / scale), -64, 64) * scale).reshape(weight.shape).astype(weight.dtype)
 
 
+def as_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """A model's outputs as probabilities: as they are where they already are (rows of non-negative values that
+    sum to 1, what our files end in), else softmaxed (the logits of a foreign file), so that the KL below compares
+    distributions."""
+    outputs = outputs.astype(np.float64)
+    if outputs.min() >= 0 and np.allclose(outputs.sum(axis=1), 1, atol=1e-3):
+        return outputs
+    shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
 def most_sensitive_to_7_bit_weights(model_path: Path, batch: np.ndarray, count: int) -> list[tuple[str, str]]:
     """(node, weight) of the ``count`` pair-summing nodes whose weights, rounded to 7 bits alone in the float
     model, move its probabilities most (mean KL divergence on ``batch``). Weight-only and in float, so one
@@ -203,7 +214,7 @@ def most_sensitive_to_7_bit_weights(model_path: Path, batch: np.ndarray, count: 
         def run(part: np.ndarray) -> np.ndarray:
             return session.run(None, {first.name: part})[0]
 
-        return in_batches_of(fixed_batch(first.shape), run, batch)
+        return as_probabilities(in_batches_of(fixed_batch(first.shape), run, batch))
 
     reference = probabilities(model)
     scores = {}

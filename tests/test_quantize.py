@@ -301,3 +301,18 @@ def test_a_file_described_by_options_alone_is_quantized_and_the_int8_file_needs_
     assert quantize_file(config)["passed"]
     int8 = load(tmp_path / "q" / "model_int8.onnx")
     assert list(int8.info.labels) == data_names(tiny_prepared) and int8.info.spec == TINY_SPEC
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_7_bit_sensitivity_ranking_reads_logits_as_probabilities(tmp_path, seed):
+    """A foreign file that ends in logits is ranked as the same graph ending in a softmax: the KL compares
+    distributions (read as probabilities, logits gave NaN scores and the graph's order, so `quantize` of a plain
+    ONNX kept other layers exact than `export` of the same weights)."""
+    from export.converters import most_sensitive_to_7_bit_weights
+
+    logits = tiny_onnx(tmp_path / "logits.onnx", seed=seed, embed=False)
+    probabilities = tiny_onnx(tmp_path / "probabilities.onnx", seed=seed, embed=False, output="probabilities")
+    batch = np.random.default_rng(seed).normal(size=(8, 3, 32, 32)).astype(np.float32)
+    expected = most_sensitive_to_7_bit_weights(probabilities, batch, 2)
+    assert [w for _, w in expected] == ["fc_w", "conv_w"]  # not the graph's order: a real ranking
+    assert most_sensitive_to_7_bit_weights(logits, batch, 2) == expected
