@@ -60,3 +60,23 @@ def test_int8_kernels_bench_reports_the_x86_presets_file_computed_as_it_means(on
     assert result["top1_agreement"] >= 0.9, result
     assert len(result["rounds_ms"]) == 2 and result["median_ms"] > 0
     assert json.loads(capsys.readouterr().out) == report
+
+
+@pytest.mark.torch
+def test_linear_head_study_rounds_weights_as_the_int8_onnx_export_stores_them():
+    import numpy as np
+    import torch
+
+    from export.converters import seven_bit
+    from studies.linear_head_int8 import round_like_x86_onnx, rounded_per_channel
+
+    weight = torch.randn(8, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(rounded_per_channel(weight, 64).numpy(), seven_bit(weight.numpy()), rtol=1e-6)
+    # 7 bits where x86's kernel sums product pairs, the full 8 bits in a depthwise layer
+    layers = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3), torch.nn.Conv2d(8, 8, 3, groups=8))
+    before = [m.weight.detach().clone() for m in layers]
+    round_like_x86_onnx(layers)
+    for module, original, levels in zip(layers, before, (64, 127), strict=True):
+        assert not torch.equal(module.weight, original)
+        steps = module.weight / original.abs().amax(dim=(1, 2, 3), keepdim=True) * levels
+        assert torch.allclose(steps, steps.round(), atol=1e-4)
