@@ -31,7 +31,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 2e-3  # head; the backbone gets lr * backbone_lr_scale
     backbone_lr_scale: float = 0.1
-    weight_decay: float | None = None  # None: the recipe's own (RECIPE_WEIGHT_DECAY), set on construction
+    weight_decay: float | None = None  # None: the recipe's own (RECIPE_WEIGHT_DECAY; weight_decay_of reads it)
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     min_scale: float = 0.35
@@ -56,10 +56,10 @@ class TrainConfig:
     overwrite: bool = False
     progress: bool = True
 
-    def __post_init__(self):
-        # resolved here, so that every reader and the saved config.json see the number the run uses
-        if self.weight_decay is None and self.recipe in RECIPE_WEIGHT_DECAY:
-            object.__setattr__(self, "weight_decay", RECIPE_WEIGHT_DECAY[self.recipe])
+
+def weight_decay_of(config: TrainConfig) -> float:
+    """The AdamW weight decay ``config`` trains with: the one asked for, else its recipe's."""
+    return RECIPE_WEIGHT_DECAY[config.recipe] if config.weight_decay is None else config.weight_decay
 
 
 @dataclass(frozen=True, kw_only=True)
