@@ -86,7 +86,7 @@ def test_the_linear_recipe_computes_training_features_in_bfloat16_only_where_the
 @pytest.mark.slow
 def test_the_linear_recipe_writes_a_checkpoint_of_the_datasets_own_classes(linear_run, own_prepared):
     from train.checkpoint import load_bundle
-    from train.config import EvaluateConfig
+    from train.config import RECIPE_WEIGHT_DECAY, EvaluateConfig
     from train.engine import cpu_has_native_bf16
     from train.evaluate import evaluate_checkpoint
 
@@ -94,7 +94,11 @@ def test_the_linear_recipe_writes_a_checkpoint_of_the_datasets_own_classes(linea
     assert bundle["class_names"] == sorted(CLASSES)  # code-point order, names exactly as the folders
     assert bundle["num_classes"] == 3 and bundle["dataset"]["name"] == DATASET
     assert bundle["config"]["recipe"] == "linear"
+    # the head was fitted with the linear recipe's own weight decay, and the run says so
     summary = json.loads((linear_run / "summary.json").read_text())
+    recorded = (bundle["config"], json.loads((linear_run / "config.json").read_text()), summary)
+    assert [r["weight_decay"] for r in recorded] == [RECIPE_WEIGHT_DECAY["linear"]] * 3
+    assert RECIPE_WEIGHT_DECAY["linear"] != RECIPE_WEIGHT_DECAY["finetune"]
     assert summary["train_views"] == 2 * len(bundle["dataset"]["trained_images"])  # each image and its mirror
     assert summary["features_precision"] == ("bfloat16" if cpu_has_native_bf16() else "float32")
     # the val figures come from the cached features; a real evaluation of the saved checkpoint must agree
@@ -147,6 +151,33 @@ def test_the_serve_page_and_the_space_readme_name_the_dataset(own_exports, tmp_p
     assert "<i>" not in page and "flower" not in page.lower()
     assert main(["space", "--model", str(own_exports / "model_int8.tflite"), "--out", str(tmp_path / "space")]) == 0
     assert (tmp_path / "space" / "README.md").read_text().startswith(f"# FloraEdge: {TITLE}\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], 0.05),
+        (["--recipe", "linear"], 1.0),
+        (["--recipe", "linear", "--weight-decay", "0.2"], 0.2),
+        (["--weight-decay", "0"], 0.0),
+    ],
+    ids=["finetune", "linear", "linear, as asked", "finetune, as asked"],
+)
+def test_each_recipe_has_its_own_weight_decay_unless_one_is_asked_for(args, expected):
+    import floraedge
+    from edge_runtime.options import config_from_args
+    from train.config import weight_decay_of
+
+    argv = ["train", "--data", "d", "--out", "o", *args]
+    assert weight_decay_of(config_from_args(floraedge.build_parser().parse_args(argv))) == expected
+
+
+def test_a_negative_weight_decay_is_refused_in_one_line(capsys):
+    import floraedge
+
+    with pytest.raises(SystemExit):
+        floraedge.build_parser().parse_args(["train", "--data", "d", "--out", "o", "--weight-decay", "-1"])
+    assert "--weight-decay" in capsys.readouterr().err
 
 
 @pytest.mark.torch

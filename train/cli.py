@@ -35,7 +35,11 @@ TRAIN_OPTIONS = {
     "batch_size": Option(parse=number(low=1)),
     "lr": Option("head learning rate"),
     "backbone_lr_scale": Option("backbone LR = lr x this"),
-    "weight_decay": Option("AdamW weight decay"),
+    "weight_decay": Option(
+        "AdamW weight decay (default: 0.05 for --recipe finetune, 1.0 for linear: a head on frozen features needs "
+        "the wider margins to keep its int8 files' accuracy, docs/own_classes.md)",
+        parse=number(float, low=0),
+    ),
     "warmup_epochs": Option("linear LR warm-up, in epochs"),
     "label_smoothing": Option(),
     "min_scale": Option("RandomResizedCrop minimum area"),

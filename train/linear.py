@@ -10,6 +10,7 @@ two steps. The result is the usual ``best.pt``: evaluate, export, classify and r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,7 +22,7 @@ from edge_runtime.atomic import write_json_atomic
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metrics import classification_metrics
 from train.checkpoint import make_bundle, save_atomic
-from train.config import TrainConfig
+from train.config import TrainConfig, weight_decay_of
 from train.data import CachedImages, check_labels, dataset_classes, dataset_info, eval_loader, warn_if_cache_too_small
 from train.engine import cpu_has_native_bf16, pick_device, seeded
 from train.evaluate import write_report
@@ -61,6 +62,7 @@ def feature_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def fit_linear(config: TrainConfig) -> dict:
     """A linear classifier on the frozen backbone's features, saved as ``best.pt`` in ``config.out``;
     returns the summary (val metrics from the same features, with and without the mirror averaged in)."""
+    config = dataclasses.replace(config, weight_decay=weight_decay_of(config))  # the number, in every record
     with contextlib.ExitStack() as stack:  # a run replacing another (--overwrite) is swapped in when this closes
         return fit_linear_into(config, stack)
 
@@ -95,6 +97,7 @@ def fit_linear_into(config: TrainConfig, stack: contextlib.ExitStack) -> dict:
     model.cpu()
     summary = {
         "recipe": "linear",
+        "weight_decay": config.weight_decay,
         "train_views": len(labels),
         "features_s": round(features_s, 1),
         "features_precision": str(amp_dtype or torch.float32).removeprefix("torch."),

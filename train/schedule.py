@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from train.config import TrainConfig
+from train.config import TrainConfig, weight_decay_of
 from train.engine import set_train_mode
 from train.models import get_entry
 
@@ -38,7 +38,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int):
     head, backbone = head_and_backbone(model, get_entry(config.arch).head)
     optimizer = torch.optim.AdamW(
         [{"params": backbone, "lr": config.lr * config.backbone_lr_scale}, {"params": head, "lr": config.lr}],
-        weight_decay=config.weight_decay,
+        weight_decay=weight_decay_of(config),
     )
     total, warmup = config.epochs * steps_per_epoch, max(1, round(config.warmup_epochs * steps_per_epoch))
     head_start = config.head_epochs * steps_per_epoch

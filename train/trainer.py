@@ -9,6 +9,7 @@ lives in ``schedule.py``, the run directory and its log in ``runlog.py``, the da
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,7 @@ from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metrics import classification_metrics
 from train import distributed as dist
 from train.checkpoint import load_bundle, make_bundle, save_atomic
-from train.config import EvaluateConfig, TrainConfig
+from train.config import EvaluateConfig, TrainConfig, weight_decay_of
 from train.data import (
     CachedImages,
     check_labels,
@@ -255,6 +256,7 @@ def end_epoch(run: Run, epoch: int, stats: dict, started: float) -> bool:
 def train(config: TrainConfig) -> dict:
     """Fine-tune ``config.arch`` on a prepared dataset (or, with recipe "linear", fit only a new head on the
     frozen backbone's features); returns the best epoch's metrics."""
+    config = dataclasses.replace(config, weight_decay=weight_decay_of(config))  # the recipe's, where none was asked
     if config.recipe == "linear":
         from train.linear import fit_linear
 

@@ -95,3 +95,23 @@ def test_foreign_files_run_as_other_tools_files_and_match_the_checkpoint(tiny_ch
             [backend.predict(preprocess(read_image_bgr(tiny_prepared / r["path"]), backend.info.spec)) for r in rows]
         )
         assert (got.argmax(1) == expected).all()
+
+
+@pytest.mark.torch
+def test_linear_head_study_rounds_weights_as_the_int8_onnx_export_stores_them():
+    import numpy as np
+    import torch
+
+    from export.converters import seven_bit
+    from studies.linear_head_int8 import round_like_x86_onnx, rounded_per_channel
+
+    weight = torch.randn(8, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(rounded_per_channel(weight, 64).numpy(), seven_bit(weight.numpy()), rtol=1e-6)
+    # 7 bits where x86's kernel sums product pairs, the full 8 bits in a depthwise layer
+    layers = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3), torch.nn.Conv2d(8, 8, 3, groups=8))
+    before = [m.weight.detach().clone() for m in layers]
+    round_like_x86_onnx(layers)
+    for module, original, levels in zip(layers, before, (64, 127), strict=True):
+        assert not torch.equal(module.weight, original)
+        steps = module.weight / original.abs().amax(dim=(1, 2, 3), keepdim=True) * levels
+        assert torch.allclose(steps, steps.round(), atol=1e-4)
