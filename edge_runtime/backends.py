@@ -117,17 +117,18 @@ def fixed_batch(shape) -> int | None:
     return first if isinstance(first, int) and first > 0 else None
 
 
+def padded_to(part: np.ndarray, size: int) -> np.ndarray:
+    """``part`` (at most ``size`` images) made ``size`` long by repeating its last image."""
+    return part if len(part) == size else np.concatenate([part, np.repeat(part[-1:], size - len(part), axis=0)])
+
+
 def in_batches_of(size: int | None, run, batch: np.ndarray) -> np.ndarray:
-    """``run`` over ``batch`` in slices of the model's fixed batch ``size``, the last slice padded by repeating its
-    last image and the padding's outputs dropped; one call where the batch is free or already that size."""
-    if size is None or len(batch) == size:
+    """``run`` over ``batch`` in slices of the model's fixed batch ``size``, the last slice padded (``padded_to``) and
+    the padding's outputs dropped; one call where the batch is free, empty or already that size."""
+    if size is None or len(batch) in (0, size):
         return run(batch)
-    outputs = []
-    for start in range(0, len(batch), size):
-        part = batch[start : start + size]
-        padded = np.concatenate([part, np.repeat(part[-1:], size - len(part), axis=0)]) if len(part) < size else part
-        outputs.append(run(padded)[: len(part)])
-    return np.concatenate(outputs)
+    parts = [batch[start : start + size] for start in range(0, len(batch), size)]
+    return np.concatenate([run(padded_to(part, size))[: len(part)] for part in parts])
 
 
 def as_input(batch: np.ndarray, dtype) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from edge_runtime import console
-from edge_runtime.backends import fixed_batch, in_batches_of
+from edge_runtime.backends import fixed_batch, in_batches_of, padded_to
 from edge_runtime.metadata import classifier_title
 from edge_runtime.modelfile import model_files
 from export.config import ExportConfig
@@ -94,9 +94,7 @@ class _Reader:
     no min/max range)."""
 
     def __init__(self, batch: np.ndarray, name: str = "input", size: int = 1):
-        slices = [batch[i : i + size] for i in range(0, len(batch), size)]
-        padded = [np.concatenate([s, np.repeat(s[-1:], size - len(s), axis=0)]) for s in slices]
-        self.items = iter([{name: s} for s in padded])
+        self.items = iter([{name: padded_to(batch[i : i + size], size)} for i in range(0, len(batch), size)])
 
     def get_next(self):
         return next(self.items, None)
