@@ -103,24 +103,18 @@ class _Reader:
         raise NotImplementedError
 
 
-def image_input(model_path: Path):
-    """The graph's image input (ValueInfoProto): ours is "input", a foreign file's (``floraedge quantize``) may be
-    named otherwise."""
+def image_input(model_path: Path) -> tuple[str, int]:
+    """The graph's image input: its name (ours is "input", a foreign file's (``floraedge quantize``) may be named
+    otherwise) and how many images it takes at once (the batch it fixes, as a plain ``torch.onnx.export`` file
+    fixes the traced one; 1 where the batch is free)."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     initializers = {t.name for t in graph.initializer}
-    return next(i for i in graph.input if i.name not in initializers)
-
-
-def input_name(model_path: Path) -> str:
-    return image_input(model_path).name
-
-
-def input_batch(model_path: Path) -> int:
-    """The batch size the model's input fixes (a plain ``torch.onnx.export`` file: the traced one), else 1."""
-    first = image_input(model_path).type.tensor_type.shape.dim[0]
-    return first.dim_value if first.HasField("dim_value") and first.dim_value > 0 else 1
+    first = next(i for i in graph.input if i.name not in initializers)
+    dims = first.type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return first.name, fixed_batch(shape) or 1
 
 
 def softmax_nodes(model_path: Path) -> list[str]:
@@ -274,7 +268,7 @@ def onnx_int8(base: Path, dest: Path, ctx: ExportContext) -> None:
             quantize_static(
                 str(prepped),
                 str(dest),
-                _Reader(ctx.calibration, input_name(prepped), input_batch(prepped)),
+                _Reader(ctx.calibration, *image_input(prepped)),
                 quant_format=QuantFormat.QDQ,
                 per_channel=ctx.per_channel,
                 activation_type=getattr(QuantType, preset["activation_type"]),
