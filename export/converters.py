@@ -22,7 +22,8 @@ import torch
 
 from edge_runtime import console
 from edge_runtime.backends import fixed_batch, in_batches_of, padded_to
-from edge_runtime.metadata import classifier_title
+from edge_runtime.classify import softmax
+from edge_runtime.metadata import PROBABILITIES, classifier_title
 from edge_runtime.modelfile import model_files
 from export.config import ExportConfig
 from export.formats import CALIB_METHODS, ORT_PRESETS
@@ -57,6 +58,7 @@ class ExportContext:
     per_channel: bool = ExportConfig.per_channel
     ort_preset: str = ExportConfig.ort_preset
     nhwc: bool = ExportConfig.nhwc  # TFLite input layout
+    output: str = PROBABILITIES  # what the base file outputs: export's ends in a softmax, quantize's says (its info)
 
 
 def export_onnx_base(ctx: ExportContext, dest: Path) -> None:
@@ -175,18 +177,9 @@ def seven_bit(weight: np.ndarray) -> np.ndarray:
     return (np.clip(np.round(flat / scale), -64, 64) * scale).reshape(weight.shape).astype(weight.dtype)
 
 
-def as_probabilities(outputs: np.ndarray) -> np.ndarray:
-    """A model's outputs as probabilities: as they are where they already are (rows of non-negative values that
-    sum to 1, what our files end in), else softmaxed (the logits of a foreign file), so that the KL below compares
-    distributions."""
-    outputs = outputs.astype(np.float64)
-    if outputs.min() >= 0 and np.allclose(outputs.sum(axis=1), 1, atol=1e-3):
-        return outputs
-    shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
-def most_sensitive_to_7_bit_weights(model_path: Path, batch: np.ndarray, count: int) -> list[tuple[str, str]]:
+def most_sensitive_to_7_bit_weights(
+    model_path: Path, batch: np.ndarray, count: int, output: str = PROBABILITIES
+) -> list[tuple[str, str]]:
     """(node, weight) of the ``count`` pair-summing nodes whose weights, rounded to 7 bits alone in the float
     model, move its probabilities most (mean KL divergence on ``batch``). Weight-only and in float, so one
     cheap pass per layer."""
@@ -206,7 +199,8 @@ def most_sensitive_to_7_bit_weights(model_path: Path, batch: np.ndarray, count: 
         def run(part: np.ndarray) -> np.ndarray:
             return session.run(None, {first.name: part})[0]
 
-        return as_probabilities(in_batches_of(fixed_batch(first.shape), run, batch))
+        outputs = in_batches_of(fixed_batch(first.shape), run, batch)
+        return outputs if output == PROBABILITIES else softmax(outputs)  # a foreign file's logits: the KL needs both
 
     reference = probabilities(model)
     scores = {}
@@ -258,7 +252,7 @@ def onnx_int8(base: Path, dest: Path, ctx: ExportContext) -> None:
         overrides = weight_range_overrides(prepped, preset["weights_7bit"], ctx.per_channel)
         # the layers that 7-bit weights hurt most keep 8 bits in a form whose kernels cannot saturate
         sensitive = most_sensitive_to_7_bit_weights(
-            prepped, ctx.calibration[:SENSITIVITY_IMAGES], preset["exact_layers"]
+            prepped, ctx.calibration[:SENSITIVITY_IMAGES], preset["exact_layers"], ctx.output
         )
         in_float, uint8 = exact_layer_overrides(sensitive, prepped, ctx.per_channel)
         # onnxruntime logs (root logger) each bias it clips to int32: the bias of a channel whose weights are

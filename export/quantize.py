@@ -208,6 +208,7 @@ def quantize_into(
         per_channel=config.per_channel,
         ort_preset=config.ort_preset,
         nhwc=nhwc,
+        output=given.output,
     )
     info = new_info("." + row.format, given, path, config, calib_info)
     tmp = out / f".tmp-{row.filename}"

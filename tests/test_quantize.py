@@ -305,9 +305,10 @@ def test_a_file_described_by_options_alone_is_quantized_and_the_int8_file_needs_
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_7_bit_sensitivity_ranking_reads_logits_as_probabilities(tmp_path, seed):
-    """A foreign file that ends in logits is ranked as the same graph ending in a softmax: the KL compares
-    distributions (read as probabilities, logits gave NaN scores and the graph's order, so `quantize` of a plain
-    ONNX kept other layers exact than `export` of the same weights)."""
+    """A foreign file that ends in logits (its info says so) is ranked as the same graph ending in a softmax: the
+    KL compares distributions (read as probabilities, logits gave NaN scores and the graph's order, so `quantize`
+    of a plain ONNX kept other layers exact than `export` of the same weights)."""
+    from edge_runtime.metadata import LOGITS
     from export.converters import most_sensitive_to_7_bit_weights
 
     logits = tiny_onnx(tmp_path / "logits.onnx", seed=seed, embed=False)
@@ -315,4 +316,4 @@ def test_the_7_bit_sensitivity_ranking_reads_logits_as_probabilities(tmp_path, s
     batch = np.random.default_rng(seed).normal(size=(8, 3, 32, 32)).astype(np.float32)
     expected = most_sensitive_to_7_bit_weights(probabilities, batch, 2)
     assert [w for _, w in expected] == ["fc_w", "conv_w"]  # not the graph's order: a real ranking
-    assert most_sensitive_to_7_bit_weights(logits, batch, 2) == expected
+    assert most_sensitive_to_7_bit_weights(logits, batch, 2, LOGITS) == expected
