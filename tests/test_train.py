@@ -423,3 +423,29 @@ def test_evaluate_replaces_a_report_whole_and_never_writes_into_another_folder(
     with pytest.raises(OutputError, match="holds files other than an evaluation report"):
         evaluate_checkpoint(config)
     assert (out / "notes.txt").read_text() == "mine" and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_resume_refuses_other_options_and_other_images_but_takes_other_resources(tiny_prepared, tmp_path, monkeypatch):
+    """--epochs stretches the schedule, --lr changes every step: a resume with either would ship a checkpoint whose
+    recorded options did not train it. Threads and workers are resources, and may change."""
+    config = TrainConfig(data=str(tiny_prepared), out=str(tmp_path / "run"), epochs=3, **TINY)
+    train_interrupted(config, monkeypatch)
+    resume = dataclasses.replace(config, resume=True)
+    for changed in ({"epochs": 5}, {"lr": 0.01}, {"train_splits": ("train", "val"), "val_split": None}):
+        with pytest.raises(FloraEdgeError, match="--resume: .* was started with other options") as caught:
+            train(dataclasses.replace(resume, **changed))
+        assert f"--{next(iter(changed)).replace('_', '-')}" in str(caught.value)
+    assert load_bundle(tmp_path / "run" / "last.pt")["epoch"] == 1  # nothing was trained by the refused runs
+    summary = train(dataclasses.replace(resume, threads=1, workers=0))
+    assert summary["best_epoch"] >= 1 and load_bundle(tmp_path / "run" / "last.pt")["epoch"] == 3
+
+
+def test_resume_refuses_a_dataset_whose_training_images_changed(tiny_prepared, tmp_path, monkeypatch):
+    config = TrainConfig(data=str(tiny_prepared), out=str(tmp_path / "run"), epochs=2, **TINY)
+    train_interrupted(config, monkeypatch)
+    last = tmp_path / "run" / "last.pt"
+    bundle = load_bundle(last)
+    bundle["dataset"]["trained_images"] = bundle["dataset"]["trained_images"][1:]  # one image fewer back then
+    torch.save(bundle, last)
+    with pytest.raises(FloraEdgeError, match="not the ones .* started on"):
+        train(dataclasses.replace(config, resume=True))

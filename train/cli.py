@@ -88,7 +88,9 @@ TRAIN_OPTIONS = {
     "workers": Option("DataLoader worker processes", parse=number(low=0)),
     "threads": Option("torch CPU threads (default: torch's choice)", parse=number(low=1)),
     "device": Option("auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps"),
-    "resume": Option("continue the run in --out from last.pt"),
+    "resume": Option(
+        "continue the run in --out from last.pt, with the options it started with (only --data's place, --workers, --threads, --device, --patience and progress may change)"
+    ),
     "overwrite": Option("replace an existing run directory"),
     "progress": Option("no progress bars", flag="--no-progress"),
 }

@@ -32,6 +32,7 @@ from train.data import (
     dataset_info,
     epoch_loader,
     eval_loader,
+    image_key,
     training_sets,
 )
 from train.distill import Distiller, check_resumed_teachers, make_distiller
@@ -156,10 +157,44 @@ def start_run(config: TrainConfig, stack: contextlib.ExitStack) -> Run:
     return run
 
 
+# What a resumed run may change: where it reads and writes, with what resources, how it reports and when it
+# gives up. Every other option shapes the weights (the schedule's length, the data order, the loss), so a resume
+# with another value would ship a checkpoint whose recorded options are not the ones that trained it.
+# Teachers are compared by content (check_resumed_teachers), the data by the images it holds.
+RESUMABLE_CHANGES = frozenset(
+    {"data", "out", "workers", "threads", "device", "resume", "overwrite", "progress", "patience", "teachers"}
+)
+
+
+def check_resumed_options(run: Run, last: dict, path: Path) -> None:
+    """A resumed run goes on with the options it started with, and on the same training images."""
+    config = run.config
+    before = last.get("config") or {}
+    now = asdict(config)
+
+    def same(a, b) -> bool:  # a tuple saved by torch, a list read back from JSON: the same option
+        return list(a) == list(b) if isinstance(a, list | tuple) and isinstance(b, list | tuple) else a == b
+
+    changed = [k for k in now if k in before and k not in RESUMABLE_CHANGES and not same(before[k], now[k])]
+    if changed:
+        given = ", ".join(f"--{k.replace('_', '-')} {before[k]!r} -> {now[k]!r}" for k in changed)
+        raise FloraEdgeError(
+            f"--resume: {path} was started with other options ({given}); resume with the run's own options "
+            f"(its config.json), or train into a new --out"
+        )
+    trained = (last.get("dataset") or {}).get("trained_images")
+    if trained is not None and sorted(image_key(r) for r in run.train_set.rows) != trained:
+        raise FloraEdgeError(
+            f"--resume: the training images in {config.data} are not the ones {path} started on "
+            f"({len(trained)} images then); resume on the same prepared data, or train into a new --out"
+        )
+
+
 def restore(run: Run) -> None:
     """--resume: where last.pt stood (weights, the average, optimizer, schedule, best and patience)."""
     path = run.out / "last.pt"
     last = load_bundle(path)
+    check_resumed_options(run, last, path)
     check_resumed_teachers(run.distiller, last, path)
     run.model.load_state_dict(last.get("raw_model", last["model"]))
     if run.ema is not None:
