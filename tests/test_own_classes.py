@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -206,7 +207,8 @@ def test_the_release_card_of_your_own_data_names_it_and_reports_the_test_split()
     assert "It knows only these 10 classes" in text
     assert "trained on train + val (3409 images)" in text
     assert "| `model_int8.tflite` | 0.8100 | 0.7000 |" in text
-    assert "flower" not in text.lower() and "102" not in text and "6149" not in text
+    # Oxford-102's class count and test-set size as numbers of their own (a tool version may hold the digits)
+    assert "flower" not in text.lower() and not re.search(r"\b(102|6149)\b", text), text
 
 
 def test_the_oxford_release_card_is_unchanged():
