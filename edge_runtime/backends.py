@@ -18,6 +18,7 @@ import dataclasses
 import importlib
 import os
 import platform
+import re
 import threading
 import warnings
 from dataclasses import dataclass
@@ -98,6 +99,15 @@ class OnnxRuntimeBackend:
                 RuntimeWarning,
                 stacklevel=3,  # the caller of load()
             )
+        if on_cpu and not qdq_emulation and uint8_layers_miscomputed(self.info.info, ort.__version__):
+            warnings.warn(
+                f"{path.name}: onnxruntime {ort.__version__} computes this file's uint8 x uint8 layers (the x86 "
+                "preset's exact layers) wrongly: 3.6 points lost on the release recipe's model with 1.23.2, the last "
+                "onnxruntime for Python 3.10 (docs/export.md, 'ONNX Runtime 1.23.2 and the x86 preset'). Use "
+                "onnxruntime >= 1.32 (Python >= 3.11), the .tflite file, or re-export with --ort-preset x86-all-7bit.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         with inference_errors(self.name):
@@ -153,6 +163,20 @@ def int8_kernels_may_saturate(info: dict, machine: str | None = None, cpu_flags:
         return False
     flags = linux_cpu_flags() if cpu_flags is None else cpu_flags
     return bool(flags) and not flags & set(VNNI_FLAGS)  # no flags (not Linux): unknown, no warning
+
+
+FIRST_ORT_RIGHT_ON_UINT8_LAYERS = (1, 32)  # 1.23.2 measured wrong, 1.32.0 right; the versions between not checked
+
+
+def uint8_layers_miscomputed(info: dict, ort_version: str) -> bool:
+    """An int8 ONNX file with uint8 x uint8 layers (the x86 preset's ``exact_layers``), on an onnxruntime older than
+    the first one measured to compute them right."""
+    if info.get("format") != "onnx" or info.get("precision") != "int8":
+        return False
+    if not (info.get("onnx_int8") or {}).get("exact_layers"):
+        return False
+    major_minor = tuple(int(p) for p in re.findall(r"\d+", ort_version)[:2])
+    return major_minor < FIRST_ORT_RIGHT_ON_UINT8_LAYERS
 
 
 def linux_cpu_flags(text: str | None = None) -> set[str]:

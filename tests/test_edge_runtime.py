@@ -20,6 +20,7 @@ from edge_runtime.backends import (
     linux_cpu_flags,
     load,
     quantize,
+    uint8_layers_miscomputed,
 )
 from edge_runtime.classify import Classifier, softmax
 from edge_runtime.metadata import MetadataError
@@ -171,6 +172,17 @@ def test_model_without_spec_is_refused_and_sidecar_is_accepted(tmp_path):
     (tmp_path / "spec.json").write_text(PreprocessSpec(crop_size=32, resize_size=36).to_json())
     (tmp_path / "labels.txt").write_text("a\nb\nc\nd\n")
     assert load(bare).info.labels == ("a", "b", "c", "d")
+
+
+def test_uint8_layer_warning_only_for_exact_layers_on_onnxruntime_before_1_32():
+    """onnxruntime 1.23.2 computes the x86 preset's uint8 x uint8 layers wrongly (docs/export.md); 1.32.0 right."""
+    x86 = {"format": "onnx", "precision": "int8", "onnx_int8": {"preset": "x86", "exact_layers": 3}}
+    assert uint8_layers_miscomputed(x86, "1.23.2") and uint8_layers_miscomputed(x86, "1.9.0")
+    assert not uint8_layers_miscomputed(x86, "1.32.0") and not uint8_layers_miscomputed(x86, "2.0.1")
+    all7 = x86 | {"onnx_int8": {"preset": "x86-all-7bit", "exact_layers": 0}}
+    assert not uint8_layers_miscomputed(all7, "1.23.2")
+    assert not uint8_layers_miscomputed(x86 | {"format": "tflite"}, "1.23.2")
+    assert not uint8_layers_miscomputed({"format": "onnx", "precision": "int8"}, "1.23.2")  # a file that does not say
 
 
 def test_int8_onnx_saturation_warning_only_for_8_bit_weights_on_x86_without_vnni():
