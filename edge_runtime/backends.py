@@ -153,9 +153,13 @@ SATURATION_FREE_WEIGHT_ABS_MAX = 64  # 255 * 64 * 2 fits the int16 sum of VPMADD
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo flags of CPUs with exact int8 dot products
 
 
+def is_int8_onnx(info: dict) -> bool:
+    return info.get("format") == "onnx" and info.get("precision") == "int8"
+
+
 def int8_kernels_may_saturate(info: dict, machine: str | None = None, cpu_flags: set[str] | None = None) -> bool:
     """An int8 ONNX file whose weights use more than 7 bits (or do not say), on an x86 CPU without VNNI."""
-    if info.get("format") != "onnx" or info.get("precision") != "int8":
+    if not is_int8_onnx(info):
         return False
     if (info.get("onnx_int8") or {}).get("weight_abs_max", 127) <= SATURATION_FREE_WEIGHT_ABS_MAX:
         return False
@@ -171,7 +175,7 @@ FIRST_ORT_RIGHT_ON_UINT8_LAYERS = (1, 32)  # 1.23.2 measured wrong, 1.32.0 right
 def uint8_layers_miscomputed(info: dict, ort_version: str) -> bool:
     """An int8 ONNX file with uint8 x uint8 layers (the x86 preset's ``exact_layers``), on an onnxruntime older than
     the first one measured to compute them right."""
-    if info.get("format") != "onnx" or info.get("precision") != "int8":
+    if not is_int8_onnx(info):
         return False
     if not (info.get("onnx_int8") or {}).get("exact_layers"):
         return False

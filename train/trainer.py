@@ -32,7 +32,6 @@ from train.data import (
     dataset_info,
     epoch_loader,
     eval_loader,
-    image_key,
     training_sets,
 )
 from train.distill import Distiller, check_resumed_teachers, make_distiller
@@ -183,7 +182,7 @@ def check_resumed_options(run: Run, last: dict, path: Path) -> None:
             f"(its config.json), or train into a new --out"
         )
     trained = (last.get("dataset") or {}).get("trained_images")
-    if trained is not None and sorted(image_key(r) for r in run.train_set.rows) != trained:
+    if trained is not None and run.bundle_args["dataset"]["trained_images"] != trained:
         raise FloraEdgeError(
             f"--resume: the training images in {config.data} are not the ones {path} started on "
             f"({len(trained)} images then); resume on the same prepared data, or train into a new --out"
