@@ -100,14 +100,7 @@ class OnnxRuntimeBackend:
                 stacklevel=3,  # the caller of load()
             )
         if on_cpu and not qdq_emulation and uint8_layers_miscomputed(self.info.info, ort.__version__):
-            warnings.warn(
-                f"{path.name}: onnxruntime {ort.__version__} computes this file's uint8 x uint8 layers (the x86 "
-                "preset's exact layers) wrongly: 3.6 points lost on the release recipe's model with 1.23.2, the last "
-                "onnxruntime for Python 3.10 (docs/export.md, 'ONNX Runtime 1.23.2 and the x86 preset'). Use "
-                "onnxruntime >= 1.32 (Python >= 3.11), the .tflite file, or re-export with --ort-preset x86-all-7bit.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            self.session = session_around_amx_uint8_bug(ort, path, options, wanted)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         with inference_errors(self.name):
@@ -169,18 +162,81 @@ def int8_kernels_may_saturate(info: dict, machine: str | None = None, cpu_flags:
     return bool(flags) and not flags & set(VNNI_FLAGS)  # no flags (not Linux): unknown, no warning
 
 
-FIRST_ORT_RIGHT_ON_UINT8_LAYERS = (1, 32)  # 1.23.2 measured wrong, 1.32.0 right; the versions between not checked
+# onnxruntime's AMX uint8 x uint8 kernel gives wrong, run-to-run varying sums in these versions (major, minor:
+# from, up to but not including): 1.21.1 to 1.24.4 measured wrong on an AMX Xeon, 1.20.1 and 1.25.1 to 1.32.0 right,
+# and no version wrong on a CPU without AMX nor on aarch64 (docs/export.md, "ONNX Runtime 1.21 to 1.24 on AMX CPUs")
+AMX_UINT8_KERNEL_WRONG = ((1, 21), (1, 25))
 
 
-def uint8_layers_miscomputed(info: dict, ort_version: str) -> bool:
-    """An int8 ONNX file with uint8 x uint8 layers (the x86 preset's ``exact_layers``), on an onnxruntime older than
-    the first one measured to compute them right."""
+def uint8_layers_miscomputed(info: dict, ort_version: str, cpu_flags: set[str] | None = None) -> bool:
+    """An int8 ONNX file with uint8 x uint8 layers (the x86 preset's ``exact_layers``), on an onnxruntime whose AMX
+    kernel for them is wrong, on a CPU with AMX."""
     if not is_int8_onnx(info):
         return False
     if not (info.get("onnx_int8") or {}).get("exact_layers"):
         return False
-    major_minor = tuple(int(p) for p in re.findall(r"\d+", ort_version)[:2])
-    return major_minor < FIRST_ORT_RIGHT_ON_UINT8_LAYERS
+    first, fixed = AMX_UINT8_KERNEL_WRONG
+    if not first <= tuple(int(p) for p in re.findall(r"\d+", ort_version)[:2]) < fixed:
+        return False
+    return "amx_int8" in (linux_cpu_flags() if cpu_flags is None else cpu_flags)
+
+
+def uint8_weights_as_int8(path: Path) -> bytes:
+    """``path``'s ONNX model with every symmetric uint8 weight (a DequantizeLinear of a uint8 initializer whose zero
+    points are one value, 128 or 127, that leaves every weight in int8's range) stored as int8 (the same integers
+    less the zero point, zero point 0): the same values, which
+    onnxruntime runs with its uint8 x int8 kernel. Exact on a CPU with VNNI (every AMX CPU has it), where that kernel
+    cannot saturate. Needs the onnx package."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    initializers = {t.name: t for t in model.graph.initializer}
+    replaced = set()
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) < 3:
+            continue
+        weight, zero_point = initializers.get(node.input[0]), initializers.get(node.input[2])
+        if weight is None or zero_point is None or weight.data_type != onnx.TensorProto.UINT8:
+            continue
+        zero_points = numpy_helper.to_array(zero_point).astype(np.int16)
+        shifted = numpy_helper.to_array(weight).astype(np.int16) - zero_points.flat[0]
+        if np.any(zero_points != zero_points.flat[0]) or shifted.min() < -128 or shifted.max() > 127:
+            continue  # not symmetric: int8 cannot hold the same values
+        shifted = shifted.astype(np.int8)
+        # new initializers, so that another node reading the old ones is left as it was
+        for index, value in ((0, shifted), (2, np.zeros(zero_points.shape, np.int8))):
+            name = f"{node.input[index]}_as_int8"
+            if name not in initializers:
+                initializers[name] = numpy_helper.from_array(value, name)
+                model.graph.initializer.append(initializers[name])
+            replaced.add(node.input[index])
+            node.input[index] = name
+    # the old ones that no node reads any more go (onnxruntime would log each one it drops)
+    read = {name for node in model.graph.node for name in node.input}
+    unread = [t for t in model.graph.initializer if t.name in replaced - read]
+    for tensor in unread:
+        model.graph.initializer.remove(tensor)
+    return model.SerializeToString()
+
+
+def session_around_amx_uint8_bug(ort, path: Path, options, providers: list[str]):
+    """A session that computes ``path``'s uint8 x uint8 layers right on an onnxruntime whose AMX kernel gets them wrong
+    (``uint8_layers_miscomputed``): their weights as int8 (``uint8_weights_as_int8``, same values, full speed), or,
+    without the onnx package, the file's exact QDQ emulation (right, several times slower), with a warning."""
+    try:
+        return ort.InferenceSession(uint8_weights_as_int8(path), options, providers=providers)
+    except ImportError:
+        warnings.warn(
+            f"{path.name}: onnxruntime {ort.__version__} computes uint8 x uint8 layers wrongly on this CPU (AMX); this "
+            "file has some (the x86 preset's exact layers), so it runs as its exact QDQ emulation: right, but about 6x "
+            "slower. For full speed: pip install onnx (the runtime then runs those layers as int8, same values), or "
+            "onnxruntime >= 1.25 (Python >= 3.11), or the .tflite file (docs/export.md).",
+            RuntimeWarning,
+            stacklevel=4,  # the caller of load()
+        )
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return ort.InferenceSession(str(path), options, providers=providers)
 
 
 def linux_cpu_flags(text: str | None = None) -> set[str]:
