@@ -188,7 +188,8 @@ def test_uint8_layers_are_worked_around_only_on_amx_cpus_with_onnxruntime_1_21_t
     all7 = x86 | {"onnx_int8": {"preset": "x86-all-7bit", "exact_layers": 0}}
     assert not uint8_layers_miscomputed(all7, "1.23.2", amx)
     assert not uint8_layers_miscomputed(x86 | {"format": "tflite"}, "1.23.2", amx)
-    assert not uint8_layers_miscomputed({"format": "onnx", "precision": "int8"}, "1.23.2", amx)  # a file that does not say
+    silent = {"format": "onnx", "precision": "int8"}  # a file that does not say
+    assert not uint8_layers_miscomputed(silent, "1.23.2", amx)
 
 
 def uint8_weight_file(tmp_path: Path) -> tuple[Path, np.ndarray]:
@@ -231,8 +232,8 @@ def test_uint8_weights_become_int8_weights_of_the_same_values(tmp_path):
     before = {t.data_type for t in onnx.load(str(path)).graph.initializer}
     rewritten = onnx.load_from_string(uint8_weights_as_int8(path))
     weights = {t.name: numpy_helper.to_array(t) for t in rewritten.graph.initializer}
-    nodes = rewritten.graph.node
-    dequantized = [n for n in nodes if n.op_type == "DequantizeLinear" and weights.get(n.input[0], np.empty(0)).ndim > 1]
+    weight_of = {n.name: weights.get(n.input[0], np.empty(0)) for n in rewritten.graph.node}
+    dequantized = [n for n in rewritten.graph.node if n.op_type == "DequantizeLinear" and weight_of[n.name].ndim > 1]
     assert onnx.TensorProto.UINT8 in before and len(dequantized) == 2  # the convolution's and the classifier's
     for node in dequantized:
         assert weights[node.input[0]].dtype == np.int8 and not weights[node.input[2]].any()
