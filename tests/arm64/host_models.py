@@ -4,7 +4,8 @@ Run with the main environment (torch): ``python -m tests.arm64.host_models OUT``
 ``exports/`` (every row of the format table), ``exports-arm/`` (``--ort-preset arm`` int8 ONNX),
 ``gate.npz`` (the verification batch, its targets, the PyTorch logits and probabilities: the gate's reference),
 ``images/`` (the images both architectures classify), ``clip.mp4`` (a short video for ``run``) and
-``clip-window.mp4`` (the same pictures looped: the window route's camera, still running when the window is closed).
+``clip-window.mp4`` (the same pictures looped: the window route's camera, still running when the window is closed)
+and ``release/`` (the committed release's int8 files: their x86/arm64 agreement on the same photos).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import cv2
 import numpy as np
 
 REAL_JPG = Path(__file__).resolve().parents[3] / "shared" / "data" / "oxford102-trainval" / "jpg"
+RELEASE = Path(__file__).resolve().parents[2] / "models" / "oxford102-lite0"
+RELEASE_FILES = ("model_int8.onnx", "model_int8.tflite")
 WINDOW_CLIP_LOOPS = 50  # 600 frames: still running, emulated, long after the window is checked and closed
 N_IMAGES = 128  # fp16 agreement >= 99% must allow a flip (200 photos: 1 flip measured on the Pi 5)
 
@@ -82,6 +85,9 @@ def main(out: str) -> None:
     write_clip(images, out / "clip.mp4")
     write_clip(images, out / "clip-window.mp4", loops=WINDOW_CLIP_LOOPS)
     shutil.copytree(prepared, out / "flowers", ignore=shutil.ignore_patterns("*.tmp*"))  # bench's --data
+    (out / "release").mkdir()
+    for name in RELEASE_FILES:
+        shutil.copy(RELEASE / name, out / "release" / name)
 
 
 if __name__ == "__main__":
