@@ -183,17 +183,20 @@ def uint8_layers_miscomputed(info: dict, ort_version: str, cpu_flags: set[str] |
 
 def uint8_weights_as_int8(path: Path) -> bytes:
     """``path``'s ONNX model with every symmetric uint8 weight (a DequantizeLinear of a uint8 initializer whose zero
-    points are one value, 128 or 127, that leaves every weight in int8's range) stored as int8 (the same integers
-    less the zero point, zero point 0): the same values, which
-    onnxruntime runs with its uint8 x int8 kernel. Exact on a CPU with VNNI (every AMX CPU has it), where that kernel
-    cannot saturate. Needs the onnx package."""
+    points are one value that leaves every weight in int8's range: 128 as the x86 preset writes them) stored as int8
+    (the same integers less the zero point, zero point 0): the same values, which onnxruntime runs with its uint8 x
+    int8 kernel. Exact on a CPU with VNNI (every AMX CPU has it), where that kernel cannot saturate. Needs the onnx
+    package."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(path))
-    initializers = {t.name: t for t in model.graph.initializer}
-    replaced = set()
-    for node in model.graph.node:
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    taken = set(initializers) | {name for node in graph.node for name in (*node.input, *node.output)}
+    listed = {i.name for i in graph.input}  # older files also list their initializers as graph inputs
+    renamed = {}
+    for node in graph.node:
         if node.op_type != "DequantizeLinear" or len(node.input) < 3:
             continue
         weight, zero_point = initializers.get(node.input[0]), initializers.get(node.input[2])
@@ -203,40 +206,57 @@ def uint8_weights_as_int8(path: Path) -> bytes:
         shifted = numpy_helper.to_array(weight).astype(np.int16) - zero_points.flat[0]
         if np.any(zero_points != zero_points.flat[0]) or shifted.min() < -128 or shifted.max() > 127:
             continue  # not symmetric: int8 cannot hold the same values
-        shifted = shifted.astype(np.int8)
         # new initializers, so that another node reading the old ones is left as it was
-        for index, value in ((0, shifted), (2, np.zeros(zero_points.shape, np.int8))):
-            name = f"{node.input[index]}_as_int8"
-            if name not in initializers:
-                initializers[name] = numpy_helper.from_array(value, name)
-                model.graph.initializer.append(initializers[name])
-            replaced.add(node.input[index])
-            node.input[index] = name
-    # the old ones that no node reads any more go (onnxruntime would log each one it drops)
-    read = {name for node in model.graph.node for name in node.input}
-    unread = [t for t in model.graph.initializer if t.name in replaced - read]
-    for tensor in unread:
-        model.graph.initializer.remove(tensor)
+        for index, value in ((0, shifted.astype(np.int8)), (2, np.zeros(zero_points.shape, np.int8))):
+            old = node.input[index]
+            if old not in renamed:
+                renamed[old] = unused_name(f"{old}_as_int8", taken)
+                graph.initializer.append(numpy_helper.from_array(value, renamed[old]))
+                if old in listed:
+                    graph.input.append(
+                        onnx.helper.make_tensor_value_info(renamed[old], onnx.TensorProto.INT8, value.shape)
+                    )
+            node.input[index] = renamed[old]
+    # the old ones that no node reads any more go (onnxruntime would log each one it drops, or ask for a listed one)
+    read = {name for node in graph.node for name in node.input}
+    unread = set(renamed) - read
+    for entries in (graph.initializer, graph.input):
+        for entry in [e for e in entries if e.name in unread]:
+            entries.remove(entry)
     return model.SerializeToString()
+
+
+def unused_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name`` with the first number that makes it unused; added to ``taken``."""
+    candidate, number = name, 1
+    while candidate in taken:
+        candidate, number = f"{name}_{number}", number + 1
+    taken.add(candidate)
+    return candidate
 
 
 def session_around_amx_uint8_bug(ort, path: Path, options, providers: list[str]):
     """A session that computes ``path``'s uint8 x uint8 layers right on an onnxruntime whose AMX kernel gets them wrong
     (``uint8_layers_miscomputed``): their weights as int8 (``uint8_weights_as_int8``, same values, full speed), or,
-    without the onnx package, the file's exact QDQ emulation (right, several times slower), with a warning."""
+    where that cannot be done (no onnx package, a file onnx cannot rewrite), the file's exact QDQ emulation (right,
+    several times slower), with a warning that says why."""
     try:
         return ort.InferenceSession(uint8_weights_as_int8(path), options, providers=providers)
     except ImportError:
-        warnings.warn(
-            f"{path.name}: onnxruntime {ort.__version__} computes uint8 x uint8 layers wrongly on this CPU (AMX); this "
-            "file has some (the x86 preset's exact layers), so it runs as its exact QDQ emulation: right, but about 6x "
-            "slower. For full speed: pip install onnx (the runtime then runs those layers as int8, same values), or "
-            "onnxruntime >= 1.25 (Python >= 3.11), or the .tflite file (docs/export.md).",
-            RuntimeWarning,
-            stacklevel=4,  # the caller of load()
-        )
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        return ort.InferenceSession(str(path), options, providers=providers)
+        why = "the onnx package is not installed"
+        fix = "pip install onnx (the runtime then runs those layers as int8, same values), or "
+    except Exception as exc:  # a file over protobuf's 2 GB, or one onnxruntime refuses once rewritten
+        why, fix = f"its weights could not be rewritten as int8 ({one_line(exc)})", ""
+    warnings.warn(
+        f"{path.name}: onnxruntime {ort.__version__} computes uint8 x uint8 layers wrongly on this CPU (AMX), and "
+        f"{why}; so this file runs as its exact QDQ emulation: right, but about 6x slower. For full speed: {fix}"
+        "onnxruntime >= 1.25 (Python >= 3.11), or the .tflite file (docs/export.md, 'ONNX Runtime 1.21 to 1.24 on AMX "
+        "CPUs').",
+        RuntimeWarning,
+        stacklevel=4,  # the caller of load()
+    )
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=providers)
 
 
 def linux_cpu_flags(text: str | None = None) -> set[str]:

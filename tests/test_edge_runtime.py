@@ -252,18 +252,54 @@ def test_without_onnx_the_uint8_work_around_is_the_exact_emulation_and_says_so(t
     assert np.array_equal(session.run(None, {"input": batch})[0], emulated(str(path), batch))
 
 
-def test_released_int8_onnx_gives_its_exact_emulations_answers_on_this_cpu():
+def test_a_file_the_uint8_work_around_cannot_rewrite_runs_as_its_emulation_and_says_why(tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from edge_runtime import backends
+
+    path, batch = uint8_weight_file(tmp_path)
+
+    def too_large(_):
+        raise ValueError("Message onnx.ModelProto exceeds maximum protobuf size of 2GB")
+
+    monkeypatch.setattr(backends, "uint8_weights_as_int8", too_large)
+    with pytest.warns(RuntimeWarning, match="could not be rewritten as int8 .*2GB.*exact QDQ emulation"):
+        session = session_around_amx_uint8_bug(ort, path, ort.SessionOptions(), ["CPUExecutionProvider"])
+    assert np.array_equal(session.run(None, {"input": batch})[0], emulated(str(path), batch))
+
+
+def test_uint8_rewrite_keeps_a_file_that_lists_its_initializers_as_inputs_runnable(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    path, batch = uint8_weight_file(tmp_path)
+    model = onnx.load(str(path))
+    model.graph.input.extend(
+        onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in model.graph.initializer
+    )  # as files of IR version 3 must
+    listed = tmp_path / "listed.onnx"
+    onnx.save(model, listed)
+    rewritten = ort.InferenceSession(uint8_weights_as_int8(listed), providers=["CPUExecutionProvider"])
+    assert [i.name for i in rewritten.get_inputs()] == ["input"]  # the renamed weights are not asked for
+    assert np.abs(rewritten.run(None, {"input": batch})[0] - emulated(str(path), batch)).max() < 0.05
+
+
+@pytest.mark.realdata
+def test_released_int8_onnx_with_uint8_layers_gives_its_exact_emulations_answers_on_this_cpu():
     """The runtime's int8 kernels (with the work-around where this onnxruntime needs one) against the file's exact
     QDQ emulation, on real photos."""
     if not REAL_DATA.is_dir():
         pytest.skip(f"real data not present at {REAL_DATA}")
     released = REPO / "models" / "oxford102-lite0" / "model_int8.onnx"
     kernels, exact = load(released, "onnxruntime", threads=1), load(released, "onnxruntime", qdq_emulation=True)
-    photos = sorted((REAL_DATA / "jpg").glob("*.jpg"))[::100][:32]
+    assert kernels.info.info["onnx_int8"]["exact_layers"]  # the released file has uint8 x uint8 layers
+    photos = sorted((REAL_DATA / "jpg").glob("*.jpg"))[::60][:32]
     batch = np.concatenate([preprocess(read_image_bgr(p), kernels.info.spec) for p in photos])
     ours, theirs = kernels.predict(batch), exact.predict(batch)
-    assert np.array_equal(ours.argmax(1), theirs.argmax(1))
-    assert np.abs(ours - theirs).max() < 0.05  # a few quantization steps of rounding (0.68 measured on AMX, unfixed)
+    top2 = np.sort(theirs, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.1  # a near-tie may flip on rounding alone
+    assert clear.sum() >= 24 and np.array_equal(ours.argmax(1)[clear], theirs.argmax(1)[clear])
+    assert np.abs(ours - theirs).max() < 0.1  # rounding: 0.03 measured; 0.68 on an AMX CPU without the work-around
 
 
 def test_int8_onnx_saturation_warning_only_for_8_bit_weights_on_x86_without_vnni():
