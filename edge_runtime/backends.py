@@ -100,7 +100,7 @@ class OnnxRuntimeBackend:
                 stacklevel=3,  # the caller of load()
             )
         if on_cpu and not qdq_emulation and uint8_layers_miscomputed(self.info.info, ort.__version__):
-            self.session = session_around_amx_uint8_bug(ort, path, options, wanted)
+            self.session = session_around_amx_uint8_bug(ort, path, options, wanted, self.session, self.info.info)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         with inference_errors(self.name):
@@ -169,24 +169,40 @@ AMX_UINT8_KERNEL_WRONG = ((1, 21), (1, 25))
 
 
 def uint8_layers_miscomputed(info: dict, ort_version: str, cpu_flags: set[str] | None = None) -> bool:
-    """An int8 ONNX file with uint8 x uint8 layers (the x86 preset's ``exact_layers``), on an onnxruntime whose AMX
-    kernel for them is wrong, on a CPU with AMX."""
-    if not is_int8_onnx(info):
-        return False
-    if not (info.get("onnx_int8") or {}).get("exact_layers"):
-        return False
+    """An ONNX file that has or may have uint8-weight layers (an int8 file of the x86 preset, whose ``exact_layers``
+    are uint8 x uint8, or a file that does not say what it holds), on an onnxruntime whose AMX kernel for them is
+    wrong, on a CPU with AMX."""
+    if info.get("format", "onnx") != "onnx" or info.get("precision", "int8") != "int8":
+        return False  # a float file (foreign files say neither)
+    if (info.get("onnx_int8") or {}).get("exact_layers") == 0:
+        return False  # an int8 file made without uint8 weights
     first, fixed = AMX_UINT8_KERNEL_WRONG
     if not first <= tuple(int(p) for p in re.findall(r"\d+", ort_version)[:2]) < fixed:
         return False
     return "amx_int8" in (linux_cpu_flags() if cpu_flags is None else cpu_flags)
 
 
-def uint8_weights_as_int8(path: Path) -> bytes:
+# The weight input of each integer operator: uint8 weights there run on the same kernels, and cannot be rewritten
+# (their zero points are part of the operator)
+INTEGER_OPERATOR_WEIGHTS = {"QLinearConv": 3, "QLinearMatMul": 3, "ConvInteger": 1, "MatMulInteger": 1}
+
+
+@dataclass(frozen=True)
+class Uint8Rewrite:
+    """``uint8_weights_as_int8``'s result: the model, how many uint8 weights it stores as int8, how many it left."""
+
+    model: bytes
+    rewritten: int
+    left: int
+
+
+def uint8_weights_as_int8(path: Path) -> Uint8Rewrite:
     """``path``'s ONNX model with every symmetric uint8 weight (a DequantizeLinear of a uint8 initializer whose zero
     points are one value that leaves every weight in int8's range: 128 as the x86 preset writes them) stored as int8
     (the same integers less the zero point, zero point 0): the same values, which onnxruntime runs with its uint8 x
-    int8 kernel. Exact on a CPU with VNNI (every AMX CPU has it), where that kernel cannot saturate. Needs the onnx
-    package."""
+    int8 kernel. Exact on a CPU with VNNI (every AMX CPU has it), where that kernel cannot saturate. ``left`` counts
+    the uint8 weights int8 cannot hold: asymmetric ones, and those of integer operators (QLinearConv and the like).
+    Needs the onnx package."""
     import onnx
     from onnx import numpy_helper
 
@@ -195,17 +211,25 @@ def uint8_weights_as_int8(path: Path) -> bytes:
     initializers = {t.name: t for t in graph.initializer}
     taken = set(initializers) | {name for node in graph.node for name in (*node.input, *node.output)}
     listed = {i.name for i in graph.input}  # older files also list their initializers as graph inputs
-    renamed = {}
+    renamed, rewritten, left = {}, 0, 0
+
+    def uint8(name: str) -> bool:
+        return name in initializers and initializers[name].data_type == onnx.TensorProto.UINT8
+
     for node in graph.node:
-        if node.op_type != "DequantizeLinear" or len(node.input) < 3:
+        weight_input = INTEGER_OPERATOR_WEIGHTS.get(node.op_type)
+        if weight_input is not None and len(node.input) > weight_input and uint8(node.input[weight_input]):
+            left += 1
+        if node.op_type != "DequantizeLinear" or len(node.input) < 3 or not uint8(node.input[0]):
             continue
-        weight, zero_point = initializers.get(node.input[0]), initializers.get(node.input[2])
-        if weight is None or zero_point is None or weight.data_type != onnx.TensorProto.UINT8:
+        if node.input[2] not in initializers:
+            left += 1
             continue
-        zero_points = numpy_helper.to_array(zero_point).astype(np.int16)
-        shifted = numpy_helper.to_array(weight).astype(np.int16) - zero_points.flat[0]
+        zero_points = numpy_helper.to_array(initializers[node.input[2]]).astype(np.int16)
+        shifted = numpy_helper.to_array(initializers[node.input[0]]).astype(np.int16) - zero_points.flat[0]
         if np.any(zero_points != zero_points.flat[0]) or shifted.min() < -128 or shifted.max() > 127:
-            continue  # not symmetric: int8 cannot hold the same values
+            left += 1  # not symmetric: int8 cannot hold the same values
+            continue
         # new initializers, so that another node reading the old ones is left as it was
         for index, value in ((0, shifted.astype(np.int8)), (2, np.zeros(zero_points.shape, np.int8))):
             old = node.input[index]
@@ -217,13 +241,14 @@ def uint8_weights_as_int8(path: Path) -> bytes:
                         onnx.helper.make_tensor_value_info(renamed[old], onnx.TensorProto.INT8, value.shape)
                     )
             node.input[index] = renamed[old]
+        rewritten += 1
     # the old ones that no node reads any more go (onnxruntime would log each one it drops, or ask for a listed one)
     read = {name for node in graph.node for name in node.input}
     unread = set(renamed) - read
     for entries in (graph.initializer, graph.input):
         for entry in [e for e in entries if e.name in unread]:
             entries.remove(entry)
-    return model.SerializeToString()
+    return Uint8Rewrite(model.SerializeToString() if rewritten else b"", rewritten, left)
 
 
 def unused_name(name: str, taken: set[str]) -> str:
@@ -235,25 +260,43 @@ def unused_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def session_around_amx_uint8_bug(ort, path: Path, options, providers: list[str]):
-    """A session that computes ``path``'s uint8 x uint8 layers right on an onnxruntime whose AMX kernel gets them wrong
-    (``uint8_layers_miscomputed``): their weights as int8 (``uint8_weights_as_int8``, same values, full speed), or,
-    where that cannot be done (no onnx package, a file onnx cannot rewrite), the file's exact QDQ emulation (right,
-    several times slower), with a warning that says why."""
+def session_around_amx_uint8_bug(ort, path: Path, options, providers: list[str], session, info: dict):
+    """A session that computes ``path``'s uint8-weight layers right on an onnxruntime whose AMX kernel gets them wrong
+    (``uint8_layers_miscomputed``): ``session`` where the file has none; else their weights as int8
+    (``uint8_weights_as_int8``: same values, full speed). For an x86-preset file that cannot be rewritten (no onnx
+    package, a file onnx cannot read) the file's exact QDQ emulation (right, several times slower). A warning says
+    what the runtime could not make right, and why."""
+    ours = bool((info.get("onnx_int8") or {}).get("exact_layers"))
+    wrong_here = f"{path.name}: onnxruntime {ort.__version__} computes uint8-weight layers wrongly on this CPU (AMX)"
+    upgrade = "onnxruntime >= 1.25 (Python >= 3.11) computes them right (docs/export.md, 'ONNX Runtime 1.21 to 1.24 "
+    upgrade += "on AMX CPUs')"
     try:
-        return ort.InferenceSession(uint8_weights_as_int8(path), options, providers=providers)
+        rewrite = uint8_weights_as_int8(path)
     except ImportError:
-        why = "the onnx package is not installed"
-        fix = "pip install onnx (the runtime then runs those layers as int8, same values), or "
-    except Exception as exc:  # a file over protobuf's 2 GB, or one onnxruntime refuses once rewritten
-        why, fix = f"its weights could not be rewritten as int8 ({one_line(exc)})", ""
+        why = "the onnx package, which the runtime needs to check and rewrite them, is not installed (pip install onnx)"
+    except Exception as exc:  # a file over protobuf's 2 GB, or one the onnx package cannot read
+        why = f"its weights could not be read to rewrite them ({one_line(exc)})"
+    else:
+        if rewrite.left:
+            warnings.warn(
+                f"{wrong_here}, and {rewrite.left} of this file's uint8 weights cannot be stored as int8 with the same "
+                f"values (asymmetric, or an integer operator's): its outputs may be wrong. {upgrade}.",
+                RuntimeWarning,
+                stacklevel=4,  # the caller of load()
+            )
+        return ort.InferenceSession(rewrite.model, options, providers=providers) if rewrite.rewritten else session
+    if not ours:  # a file that does not say whether it has uint8 weights: it runs as it is
+        warnings.warn(
+            f"{wrong_here}; whether this file has any could not be checked: {why}. {upgrade}.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return session
     warnings.warn(
-        f"{path.name}: onnxruntime {ort.__version__} computes uint8 x uint8 layers wrongly on this CPU (AMX), and "
-        f"{why}; so this file runs as its exact QDQ emulation: right, but about 6x slower. For full speed: {fix}"
-        "onnxruntime >= 1.25 (Python >= 3.11), or the .tflite file (docs/export.md, 'ONNX Runtime 1.21 to 1.24 on AMX "
-        "CPUs').",
+        f"{wrong_here}, which this file has (the x86 preset's exact layers), and {why}; so it runs as its exact QDQ "
+        f"emulation: right, but about 6x slower. For full speed: pip install onnx, or the .tflite file; {upgrade}.",
         RuntimeWarning,
-        stacklevel=4,  # the caller of load()
+        stacklevel=4,
     )
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), options, providers=providers)

@@ -186,15 +186,18 @@ def test_uint8_layers_are_worked_around_only_on_amx_cpus_with_onnxruntime_1_21_t
         assert not uint8_layers_miscomputed(x86, right, amx)
     assert not uint8_layers_miscomputed(x86, "1.23.2", vnni) and not uint8_layers_miscomputed(x86, "1.23.2", set())
     all7 = x86 | {"onnx_int8": {"preset": "x86-all-7bit", "exact_layers": 0}}
-    assert not uint8_layers_miscomputed(all7, "1.23.2", amx)
+    assert not uint8_layers_miscomputed(all7, "1.23.2", amx)  # made without uint8 weights
     assert not uint8_layers_miscomputed(x86 | {"format": "tflite"}, "1.23.2", amx)
-    silent = {"format": "onnx", "precision": "int8"}  # a file that does not say
-    assert not uint8_layers_miscomputed(silent, "1.23.2", amx)
+    assert not uint8_layers_miscomputed({"format": "onnx", "precision": "fp32"}, "1.23.2", amx)
+    assert uint8_layers_miscomputed(
+        {"format": "onnx", "precision": "int8"}, "1.23.2", amx
+    )  # int8, made before the info
+    assert uint8_layers_miscomputed({"output": "logits"}, "1.23.2", amx)  # a foreign file: may have uint8 weights
 
 
-def uint8_weight_file(tmp_path: Path) -> tuple[Path, np.ndarray]:
-    """The tiny model quantized as the x86 preset stores its exact layers: symmetric uint8 weights (zero point 128);
-    and a batch of inputs."""
+def uint8_weight_file(tmp_path: Path, quant_format: str = "QDQ", per_channel: bool = True) -> tuple[Path, np.ndarray]:
+    """The tiny model with uint8 weights: by default as the x86 preset stores its exact layers (QDQ, symmetric,
+    per channel); and a batch of inputs."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     batch = np.random.default_rng(0).normal(size=(8, 3, 32, 32)).astype(np.float32)
@@ -206,11 +209,11 @@ def uint8_weight_file(tmp_path: Path) -> tuple[Path, np.ndarray]:
         def get_next(self):
             return next(self.rows, None)
 
-    dest = tmp_path / "uint8.onnx"
+    dest = tmp_path / f"uint8-{quant_format}-{per_channel}.onnx"
     quantize_static(
-        str(tiny_onnx(tmp_path / "float.onnx", embed=False)), str(dest), Reader(), quant_format=QuantFormat.QDQ,
-        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8,
-        extra_options={"WeightSymmetric": True},
+        str(tiny_onnx(tmp_path / "float.onnx", embed=False)), str(dest), Reader(),
+        quant_format=getattr(QuantFormat, quant_format), per_channel=per_channel, activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QUInt8, extra_options={"WeightSymmetric": True},
     )  # fmt: skip
     return dest, batch
 
@@ -224,37 +227,72 @@ def emulated(model, batch: np.ndarray) -> np.ndarray:
     return session.run(None, {"input": batch})[0]
 
 
+def work_around(path: Path, info: dict):
+    """The session the runtime's work-around gives for ``path`` (as on an AMX CPU with onnxruntime 1.21-1.24)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session, session_around_amx_uint8_bug(
+        ort, path, ort.SessionOptions(), ["CPUExecutionProvider"], session, info
+    )
+
+
+X86_INFO = {"format": "onnx", "precision": "int8", "onnx_int8": {"preset": "x86", "exact_layers": 3}}
+
+
 def test_uint8_weights_become_int8_weights_of_the_same_values(tmp_path):
     import onnx
     from onnx import numpy_helper
 
     path, batch = uint8_weight_file(tmp_path)
     before = {t.data_type for t in onnx.load(str(path)).graph.initializer}
-    rewritten = onnx.load_from_string(uint8_weights_as_int8(path))
+    rewrite = uint8_weights_as_int8(path)
+    assert (rewrite.rewritten, rewrite.left) == (2, 0)  # the convolution's and the classifier's
+    rewritten = onnx.load_from_string(rewrite.model)
     weights = {t.name: numpy_helper.to_array(t) for t in rewritten.graph.initializer}
     weight_of = {n.name: weights.get(n.input[0], np.empty(0)) for n in rewritten.graph.node}
     dequantized = [n for n in rewritten.graph.node if n.op_type == "DequantizeLinear" and weight_of[n.name].ndim > 1]
-    assert onnx.TensorProto.UINT8 in before and len(dequantized) == 2  # the convolution's and the classifier's
+    assert onnx.TensorProto.UINT8 in before and len(dequantized) == 2
     for node in dequantized:
         assert weights[node.input[0]].dtype == np.int8 and not weights[node.input[2]].any()
     assert not any(v.dtype == np.uint8 and v.ndim > 1 for v in weights.values())  # no uint8 weight left, none unread
-    assert np.array_equal(emulated(rewritten.SerializeToString(), batch), emulated(str(path), batch))
+    assert np.array_equal(emulated(rewrite.model, batch), emulated(str(path), batch))
+
+
+def test_a_foreign_file_with_symmetric_uint8_weights_is_rewritten_too(tmp_path):
+    path, batch = uint8_weight_file(tmp_path)
+    session, fixed = work_around(path, {"output": "logits"})  # what a file from elsewhere tells the runtime
+    assert fixed is not session
+    assert np.abs(fixed.run(None, {"input": batch})[0] - emulated(str(path), batch)).max() < 0.05
+
+
+def test_uint8_weights_of_integer_operators_are_left_and_said(tmp_path):
+    path, _ = uint8_weight_file(tmp_path, quant_format="QOperator", per_channel=False)  # QLinearConv, QLinearMatMul
+    assert uint8_weights_as_int8(path).left >= 1
+    with pytest.warns(RuntimeWarning, match=r"cannot be stored as int8 .*may be wrong.*onnxruntime >= 1\.25"):
+        session, fixed = work_around(path, {"output": "logits"})
+    assert fixed is session
+
+
+def test_a_file_without_uint8_weights_keeps_its_session(tmp_path):
+    path = tiny_onnx(tmp_path / "float.onnx", embed=False)
+    session, fixed = work_around(path, {"output": "logits"})
+    assert fixed is session
 
 
 def test_without_onnx_the_uint8_work_around_is_the_exact_emulation_and_says_so(tmp_path, monkeypatch):
-    import onnxruntime as ort
-
     path, batch = uint8_weight_file(tmp_path)
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
     with pytest.warns(RuntimeWarning, match="exact QDQ emulation.*pip install onnx"):
-        session = session_around_amx_uint8_bug(ort, path, ort.SessionOptions(), ["CPUExecutionProvider"])
+        _, fixed = work_around(path, X86_INFO)
+    with pytest.warns(RuntimeWarning, match="could not be checked: the onnx package"):
+        session, unchecked = work_around(path, {"output": "logits"})  # a foreign file: nothing to go by
     monkeypatch.undo()
-    assert np.array_equal(session.run(None, {"input": batch})[0], emulated(str(path), batch))
+    assert unchecked is session
+    assert np.array_equal(fixed.run(None, {"input": batch})[0], emulated(str(path), batch))
 
 
-def test_a_file_the_uint8_work_around_cannot_rewrite_runs_as_its_emulation_and_says_why(tmp_path, monkeypatch):
-    import onnxruntime as ort
-
+def test_a_file_the_uint8_work_around_cannot_read_runs_as_its_emulation_and_says_why(tmp_path, monkeypatch):
     from edge_runtime import backends
 
     path, batch = uint8_weight_file(tmp_path)
@@ -263,9 +301,9 @@ def test_a_file_the_uint8_work_around_cannot_rewrite_runs_as_its_emulation_and_s
         raise ValueError("Message onnx.ModelProto exceeds maximum protobuf size of 2GB")
 
     monkeypatch.setattr(backends, "uint8_weights_as_int8", too_large)
-    with pytest.warns(RuntimeWarning, match="could not be rewritten as int8 .*2GB.*exact QDQ emulation"):
-        session = session_around_amx_uint8_bug(ort, path, ort.SessionOptions(), ["CPUExecutionProvider"])
-    assert np.array_equal(session.run(None, {"input": batch})[0], emulated(str(path), batch))
+    with pytest.warns(RuntimeWarning, match="could not be read to rewrite them .*2GB.*exact QDQ emulation"):
+        _, fixed = work_around(path, X86_INFO)
+    assert np.array_equal(fixed.run(None, {"input": batch})[0], emulated(str(path), batch))
 
 
 def test_uint8_rewrite_keeps_a_file_that_lists_its_initializers_as_inputs_runnable(tmp_path):
@@ -279,7 +317,7 @@ def test_uint8_rewrite_keeps_a_file_that_lists_its_initializers_as_inputs_runnab
     )  # as files of IR version 3 must
     listed = tmp_path / "listed.onnx"
     onnx.save(model, listed)
-    rewritten = ort.InferenceSession(uint8_weights_as_int8(listed), providers=["CPUExecutionProvider"])
+    rewritten = ort.InferenceSession(uint8_weights_as_int8(listed).model, providers=["CPUExecutionProvider"])
     assert [i.name for i in rewritten.get_inputs()] == ["input"]  # the renamed weights are not asked for
     assert np.abs(rewritten.run(None, {"input": batch})[0] - emulated(str(path), batch)).max() < 0.05
 
