@@ -51,17 +51,26 @@ def test_release_builds_a_folder_a_device_loads_and_reuses_finished_steps(tmp_pa
     again = json.loads((out / "model_card.json").read_text())
     assert again["reproducibility"] == {"identical_files": True}  # nothing re-ran: not called a reproduction
 
-    # A re-cut whose int8 file differs (here: calibrated with another seed) is compared image by image.
-    shutil.rmtree(work / "exports-trainval")
-    assert cli_main([*args, "--seed", "1", "--note", "calibration seed 1"]) == 0
+    # A finished training is not reused for a command that asks for other options: refused, nothing changed.
+    assert cli_main([*args, "--seed", "1"]) != 0
+    refused = capsys.readouterr().err
+    assert "train-split finished with other options" in refused and "--seed 0 -> 1" in refused
+    assert json.loads((out / "model_card.json").read_text()) == again
+
+    # A re-cut whose int8 file differs (here: trained and calibrated with another seed) is compared image by
+    # image; the exports of the trainings it replaced are made again, not reused.
+    for step in ("train-split", "trainval"):
+        shutil.rmtree(work / step)
+    assert cli_main([*args, "--seed", "1", "--note", "seed 1"]) == 0
+    assert "export-trainval: done" in capsys.readouterr().out
     third = json.loads((out / "model_card.json").read_text())
-    assert third["reproducibility"]["images"] == 140 and 0.5 <= third["reproducibility"]["same_top1"] <= 1
+    assert third["reproducibility"]["images"] == 140 and 0 <= third["reproducibility"]["same_top1"] < 1  # retrained
     repro = third["reproducibility"]
-    assert len(repro["differing"]) == round(140 * (1 - repro["same_top1"]))
+    assert len(repro["differing"]) == min(50, round(140 * (1 - repro["same_top1"])))  # the card lists 50 at most
     assert all(d["old"] != d["new"] and d["true"] in labels for d in repro["differing"])
     assert 0 <= repro["old_correct"] <= 1 and 0 <= repro["new_correct"] <= 1
     assert f"right on {repro['old_correct']:.2%} before" in (out / "MODEL_CARD.md").read_text()
-    assert "This cut: calibration seed 1" in (out / "MODEL_CARD.md").read_text()
+    assert "This cut: seed 1" in (out / "MODEL_CARD.md").read_text()
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ name, type and default (the CLI is generated from these fields; torch-free, so `
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from train.models import DEFAULT_ARCH
 
@@ -60,6 +60,11 @@ class TrainConfig:
 def weight_decay_of(config: TrainConfig) -> float:
     """The AdamW weight decay ``config`` trains with: the one asked for, else its recipe's."""
     return RECIPE_WEIGHT_DECAY[config.recipe] if config.weight_decay is None else config.weight_decay
+
+
+def with_weight_decay(config: TrainConfig) -> TrainConfig:
+    """``config`` with its weight decay as a number (the recipe's, where none was asked): what a run records."""
+    return replace(config, weight_decay=weight_decay_of(config))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,7 +10,6 @@ two steps. The result is the usual ``best.pt``: evaluate, export, classify and r
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +21,7 @@ from edge_runtime.atomic import write_json_atomic
 from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metrics import classification_metrics
 from train.checkpoint import make_bundle, save_atomic
-from train.config import TrainConfig, weight_decay_of
+from train.config import TrainConfig, with_weight_decay
 from train.data import CachedImages, check_labels, dataset_classes, dataset_info, eval_loader, warn_if_cache_too_small
 from train.engine import cpu_has_native_bf16, pick_device, seeded
 from train.evaluate import write_report
@@ -62,7 +61,7 @@ def feature_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def fit_linear(config: TrainConfig) -> dict:
     """A linear classifier on the frozen backbone's features, saved as ``best.pt`` in ``config.out``;
     returns the summary (val metrics from the same features, with and without the mirror averaged in)."""
-    config = dataclasses.replace(config, weight_decay=weight_decay_of(config))  # the number, in every record
+    config = with_weight_decay(config)
     with contextlib.ExitStack() as stack:  # a run replacing another (--overwrite) is swapped in when this closes
         return fit_linear_into(config, stack)
 

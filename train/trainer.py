@@ -9,7 +9,6 @@ lives in ``schedule.py``, the run directory and its log in ``runlog.py``, the da
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,7 @@ from edge_runtime.errors import FloraEdgeError
 from edge_runtime.metrics import classification_metrics
 from train import distributed as dist
 from train.checkpoint import load_bundle, make_bundle, save_atomic
-from train.config import EvaluateConfig, TrainConfig, weight_decay_of
+from train.config import EvaluateConfig, TrainConfig, with_weight_decay
 from train.data import (
     CachedImages,
     check_labels,
@@ -165,21 +164,25 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
-def check_resumed_options(run: Run, last: dict, path: Path) -> None:
-    """A resumed run goes on with the options it started with, and on the same training images."""
-    config = run.config
-    before = last.get("config") or {}
-    now = asdict(config)
+def changed_options(before: dict, now: dict) -> list[str]:
+    """The options that shape the weights (all but RESUMABLE_CHANGES) whose values differ between a run's recorded
+    config (``before``) and ``now``, each as "--flag before -> now"; an option one side lacks is not compared."""
 
     def same(a, b) -> bool:  # a tuple saved by torch, a list read back from JSON: the same option
         return list(a) == list(b) if isinstance(a, list | tuple) and isinstance(b, list | tuple) else a == b
 
     changed = [k for k in now if k in before and k not in RESUMABLE_CHANGES and not same(before[k], now[k])]
+    return [f"--{k.replace('_', '-')} {before[k]!r} -> {now[k]!r}" for k in changed]
+
+
+def check_resumed_options(run: Run, last: dict, path: Path) -> None:
+    """A resumed run goes on with the options it started with, and on the same training images."""
+    config = run.config
+    changed = changed_options(last.get("config") or {}, asdict(config))
     if changed:
-        given = ", ".join(f"--{k.replace('_', '-')} {before[k]!r} -> {now[k]!r}" for k in changed)
         raise FloraEdgeError(
-            f"--resume: {path} was started with other options ({given}); resume with the run's own options "
-            f"(its config.json), or train into a new --out"
+            f"--resume: {path} was started with other options ({', '.join(changed)}); resume with the run's own "
+            f"options (its config.json), or train into a new --out"
         )
     trained = (last.get("dataset") or {}).get("trained_images")
     if trained is not None and run.bundle_args["dataset"]["trained_images"] != trained:
@@ -290,7 +293,7 @@ def end_epoch(run: Run, epoch: int, stats: dict, started: float) -> bool:
 def train(config: TrainConfig) -> dict:
     """Fine-tune ``config.arch`` on a prepared dataset (or, with recipe "linear", fit only a new head on the
     frozen backbone's features); returns the best epoch's metrics."""
-    config = dataclasses.replace(config, weight_decay=weight_decay_of(config))  # the recipe's, where none was asked
+    config = with_weight_decay(config)
     if config.recipe == "linear":
         from train.linear import fit_linear
 

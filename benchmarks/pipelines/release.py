@@ -11,7 +11,8 @@ The recipe is a fixed list of ``floraedge`` commands, recorded verbatim in the m
    model (PyTorch and int8 files), its most confused classes, and the independent test figures.
 
 Every step is skipped when its output is complete (a training resumes from ``last.pt``), so an
-interrupted release picks up where it stopped. The folder is built beside ``--out`` and renamed
+interrupted release picks up where it stopped; a finished training is reused only where it ran with the
+options the release gives it (another ``--epochs`` or ``--seed`` is refused, not silently ignored). The folder is built beside ``--out`` and renamed
 into place; a previous release there is first compared with the new one (top-1 on every image).
 """
 
@@ -196,14 +197,17 @@ def done(step: str, config: ReleaseConfig) -> bool:
     w = Path(config.work)
     if step.startswith("export-"):  # a card is written even when a file fails its gate: check the files
         folder = w / step.replace("export-", "exports-")
-        return all((folder / f).is_file() for f in ("model_card.json", *RELEASE_FILES))
+        if not all((folder / f).is_file() for f in ("model_card.json", *RELEASE_FILES)):
+            return False
+        checkpoint = w / step.removeprefix("export-") / "best.pt"  # retrained since: the files are another model's
+        return checkpoint.is_file() and (folder / "model_card.json").stat().st_mtime >= checkpoint.stat().st_mtime
     if step == "evaluate-test":
         return (w / step / "metrics.json").is_file()
     return ((config.data if step == "prepare" else w / step) / "summary.json").is_file()
 
 
 def start(step: str, args: list[str], config: ReleaseConfig) -> subprocess.Popen:
-    if step in ("train-split", "trainval") and (Path(config.work) / step / "last.pt").is_file():
+    if step in TRAININGS and (Path(config.work) / step / "last.pt").is_file():
         args = [*args, "--resume"]
     log = Path(config.work) / f"{step}.log"
     print(f"== {step}: floraedge {' '.join(args)}  (log: {log})", flush=True)
@@ -211,9 +215,41 @@ def start(step: str, args: list[str], config: ReleaseConfig) -> subprocess.Popen
         return subprocess.Popen(floraedge(args), stdout=f, stderr=subprocess.STDOUT)
 
 
+TRAININGS = ("train-split", "trainval")
+
+
+def train_config(args: list[str]):
+    """The options ``floraedge train`` makes of ``args`` (a training step's arguments), as the run records them."""
+    from train.cli import add_train_parser
+    from train.config import with_weight_decay
+
+    parser = argparse.ArgumentParser()
+    add_train_parser(parser.add_subparsers())
+    return with_weight_decay(config_from_args(parser.parse_args(args)))
+
+
+def check_reused_training(step: str, config: ReleaseConfig) -> None:
+    """A finished training is reused only where it ran with the options this release's command gives it (an
+    interrupted one is checked by ``train --resume`` itself)."""
+    from train.trainer import changed_options
+
+    folder = Path(config.work) / step
+    recorded = json.loads((folder / "config.json").read_text())
+    changed = changed_options(recorded, asdict(train_config(commands(config)[step])))
+    if changed:
+        raise FloraEdgeError(
+            f"{folder} finished with other options than this release gives it ({', '.join(changed)}); run the "
+            f"release with the options it was made with ({Path(config.work) / 'release_config.json'}), or give "
+            "another --work"
+        )
+
+
 def run_steps(steps: list[str], config: ReleaseConfig) -> None:
     """Run ``steps`` side by side (skipping finished ones) and wait for all; any failure stops the release."""
     todo = {s: commands(config)[s] for s in steps if not done(s, config)}
+    for step in steps:
+        if step in TRAININGS and step not in todo:
+            check_reused_training(step, config)
     procs = {s: start(s, args, config) for s, args in todo.items()}
     try:
         failed = [s for s, p in procs.items() if p.wait() != 0]
@@ -591,7 +627,7 @@ def release(config: ReleaseConfig) -> dict:
     config = replace(with_folders(config), precision=training_precision(config.precision))
     Path(config.work).mkdir(parents=True, exist_ok=True)
     run_steps(["prepare"], config)
-    run_steps(["train-split", "trainval"], config)
+    run_steps(list(TRAININGS), config)
     run_steps(["export-train-split", "export-trainval"], config)
     if not is_oxford(config) and split_images(config.data, ("test",))[0]:  # Oxford's test images are withheld
         run_steps(["evaluate-test"], config)
