@@ -8,7 +8,7 @@ import shutil
 import cv2
 import pytest
 
-from benchmarks.pipelines.release import training_precision
+from benchmarks.pipelines.release import ReleaseConfig, recorded_precision, training_precision
 from edge_runtime.backends import load
 from floraedge import main as cli_main
 
@@ -51,7 +51,13 @@ def test_release_builds_a_folder_a_device_loads_and_reuses_finished_steps(tmp_pa
     again = json.loads((out / "model_card.json").read_text())
     assert again["reproducibility"] == {"identical_files": True}  # nothing re-ran: not called a reproduction
 
+    # Another export option (here the gate) makes the exports again from the same trainings.
+    assert cli_main([*args, "--max-drop", "99"]) == 0
+    printed = capsys.readouterr().out
+    assert "trainval: already done, reused" in printed and "export-trainval: done" in printed
+
     # A finished training is not reused for a command that asks for other options: refused, nothing changed.
+    again = json.loads((out / "model_card.json").read_text())
     assert cli_main([*args, "--seed", "1"]) != 0
     refused = capsys.readouterr().err
     assert "train-split finished with other options" in refused and "--seed 0 -> 1" in refused
@@ -86,3 +92,12 @@ def test_auto_precision_is_made_concrete_for_the_card(monkeypatch, cuda, native_
     monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native_bf16)
     assert training_precision("auto") == expected
     assert training_precision("fp32") == "fp32"  # a choice is kept as given
+
+
+def test_auto_precision_keeps_the_one_a_started_training_runs_at(tmp_path):
+    """Another machine may resolve auto differently; a release resumed there goes on at the recorded precision."""
+    config = ReleaseConfig(work=str(tmp_path))
+    assert recorded_precision(config) is None
+    (tmp_path / "trainval").mkdir()
+    (tmp_path / "trainval" / "config.json").write_text(json.dumps({"precision": "bf16"}))
+    assert recorded_precision(config) == "bf16"

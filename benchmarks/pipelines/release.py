@@ -11,9 +11,10 @@ The recipe is a fixed list of ``floraedge`` commands, recorded verbatim in the m
    model (PyTorch and int8 files), its most confused classes, and the independent test figures.
 
 Every step is skipped when its output is complete (a training resumes from ``last.pt``), so an
-interrupted release picks up where it stopped; a finished training is reused only where it ran with the
-options the release gives it (another ``--epochs`` or ``--seed`` is refused, not silently ignored). The folder is built beside ``--out`` and renamed
-into place; a previous release there is first compared with the new one (top-1 on every image).
+interrupted release picks up where it stopped. A finished training is reused only where it ran with the
+options the release gives it (another ``--epochs`` or ``--seed`` is refused, not silently ignored); an
+export is made again where its options or its checkpoint changed. The folder is built beside ``--out``
+and renamed into place; a previous release there is first compared with the new one (top-1 on every image).
 """
 
 from __future__ import annotations
@@ -200,7 +201,11 @@ def done(step: str, config: ReleaseConfig) -> bool:
         if not all((folder / f).is_file() for f in ("model_card.json", *RELEASE_FILES)):
             return False
         checkpoint = w / step.removeprefix("export-") / "best.pt"  # retrained since: the files are another model's
-        return checkpoint.is_file() and (folder / "model_card.json").stat().st_mtime >= checkpoint.stat().st_mtime
+        if not checkpoint.is_file() or (folder / "model_card.json").stat().st_mtime < checkpoint.stat().st_mtime:
+            return False
+        recorded = json.loads((folder / "model_card.json").read_text()).get("config") or {}
+        asked = json.loads(json.dumps(asdict(export_config_of(commands(config)[step]))))  # tuples as the card's lists
+        return all(recorded.get(k) == v for k, v in asked.items() if k not in EXPORT_PLACES)  # e.g. another preset
     if step == "evaluate-test":
         return (w / step / "metrics.json").is_file()
     return ((config.data if step == "prepare" else w / step) / "summary.json").is_file()
@@ -218,14 +223,38 @@ def start(step: str, args: list[str], config: ReleaseConfig) -> subprocess.Popen
 TRAININGS = ("train-split", "trainval")
 
 
-def train_config(args: list[str]):
-    """The options ``floraedge train`` makes of ``args`` (a training step's arguments), as the run records them."""
+EXPORT_PLACES = frozenset({"checkpoint", "data", "out", "overwrite"})  # where an export reads and writes
+
+
+def parsed(add_parser, args: list[str]):
+    """The config a ``floraedge`` subcommand (its ``add_parser``) makes of ``args``."""
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    return config_from_args(parser.parse_args(args))
+
+
+def train_config_of(args: list[str]):
+    """The TrainConfig ``floraedge train`` makes of ``args`` (a training step's), as the run records it."""
     from train.cli import add_train_parser
     from train.config import with_weight_decay
 
-    parser = argparse.ArgumentParser()
-    add_train_parser(parser.add_subparsers())
-    return with_weight_decay(config_from_args(parser.parse_args(args)))
+    return with_weight_decay(parsed(add_train_parser, args))
+
+
+def export_config_of(args: list[str]):
+    """The ExportConfig ``floraedge export`` makes of ``args`` (an export step's), as its card records it."""
+    from export.cli import add_parser
+
+    return parsed(add_parser, args)
+
+
+def recorded_precision(config: ReleaseConfig) -> str | None:
+    """The precision a training of this release's work folder already runs at, if one started."""
+    for step in TRAININGS:
+        recorded = Path(config.work) / step / "config.json"
+        if recorded.is_file():
+            return json.loads(recorded.read_text()).get("precision")
+    return None
 
 
 def check_reused_training(step: str, config: ReleaseConfig) -> None:
@@ -235,12 +264,12 @@ def check_reused_training(step: str, config: ReleaseConfig) -> None:
 
     folder = Path(config.work) / step
     recorded = json.loads((folder / "config.json").read_text())
-    changed = changed_options(recorded, asdict(train_config(commands(config)[step])))
+    changed = changed_options(recorded, asdict(train_config_of(commands(config)[step])))
     if changed:
         raise FloraEdgeError(
-            f"{folder} finished with other options than this release gives it ({', '.join(changed)}); run the "
-            f"release with the options it was made with ({Path(config.work) / 'release_config.json'}), or give "
-            "another --work"
+            f"{folder} finished with other options than this release gives it ({', '.join(changed)}; an option "
+            f"`release` has no flag for changed with the code's defaults): give the release the options in "
+            f"{folder / 'config.json'}, or delete {folder} to train it again"
         )
 
 
@@ -624,7 +653,10 @@ def assemble_into(staging: Path, config: ReleaseConfig) -> dict:
 
 def release(config: ReleaseConfig) -> dict:
     """Run (or resume) the recipe and write the release folder; returns its card."""
-    config = replace(with_folders(config), precision=training_precision(config.precision))
+    config = with_folders(config)
+    # auto: the precision a started training already runs at (this machine may pick another), else this machine's
+    precision = (config.precision == "auto" and recorded_precision(config)) or training_precision(config.precision)
+    config = replace(config, precision=precision)
     Path(config.work).mkdir(parents=True, exist_ok=True)
     run_steps(["prepare"], config)
     run_steps(list(TRAININGS), config)
